@@ -1,0 +1,16 @@
+"""attnbench harness: scenarios -> cases -> isolated measurements -> results -> reports.
+
+Imports are lazy so `import harness` stays cheap (no torch, no CUDA, no plugin scan).
+"""
+
+from __future__ import annotations
+
+
+def load_results(path):
+    """Load a run directory (or its results.jsonl) into a pandas DataFrame, one row per case."""
+    from harness.results import load_results as _load
+
+    return _load(path)
+
+
+__all__ = ["load_results"]

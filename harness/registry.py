@@ -1,0 +1,192 @@
+"""The catalogue of attention implementations.
+
+`register` is a decorator that records a function with what it supports and returns it unchanged.
+Built-in implementations live in the `implementations` package; third-party packages add theirs
+through the entry-point group ``attnbench.implementations``. Nothing is imported or scanned until a
+lookup asks for it (no plugin scan at import time).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+from harness.case import DEVICES, DTYPES, Case
+
+ENTRY_POINT_GROUP = "attnbench.implementations"
+
+
+@dataclass(frozen=True)
+class Support:
+    """Yes, or no with the reason why not. Truthy when supported."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+YES = Support(True)
+
+
+def no(reason: str) -> Support:
+    return Support(False, reason)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    fn: Callable
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    description: str = ""
+    # Extra case-level check beyond device/dtype, e.g. "no masks": Case -> Support.
+    supports_fn: Callable[[Case], Support] | None = None
+    # Machine-level check, e.g. "triton not installed": device -> Support.
+    available_fn: Callable[[str], Support] | None = None
+    # Analytic peak memory above the inputs, in bytes: Case -> int.
+    memory_model: Callable[[Case], int] | None = None
+    source: str = "builtin"  # "builtin" or the plugin's entry-point name
+    params: dict = field(default_factory=dict)  # tunables with their defaults, for reports
+
+    def available(self, device: str) -> Support:
+        """Can this implementation run on `device` on this machine?"""
+        kind = device.split(":")[0]
+        if kind not in self.devices:
+            return no(f"{self.name} runs on {', '.join(self.devices)}, not {kind}")
+        if kind == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return no("no CUDA device on this machine")
+        if self.available_fn is not None:
+            return self.available_fn(device)
+        return YES
+
+    def supports(self, case: Case) -> Support:
+        """Can this implementation run `case` here? Yes, or why not."""
+        avail = self.available(case.device)
+        if not avail:
+            return avail
+        if case.dtype not in self.dtypes:
+            return no(f"{self.name} supports dtypes {', '.join(self.dtypes)}, not {case.dtype}")
+        if self.supports_fn is not None:
+            return self.supports_fn(case)
+        return YES
+
+    def predicted_peak_bytes(self, case: Case) -> int | None:
+        return None if self.memory_model is None else int(self.memory_model(case))
+
+
+class RegistryError(LookupError):
+    pass
+
+
+_REGISTRY: dict[str, Implementation] = {}
+_BROKEN_PLUGINS: dict[str, str] = {}  # entry-point name -> why it failed to load
+_loaded = False
+_current_source = "builtin"
+
+
+def register(
+    name: str,
+    *,
+    devices: tuple[str, ...] | list[str] = ("cpu", "cuda"),
+    dtypes: tuple[str, ...] | list[str] = DTYPES,
+    supports: Callable[[Case], Support] | None = None,
+    available: Callable[[str], Support] | None = None,
+    memory_model: Callable[[Case], int] | None = None,
+    description: str = "",
+    params: dict | None = None,
+):
+    """Decorator: record `fn` under `name`; returns `fn` unchanged. A duplicate name raises."""
+    bad_devices = [d for d in devices if d not in DEVICES]
+    if bad_devices:
+        raise ValueError(f"register({name!r}): unknown devices {bad_devices}; allowed: {DEVICES}")
+    bad_dtypes = [d for d in dtypes if d not in DTYPES]
+    if bad_dtypes:
+        raise ValueError(f"register({name!r}): unknown dtypes {bad_dtypes}; allowed: {DTYPES}")
+
+    def decorator(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise RegistryError(
+                f"implementation {name!r} is already registered "
+                f"(by {_REGISTRY[name].source}); pick another name"
+            )
+        _REGISTRY[name] = Implementation(
+            name=name,
+            fn=fn,
+            devices=tuple(devices),
+            dtypes=tuple(dtypes),
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            supports_fn=supports,
+            available_fn=available,
+            memory_model=memory_model,
+            source=_current_source,
+            params=dict(params or {}),
+        )
+        return fn
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    import implementations
+
+    for mod in pkgutil.iter_modules(implementations.__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"implementations.{mod.name}")
+
+
+def _load_plugins() -> None:
+    """Import every entry point in the group; a plugin that fails is recorded, not fatal."""
+    global _current_source
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _current_source = f"plugin:{ep.name}"
+        try:
+            obj = ep.load()
+            # A module registers on import; a callable is a hook that registers when called.
+            if callable(obj):
+                obj()
+        except Exception as exc:  # a broken third-party package must not break the catalogue
+            _BROKEN_PLUGINS[ep.name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            _current_source = "builtin"
+
+
+def ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    _load_builtins()
+    _load_plugins()
+
+
+def get(name: str) -> Implementation:
+    ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise RegistryError(
+            f"unknown implementation {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def names() -> list[str]:
+    ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def all_implementations() -> list[Implementation]:
+    return [get(n) for n in names()]
+
+
+def broken_plugins() -> dict[str, str]:
+    ensure_loaded()
+    return dict(_BROKEN_PLUGINS)

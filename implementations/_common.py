@@ -1,0 +1,118 @@
+"""Argument checks and mask helpers shared by every implementation.
+
+The contract (see README): q (B, Hq, Nq, D); k, v (B, Hkv, Nk, D) with Hq % Hkv == 0; optional
+boolean attn_mask broadcastable to (B, Hq, Nq, Nk), True = may attend; causal is bottom-right
+aligned: query i sees key j iff j <= i + (Nk - Nq). A query row that sees no key outputs zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass(frozen=True)
+class Dims:
+    batch: int
+    heads_q: int
+    heads_kv: int
+    seq_len_q: int
+    seq_len_kv: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head (1 = MHA, Hq = MQA)."""
+        return self.heads_q // self.heads_kv
+
+
+def check_args(q, k, v, attn_mask=None, scale=None) -> Dims:
+    """Validate shapes, dtypes and devices; raise ValueError saying what is wrong."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, N, D), got shape {tuple(t.shape)}")
+        if t.dtype not in FLOATING:
+            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float16, bfloat16, float64")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    B, Hq, Nq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    Bk, Hkv, Nk, Dk = k.shape
+    if Bk != B:
+        raise ValueError(f"batch differs: q has {B}, k/v have {Bk}")
+    if Dk != D:
+        raise ValueError(f"head_dim differs: q has {D}, k/v have {Dk}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"heads_q ({Hq}) must be a multiple of heads_kv ({Hkv})")
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
+            got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
+            raise ValueError(f"attn_mask must be a boolean tensor (True = may attend), got {got}")
+        if attn_mask.device != q.device:
+            raise ValueError(f"attn_mask is on {attn_mask.device}, q on {q.device}")
+        target = (B, Hq, Nq, Nk)
+        ok = attn_mask.dim() <= 4 and all(
+            m in (1, t) for m, t in zip(reversed(attn_mask.shape), reversed(target))
+        )
+        if not ok:
+            raise ValueError(
+                f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to (B, Hq, Nq, Nk) = {target}"
+            )
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    return Dims(B, Hq, Hkv, Nq, Nk, D)
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def mask_4d(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """View a broadcastable mask as 4-D (b, h, nq, nk) with size-1 dims kept for broadcasting."""
+    if attn_mask is None:
+        return None
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    return attn_mask
+
+
+def causal_visible(
+    q_start: int, q_stop: int, k_start: int, k_stop: int, offset: int, device
+) -> torch.Tensor:
+    """Boolean (q_stop-q_start, k_stop-k_start): key j visible to query i iff j <= i + offset,
+    where offset = Nk - Nq (bottom-right alignment)."""
+    i = torch.arange(q_start, q_stop, device=device).unsqueeze(1)  # (nq, 1)
+    j = torch.arange(k_start, k_stop, device=device).unsqueeze(0)  # (1, nk)
+    return j <= i + offset  # (nq, nk)
+
+
+def block_fully_hidden(q_stop: int, k_start: int, offset: int) -> bool:
+    """True when causality hides every key in [k_start, ...) from every query in [..., q_stop)."""
+    return k_start > (q_stop - 1) + offset
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Low-precision inputs accumulate softmax statistics and outputs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def group_queries(q: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """(B, Hq, N, D) -> (B, Hkv, G*N, D): the G query heads sharing one key/value head stacked
+    along the sequence axis, so one batched matmul per kv head serves GQA/MQA without copying k/v."""
+    B, Hq, N, D = q.shape
+    return q.reshape(B, dims.heads_kv, dims.group * N, D)
+
+
+def ungroup(x: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """Inverse of group_queries for any trailing width: (B, Hkv, G*N, W) -> (B, Hq, N, W)."""
+    B, _, GN, W = x.shape
+    return x.reshape(B, dims.heads_q, GN // dims.group, W)
