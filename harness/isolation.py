@@ -1,0 +1,146 @@
+"""Parent side of the worker protocol: a measurement subprocess that may raise, abort, hang or
+run out of memory without taking the sweep with it.
+
+Importing torch costs 3-4 s on the 2-core machines here, so by default one worker serves cases
+one after another and is replaced after any case that kills or hangs it (pyperf's one-process-per-
+measurement is available as `fresh_per_case=True`, `attnbench run --isolate`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    status: str  # "done", "timeout" or "crashed"
+    record: dict | None = None
+    message: str = ""
+
+
+def _signal_name(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Worker:
+    def __init__(self, log_path: Path, memory_limit_bytes: int | None = None):
+        self.log_path = Path(log_path)
+        self.memory_limit_bytes = memory_limit_bytes
+        self.proc: subprocess.Popen | None = None
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        env = dict(os.environ)
+        if self.memory_limit_bytes:
+            env["ATTNBENCH_MEMORY_LIMIT_BYTES"] = str(int(self.memory_limit_bytes))
+        self._log = open(self.log_path, "ab")
+        self._log_start = self._log.tell()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent only; the parent ends the worker
+        )
+        # The worker imports torch and the catalogue, then says it is ready: start-up time is
+        # never charged to a case's timeout.
+        if not self._wait_readable(STARTUP_TIMEOUT_S):
+            self.stop()
+            raise RuntimeError(f"measurement worker did not start within {STARTUP_TIMEOUT_S:g} s")
+        hello = self.proc.stdout.readline()
+        if not hello:
+            self.proc.wait()
+            why, tail = _signal_name(self.proc.returncode), self._log_tail()
+            self.stop()
+            raise RuntimeError(f"measurement worker failed to start ({why}): {tail}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        for fh in (self.proc.stdin, self.proc.stdout):
+            try:
+                fh.close()
+            except (BrokenPipeError, OSError):
+                pass
+        self._log.close()
+        self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -------------------------------------------------------------- one case
+    def request(self, payload: dict, timeout_s: float) -> WorkerReply:
+        if not self.alive:
+            self.stop()
+            self.start()
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._crashed()
+        ready = self._wait_readable(timeout_s)
+        if not ready:
+            self.stop()
+            return WorkerReply("timeout", message=f"no result after {timeout_s:g} s; worker killed")
+        line = self.proc.stdout.readline()
+        if not line:
+            return self._crashed()
+        return WorkerReply("done", record=json.loads(line))
+
+    def _wait_readable(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if r:
+                return True
+            if self.proc.poll() is not None:
+                return True  # EOF will follow; readline() returns b""
+
+    def _crashed(self) -> WorkerReply:
+        self.proc.wait()
+        why = _signal_name(self.proc.returncode)
+        tail = self._log_tail()
+        self.stop()
+        msg = f"worker {why}" + (f"; last output: {tail}" if tail else "")
+        return WorkerReply("crashed", message=msg)
+
+    def _log_tail(self, max_chars: int = 500) -> str:
+        self._log.flush()
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_start)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.strip().splitlines() if not ln.startswith("[worker ")]
+        return " | ".join(lines[-4:])[-max_chars:]
