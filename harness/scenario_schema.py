@@ -1,0 +1,208 @@
+"""Scenario file vocabulary: which keys exist, which values they take, and the one-line error.
+
+harness/scenario.py builds the typed Scenario; this module knows the keys, checks raw TOML values
+(grid axes, implementation names, the [budget] table) and says in one line what is wrong: file,
+dotted key, value, what is allowed. Nothing here evaluates scenario contents; every value is a
+plain TOML string, number, boolean, list or table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from harness.case import DEVICES, DTYPES, MASK_KINDS, PASS_KINDS
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message is one line (the CLI exits with code 2)."""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Where:
+    """The file being read, so every error can name it."""
+
+    file: str
+
+    def error(self, key: str, message: str) -> ScenarioError:
+        prefix = f"{self.file}: {key}: " if key else f"{self.file}: "
+        return ScenarioError((prefix + message).replace("\n", " "))
+
+    def bad(self, key: str, value: Any, allowed: str, hint: str = "") -> ScenarioError:
+        tail = f"; {hint}" if hint else ""
+        return self.error(key, f"{_short(value)} is not allowed; allowed: {allowed}{tail}")
+
+    def check_keys(self, table: dict, known: Iterable[str], where: str) -> None:
+        """Unknown keys raise, suggesting the closest known one (a typo must never be ignored)."""
+        known = list(known)
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                path = f"{where}.{key}" if where else key
+                raise self.error(path, f"unknown key; {hint}allowed keys: {', '.join(known)}")
+
+    def table(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.bad(key, value, "a table")
+        return value
+
+
+def did_you_mean(value: Any, options: Iterable[str]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+# --- scalar checks: each returns True when a raw TOML value is acceptable -----------------------
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # TOML true is a Python int; refuse it
+
+
+def is_positive_int(v: Any) -> bool:
+    return is_int(v) and v > 0
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Names end up in file names and report titles.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(NAME_RE.match(v))
+
+
+NAME_ALLOWED = "a name of letters, digits, '_', '.', '-' (starting with a letter or digit)"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: its TOML key, the Case field it fills, and the values it accepts."""
+
+    key: str
+    field: str
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def _choice(key: str, field: str, choices: tuple[str, ...]) -> Axis:
+    return Axis(key, field, lambda v: isinstance(v, str) and v in choices, ", ".join(choices))
+
+
+_POS = "a positive integer"
+AXES: dict[str, Axis] = {
+    a.key: a
+    for a in (
+        Axis("batch", "batch", is_positive_int, _POS),
+        Axis("heads_q", "heads_q", is_positive_int, _POS),
+        Axis("heads_kv", "heads_kv", is_positive_int, _POS + " dividing heads_q (omit: = heads_q)"),
+        Axis("seq_len", "seq_len_q", is_positive_int, _POS + " (sets seq_len_q = seq_len_kv)"),
+        Axis("seq_len_q", "seq_len_q", is_positive_int, _POS),
+        Axis("seq_len_kv", "seq_len_kv", is_positive_int, _POS + " (omit: = seq_len_q)"),
+        Axis("head_dim", "head_dim", is_positive_int, _POS),
+        _choice("dtype", "dtype", DTYPES),
+        _choice("device", "device", DEVICES),
+        Axis("causal", "causal", lambda v: isinstance(v, bool), "true, false"),
+        _choice("mask", "mask", MASK_KINDS),
+        Axis("mask_fraction", "mask_fraction", lambda v: is_number(v) and 0 <= v < 1,
+             "a number in [0, 1)"),
+        Axis("threads", "threads", is_positive_int, _POS + " (omit: torch's default)"),
+        _choice("pass", "pass_kind", PASS_KINDS),
+    )
+}
+
+TOP_KEYS = ("name", "description", "implementations", "seed", "baseline", "reference", "budget",
+            "grid")
+GRID_KEYS = ("name", "implementations", *AXES, "exclude")
+EXCLUDE_KEYS = ("impl", *AXES)
+REQUIRED_AXES = ("heads_q", "head_dim")  # plus seq_len or seq_len_q
+
+
+def axis_values(where: Where, raw: Any, axis: Axis, key: str) -> tuple:
+    """A scalar or a non-empty list of acceptable values -> tuple of values, duplicates dropped."""
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise where.bad(key, raw, f"a value or a non-empty list of: {axis.allowed}")
+    for i, v in enumerate(items):
+        if not axis.check(v):
+            item_key = f"{key}[{i}]" if isinstance(raw, list) else key
+            raise where.bad(item_key, v, axis.allowed)
+    if axis.key == "mask_fraction":
+        items = [float(v) for v in items]
+    return tuple(dict.fromkeys(items))
+
+
+def impl_names(where: Where, raw: Any, key: str, known: Iterable[str]) -> tuple[str, ...]:
+    """A non-empty list (or one string) of registered implementation names, in the given order."""
+    known = sorted(known)
+    allowed = ", ".join(known) + " (registered implementations)"
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise where.bad(key, raw, "a non-empty list of: " + allowed)
+    for i, v in enumerate(items):
+        if not isinstance(v, str) or v not in known:
+            item_key = f"{key}[{i}]" if isinstance(raw, list) else key
+            raise where.bad(item_key, v, allowed, did_you_mean(v, known))
+    return tuple(dict.fromkeys(items))
+
+
+# --- budget ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to measure each case. Defaults suit a shared 2-core CPU."""
+
+    warmup_s: float = 0.1  # discarded warm-up time before the first timed sample
+    min_time_s: float = 0.2  # measure at least this long, even when the spread is already small
+    max_time_s: float = 1.0  # stop here even when the spread is still large (then flag it noisy)
+    target_spread: float = 0.05  # stop early once IQR/median falls below this
+    case_timeout_s: float = 120.0  # the runner kills a worker process that runs longer
+    # The worker process's memory cap (a case above it is recorded as oom, or skipped when its
+    # memory model predicts so); None = the runner derives one from the machine's memory.
+    memory_limit_bytes: int | None = None
+    l2_flush: bool = False  # CUDA: overwrite the L2 cache before each sample (cold-cache numbers)
+    cuda_graph: bool = False  # CUDA: replay the call as a CUDA graph (less launch cost)
+
+
+BUDGET_RULES = {
+    "warmup_s": (lambda v: is_number(v) and v >= 0, "a number of seconds >= 0"),
+    "min_time_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
+    "max_time_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
+    "target_spread": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.05"),
+    "case_timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
+    "memory_limit_bytes": (is_positive_int, "a positive integer number of bytes"),
+    "l2_flush": (lambda v: isinstance(v, bool), "true, false"),
+    "cuda_graph": (lambda v: isinstance(v, bool), "true, false"),
+}
+
+
+def parse_budget(where: Where, table: dict) -> Budget:
+    where.check_keys(table, BUDGET_RULES, "budget")
+    for key, value in table.items():
+        check, allowed = BUDGET_RULES[key]
+        if not check(value):
+            raise where.bad(f"budget.{key}", value, allowed)
+    budget = Budget(**{k: float(v) if k.endswith("_s") or k == "target_spread" else v
+                       for k, v in table.items()})
+    if budget.max_time_s < budget.min_time_s:
+        raise where.bad("budget.max_time_s", table.get("max_time_s", budget.max_time_s),
+                        f"a number >= budget.min_time_s ({budget.min_time_s:g})")
+    if budget.case_timeout_s <= budget.warmup_s + budget.max_time_s:
+        raise where.bad("budget.case_timeout_s", table.get("case_timeout_s", budget.case_timeout_s),
+                        f"a number > warmup_s + max_time_s "
+                        f"({budget.warmup_s + budget.max_time_s:g})")
+    return budget
