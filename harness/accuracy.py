@@ -1,0 +1,233 @@
+"""Numerical error of an attention output against a float64 reference, and the pass rule.
+
+At large N a full float64 reference (B·H·Nq·Nk·8 bytes of scores) does not fit, so error is
+measured on a subset of query rows (select_rows); attention rows are independent, so a row's
+reference needs only that row of q and all of k, v. The reference is computed from the
+*same already-rounded* inputs (q.double()), so it measures the implementation's arithmetic, not
+the rounding of the inputs.
+
+Pass rule (DESIGN.md, FlashAttention's tests): float32 must reach rel_l2 ≤ 1e-5; float16 and
+bfloat16 must have max_abs ≤ 2 × (max_abs of the naive algorithm in the same dtype) + floor.
+FlashAttention computes the floor per test as fwd_atol = 2·|(out_ref + 0.3 − 0.3) − out_ref|max:
+twice the rounding error of one addition at the output's magnitude. For outputs of magnitude
+below ~1.7 (attention outputs with standard-normal V are averages, so nearly always) that is
+2 half-ulps of [1, 2): 2·2⁻¹¹ ≈ 1e-3 for float16 and 2·2⁻⁸ ≈ 8e-3 for bfloat16 — the default
+floors. The floor keeps a correct kernel from failing where naive happens to be almost exact
+(tiny Nk, rows that see one key); rounding_floor() gives FlashAttention's data-dependent value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FLOAT32_MAX_REL_L2 = 1e-5
+LOW_PRECISION_FACTOR = 2.0
+LOW_PRECISION_FLOOR = {"float16": 1e-3, "bfloat16": 8e-3}
+CHUNK_BYTES = 64 * 2**20  # bound on the score block held while computing reference rows
+
+
+@dataclass(frozen=True)
+class Errors:
+    max_abs: float  # inf when the output has NaN or inf
+    rel_l2: float  # ||out − ref||₂ / ||ref||₂; 0/0 → 0, x/0 → inf
+    has_nan: bool
+    has_inf: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    rule: str  # which rule decided, e.g. "float32 rel_l2 <= 1e-05"
+    metric: str = ""  # "rel_l2" | "max_abs" | "nan"
+    value: float = math.nan
+    limit: float = math.nan
+
+
+def select_rows(seq_len_q: int, max_rows: int = 512):
+    """Query row indices to check: all rows when Nq ≤ max_rows, else max_rows evenly spaced
+    rows including the first and the last (floor(i·(Nq−1)/(max_rows−1)), strictly increasing)."""
+    import torch
+
+    if seq_len_q <= max_rows:
+        return torch.arange(seq_len_q, dtype=torch.long)
+    if max_rows < 2:
+        raise ValueError(f"max_rows must be >= 2 to include the first and last rows, got {max_rows}")
+    i = torch.arange(max_rows, dtype=torch.long)
+    return i * (seq_len_q - 1) // (max_rows - 1)  # (max_rows,)
+
+
+def _visible(rows, seq_len_q: int, seq_len_kv: int, causal: bool, attn_mask, kv_heads: int, group: int):
+    """Boolean visibility broadcastable to (B, Hkv, G, R, Nk) for absolute query `rows`, or None."""
+    import torch
+
+    visible = None
+    if causal:
+        j = torch.arange(seq_len_kv, device=rows.device).unsqueeze(0)  # (1, Nk)
+        visible = j <= rows.unsqueeze(1) + (seq_len_kv - seq_len_q)  # (R, Nk)
+    if attn_mask is not None:
+        m = attn_mask.to(rows.device)
+        while m.dim() < 4:
+            m = m.unsqueeze(0)  # (b, h, nq, nk) with size-1 dims kept for broadcasting
+        if m.shape[2] != 1:
+            m = m[:, :, rows]  # (b, h, R, nk): the mask rows of these absolute query rows
+        b, h, r, nk = m.shape
+        if h == 1:
+            m = m.reshape(b, 1, 1, r, nk)  # (b, 1, 1, r, nk)
+        else:
+            m = m.reshape(b, kv_heads, group, r, nk)  # query head h = kv head h // G, slot h % G
+        visible = m if visible is None else (m & visible)
+    return visible
+
+
+def _check(q, k, v, rows):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D (B, H, N, D)")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"heads_q ({q.shape[1]}) must be a multiple of heads_kv ({k.shape[1]})")
+    if rows.dim() != 1:
+        raise ValueError("rows must be a 1-D index tensor")
+
+
+def _chunk_rows(q, k) -> int:
+    """Rows per chunk so one float64 score block (B, Hq, rows, Nk) stays under CHUNK_BYTES."""
+    per_row = q.shape[0] * q.shape[1] * k.shape[2] * 8
+    return max(1, CHUNK_BYTES // max(per_row, 1))
+
+
+def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None):
+    """Exact-as-possible attention for query `rows`, float64 on CPU: (B, Hq, R, D).
+
+    Bottom-right causal with absolute row indices (query i sees key j ≤ i + Nk − Nq); GQA (query
+    head h uses kv head h // G); masks broadcast, with the mask's query dim indexed by absolute
+    row when it is not 1; a row with no visible key is zeros. Computed in row chunks.
+    """
+    import torch
+
+    rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+    _check(q, k, v, rows)
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    # Only the checked rows of q are converted; k and v are needed whole (B·Hkv·Nk·D·8 bytes each).
+    q64 = q.detach()[:, :, rows.to(q.device)].to(device="cpu", dtype=torch.float64)  # (B, Hq, R, D)
+    k64 = k.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
+    v64 = v.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
+    mask = None if attn_mask is None else attn_mask.detach().cpu()
+    outs = []
+    step = _chunk_rows(q, k)
+    for start in range(0, rows.numel(), step):
+        r = rows[start : start + step]  # (R,)
+        R = r.numel()
+        # GQA: the G query heads of one kv head stacked along rows, so k/v are never copied G times.
+        qc = q64[:, :, start : start + step].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D)
+        s = torch.matmul(qc, k64.transpose(-1, -2)).view(B, Hkv, G, R, Nk) * scale  # (B, Hkv, G, R, Nk)
+        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G)
+        if vis is not None:
+            s = s.masked_fill(~vis, float("-inf"))
+        m = s.amax(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-hidden rows: exp → 0
+        p = torch.exp(s - m)  # (B, Hkv, G, R, Nk)
+        denom = p.sum(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
+        o = torch.matmul(p.view(B, Hkv, G * R, Nk), v64).view(B, Hkv, G, R, D)  # (B, Hkv, G, R, D)
+        o = torch.where(denom > 0, o / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
+        outs.append(o.reshape(B, Hq, R, D))
+    if not outs:
+        return torch.zeros((B, Hq, 0, D), dtype=torch.float64)
+    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
+
+
+def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None):
+    """The same rows computed the way implementations/naive.py does, in the inputs' dtype and on
+    their device: Q·Kᵀ in the input dtype, scale/mask/softmax in float32, probabilities cast to
+    the input dtype, P·V in the input dtype. Its error is the low-precision baseline for judge().
+    Returns (B, Hq, R, D) in the input dtype on the input device."""
+    import torch
+
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    _check(q, k, v, rows)
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    rows = rows.to(q.device)
+    kk, vv = k.detach(), v.detach()  # (B, Hkv, Nk, D)
+    mask = None if attn_mask is None else attn_mask.detach()
+    outs = []
+    step = _chunk_rows(q, k)
+    for start in range(0, rows.numel(), step):
+        r = rows[start : start + step]  # (R,)
+        R = r.numel()
+        qc = q.detach()[:, :, r].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D), as naive groups heads
+        s = torch.matmul(qc, kk.transpose(-1, -2)).to(acc).view(B, Hkv, G, R, Nk)  # (B, Hkv, G, R, Nk)
+        s.mul_(scale)
+        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G)
+        if vis is not None:
+            s.masked_fill_(~vis, float("-inf"))
+        p = torch.softmax(s, dim=-1)  # (B, Hkv, G, R, Nk)
+        if vis is not None:
+            p = p.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # no visible key → zeros
+        o = torch.matmul(p.to(v.dtype).view(B, Hkv, G * R, Nk), vv)  # (B, Hkv, G*R, D)
+        outs.append(o.reshape(B, Hq, R, D))
+    if not outs:
+        return torch.zeros((B, Hq, 0, D), dtype=q.dtype, device=q.device)
+    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
+
+
+def errors(out_rows, ref_rows) -> Errors:
+    """Error of `out_rows` against `ref_rows` (same shape), computed in float64 on the CPU."""
+    import torch
+
+    if tuple(out_rows.shape) != tuple(ref_rows.shape):
+        raise ValueError(f"shapes differ: out {tuple(out_rows.shape)} vs ref {tuple(ref_rows.shape)}")
+    out = out_rows.detach().to(device="cpu", dtype=torch.float64)
+    ref = ref_rows.detach().to(device="cpu", dtype=torch.float64)
+    has_nan = bool(torch.isnan(out).any())
+    has_inf = bool(torch.isinf(out).any())
+    if has_nan or has_inf:
+        return Errors(max_abs=math.inf, rel_l2=math.inf, has_nan=has_nan, has_inf=has_inf)
+    diff = out - ref
+    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    num = float(torch.linalg.vector_norm(diff))
+    den = float(torch.linalg.vector_norm(ref))
+    rel = (0.0 if num == 0.0 else math.inf) if den == 0.0 else num / den
+    return Errors(max_abs=max_abs, rel_l2=rel, has_nan=False, has_inf=False)
+
+
+def rounding_floor(ref_rows, dtype: str) -> float:
+    """FlashAttention's data-dependent floor: 2·max|(ref + 0.3 − 0.3) − ref| evaluated in `dtype`
+    (ref rounded to dtype first), i.e. twice one addition's rounding at the output's magnitude."""
+    import torch
+
+    t = getattr(torch, dtype)
+    ref = ref_rows.detach().to(device="cpu", dtype=t)
+    err = (ref + 0.3 - 0.3 - ref).abs()
+    return 2.0 * float(err.max()) if err.numel() else 0.0
+
+
+def judge(dtype: str, errors: Errors, naive_errors: Errors | None = None, *, floor: float | None = None) -> Verdict:
+    """Pass or fail by the module's rule. Low-precision dtypes need `naive_errors` (the naive
+    algorithm's error in the same dtype against the same reference); `floor` overrides the
+    per-dtype default (e.g. with rounding_floor)."""
+    if errors.has_nan or errors.has_inf:
+        return Verdict(False, "non-finite output", "nan", math.nan, math.nan)
+    if dtype in ("float32", "float64"):
+        limit = FLOAT32_MAX_REL_L2
+        return Verdict(errors.rel_l2 <= limit, f"{dtype} rel_l2 <= {limit:g}", "rel_l2", errors.rel_l2, limit)
+    if dtype not in LOW_PRECISION_FLOOR:
+        raise ValueError(f"no accuracy rule for dtype {dtype!r}")
+    if naive_errors is None:
+        raise ValueError(f"judge({dtype!r}) needs naive_errors: the rule is relative to the naive baseline")
+    if naive_errors.has_nan or naive_errors.has_inf:
+        raise ValueError("the naive baseline itself is non-finite; it cannot anchor the rule")
+    f = LOW_PRECISION_FLOOR[dtype] if floor is None else float(floor)
+    limit = LOW_PRECISION_FACTOR * naive_errors.max_abs + f
+    return Verdict(
+        errors.max_abs <= limit,
+        f"{dtype} max_abs <= {LOW_PRECISION_FACTOR:g} * naive max_abs + {f:g}",
+        "max_abs",
+        errors.max_abs,
+        limit,
+    )

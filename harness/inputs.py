@@ -1,0 +1,106 @@
+"""Seeded inputs for one benchmark case: q, k, v and the optional key-padding mask.
+
+Every implementation of a case must see exactly the same numbers, so values are drawn in float32
+on the CPU from a generator seeded by (seed, shape) only, then cast and moved. The seed ignores
+impl, dtype, device, threads, pass kind and masking: the same shape gets the same q/k/v whichever
+implementation, dtype or device runs it, so a float16 CUDA case and a float32 CPU case differ
+only by the rounding of their inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.case import Case
+
+if TYPE_CHECKING:  # torch is imported inside functions: nothing heavy at import time
+    import torch
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value to compare with
+class Inputs:
+    q: "torch.Tensor"  # (B, Hq, Nq, D)
+    k: "torch.Tensor"  # (B, Hkv, Nk, D)
+    v: "torch.Tensor"  # (B, Hkv, Nk, D)
+    attn_mask: "torch.Tensor | None"  # (B, 1, 1, Nk) bool, True = may attend; None = no mask
+    causal: bool
+
+    def call_kwargs(self) -> dict:
+        """Keyword arguments for an implementation call: fn(q, k, v, **inputs.call_kwargs())."""
+        return {"causal": self.causal, "attn_mask": self.attn_mask}
+
+    def tensors(self) -> tuple:
+        return (self.q, self.k, self.v)
+
+
+def input_seed(case: Case, seed: int) -> int:
+    """A 63-bit seed from (seed, shape); stable across processes and Python versions
+    (hash() is salted per process, so it is not used)."""
+    key = (
+        int(seed),
+        case.batch,
+        case.heads_q,
+        case.heads_kv,
+        case.seq_len_q,
+        case.seq_len_kv,
+        case.head_dim,
+    )
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def padded_key_counts(batch: int, seq_len_kv: int, mask_fraction: float) -> list[int]:
+    """How many trailing keys are padded away in each batch row.
+
+    Row b pads round(fraction * Nk * f_b) keys with f_b rising linearly from 0.5 to 1.5 across the
+    batch (f = 1 when B = 1), so rows differ (as real padded batches do) while the mean padded
+    fraction stays about `mask_fraction`. Below a fraction of 1 every row keeps at least one key;
+    only mask_fraction == 1 pads rows completely (their outputs are then zeros by contract).
+    """
+    if not 0.0 <= mask_fraction <= 1.0:
+        raise ValueError(f"mask_fraction must be in [0, 1], got {mask_fraction}")
+    if mask_fraction == 1.0:
+        return [seq_len_kv] * batch
+    counts = []
+    for b in range(batch):
+        factor = 1.0 if batch == 1 else 0.5 + b / (batch - 1)
+        n = round(mask_fraction * seq_len_kv * factor)
+        counts.append(max(0, min(n, seq_len_kv - 1)))
+    return counts
+
+
+def key_padding_mask(batch: int, seq_len_kv: int, mask_fraction: float, device="cpu"):
+    """Boolean (B, 1, 1, Nk) mask, True = may attend; row b's last padded_key_counts[b] keys False."""
+    import torch
+
+    counts = padded_key_counts(batch, seq_len_kv, mask_fraction)
+    keep = torch.tensor([seq_len_kv - c for c in counts]).unsqueeze(1)  # (B, 1)
+    positions = torch.arange(seq_len_kv).unsqueeze(0)  # (1, Nk)
+    mask = positions < keep  # (B, Nk)
+    return mask.reshape(batch, 1, 1, seq_len_kv).to(device)  # (B, 1, 1, Nk)
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    """Standard-normal q, k, v for `case` on case.device in case.dtype, plus its mask.
+
+    For pass kinds with a backward pass q, k and v are leaf tensors that require grad.
+    """
+    import torch
+
+    if case.mask not in ("none", "key_padding"):
+        raise ValueError(f"unknown mask kind {case.mask!r}; allowed: none, key_padding")
+    dtype = getattr(torch, case.dtype)
+    gen = torch.Generator(device="cpu").manual_seed(input_seed(case, seed))
+    B, Hq, Hkv = case.batch, case.heads_q, case.heads_kv
+    Nq, Nk, D = case.seq_len_q, case.seq_len_kv, case.head_dim
+    q = torch.randn((B, Hq, Nq, D), generator=gen, dtype=torch.float32)  # (B, Hq, Nq, D)
+    k = torch.randn((B, Hkv, Nk, D), generator=gen, dtype=torch.float32)  # (B, Hkv, Nk, D)
+    v = torch.randn((B, Hkv, Nk, D), generator=gen, dtype=torch.float32)  # (B, Hkv, Nk, D)
+    needs_grad = case.pass_kind in ("backward", "forward_backward")
+    q, k, v = (t.to(device=case.device, dtype=dtype).requires_grad_(needs_grad) for t in (q, k, v))
+    mask = None
+    if case.mask == "key_padding":
+        mask = key_padding_mask(B, Nk, case.mask_fraction, device=case.device)  # (B, 1, 1, Nk)
+    return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.causal)

@@ -1,0 +1,147 @@
+"""Derived statistics of raw timing samples: quantiles, spread, a bootstrap CI, a noise flag.
+
+Spread is IQR / median (robust to the occasional outlier a shared machine produces). Thresholds
+follow the measurement rules in DESIGN.md: ≥ 10% is noisy, ≥ 25% unreliable.
+Confidence intervals are percentile bootstraps of the median with a fixed seed, so the same
+samples always give the same interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+if TYPE_CHECKING:  # numpy is imported inside the functions: nothing heavy at import time
+    import numpy as np
+
+NOISY_SPREAD = 0.10
+UNRELIABLE_SPREAD = 0.25
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    median_s: float
+    mean_s: float
+    min_s: float
+    max_s: float
+    q1_s: float
+    q3_s: float
+    iqr_s: float
+    spread: float  # IQR / median, dimensionless
+    ci_low_s: float  # bootstrap CI of the median
+    ci_high_s: float
+    noise: str  # "ok" | "noisy" | "unreliable"
+
+
+class RatioCI(NamedTuple):
+    ratio: float  # median(cur) / median(base)
+    low: float
+    high: float
+
+
+def _as_array(samples: Sequence[float], what: str) -> np.ndarray:
+    import numpy as np
+
+    x = np.asarray(list(samples), dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{what}: need at least one sample, got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what}: samples must be finite")
+    return x
+
+
+def spread(samples: Sequence[float]) -> float:
+    """IQR / median; 0 for identical samples, inf when the median is 0 but the IQR is not."""
+    import numpy as np
+
+    x = _as_array(samples, "spread")
+    q1, med, q3 = np.percentile(x, [25, 50, 75])
+    return _ratio(float(q3 - q1), float(med))
+
+
+def _ratio(iqr: float, median: float) -> float:
+    if median == 0.0:
+        return 0.0 if iqr == 0.0 else math.inf
+    return iqr / abs(median)
+
+
+def noise_level(spread_value: float) -> str:
+    if spread_value >= UNRELIABLE_SPREAD:
+        return "unreliable"
+    if spread_value >= NOISY_SPREAD:
+        return "noisy"
+    return "ok"
+
+
+def _bootstrap_medians(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    import numpy as np
+
+    idx = rng.integers(0, x.size, size=(resamples, x.size))  # (R, n)
+    return np.median(x[idx], axis=1)  # (R,)
+
+
+def summarize(
+    samples_s: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> Stats:
+    """Statistics of per-call times in seconds. Quantiles use linear interpolation (numpy's default)."""
+    import numpy as np
+
+    x = _as_array(samples_s, "summarize")
+    q1, med, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+    iqr = q3 - q1
+    s = _ratio(iqr, med)
+    if x.size == 1:
+        lo = hi = med
+    else:
+        meds = _bootstrap_medians(x, np.random.default_rng(seed), resamples)
+        alpha = (1.0 - confidence) / 2.0
+        lo, hi = (float(v) for v in np.quantile(meds, [alpha, 1.0 - alpha]))
+    return Stats(
+        n=int(x.size),
+        median_s=med,
+        mean_s=float(x.mean()),
+        min_s=float(x.min()),
+        max_s=float(x.max()),
+        q1_s=q1,
+        q3_s=q3,
+        iqr_s=iqr,
+        spread=s,
+        ci_low_s=lo,
+        ci_high_s=hi,
+        noise=noise_level(s),
+    )
+
+
+def ratio_ci(
+    base_samples: Sequence[float],
+    cur_samples: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> RatioCI:
+    """median(cur) / median(base) with a percentile-bootstrap CI (both sides resampled
+    independently). A ratio > 1 means `cur` is slower than `base`."""
+    import numpy as np
+
+    base = _as_array(base_samples, "ratio_ci base")
+    cur = _as_array(cur_samples, "ratio_ci cur")
+    if np.median(base) <= 0.0:
+        raise ValueError("ratio_ci: the base median must be positive")
+    ratio = float(np.median(cur) / np.median(base))
+    rng = np.random.default_rng(seed)
+    base_meds = _bootstrap_medians(base, rng, resamples)  # (R,)
+    cur_meds = _bootstrap_medians(cur, rng, resamples)  # (R,)
+    with np.errstate(divide="ignore"):
+        ratios = cur_meds / base_meds  # (R,)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = (float(v) for v in np.quantile(ratios, [alpha, 1.0 - alpha]))
+    return RatioCI(ratio, lo, hi)

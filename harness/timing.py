@@ -1,0 +1,334 @@
+"""Wall-clock (CPU) and CUDA-event timing of a zero-argument callable; raw samples kept.
+
+A sample is one block of `calls_per_block` back-to-back calls; its value is the block time
+divided by the calls, so per-call seconds whatever the block size. Blocks continue until the
+measurement phase has lasted `min_time_s` and the spread (IQR / median, see stats.py) of the
+samples so far is below `target_spread`, or until `max_time_s` — always at least MIN_SAMPLES.
+Warm-up calls are discarded. Nothing here formats text: results are a frozen Timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from harness.stats import spread
+
+MIN_SAMPLES = 3  # even when one call outlasts max_time_s
+SPREAD_MIN_SAMPLES = 5  # a spread from fewer samples is not trusted to stop early
+DEFAULT_L2_FLUSH_BYTES = 256 * 2**20  # when the device does not report its L2 size
+
+
+@dataclass(frozen=True)
+class Timing:
+    samples_s: tuple[float, ...]  # per-call seconds, one per block
+    calls_per_block: int
+    n_blocks: int
+    total_time_s: float  # measurement phase only, warm-up excluded
+    stopped: str  # "spread" (converged) | "max_time" (time cap hit)
+    warmup_s: float  # time actually spent warming up
+    timer: str = "perf_counter"  # "perf_counter" | "cuda_event"
+    l2_flush: bool = False
+    cuda_graph: bool = False  # True only when graph replay was actually used
+    graph_fallback_reason: str | None = None  # why capture failed, when cuda_graph was asked for
+
+
+def _should_stop(samples: list[float], elapsed_s: float, min_time_s, max_time_s, target_spread):
+    """Return "spread", "max_time" or None (keep going)."""
+    if len(samples) < MIN_SAMPLES:
+        return None
+    if (
+        elapsed_s >= min_time_s
+        and len(samples) >= SPREAD_MIN_SAMPLES
+        and spread(samples) < target_spread
+    ):
+        return "spread"  # converged (even if the cap was reached at the same block)
+    if elapsed_s >= max_time_s:
+        return "max_time"
+    return None
+
+
+def _check_budget(warmup_s, min_time_s, max_time_s, target_spread):
+    if warmup_s < 0 or min_time_s < 0 or max_time_s < 0:
+        raise ValueError("warmup_s, min_time_s and max_time_s must be >= 0")
+    if max_time_s < min_time_s:
+        raise ValueError(f"max_time_s ({max_time_s}) must be >= min_time_s ({min_time_s})")
+    if target_spread < 0:
+        raise ValueError(f"target_spread must be >= 0, got {target_spread}")
+
+
+def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf) -> tuple[float, float]:
+    """Call fn until warmup_s has passed and at least twice. Returns (time spent, per-call estimate).
+
+    Two calls because the first is cold (lazy init, allocator, page faults): sizing blocks from it
+    alone would give a fast function one call per block. A first call that already took
+    ≥ one_call_enough_s (the measurement's max_time_s) is not repeated.
+    """
+    start = time.perf_counter()
+    recent: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        recent = (recent + [t1 - t0])[-5:]
+        if t1 - start >= warmup_s and (len(recent) >= 2 or recent[0] >= one_call_enough_s):
+            break
+    # The fastest recent call: the first calls are cold and too slow.
+    return time.perf_counter() - start, min(recent)
+
+
+def _calls_for(per_call_s: float, min_block_s: float) -> int:
+    if min_block_s <= 0:
+        return 1
+    return max(1, math.ceil(min_block_s / max(per_call_s, 1e-9)))
+
+
+def time_cpu(
+    fn: Callable[[], object],
+    *,
+    warmup_s: float = 0.1,
+    min_time_s: float = 0.5,
+    max_time_s: float = 5.0,
+    target_spread: float = 0.05,
+    min_block_s: float = 0.01,
+) -> Timing:
+    """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
+    is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
+    triggered by someone else's garbage does not land in one sample."""
+    _check_budget(warmup_s, min_time_s, max_time_s, target_spread)
+    warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s)
+    calls = _calls_for(per_call_s, min_block_s)
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    start = time.perf_counter()
+    try:
+        gc.disable()
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            t1 = time.perf_counter()
+            samples.append((t1 - t0) / calls)
+            stopped = _should_stop(samples, t1 - start, min_time_s, max_time_s, target_spread)
+            if stopped:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(
+        samples_s=tuple(samples),
+        calls_per_block=calls,
+        n_blocks=len(samples),
+        total_time_s=time.perf_counter() - start,
+        stopped=stopped,
+        warmup_s=warm_s,
+    )
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 20,
+    min_block_s: float = 0.01,
+    warmup_s: float = 0.05,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per-call seconds for each callable, measured in alternating short blocks.
+
+    Round r runs one block of every callable, starting at a different one each round (the order
+    rotates), so slow drift of the machine (frequency, neighbours) hits every callable alike and
+    ratios between them stay meaningful. `sync` (e.g. torch.cuda.synchronize) is called before
+    and after each block for asynchronous devices. Returns {name: [rounds samples]}.
+    """
+    if not fns:
+        raise ValueError("time_interleaved: no callables given")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    names = list(fns)
+    do_sync = sync or (lambda: None)
+
+    calls: dict[str, int] = {}
+    for name in names:
+
+        def synced(f=fns[name]):
+            f()
+            do_sync()
+
+        _, per_call_s = _warmup_cpu(synced, warmup_s)
+        calls[name] = _calls_for(per_call_s, min_block_s)
+
+    out: dict[str, list[float]] = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    try:
+        gc.disable()
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn, n = fns[name], calls[name]
+                do_sync()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                do_sync()
+                out[name].append((time.perf_counter() - t0) / n)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- CUDA
+
+
+def l2_flush_bytes(device=None) -> int:
+    """Bytes to write so the L2 holds none of the benchmark's data: twice the reported L2 size
+    (an address-hashed, partitioned L2 is not reliably emptied by writing exactly its size),
+    or 256 MiB when the size is not reported (what Triton's do_bench uses)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    l2 = int(getattr(props, "L2_cache_size", 0) or 0)
+    return 2 * l2 if l2 > 0 else DEFAULT_L2_FLUSH_BYTES
+
+
+def _capture_graph(fn: Callable, calls: int):
+    """Capture `calls` back-to-back calls of fn in a CUDA graph. Returns (graph, None) or
+    (None, reason) when capture fails (host syncs, .item(), unsupported ops, CPU fallbacks)."""
+    import torch
+
+    prev_stream = torch.cuda.current_stream()
+    try:
+        # Warm up on a side stream first (the documented recipe): lazy initialisation such as
+        # cuBLAS workspaces must not happen during capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        torch.cuda.synchronize()
+        graph.replay()  # one replay to prove it runs, and to warm the graph's launch path
+        torch.cuda.synchronize()
+        return graph, None
+    except Exception as exc:  # any capture failure means "time it eagerly", never "crash"
+        # torch.cuda.graph.__exit__ skips restoring the stream when capture_end raises (torch
+        # 2.13), which would leave every later call on the capture side stream: restore it.
+        torch.cuda.set_stream(prev_stream)
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def time_cuda(
+    fn: Callable[[], object],
+    *,
+    warmup_s: float = 0.1,
+    min_time_s: float = 0.5,
+    max_time_s: float = 5.0,
+    target_spread: float = 0.05,
+    l2_flush: bool = False,
+    cuda_graph: bool = False,
+    device=None,
+    min_block_s: float = 0.0,
+    check_every_s: float = 0.05,
+) -> Timing:
+    """Time fn on a CUDA device with CUDA events around each sample.
+
+    Warm-up: calls in doubling batches, each batch synchronised, until ≥ warmup_s of wall time
+    (≥ 100 ms recommended: clocks ramp up and lazy init finishes). Samples are enqueued in
+    batches and synchronised only every ~check_every_s, so the host never drains the queue
+    between samples (a drained queue would add launch latency to each sample's start).
+
+    l2_flush: before each sample (outside its events) zero a buffer larger than the L2, giving
+    cold-cache numbers; forces one call per sample. cuda_graph: capture the block's calls in a
+    CUDA graph and time graph replays (removes launch overhead, for small shapes); if capture
+    fails the timing falls back to eager calls and records why in graph_fallback_reason.
+    min_block_s > 0 groups calls so a sample lasts at least that long (ignored with l2_flush).
+    """
+    import torch
+
+    _check_budget(warmup_s, min_time_s, max_time_s, target_spread)
+    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    with torch.cuda.device(dev):
+        # Warm-up: doubling batches of synchronised calls; the last batch gives a per-call estimate.
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        batch, batches = 1, 0
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            per_call_s = (t1 - t0) / batch
+            batches += 1
+            # At least two batches (the first call is cold) unless one call outlasts max_time_s.
+            if t1 - start >= warmup_s and (batches >= 2 or per_call_s >= max_time_s):
+                break
+            batch = min(batch * 2, max(1, math.ceil((warmup_s - (t1 - start)) / max(per_call_s, 1e-7))))
+        warm_s = time.perf_counter() - start
+
+        calls = 1 if l2_flush else _calls_for(per_call_s, min_block_s)
+        run_block: Callable[[], None]
+        graph, reason = (None, None)
+        if cuda_graph:
+            graph, reason = _capture_graph(fn, calls)
+        if graph is not None:
+            run_block = graph.replay
+        else:
+
+            def run_block():
+                for _ in range(calls):
+                    fn()
+
+        flush_buf = None
+        if l2_flush:
+            flush_buf = torch.empty(l2_flush_bytes(dev) // 4, dtype=torch.int32, device=dev)
+
+        # Samples per host check: enough to cover ~check_every_s without draining the queue.
+        per_sample_s = max(per_call_s * calls, 1e-6)
+        chunk = max(1, min(100, int(check_every_s / per_sample_s)))
+        samples: list[float] = []
+        stopped = None
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        while stopped is None:
+            events = []
+            for _ in range(chunk):
+                if flush_buf is not None:
+                    flush_buf.zero_()  # outside the events: not part of the sample
+                begin = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                begin.record()
+                run_block()
+                end.record()
+                events.append((begin, end))
+            torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            for begin, end in events:
+                samples.append(begin.elapsed_time(end) / 1e3 / calls)  # elapsed_time is in ms
+            stopped = _should_stop(samples, elapsed, min_time_s, max_time_s, target_spread)
+        total_s = time.perf_counter() - start
+        del flush_buf, graph
+    return Timing(
+        samples_s=tuple(samples),
+        calls_per_block=calls,
+        n_blocks=len(samples),
+        total_time_s=total_s,
+        stopped=stopped,
+        warmup_s=warm_s,
+        timer="cuda_event",
+        l2_flush=l2_flush,
+        cuda_graph=cuda_graph and reason is None,
+        graph_fallback_reason=reason,
+    )

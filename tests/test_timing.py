@@ -1,0 +1,208 @@
+import gc
+import statistics
+import time
+import types
+
+import pytest
+import torch
+
+from harness import timing
+from harness.stats import spread
+from harness.timing import Timing, time_cpu, time_cuda, time_interleaved
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def spin(seconds):
+    """Busy-wait: unlike sleep, its duration does not depend on the scheduler's timer slack."""
+
+    def fn():
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return fn
+
+
+class FakeClock:
+    """A deterministic perf_counter: only the benchmarked functions move it, so the stopping
+    logic is tested exactly, whatever else runs on this (shared, 2-core) machine."""
+
+    def __init__(self):
+        self.now_s = 0.0
+
+    def perf_counter(self):
+        return self.now_s
+
+    def work(self, durations_s):
+        """A function whose n-th call takes durations_s(n) seconds of fake time."""
+        calls = []
+
+        def fn():
+            self.now_s += durations_s(len(calls))
+            calls.append(1)
+
+        fn.calls = calls
+        return fn
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=c.perf_counter))
+    return c
+
+
+def test_real_clock_smoke():
+    t = time_cpu(spin(0.002), warmup_s=0.01, min_time_s=0.05, max_time_s=0.5, target_spread=0.5, min_block_s=0.01)
+    assert isinstance(t, Timing) and t.timer == "perf_counter" and not t.cuda_graph
+    assert t.calls_per_block == 5
+    assert min(t.samples_s) >= 0.002  # per call, and a spin cannot finish early
+    assert statistics.median(t.samples_s) < 0.02
+
+
+def test_steady_function_stops_on_spread_after_min_time(clock):
+    fn = clock.work(lambda n: 0.001)
+    t = time_cpu(fn, warmup_s=0.05, min_time_s=0.1, max_time_s=1.0, target_spread=0.05, min_block_s=0.01)
+    assert t.calls_per_block == 10
+    assert t.samples_s == pytest.approx((0.001,) * t.n_blocks)
+    assert t.stopped == "spread"
+    assert t.n_blocks == 10  # the first block that ends at or after min_time_s (10 ms each)
+    assert t.total_time_s == pytest.approx(0.1)
+    assert t.warmup_s == pytest.approx(0.05)
+    assert len(fn.calls) == 50 + 10 * 10  # warm-up calls are separate and discarded
+
+
+def test_spread_needs_five_samples(clock):
+    fn = clock.work(lambda n: 0.001)
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_spread=0.05, min_block_s=0.01)
+    assert t.stopped == "spread" and t.n_blocks == 5
+
+
+def test_noisy_function_runs_to_max_time(clock):
+    fn = clock.work(lambda n: 0.001 if (n // 10) % 2 else 0.002)  # blocks alternate 1 ms / 2 ms
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.05, max_time_s=0.3, target_spread=0.05, min_block_s=0.01)
+    assert t.stopped == "max_time"
+    assert 0.3 <= t.total_time_s <= 0.3 + 0.02  # at most one block past the cap
+    assert spread(t.samples_s) >= 0.05
+
+
+def test_at_least_three_samples_when_one_call_exceeds_max_time(clock):
+    fn = clock.work(lambda n: 2.0)
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_spread=0.5)
+    assert t.stopped == "max_time"
+    assert (t.n_blocks, t.calls_per_block) == (3, 1)
+    assert len(fn.calls) == 1 + 3  # one warm-up call (it outlasted max_time_s), three measured
+    assert t.samples_s == (2.0, 2.0, 2.0)
+
+
+def test_cold_first_call_is_discarded(clock):
+    fn = clock.work(lambda n: 0.2 if n == 0 else 0.001)  # lazy initialisation on the first call
+    t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_spread=0.5)
+    assert t.warmup_s == pytest.approx(0.201)  # the cold call, then one warm call
+    assert t.calls_per_block == 10  # sized from the warm calls, not the cold one
+    assert max(t.samples_s) == pytest.approx(0.001)
+
+
+def test_fast_functions_get_many_calls_per_block(clock):
+    t = time_cpu(clock.work(lambda n: 1e-6), warmup_s=0.001, min_time_s=0.0, max_time_s=1.0, target_spread=0.5)
+    assert 10_000 <= t.calls_per_block <= 10_001  # ceil of a float quotient
+    assert t.samples_s[0] == pytest.approx(1e-6)  # per call, not per block
+
+
+def test_gc_state_is_restored_even_when_fn_raises():
+    assert gc.isenabled()
+
+    def boom():
+        if boom.n >= 2:
+            raise RuntimeError("boom")
+        boom.n += 1
+
+    boom.n = 0
+    with pytest.raises(RuntimeError):
+        time_cpu(boom, warmup_s=0.0, min_time_s=0.0, max_time_s=0.1, target_spread=0.5, min_block_s=0.0)
+    assert gc.isenabled()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(warmup_s=-1.0), dict(min_time_s=2.0, max_time_s=1.0), dict(target_spread=-0.1)]
+)
+def test_bad_budgets_raise(kwargs):
+    with pytest.raises(ValueError):
+        time_cpu(lambda: None, **{"warmup_s": 0.0, "min_time_s": 0.0, "max_time_s": 0.1, "target_spread": 0.1, **kwargs})
+
+
+def test_interleaved_rotates_the_start_each_round():
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    out = time_interleaved(fns, rounds=4, min_block_s=0.0, warmup_s=0.0)
+    assert log[:6] == list("aabbcc")  # two warm-up calls each
+    assert log[6:] == list("abc" "bca" "cab" "abc")
+    assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_interleaving_cancels_drift(clock):
+    # The machine slows down steadily (5% per 10 ms round); "two" always costs twice "one".
+    def drifting(base_s):
+        return clock.work(lambda n: base_s * (1.0 + 5.0 * clock.now_s))
+
+    fns = {"one": drifting(0.0005), "two": drifting(0.001)}
+    out = time_interleaved(fns, rounds=10, min_block_s=0.005, warmup_s=0.0)
+    ratio = statistics.median(out["two"]) / statistics.median(out["one"])
+    assert ratio == pytest.approx(2.0, rel=0.01)
+    assert out["one"][-1] > 1.3 * out["one"][0]  # the drift is real, only the ratio is immune
+    # Measured one after the other instead, the same drift would distort the ratio by ~40%.
+    one = time_interleaved({"one": fns["one"]}, rounds=10, min_block_s=0.005, warmup_s=0.0)["one"]
+    two = time_interleaved({"two": fns["two"]}, rounds=10, min_block_s=0.005, warmup_s=0.0)["two"]
+    assert statistics.median(two) / statistics.median(one) > 2.2
+
+
+def test_interleaved_calls_sync_around_blocks():
+    synced = []
+    time_interleaved({"x": lambda: None}, rounds=2, min_block_s=0.0, warmup_s=0.0, sync=lambda: synced.append(1))
+    assert len(synced) == 2 + 2 * 2  # after each warm-up call, before and after each block
+
+
+def test_interleaved_rejects_empty_input():
+    with pytest.raises(ValueError):
+        time_interleaved({}, rounds=3)
+    with pytest.raises(ValueError):
+        time_interleaved({"a": lambda: None}, rounds=0)
+
+
+# --- CUDA (skipped without a GPU; these exercise the real event, flush and graph paths) ---
+
+
+def _matmul_fn(n=1024):
+    a = torch.randn(n, n, device="cuda")
+    b = torch.randn(n, n, device="cuda")
+    return lambda: a @ b
+
+
+@cuda
+def test_cuda_times_a_matmul():
+    t = time_cuda(_matmul_fn(), warmup_s=0.1, min_time_s=0.1, max_time_s=1.0, target_spread=0.2)
+    assert t.timer == "cuda_event" and t.n_blocks >= 3
+    flops = 2 * 1024**3 / statistics.median(t.samples_s)
+    assert 1e11 < flops < 2e15
+    assert t.warmup_s >= 0.1
+
+
+@cuda
+def test_cuda_l2_flush_forces_one_call_per_sample():
+    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_spread=0.5,
+                  l2_flush=True, min_block_s=0.01)
+    assert t.l2_flush and t.calls_per_block == 1
+
+
+@cuda
+def test_cuda_graph_replay_and_fallback():
+    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_spread=0.5,
+                  cuda_graph=True, min_block_s=0.001)
+    assert t.cuda_graph and t.graph_fallback_reason is None and t.calls_per_block >= 1
+    x = torch.ones(4, device="cuda")
+    t = time_cuda(lambda: (x * 2).sum().item(), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5,
+                  target_spread=0.5, cuda_graph=True)  # .item() syncs: cannot be captured
+    assert not t.cuda_graph and t.graph_fallback_reason
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # not left on the capture stream
+    assert t.n_blocks >= 3
