@@ -142,5 +142,7 @@ class Worker:
                 text = fh.read().decode(errors="replace")
         except OSError:
             return ""
-        lines = [ln for ln in text.strip().splitlines() if not ln.startswith("[worker ")]
+        # Drop our own case banners and the torch profiler's USDT chatter; keep the worker's words.
+        noise = ("[worker ", "USDT:")
+        lines = [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith(noise)]
         return " | ".join(lines[-4:])[-max_chars:]
