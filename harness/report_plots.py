@@ -1,0 +1,341 @@
+"""One group of the report (a grid combination): its figures and the tables beside them.
+
+Figures: latency, peak memory and achieved TFLOP/s against sequence length, one PNG each, a fixed
+color per implementation. Tables: the same numbers per implementation × size, the speed-up vs the
+baseline, and the scaling exponents (harness.fit). Nothing here times anything or reads files.
+
+Figures are built on matplotlib's object API with an explicit Agg canvas, created inside the
+function (never at import) and without switching the process-wide pyplot backend: a report
+renders on a machine with no display and leaves a notebook's own backend alone.
+Noisy timings (IQR/median ≥ 10%) are drawn as hollow markers; a marker shape per implementation
+keeps overlapping lines apart.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+
+from harness.fit import MIN_FIT_SIZES, fit_largest
+from harness.report import NOISE_MARK, Group, _num
+from harness.report_html import Figure, Section, Table
+
+FIGSIZE_IN = (7.0, 4.5)
+DPI = 110
+NOISY_NOTE = "hollow marker: noisy timing (IQR/median ≥ 10%)"
+MAX_INSIDE_LEGEND = 5  # more implementations than this: the legend goes beside the axes
+
+
+@dataclass(frozen=True)
+class Series:
+    """One implementation's points in one group; NaN where the case did not run OK."""
+
+    impl: str
+    color: str
+    marker: str
+    xs: tuple[int, ...]
+    median_ms: tuple[float, ...]
+    q1_ms: tuple[float, ...]
+    q3_ms: tuple[float, ...]
+    noisy: tuple[bool, ...]
+    peak_mib: tuple[float, ...]
+    tflops: tuple[float, ...]
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p")
+
+
+def impl_styles(impls: list[str]) -> dict[str, tuple[str, str]]:
+    """A fixed (color, marker) per implementation, by its position in the run, shared by every
+    figure; the marker tells apart lines that lie on top of each other."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["tab10" if len(impls) <= 10 else "tab20"]
+    return {name: (to_hex(cmap(i % cmap.N)), MARKERS[i % len(MARKERS)]) for i, name in enumerate(impls)}
+
+
+def plot_group(
+    series: list[Series], *, title: str, x_label: str, peak_tflops: float | None = None
+) -> dict[str, bytes]:
+    """PNG bytes keyed by "latency", "memory", "throughput"; a metric with no data is left out."""
+    out = {}
+    for key, draw in (("latency", _latency), ("memory", _memory), ("throughput", _throughput)):
+        fig, ax = _figure()
+        has_data = draw(ax, series, peak_tflops)
+        if not has_data:
+            continue
+        ax.set_title(f"{title}\n{_TITLES[key]}", fontsize=10)
+        ax.set_xlabel(x_label)
+        _x_ticks(ax, series)
+        ax.grid(True, which="major", alpha=0.3)
+        _legend(ax, series, noisy_note=key != "memory")
+        out[key] = _png(fig)
+    return out
+
+
+_TITLES = {
+    "latency": "Latency vs sequence length (median; bars = interquartile range)",
+    "memory": "Peak memory above the inputs vs sequence length",
+    "throughput": "Achieved throughput vs sequence length (from the median time)",
+}
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version: stable bytes
+    return buf.getvalue()
+
+
+def _ok(v: float) -> bool:
+    return v is not None and math.isfinite(v) and v > 0
+
+
+def _points(s: Series, values: tuple[float, ...]):
+    return [(x, v, noisy) for x, v, noisy in zip(s.xs, values, s.noisy) if _ok(v)]
+
+
+def _draw_line(ax, s: Series, pts, *, hollow_noisy: bool) -> None:
+    if not pts:
+        return
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    ax.plot(xs, ys, "-", color=s.color, lw=1.6, alpha=0.9, zorder=2)
+    filled = [(x, y) for x, y, noisy in pts if not (noisy and hollow_noisy)]
+    hollow = [(x, y) for x, y, noisy in pts if noisy and hollow_noisy]
+    if filled:
+        ax.scatter(*zip(*filled), s=30, color=s.color, marker=s.marker, zorder=3)
+    if hollow:
+        ax.scatter(*zip(*hollow), s=46, facecolors="white", edgecolors=s.color, marker=s.marker, linewidths=1.6,
+                   zorder=4)
+
+
+def _latency(ax, series: list[Series], _peak) -> bool:
+    any_data = False
+    for s in series:
+        pts = _points(s, s.median_ms)
+        if not pts:
+            continue
+        any_data = True
+        by_x = {x: (q1, med, q3) for x, q1, med, q3 in zip(s.xs, s.q1_ms, s.median_ms, s.q3_ms)}
+        lo, hi, xs = [], [], []
+        for x, med, _ in pts:
+            q1, _, q3 = by_x[x]
+            if _ok(q1) and _ok(q3):
+                xs.append(x)
+                lo.append(max(med - q1, 0.0))
+                hi.append(max(q3 - med, 0.0))
+        if xs:
+            ys = [by_x[x][1] for x in xs]
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=s.color, elinewidth=1, capsize=2, alpha=0.7)
+        _draw_line(ax, s, pts, hollow_noisy=True)
+    ax.set_xscale("log", base=2)
+    _log_y(ax)
+    ax.set_ylabel("median latency (ms, log scale)")
+    return any_data
+
+
+def _memory(ax, series: list[Series], _peak) -> bool:
+    any_data = False
+    for s in series:
+        pts = _points(s, s.peak_mib)
+        any_data |= bool(pts)
+        _draw_line(ax, s, pts, hollow_noisy=False)
+    ax.set_xscale("log", base=2)
+    _log_y(ax)
+    ax.set_ylabel("peak memory above inputs (MiB, log scale)")
+    return any_data
+
+
+def _throughput(ax, series: list[Series], peak_tflops: float | None) -> bool:
+    any_data = False
+    for s in series:
+        pts = _points(s, s.tflops)
+        any_data |= bool(pts)
+        _draw_line(ax, s, pts, hollow_noisy=True)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("achieved TFLOP/s")
+    if peak_tflops and peak_tflops > 0:
+        sec = ax.secondary_yaxis(
+            "right", functions=(lambda t: t / peak_tflops * 100.0, lambda p: p * peak_tflops / 100.0)
+        )
+        sec.set_ylabel(f"% of measured matmul peak ({peak_tflops:.3g} TFLOP/s)")
+    return any_data
+
+
+def _log_y(ax) -> None:
+    """Log y-axis labelled 0.5, 10, 200 rather than 10^1: easier to read off in ms or MiB."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:g}"
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Plain())
+    # Label 2x/5x minor ticks up to 2 decades of range (matplotlib's default stops at 1).
+    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _x_ticks(ax, series: list[Series]) -> None:
+    from matplotlib.ticker import NullLocator
+
+    xs = sorted({x for s in series for x in s.xs})
+    ax.set_xticks(xs, [n_label(x) for x in xs])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def n_label(n: int) -> str:
+    """1024 -> "1k", 16384 -> "16k", 1536 -> "1536": short tick labels for powers of two."""
+    n = int(n)
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _legend(ax, series: list[Series], *, noisy_note: bool) -> None:
+    """Inside the axes for a few lines; beside them (a wider figure) when there are many, so the
+    legend never hides data."""
+    from matplotlib.lines import Line2D
+
+    shown = {line.get_color() for line in ax.get_lines()}
+    handles = [
+        Line2D([], [], color=s.color, marker=s.marker, ms=5, lw=1.6, label=s.impl) for s in series if s.color in shown
+    ]
+    outside = len(handles) > MAX_INSIDE_LEGEND
+    if noisy_note and any(n for s in series for n, v in zip(s.noisy, s.median_ms) if _ok(v)):
+        label = NOISY_NOTE.replace(": ", ":\n", 1) if outside else NOISY_NOTE
+        handles.append(Line2D([], [], ls="", marker="o", ms=6, mfc="white", mec="0.3", mew=1.4, label=label))
+    if outside:
+        ax.figure.set_size_inches(FIGSIZE_IN[0] + 2.2, FIGSIZE_IN[1])
+        ax.figure.legend(handles=handles, fontsize=8, loc="outside right upper", frameon=False)
+    else:
+        ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.85)
+
+
+# ---------------------------------------------------------------- a group's section
+
+
+def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, plot: bool) -> Section:
+    """The section for one grid combination: figures (when `plot` and ≥ 2 sizes ran OK), tables of
+    latency / memory / TFLOP/s / speed-up (rows = implementation, columns = size), fitted exponents."""
+    sec = Section(f"{g.grid or '(no grid)'} · {g.label}", level=3)
+    cells: dict[tuple[str, int], dict] = {}
+    for r in g.rows:  # an OK record wins over a failed one for the same point
+        key = (r["impl"], int(r[g.x_col]))
+        if key not in cells or (r["ok"] and not cells[key]["ok"]):
+            cells[key] = r
+    impls = [i for i in impl_order if any(k[0] == i for k in cells)]
+    xs = g.xs
+    ok_xs = sorted({x for (_, x), r in cells.items() if r["ok"]})
+    sec.paragraphs.append(f"x-axis: {g.x_label}.")
+    peak = calibration.get(f"{g.rows[0]['device']}_matmul_flops_per_s")
+    peak = _num(peak) if _num(peak) and _num(peak) > 0 else None
+    if not ok_xs:
+        sec.paragraphs.append("No case in this group ran OK: nothing to plot or fit.")
+    elif len(ok_xs) < 2:
+        sec.paragraphs.append("Only one sequence length ran OK in this group: tables only, no plots or fits.")
+    elif plot:
+        series = []
+        for impl in impls:
+            pts = [cells.get((impl, x)) for x in xs]
+            ok = [p if p is not None and p["ok"] else None for p in pts]
+            get = lambda k, scale: tuple(p[k] * scale if p and p[k] is not None else math.nan for p in ok)  # noqa: E731
+            series.append(Series(impl, *styles[impl], tuple(xs), get("median_s", 1e3), get("q1_s", 1e3),
+                                 get("q3_s", 1e3), tuple(bool(p and p["noise"] in NOISE_MARK) for p in ok),
+                                 get("peak_bytes", 2.0**-20), get("tflops_per_s", 1.0)))
+        pngs = plot_group(series, title=f"{g.grid} · {g.label}", x_label=g.x_label,
+                          peak_tflops=peak / 1e12 if peak else None)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{g.grid}-{g.label}").strip("-")[:48]
+        for key, png in pngs.items():
+            sec.figures.append(Figure(f"{idx:02d}-{slug}-{key}.png", png, f"{key}: {g.grid} {g.label}"))
+    head = ["impl"] + [n_label(x) for x in xs]
+
+    def table(title, fmt, note=""):
+        rows = [[impl] + [_cell(cells.get((impl, x)), fmt) for x in xs] for impl in impls]
+        return Table(f"{title}, by {g.x_symbol}", head, rows, note)
+
+    if not ok_xs:  # nothing measured: one table of statuses says it all
+        sec.tables.append(table("Status", lambda r: "ok"))
+        return sec
+    sec.tables.append(table("Median latency (ms)",
+                            lambda r: _fmt(r["median_s"] * 1e3) + NOISE_MARK.get(r["noise"], "")))
+    sec.tables.append(table("Peak memory above the inputs (MiB)",
+                            lambda r: _fmt(r["peak_bytes"] / 2**20) if r["peak_bytes"] is not None else "-"))
+
+    def tflops(r):
+        t = r["tflops_per_s"]
+        if t is None:
+            return "-"
+        pct = f" ({t * 1e12 / peak * 100:.0f}%)" if peak else ""
+        return _fmt(t) + pct + NOISE_MARK.get(r["noise"], "")
+
+    note = (f"In parentheses: % of the measured {g.rows[0]['device']} matmul peak ({peak / 1e12:.3g} TFLOP/s)."
+            if peak else "No calibration peak for this device: no % of peak.")
+    sec.tables.append(table("Achieved TFLOP/s", tflops, note))
+    sec.tables.extend(_speedup_table(cells, impls, xs, baseline, head, g.x_symbol, sec))
+    if len(ok_xs) >= MIN_FIT_SIZES:
+        sec.bullets_title = (f"Scaling exponents (least squares in log–log over the largest sizes: the top half, "
+                             f"at least {MIN_FIT_SIZES}):")
+        sec.bullets.extend(_fit_lines(g, impls, cells, xs))
+    return sec
+
+
+def _cell(r: dict | None, fmt) -> str:
+    if r is None:
+        return ""
+    return fmt(r) if r["ok"] else (r["status"] or "?")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _speedup_table(cells, impls, xs, baseline, head, sym, sec: Section) -> list[Table]:
+    base = {x: cells.get((baseline, x)) for x in xs}
+    if not any(b is not None and b["ok"] for b in base.values()):
+        got = sorted({b["status"] for b in base.values() if b is not None})
+        sec.paragraphs.append(f"Baseline {baseline!r} did not run OK in this group"
+                              f"{' (' + ', '.join(got) + ')' if got else ' (not run)'}: no speed-up table.")
+        return []
+    rows = []
+    for impl in impls:
+        row = [impl]
+        for x in xs:
+            r, b = cells.get((impl, x)), base[x]
+            if r is None or b is None or not (r["ok"] and b["ok"]):
+                row.append("-" if r is None or r["ok"] else r["status"])
+                continue
+            mark = "~" if (r["noise"] in NOISE_MARK or b["noise"] in NOISE_MARK) else ""
+            row.append(f"{b['median_s'] / r['median_s']:.2f}×{mark}")
+        rows.append(row)
+    noisy = any(c.endswith("~") for row in rows for c in row[1:])
+    return [Table(f"Speed-up vs {baseline} (× faster; > 1 = faster than {baseline}), by {sym}", head, rows,
+                  "~: the implementation's or the baseline's timing is noisy." if noisy else "")]
+
+
+def _fit_lines(g: Group, impls, cells, xs) -> list[str]:
+    sym = g.x_symbol
+    lines = []
+    for impl in impls:
+        ok = [cells[(impl, x)] for x in xs if (impl, x) in cells and cells[(impl, x)]["ok"]]
+        ns = [r[g.x_col] for r in ok]
+        parts = []
+        for what, key in (("latency", "median_s"), ("memory", "peak_bytes")):
+            f = fit_largest(ns, [r[key] for r in ok])
+            if f is not None:
+                a = round(f.exponent, 2) + 0.0  # never "-0.00"
+                parts.append(f"{what} ∝ {sym}^{a:.2f} (R² {f.r2:.3f}, {sym} {f.n_min:.0f}–{f.n_max:.0f}, "
+                             f"{f.n_points} sizes)")
+        none = f"fewer than {MIN_FIT_SIZES} sizes ran OK, no fit"
+        lines.append(f"{impl}: " + ("; ".join(parts) if parts else none))
+    return lines
