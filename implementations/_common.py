@@ -116,3 +116,48 @@ def ungroup(x: torch.Tensor, dims: Dims) -> torch.Tensor:
     """Inverse of group_queries for any trailing width: (B, Hkv, G*N, W) -> (B, Hq, N, W)."""
     B, _, GN, W = x.shape
     return x.reshape(B, dims.heads_q, GN // dims.group, W)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling helpers shared by chunked, memory_efficient and flash. Scores of a tile are laid out
+# (B, Hkv, G, nq, nk) -- the grouped-query layout of group_queries with the group axis split out --
+# so masks broadcast against them without copies.
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E); folded into q once per block
+
+
+def grouped_mask(attn_mask: torch.Tensor | None, dims: Dims) -> torch.Tensor | None:
+    """View a broadcastable boolean mask as (b, hkv, g, nq, nk), size-1 dims kept, so it
+    broadcasts against scores laid out (B, Hkv, G, nq, nk). No copy."""
+    m = mask_4d(attn_mask)  # (b, h, nq, nk)
+    if m is None:
+        return None
+    if m.shape[1] == 1:
+        return m.unsqueeze(2)  # (b, 1, 1, nq, nk)
+    return m.unflatten(1, (dims.heads_kv, dims.group))  # (b, Hkv, G, nq, nk)
+
+
+def tile_visible(
+    mask5: torch.Tensor | None,
+    causal_offset: int | None,
+    q_start: int,
+    q_stop: int,
+    k_start: int,
+    k_stop: int,
+    device,
+) -> torch.Tensor | None:
+    """What the tile (queries [q_start, q_stop), keys [k_start, k_stop)) may see, as a boolean
+    broadcastable to (B, Hkv, G, nq, nk); None when it sees everything (no mask to apply).
+
+    causal_offset is Nk - Nq for causal attention (bottom-right aligned), None otherwise. Only
+    tiles that straddle the diagonal get a causal mask; callers skip fully hidden ones.
+    """
+    visible = None
+    if causal_offset is not None and (k_stop - 1) > q_start + causal_offset:
+        visible = causal_visible(q_start, q_stop, k_start, k_stop, causal_offset, device)  # (nq, nk)
+    if mask5 is not None:
+        rows = slice(q_start, q_stop) if mask5.shape[-2] > 1 else slice(None)
+        cols = slice(k_start, k_stop) if mask5.shape[-1] > 1 else slice(None)
+        tile = mask5[..., rows, cols]  # (b, hkv, g, nq, nk), size-1 dims kept
+        visible = tile if visible is None else (tile & visible)
+    return visible

@@ -1,0 +1,96 @@
+"""Query-chunked attention: the naive algorithm one block of query rows at a time.
+
+Each chunk of queries takes a full softmax over every key it may see, so peak memory is
+O(chunk · Nk) instead of O(Nq · Nk) -- the simplest memory saving, used for example by
+xformers' and diffusers' "sliced attention". Keys hidden from a whole chunk by causality
+(bottom-right aligned) are not computed at all. Built from out-of-place ops (plus in-place ones
+autograd allows), so it is differentiable like naive.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.registry import register
+from implementations._common import (
+    check_args,
+    compute_dtype,
+    default_scale,
+    grouped_mask,
+    tile_visible,
+)
+
+# 128 query rows: at 8 heads and Nk = 4096 a chunk's scores and probabilities are 16 MiB each,
+# large enough that matmul and softmax run at full speed, small enough to stay in the 10s of MiB.
+BLOCK_Q = 128
+
+
+def _memory_model(case, block_q: int = BLOCK_Q) -> int:
+    bq = min(block_q, case.seq_len_q)
+    nk = case.seq_len_kv
+    rows = case.batch * case.heads_q * bq
+    e = case.element_bytes
+    out_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    chunk = 4 * rows * nk * 2  # fp32 scores and probabilities of one chunk
+    chunk += e * rows * case.head_dim  # the chunk's output before it is copied into out
+    if e != 4:
+        chunk += e * rows * nk  # the low-precision matmul result, before its float32 copy
+    if case.causal:
+        chunk += 2 * bq * nk  # boolean causal visibility of the chunk and its negation
+    if case.mask != "none":
+        chunk += 2 * case.batch * nk  # key-padding slice, negated
+    if case.heads_q != case.heads_kv:
+        chunk += e * rows * case.head_dim  # grouped copy of the query chunk
+    return out_bytes + chunk
+
+
+@register(
+    "chunked",
+    devices=("cpu", "cuda"),
+    dtypes=("float32", "float16", "bfloat16"),
+    memory_model=_memory_model,
+    description="Query chunks, full softmax over all keys per chunk: memory O(chunk·Nk)",
+    params={"block_q": BLOCK_Q},
+)
+def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int = BLOCK_Q):
+    dims = check_args(q, k, v, attn_mask, scale)
+    if block_q < 1:
+        raise ValueError(f"block_q must be positive, got {block_q}")
+    B, Hkv, G = dims.batch, dims.heads_kv, dims.group
+    Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
+    scale = default_scale(D, scale)
+    acc = compute_dtype(q.dtype)
+    offset = Nk - Nq if causal else None  # bottom-right: query i sees key j iff j <= i + offset
+    mask5 = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk) or None
+    # Hidden scores get the lowest finite value rather than −inf: a row with no visible key then
+    # has a finite (uniform) softmax instead of NaN, and its output is zeroed below; the gradient
+    # through such a row stays finite too. Visible keys beat it by far, so exp() of it is 0.
+    lowest = torch.finfo(acc).min
+
+    q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
+    kT = k.transpose(-1, -2)  # (B, Hkv, D, Nk)
+    out = torch.empty_like(q)  # (B, Hq, Nq, D)
+    out5 = out.view(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
+    for i0 in range(0, Nq, block_q):
+        i1 = min(i0 + block_q, Nq)
+        nb = i1 - i0
+        k_stop = Nk if offset is None else max(0, min(Nk, i1 + offset))  # keys the chunk may see
+        if k_stop == 0:  # causality hides every key from this chunk
+            out5[:, :, :, i0:i1] = 0
+            continue
+        qc = q5[:, :, :, i0:i1].reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D); copies if G > 1
+        scores = torch.matmul(qc, kT[..., :k_stop]).to(acc)  # (B, Hkv, G·nb, k_stop)
+        scores = scores.view(B, Hkv, G, nb, k_stop).mul_(scale)  # (B, Hkv, G, nb, k_stop)
+        visible = tile_visible(mask5, offset, i0, i1, 0, k_stop, q.device)  # broadcastable or None
+        if visible is not None:
+            scores.masked_fill_(visible.logical_not(), lowest)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, Hkv, G, nb, k_stop)
+        del scores
+        chunk = torch.matmul(probs.view(B, Hkv, G * nb, k_stop), v[:, :, :k_stop])  # (B, Hkv, G·nb, D)
+        del probs  # free before the next chunk's scores are allocated
+        chunk = chunk.view(B, Hkv, G, nb, D)  # (B, Hkv, G, nb, D)
+        if visible is not None:
+            has_key = visible.any(dim=-1, keepdim=True)  # (b, hkv, g, nb, 1), broadcastable
+            chunk = chunk.masked_fill(has_key.logical_not(), 0.0)
+        out5[:, :, :, i0:i1] = chunk
+    return out

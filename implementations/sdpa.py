@@ -1,0 +1,246 @@
+"""torch.nn.functional.scaled_dot_product_attention, automatic and with each backend forced.
+
+`sdpa` lets torch choose; `sdpa_math`, `sdpa_flash`, `sdpa_efficient` and `sdpa_cudnn` force one
+backend with torch.nn.attention.sdpa_kernel, which raises instead of silently falling back.
+Where a backend can run is probed once per device kind with a tiny forced call (available);
+which cases it takes is answered ahead from torch's documented constraints (supports), so a case
+is skipped with a reason rather than failing at run time.
+
+Contract adaptations (see _common.py): torch's is_causal is top-left aligned, ours bottom-right,
+so for Nq != Nk causality becomes a boolean mask (combined with attn_mask); rows that see no key
+are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from harness.registry import YES, Support, no, register
+from implementations._common import causal_visible, check_args, mask_4d
+
+# What torch documents for the CUDA backends (the CPU flash kernel takes every case).
+_HALF_ONLY = ("flash", "cudnn")  # no float32 on CUDA
+_NO_MASK = ("flash", "cudnn")  # no attn_mask on CUDA, hence no bottom-right cross-causal either
+_NO_GQA = ("efficient", "cudnn")  # no enable_gqa: k / v are repeated per query head instead
+
+
+def _backend(kind: str):
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }[kind]
+
+
+def _attention(q, k, v, causal, attn_mask, scale, backend: str | None):
+    dims = check_args(q, k, v, attn_mask, scale)
+    Nq, Nk = dims.seq_len_q, dims.seq_len_kv
+    mask = mask_4d(attn_mask)  # (b, h, nq, nk) or None
+    is_causal = False
+    # Bottom-right causal with Nq == 1 sees every key: nothing to mask.
+    if causal and Nq > 1:
+        if Nq == Nk and mask is None:
+            is_causal = True  # top-left == bottom-right for square attention
+        else:
+            visible = causal_visible(0, Nq, 0, Nk, Nk - Nq, q.device)  # (Nq, Nk)
+            mask = visible if mask is None else (mask & visible)
+    gqa = dims.group > 1
+    if gqa and backend in _NO_GQA:
+        k = k.repeat_interleave(dims.group, dim=1)  # (B, Hq, Nk, D)
+        v = v.repeat_interleave(dims.group, dim=1)  # (B, Hq, Nk, D)
+        gqa = False
+    ctx = contextlib.nullcontext()
+    if backend is not None:
+        from torch.nn.attention import sdpa_kernel
+
+        ctx = sdpa_kernel(_backend(backend))
+    with ctx:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+        )  # (B, Hq, Nq, D)
+    if mask is not None:
+        empty = mask.any(dim=-1, keepdim=True).logical_not_()  # (b, h, Nq, 1)
+        if out.requires_grad and torch.is_grad_enabled():
+            out = out.masked_fill(empty, 0.0)  # the backward may need the original output
+        else:
+            out.masked_fill_(empty, 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each backend runs: a tiny forced call, once per (backend, device kind).
+
+
+@lru_cache(maxsize=None)
+def _probe(backend: str, kind: str) -> Support:
+    if kind == "cuda" and not torch.cuda.is_available():
+        return no("no CUDA device on this machine")
+    dtype = torch.float16 if kind == "cuda" else torch.float32
+    x = torch.zeros(1, 1, 8, 64, dtype=dtype, device=kind)  # (B, H, N, D)
+    try:
+        with warnings.catch_warnings():  # torch explains each refused kernel in a UserWarning
+            warnings.simplefilter("ignore")
+            _attention(x, x, x, False, None, None, backend)
+    except Exception as exc:  # "No viable backend ...": record why, never raise here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return no(f"SDPA {backend} backend cannot run on {kind} with this torch build: {first}")
+    return YES
+
+
+def _available_for(backend: str):
+    def available(device: str) -> Support:
+        return _probe(backend, str(device).split(":")[0])
+
+    return available
+
+
+def _supports_for(backend: str | None):
+    """Documented CUDA constraints (torch 2.x sdp_utils); the CPU kernels take every case."""
+
+    def supports(case) -> Support:
+        if backend is None or backend == "math" or case.device == "cpu":
+            return YES  # math and the CPU flash kernel take masks, GQA and all three dtypes
+        d = case.head_dim
+        if backend in _HALF_ONLY and case.dtype == "float32":
+            return no(f"SDPA {backend} on CUDA takes float16 / bfloat16 only")
+        needs_mask = case.mask != "none" or (case.causal and case.seq_len_q not in (1, case.seq_len_kv))
+        if backend in _NO_MASK and needs_mask:
+            why = "a key-padding mask" if case.mask != "none" else "bottom-right causal with Nq != Nk, i.e. a mask"
+            return no(f"SDPA {backend} on CUDA takes no attn_mask, and this case needs {why}")
+        if backend == "flash" and d > 256:
+            return no(f"SDPA flash on CUDA takes head_dim <= 256, not {d}")
+        if backend == "cudnn" and (d > 128 or d % 8):
+            return no(f"SDPA cudnn on CUDA takes head_dim <= 128 and a multiple of 8, not {d}")
+        if backend == "efficient" and d % (4 if case.dtype == "float32" else 8):
+            return no(f"SDPA efficient on CUDA takes head_dim a multiple of 8 (4 for float32), not {d}")
+        return YES
+
+    return supports
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory models (bytes above the inputs; the output included).
+
+
+def _common_bytes(case) -> int:
+    e = case.element_bytes
+    out = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    mask = 0
+    if case.causal and case.seq_len_q > 1 and (case.seq_len_q != case.seq_len_kv or case.mask != "none"):
+        # the (Nq, Nk) causal mask, its (B, 1, Nq, Nk) combination with a key padding mask, and
+        # torch's additive float copy of whichever is passed
+        pairs = case.seq_len_q * case.seq_len_kv
+        mask = (1 + case.batch * (1 + e)) * pairs if case.mask != "none" else (1 + e) * pairs
+    return out + mask + case.batch * case.heads_q * case.seq_len_q  # + empty-row flags
+
+
+def _math_model(case) -> int:
+    """torch's math path on these inputs (read off the CPU allocator timeline): q and k scaled by
+    sqrt(scale) (copies), the scores and their softmax, a boolean (B, H, Nq, Nk) "row fully
+    masked?" check from its safe softmax, an additive float bias for a causal or combined mask,
+    and k / v repeated per query head for GQA; float32 working copies for half inputs on CPU."""
+    e = case.element_bytes
+    acc = 4 if case.device == "cpu" else e
+    pairs = case.batch * case.heads_q * case.seq_len_q * case.seq_len_kv
+    held = 2 * acc * pairs + pairs  # scores, probabilities, boolean check
+    held += acc * case.batch * case.heads_q * max(case.seq_len_q, case.seq_len_kv) * case.head_dim
+    if acc != e:  # half inputs upcast on CPU: float32 copies of q, k, v
+        held += 4 * case.batch * (case.heads_q * case.seq_len_q + 2 * case.heads_kv * case.seq_len_kv) * case.head_dim
+    if case.heads_q != case.heads_kv:
+        held += 2 * acc * case.batch * case.heads_q * case.seq_len_kv * case.head_dim
+    if case.causal and case.seq_len_q == case.seq_len_kv:
+        held += (acc + 2) * case.batch * case.seq_len_q * case.seq_len_kv  # float bias + bool tril
+    elif case.mask != "none":
+        held += acc * case.batch * case.seq_len_kv
+    return _common_bytes(case) + held
+
+
+def _fused_model(backend: str):
+    """Flash-style kernels: the output, a float32 log-sum-exp per row and, on the CPU, one
+    (q-split x kv-split) tile per thread (torch's kernel uses 256 x 512 for long sequences)."""
+
+    def model(case) -> int:
+        lse = 4 * case.batch * case.heads_q * case.seq_len_q
+        extra = 0
+        if case.device == "cpu":
+            threads = case.threads or torch.get_num_threads()
+            qs = 256 if case.seq_len_q >= 768 else (64 if case.seq_len_q >= 192 else 32)
+            qs, ks = min(qs, case.seq_len_q), min(512, case.seq_len_kv)
+            extra = threads * 4 * (qs * ks + 2 * qs + qs * case.head_dim)
+            if case.element_bytes != 4:
+                extra += threads * case.element_bytes * qs * ks  # probabilities cast for the PV gemm
+        elif backend in _NO_GQA and case.heads_q != case.heads_kv:
+            extra = 2 * case.element_bytes * case.batch * case.heads_q * case.seq_len_kv * case.head_dim
+        return _common_bytes(case) + lse + extra
+
+    return model
+
+
+def _auto_model(case) -> int:
+    # On the CPU torch picks its flash kernel for these inputs; on CUDA a fused kernel as well.
+    return _fused_model("flash")(case)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registrations.
+
+
+def _make(backend: str | None):
+    def fn(q, k, v, *, causal=False, attn_mask=None, scale=None):
+        return _attention(q, k, v, causal, attn_mask, scale, backend)
+
+    fn.__name__ = f"sdpa_{backend}" if backend else "sdpa"
+    fn.__qualname__ = fn.__name__
+    return fn
+
+
+sdpa = register(
+    "sdpa",
+    devices=("cpu", "cuda"),
+    memory_model=_auto_model,
+    description="torch scaled_dot_product_attention, backend chosen by torch",
+)(_make(None))
+
+sdpa_math = register(
+    "sdpa_math",
+    devices=("cpu", "cuda"),
+    available=_available_for("math"),
+    supports=_supports_for("math"),
+    memory_model=_math_model,
+    description="torch SDPA, MATH backend forced (materialises the score matrix)",
+)(_make("math"))
+
+sdpa_flash = register(
+    "sdpa_flash",
+    devices=("cpu", "cuda"),
+    available=_available_for("flash"),
+    supports=_supports_for("flash"),
+    memory_model=_fused_model("flash"),
+    description="torch SDPA, FLASH_ATTENTION backend forced (CPU flash kernel or FlashAttention-2 on CUDA)",
+)(_make("flash"))
+
+sdpa_efficient = register(
+    "sdpa_efficient",
+    devices=("cpu", "cuda"),
+    available=_available_for("efficient"),
+    supports=_supports_for("efficient"),
+    memory_model=_fused_model("efficient"),
+    description="torch SDPA, EFFICIENT_ATTENTION backend forced (xformers memory-efficient kernel)",
+)(_make("efficient"))
+
+sdpa_cudnn = register(
+    "sdpa_cudnn",
+    devices=("cpu", "cuda"),
+    available=_available_for("cudnn"),
+    supports=_supports_for("cudnn"),
+    memory_model=_fused_model("cudnn"),
+    description="torch SDPA, CUDNN_ATTENTION backend forced",
+)(_make("cudnn"))

@@ -1,0 +1,95 @@
+"""Shared test helpers: an independent float64 attention reference.
+
+The reference is deliberately the most literal reading of the contract (implementations/_common.py)
+and shares no code with the implementations or the harness: expand the kv heads with
+repeat_interleave, scores in float64, bottom-right causal mask, masked softmax where a row with no
+visible key gives zeros. It is itself checked against torch SDPA (math backend, float64) in
+tests/test_implementations.py::test_reference_matches_torch_sdpa_math.
+
+Exposed as session fixtures (`ref_attention`, `ref_visible`, `rel_l2`) rather than imported, because
+conftest modules are not meant to be imported by test files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+# Without a GPU, run the Triton kernel in Triton's interpreter so triton_flash is tested on the CPU
+# too (when triton is installed: the README's test command installs it). Set before any kernel is
+# defined; a user's own setting wins.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def reference_visible(
+    batch: int, heads_q: int, seq_len_q: int, seq_len_kv: int, *, causal: bool, attn_mask
+) -> torch.Tensor:
+    """Boolean (B, Hq, Nq, Nk) on CPU: may query i of (b, h) attend to key j?"""
+    visible = torch.ones(batch, heads_q, seq_len_q, seq_len_kv, dtype=torch.bool)  # (B, Hq, Nq, Nk)
+    if causal:
+        # Bottom-right alignment: query i sees key j iff j <= i + (Nk - Nq).
+        i = torch.arange(seq_len_q).unsqueeze(1)  # (Nq, 1)
+        j = torch.arange(seq_len_kv).unsqueeze(0)  # (1, Nk)
+        visible = visible & (j <= i + (seq_len_kv - seq_len_q))
+    if attn_mask is not None:
+        visible = visible & attn_mask.detach().cpu().to(torch.bool)  # broadcasts to (B, Hq, Nq, Nk)
+    return visible
+
+
+def reference_attention(q, k, v, *, causal=False, attn_mask=None, scale=None) -> torch.Tensor:
+    """float64 attention on CPU from the given (already rounded) inputs. Returns (B, Hq, Nq, D)."""
+    q, k, v = (t.detach().to("cpu", torch.float64) for t in (q, k, v))
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    k = k.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D): query head h uses kv head h // group
+    v = v.repeat_interleave(group, dim=1)  # (B, Hq, Nk, D)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, Hq, Nq, Nk)
+    visible = reference_visible(B, Hq, Nq, Nk, causal=causal, attn_mask=attn_mask)  # (B, Hq, Nq, Nk)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)  # (B, Hq, Nq, 1); -inf for rows that see nothing
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(scores - row_max)  # (B, Hq, Nq, Nk); exactly 0 where masked
+    denom = weights.sum(dim=-1, keepdim=True)  # (B, Hq, Nq, 1); 0 for rows that see nothing
+    probs = weights / torch.where(denom > 0, denom, torch.ones_like(denom))  # rows of zeros stay 0
+    return torch.matmul(probs, v)  # (B, Hq, Nq, D)
+
+
+def relative_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; 0 when both are zero, inf when only ref is."""
+    out = out.detach().to("cpu", torch.float64)
+    diff = torch.linalg.vector_norm(out - ref).item()
+    norm = torch.linalg.vector_norm(ref).item()
+    if norm == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return diff / norm
+
+
+@pytest.fixture(scope="session")
+def ref_attention():
+    return reference_attention
+
+
+@pytest.fixture(scope="session")
+def ref_visible():
+    return reference_visible
+
+
+@pytest.fixture(scope="session")
+def rel_l2():
+    return relative_l2
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Accuracy tests use small tensors that gain nothing from intra-op threads; on a shared 2-core
+    machine OpenMP spin-waiting under contention made them ~20x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

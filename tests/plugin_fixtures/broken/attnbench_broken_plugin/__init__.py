@@ -1,0 +1,1 @@
+"""A deliberately broken attnbench plugin distribution (see the submodules)."""

@@ -1,0 +1,3 @@
+"""Importing this module fails, as a plugin with a missing dependency would."""
+
+raise RuntimeError("attnbench_broken_plugin is broken on purpose")
