@@ -20,7 +20,7 @@ from harness.results import Measurement
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     import torch
@@ -30,7 +30,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MARKERS)
 
 
-def _build_callable(impl, inputs, case: Case):
+def build_callable(impl, inputs, case: Case):
     """A zero-argument callable for the timed region; all setup stays outside it."""
     import torch
 
@@ -118,7 +118,7 @@ def measure_case(case: Case, budget: dict, seed: int) -> Measurement:
         if "wrong" in partial:
             msg = partial.pop("wrong")
             return Measurement(case, "wrong", msg, wall_s=time.perf_counter() - started, **partial)
-        fn = _build_callable(impl, inputs, case)
+        fn = build_callable(impl, inputs, case)
         partial["peak_bytes"] = memory.measure_peak_bytes(fn, case.device)
         time_kw = dict(
             warmup_s=budget["warmup_s"],
@@ -151,7 +151,7 @@ def measure_case(case: Case, budget: dict, seed: int) -> Measurement:
             **partial,
         )
     except Exception as exc:  # the implementation's failure is this case's record, not ours
-        status = "oom" if _is_oom(exc) else "error"
+        status = "oom" if is_oom(exc) else "error"
         msg = f"{type(exc).__name__}: {exc}".strip()
         tb = traceback.format_exc(limit=-3)
         return Measurement(

@@ -1,0 +1,167 @@
+"""`attnbench check`: the CI regression gate (harness/gate.py) on scenarios/ci.toml.
+
+Exit codes: 0 pass (possibly with warnings: inconclusive cases, no baseline for this machine),
+1 fail (error / wrong / crash / timeout, or a timing regression confirmed by re-measurement),
+2 usage or file errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from harness import gate
+from harness.console import case_shape, table
+
+PASS_COUNTS = (gate.UNCHANGED, gate.IMPROVED, gate.INCONCLUSIVE)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("check", help="CI gate: ratios to a same-run reference vs the committed baseline",
+                       description="Time every implementation of the CI scenario interleaved with a reference "
+                                   "implementation, compare each ratio with results/baselines/<device_key>.json, "
+                                   "re-measure suspected regressions. Exit 0 pass, 1 fail, 2 usage error.")
+    p.add_argument("--scenario", default="ci", metavar="TOML", help="scenario name or path (default: ci)")
+    p.add_argument("--baseline", metavar="FILE", help="baseline file (default: results/baselines/<device_key>.json)")
+    p.add_argument("--update-baseline", action="store_true", help="measure and (re)write the baseline, then exit")
+    p.add_argument("--threshold", default=gate.DEFAULT_THRESHOLD, metavar="T",
+                   help="allowed growth of a ratio, e.g. 15%% or 0.15 (default: %(default)s)")
+    p.add_argument("--reference", metavar="IMPL", help="reference implementation (default: the scenario's)")
+    p.add_argument("--rounds", type=int, metavar="N", help=f"interleaved rounds per shape (default: "
+                                                           f"{gate.GateSettings.rounds})")
+    p.add_argument("--min-block-ms", type=float, metavar="MS", help="shortest timed block (default: "
+                                                                    f"{gate.GateSettings.min_block_s * 1e3:g})")
+    p.add_argument("--json", metavar="FILE", help="also write the outcome as JSON to FILE")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args) -> int:
+    from harness import registry
+    from harness.cli import UsageError
+    from harness.compare import Threshold
+    from harness.env import collect_environment
+    from harness.gate_worker import SLOWDOWN_ENV, parse_slowdown
+    from harness.scenario import load_scenario
+
+    try:
+        threshold = Threshold.parse(args.threshold)
+        slowdown = parse_slowdown(os.environ.get(SLOWDOWN_ENV))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if threshold.metric != "median":
+        raise UsageError(f"--threshold {args.threshold}: the gate compares median ratios; give e.g. 12%")
+    if slowdown and args.update_baseline:
+        raise UsageError(f"{SLOWDOWN_ENV} is set: a baseline measured with the testing hook would be wrong")
+    if args.rounds is not None and args.rounds < 3:
+        raise UsageError(f"--rounds {args.rounds} is not allowed; allowed: an integer >= 3")
+    if args.min_block_ms is not None and args.min_block_ms <= 0:
+        raise UsageError(f"--min-block-ms {args.min_block_ms:g} is not allowed; allowed: a number > 0")
+    scenario = load_scenario(args.scenario)
+    reference = args.reference or scenario.reference
+    registry.get(reference)  # an unknown name lists the known ones (exit 2)
+    cases = gate.gate_cases(scenario, reference)
+    if not cases:
+        raise UsageError(f"{scenario.path}: no implementation to check besides the reference {reference!r}")
+    settings = gate.GateSettings(timeout_s=scenario.budget.case_timeout_s, seed=scenario.seed)
+    if args.rounds is not None:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
+    if args.min_block_ms is not None:
+        settings = dataclasses.replace(settings, min_block_s=args.min_block_ms / 1e3)
+    env = collect_environment()
+    key = gate.gate_device_key(cases, env)
+    path = Path(args.baseline) if args.baseline else gate.baseline_path_for(key)
+    shapes = len({c.replace(impl=reference, grid="").case_id for c in cases})
+    impls = sorted({c.impl for c in cases})
+    print(f"gate: {len(impls)} implementations x {shapes} shapes against {reference!r} on {key} "
+          f"({settings.rounds} rounds)", file=sys.stderr)
+    if slowdown:
+        print(f"gate: TESTING HOOK {SLOWDOWN_ENV} active: {slowdown}", file=sys.stderr)
+
+    if args.update_baseline:
+        return _update(cases, reference, threshold, settings, env, key, path)
+    baseline = gate.read_baseline(path) if (args.baseline or path.exists()) else None
+    outcome = gate.run_gate(cases, reference=reference, threshold=threshold, baseline=baseline, device_key=key,
+                            baseline_path=path, settings=settings)
+    extra = ()
+    if baseline is not None and baseline.device_key != key:
+        extra = (f"baseline {path} was written on {baseline.device_key}, this machine is {key}",)
+    print(format_outcome(outcome, extra))
+    if args.json:
+        _write_json(args.json, outcome, extra)
+    return outcome.exit_code
+
+
+def _update(cases, reference, threshold, settings, env, key, path) -> int:
+    results = gate.measure_for_baseline(cases, reference, settings)
+    rows = tuple(gate.judge(r, None, threshold, reference) for r in results)
+    outcome = gate.GateOutcome(rows, threshold, reference, key, str(path), baseline_found=False)
+    print(format_table(outcome))
+    if not outcome.passed:
+        print(f"\ngate: FAIL ({_counts(outcome)}); baseline NOT written: fix the failures first")
+        return 1
+    b = gate.make_baseline(results, path=path, device_key=key, reference=reference, environment=env,
+                           settings=settings)
+    gate.write_baseline(b)
+    print(f"\nbaseline written: {path} ({len(b.entries)} cases, {key})")
+    return 0
+
+
+def to_dict(o: gate.GateOutcome, extra_warnings: tuple[str, ...] = ()) -> dict:
+    def stats(s):
+        return None if s is None else dataclasses.asdict(s)
+
+    rows = [{"case_id": r.case.case_id, "impl": r.case.impl, "status": r.status, "verdict": r.verdict,
+             "failed": r.failed, "baseline_ratio": r.baseline_ratio, "current": stats(r.current),
+             "remeasured": stats(r.remeasured), "message": r.message} for r in o.rows]
+    return {"passed": o.passed, "exit_code": o.exit_code, "counts": o.counts(), "reference": o.reference,
+            "device_key": o.device_key, "baseline_path": o.baseline_path, "baseline_found": o.baseline_found,
+            "threshold": o.threshold.fraction, "warnings": [*o.warnings, *extra_warnings], "rows": rows}
+
+
+def _write_json(path, o: gate.GateOutcome, extra_warnings=()) -> None:
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(to_dict(o, extra_warnings), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def _ci(s) -> str:
+    return "-" if s is None else f"{s.median:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+
+
+def format_table(o: gate.GateOutcome) -> str:
+    rows = []
+    for r in o.rows:
+        verdict = r.verdict.upper() if r.failed else r.verdict
+        rows.append([r.case.impl, case_shape(r.case), r.status,
+                     "-" if r.baseline_ratio is None else f"{r.baseline_ratio:.3f}", _ci(r.current),
+                     _ci(r.remeasured), verdict, r.message[:100]])
+    headers = ["impl", "case", "status", "baseline", f"ratio to {o.reference} [95% CI]", "re-measured", "verdict",
+               "note"]
+    return table(headers, rows)
+
+
+def _counts(o: gate.GateOutcome) -> str:
+    counts = o.counts()
+    shown = [f"{counts.pop(k, 0)} {k}" for k in PASS_COUNTS]
+    for k in (gate.REFERENCE, gate.SUSPECTED):
+        counts.pop(k, None)
+    failed = [f"{n} {k}" for k, n in sorted(counts.items()) if k in (*gate.FAIL_STATUSES, gate.REGRESSED,
+                                                                        gate.REGRESSED_ERROR)]
+    rest = [f"{n} {k}" for k, n in sorted(counts.items()) if f"{n} {k}" not in failed]
+    return ", ".join(failed + shown + rest)
+
+
+def format_outcome(o: gate.GateOutcome, extra_warnings: tuple[str, ...] = ()) -> str:
+    lines = [format_table(o), ""]
+    lines.append(f"baseline: {o.baseline_path}" if o.baseline_found else f"baseline: none ({o.baseline_path})")
+    lines.append(f"threshold: a ratio more than {o.threshold.fraction * 100:g}% above its baseline, "
+                 f"confirmed by a re-measurement")
+    lines += [f"warning: {w}" for w in (*o.warnings, *extra_warnings)]
+    lines.append(f"gate: {'PASS' if o.passed else 'FAIL'} ({_counts(o)})")
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""Two runs -> one verdict per case -> an exit code. Pure computation: nothing here formats text
+(harness/cli_compare.py renders tables, Markdown and JSON from these dataclasses).
+
+Cases are matched by case_id (every parameter, the implementation included). For a case measured
+in both runs the timing verdict comes from a bootstrap CI of the ratio current/base of the chosen
+metric, computed from the raw samples (harness.stats.ratio_ci for the median):
+
+    regressed     CI low  > 1 + t
+    improved      CI high < 1 / (1 + t)     (symmetric on a log scale: +10% and its inverse)
+    unchanged     the whole CI inside [1 / (1 + t), 1 + t]
+    inconclusive  the CI straddles a bound, or either side is flagged unreliable (IQR/median
+                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample
+
+Before timing: a status change (ok -> crashed / wrong / ...) is its own verdict, and a regression
+when a case that was ok now fails; an accuracy check that passed and now fails is
+"regressed (error)". After timing: peak memory above the inputs that grew by more than the
+threshold (and by more than MEMORY_FLOOR_BYTES) is "regressed (memory)".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from harness.case import Case
+from harness.results import FAILED_STATUSES, Measurement, read_measurements, read_run_info
+
+REGRESSED = "regressed"
+REGRESSED_MEMORY = "regressed (memory)"
+REGRESSED_ERROR = "regressed (error)"
+IMPROVED = "improved"
+UNCHANGED = "unchanged"
+INCONCLUSIVE = "inconclusive"
+NEW = "new"
+MISSING = "missing"
+STATUS_CHANGED = "status changed"
+VERDICTS = (REGRESSED, REGRESSED_MEMORY, REGRESSED_ERROR, STATUS_CHANGED, INCONCLUSIVE, IMPROVED,
+            UNCHANGED, NEW, MISSING)
+
+METRICS = {"median": "median_s", "min": "min_s"}
+MIN_SAMPLES = 3  # fewer raw samples than this on either side: no CI, the verdict is inconclusive
+MEMORY_FLOOR_BYTES = 64 * 2**10  # growth below this never counts (allocator rounding, tiny cases)
+UNRELIABLE = "unreliable"
+
+_THRESHOLD_RE = re.compile(r"^\s*(?:(?P<metric>[A-Za-z_]+)\s*:)?"  # optional "median:" / "min:"
+                           r"\s*(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<pct>%)?\s*$")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """How much slower counts as a regression, and on which statistic.
+
+    Parsed from pytest-benchmark-style strings: "10%", "0.1" (a bare number is a fraction),
+    "median:10%", "min:5%". The band of "no change" is [1 / (1 + fraction), 1 + fraction].
+    """
+
+    fraction: float = 0.10
+    metric: str = "median"
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"threshold metric {self.metric!r} is not allowed; allowed: {', '.join(METRICS)}")
+        if not (0.0 < self.fraction <= 10.0):
+            raise ValueError(f"threshold {self.fraction!r} is not allowed; allowed: a fraction in (0, 10]")
+
+    @classmethod
+    def parse(cls, text: str, default_metric: str = "median") -> "Threshold":
+        allowed = "e.g. '10%', '0.1', 'median:10%' or 'min:5%'"
+        m = _THRESHOLD_RE.match(str(text))
+        if not m:
+            raise ValueError(f"threshold {text!r} is not understood; allowed: {allowed}")
+        metric = (m.group("metric") or default_metric).lower()
+        if metric not in METRICS:
+            raise ValueError(f"threshold {text!r}: metric {metric!r} is not allowed; allowed: "
+                             f"{', '.join(METRICS)} ({allowed})")
+        num = float(m.group("num"))
+        if m.group("pct"):
+            fraction = num / 100.0
+        elif num >= 1.0:  # "10" could mean 10% or 1000%: refuse to guess
+            raise ValueError(f"threshold {text!r} is ambiguous: a bare number is a fraction in (0, 1); "
+                             f"write '{num:g}%' for a percentage")
+        else:
+            fraction = num
+        if not (0.0 < fraction <= 10.0):
+            raise ValueError(f"threshold {text!r} is not allowed; allowed: more than 0% and at most 1000%")
+        return cls(fraction=fraction, metric=metric)
+
+    @property
+    def upper(self) -> float:
+        return 1.0 + self.fraction
+
+    @property
+    def lower(self) -> float:
+        return 1.0 / (1.0 + self.fraction)
+
+    @property
+    def stat_key(self) -> str:
+        return METRICS[self.metric]
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.fraction * 100:g}%"
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    case_id: str
+    case: Case
+    verdict: str
+    base_status: str | None = None  # None: the case is not in that run
+    current_status: str | None = None
+    base_value_s: float | None = None  # the threshold's metric (median_s or min_s)
+    current_value_s: float | None = None
+    ratio: float | None = None  # current / base; > 1 is slower
+    ci_low: float | None = None
+    ci_high: float | None = None
+    base_peak_bytes: int | None = None
+    current_peak_bytes: int | None = None
+    base_error_passed: bool | None = None
+    current_error_passed: bool | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def memory_ratio(self) -> float | None:
+        if self.base_peak_bytes and self.current_peak_bytes is not None:
+            return self.current_peak_bytes / self.base_peak_bytes
+        return None
+
+    @property
+    def is_regression(self) -> bool:
+        if self.verdict == STATUS_CHANGED:
+            return self.base_status == "ok" and self.current_status in FAILED_STATUSES
+        return self.verdict in (REGRESSED, REGRESSED_MEMORY, REGRESSED_ERROR)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    base_label: str
+    current_label: str
+    threshold: Threshold
+    cases: tuple[CaseComparison, ...]
+    warnings: tuple[str, ...] = ()
+    base_environment: dict = field(default_factory=dict)
+    current_environment: dict = field(default_factory=dict)
+
+    @property
+    def regressions(self) -> tuple[CaseComparison, ...]:
+        return tuple(c for c in self.cases if c.is_regression)
+
+    @property
+    def exit_code(self) -> int:
+        """0: no regression, 1: at least one (the CLI maps usage errors to 2)."""
+        return 1 if self.regressions else 0
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cases:
+            out[c.verdict] = out.get(c.verdict, 0) + 1
+        return out
+
+
+# ------------------------------------------------------------------------------------ one case
+
+
+def bootstrap_ratio(base: Sequence[float], cur: Sequence[float], metric: str, *, seed: int = 0,
+                    resamples: int = 1000, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(ratio, low, high) of metric(cur) / metric(base) with a percentile-bootstrap CI."""
+    if metric == "median":
+        from harness.stats import ratio_ci
+
+        r = ratio_ci(base, cur, seed=seed, resamples=resamples, confidence=confidence)
+        return float(r.ratio), float(r.low), float(r.high)
+    # min: resample both sides, take the minimum (statistics.ratio_ci only does the median).
+    b = np.asarray(base, dtype=np.float64)  # (nb,)
+    c = np.asarray(cur, dtype=np.float64)  # (nc,)
+    rng = np.random.default_rng(seed)
+    b_min = b[rng.integers(0, b.size, size=(resamples, b.size))].min(axis=1)  # (R,)
+    c_min = c[rng.integers(0, c.size, size=(resamples, c.size))].min(axis=1)  # (R,)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(c_min / b_min, [alpha, 1.0 - alpha])
+    return float(c.min() / b.min()), float(lo), float(hi)
+
+
+def timing_verdict(low: float, high: float, threshold: Threshold) -> str:
+    if low > threshold.upper:
+        return REGRESSED
+    if high < threshold.lower:
+        return IMPROVED
+    if low >= threshold.lower and high <= threshold.upper:
+        return UNCHANGED
+    return INCONCLUSIVE
+
+
+def _value(m: Measurement, threshold: Threshold) -> float | None:
+    v = (m.stats or {}).get(threshold.stat_key)
+    if v is None and m.samples_s:
+        v = float(np.median(m.samples_s)) if threshold.metric == "median" else float(min(m.samples_s))
+    return None if v is None else float(v)
+
+
+def compare_case(base: Measurement | None, cur: Measurement | None, threshold: Threshold) -> CaseComparison:
+    """The verdict for one case_id present in at least one of the runs."""
+    some = cur if cur is not None else base
+    assert some is not None, "compare_case needs at least one measurement"
+    common = dict(case_id=some.case.case_id, case=some.case)
+    if base is None:
+        return CaseComparison(verdict=NEW, current_status=cur.status, current_value_s=_value(cur, threshold),
+                              current_peak_bytes=cur.peak_bytes, current_error_passed=cur.error_passed,
+                              **common)
+    if cur is None:
+        return CaseComparison(verdict=MISSING, base_status=base.status, base_value_s=_value(base, threshold),
+                              base_peak_bytes=base.peak_bytes, base_error_passed=base.error_passed, **common)
+    fields = dict(
+        base_status=base.status, current_status=cur.status,
+        base_value_s=_value(base, threshold), current_value_s=_value(cur, threshold),
+        base_peak_bytes=base.peak_bytes, current_peak_bytes=cur.peak_bytes,
+        base_error_passed=base.error_passed, current_error_passed=cur.error_passed,
+        **common,
+    )
+    notes: list[str] = []
+    if base.status != cur.status:
+        why = f": {cur.message}" if cur.message else ""
+        return CaseComparison(verdict=STATUS_CHANGED, notes=(f"{base.status} -> {cur.status}{why}",), **fields)
+    if cur.status != "ok":
+        return CaseComparison(verdict=UNCHANGED, notes=(f"{cur.status} in both runs",), **fields)
+    if base.error_passed is True and cur.error_passed is False:
+        return CaseComparison(verdict=REGRESSED_ERROR, notes=(f"error check now fails: {cur.error_rule}",),
+                              **fields)
+
+    # timing
+    ratio = low = high = None
+    if fields["base_value_s"] and fields["current_value_s"] is not None:
+        ratio = fields["current_value_s"] / fields["base_value_s"]
+    if len(base.samples_s) >= MIN_SAMPLES and len(cur.samples_s) >= MIN_SAMPLES:
+        ratio, low, high = bootstrap_ratio(base.samples_s, cur.samples_s, threshold.metric)
+        verdict = timing_verdict(low, high, threshold)
+    else:
+        verdict = INCONCLUSIVE
+        notes.append(f"fewer than {MIN_SAMPLES} raw samples on a side: no confidence interval")
+    flagged = [side for side, m in (("base", base), ("current", cur)) if (m.stats or {}).get("noise") == UNRELIABLE]
+    if flagged and verdict != INCONCLUSIVE:
+        notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
+        verdict = INCONCLUSIVE
+
+    # memory: deterministic enough that the threshold alone decides, above an absolute floor.
+    if base.peak_bytes is not None and cur.peak_bytes is not None:
+        grew = cur.peak_bytes - base.peak_bytes
+        if grew > max(threshold.fraction * base.peak_bytes, MEMORY_FLOOR_BYTES):
+            if verdict == REGRESSED:
+                notes.append("peak memory also regressed")
+            else:
+                if verdict != UNCHANGED:
+                    notes.append(f"timing: {verdict}")
+                verdict = REGRESSED_MEMORY
+    return CaseComparison(verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, notes=tuple(notes), **fields)
+
+
+# ------------------------------------------------------------------------------------ two runs
+
+
+def _by_id(measurements: Sequence[Measurement]) -> dict[str, Measurement]:
+    """Last record wins: a resumed run may have re-measured a case."""
+    return {m.case.case_id: m for m in measurements}
+
+
+def compare_measurements(base: Sequence[Measurement], current: Sequence[Measurement], threshold: Threshold,
+                         *, base_label: str = "base", current_label: str = "current",
+                         base_environment: dict | None = None, current_environment: dict | None = None,
+                         ) -> Comparison:
+    b, c = _by_id(base), _by_id(current)
+    ids = list(b) + [i for i in c if i not in b]  # base order first, then new cases
+    cases = tuple(compare_case(b.get(i), c.get(i), threshold) for i in ids)
+    warnings = tuple(_environment_warnings(base_environment or {}, current_environment or {}))
+    return Comparison(base_label=base_label, current_label=current_label, threshold=threshold, cases=cases,
+                      warnings=warnings, base_environment=dict(base_environment or {}),
+                      current_environment=dict(current_environment or {}))
+
+
+def compare_runs(base_dir: str | Path, current_dir: str | Path, threshold: Threshold) -> Comparison:
+    """Read two run directories (ResultsError names the file if one is unusable) and compare them."""
+    base_info, cur_info = read_run_info(base_dir), read_run_info(current_dir)
+    return compare_measurements(
+        read_measurements(base_dir), read_measurements(current_dir), threshold,
+        base_label=str(base_info.get("run_id") or base_dir), current_label=str(cur_info.get("run_id") or current_dir),
+        base_environment=base_info.get("environment") or {}, current_environment=cur_info.get("environment") or {},
+    )
+
+
+_ENV_KEYS = ("device_key", "cpu_model", "cpu", "torch_version", "torch", "threads", "torch_threads",
+             "gpu_name", "cuda_version", "python_version")
+
+
+def _environment_warnings(base: dict, cur: dict) -> list[str]:
+    """Absolute times from different machines or software are not comparable: say so."""
+    out = []
+    for key in _ENV_KEYS:
+        if key in base and key in cur and base[key] != cur[key] and not isinstance(base[key], (dict, list)):
+            out.append(f"environment differs: {key} {base[key]!r} -> {cur[key]!r}")
+    return out
