@@ -117,6 +117,7 @@ def cmd_run(args) -> int:
         budget=budget,
         seed=scenario.seed,
         fresh_per_case=args.isolate,
+        on_skipped=progress.skipped,
         on_start=progress.start,
         on_progress=progress.done,
     )

@@ -66,6 +66,10 @@ class Progress:
         self.t0 = time.perf_counter()
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
+    def skipped(self, measurements: list[Measurement]) -> None:
+        self.stream.write(skipped_note(measurements) + "\n")
+        self.stream.flush()
+
     def start(self, i: int, total: int, case: Case) -> None:
         if self.tty:
             self.stream.write(f"\r\033[K[{i:>{len(str(total))}}/{total}] {case.impl:<16} {case_shape(case)} ...")
@@ -89,9 +93,30 @@ class Progress:
         self.stream.flush()
 
 
+def skip_reasons(measurements: list[Measurement]) -> list[tuple[str, int]]:
+    """(reason, count) of the skipped records, most common first."""
+    counts: dict[str, int] = {}
+    for m in measurements:
+        if m.status == "skipped":
+            counts[m.message or "no reason given"] = counts.get(m.message or "no reason given", 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def skipped_note(measurements: list[Measurement]) -> str:
+    """`140 skipped (recorded with their reasons): 140 x no CUDA device on this machine`."""
+    reasons = skip_reasons(measurements)
+    n = sum(c for _, c in reasons)
+    shown = "; ".join(f"{c} x {r}" for r, c in reasons[:4])
+    more = f"; {len(reasons) - 4} more reasons in the report" if len(reasons) > 4 else ""
+    return f"{n} skipped (recorded with their reasons): {shown}{more}"
+
+
 def summary(measurements: list[Measurement]) -> str:
+    """The end-of-run table: one row per case that ran; skipped cases as one line per reason."""
     rows = []
     for m in measurements:
+        if m.status == "skipped":
+            continue
         s = m.stats or {}
         rows.append(
             [
@@ -108,5 +133,10 @@ def summary(measurements: list[Measurement]) -> str:
     for m in measurements:
         counts[m.status] = counts.get(m.status, 0) + 1
     tail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    body = table(["impl", "case", "status", "median", "TFLOP/s", "peak mem", "max err"], rows)
-    return f"{body}\n\n{len(measurements)} cases: {tail}"
+    parts = []
+    if rows:
+        parts.append(table(["impl", "case", "status", "median", "TFLOP/s", "peak mem", "max err"], rows) + "\n")
+    if counts.get("skipped"):
+        parts.append(skipped_note(measurements))
+    parts.append(f"{len(measurements)} cases: {tail}")
+    return "\n".join(parts)

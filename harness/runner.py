@@ -82,31 +82,48 @@ def run_cases(
     budget: dict,
     seed: int,
     fresh_per_case: bool = False,
+    on_skipped: Callable[[list[Measurement]], None] | None = None,
     on_progress: Callable[[int, int, Case, Measurement, float], None] | None = None,
     on_start: Callable[[int, int, Case], None] | None = None,
 ) -> tuple[list[Measurement], bool]:
-    """Measure `cases` in order, appending each record as it finishes. Returns the records and
-    whether the run was interrupted (Ctrl-C): everything finished before that is on disk."""
+    """Measure `cases`, appending each record as it finishes. Returns the records and whether the
+    run was interrupted (Ctrl-C): everything finished before that is on disk.
+
+    Cases that cannot run here (unsupported, no such device, predicted not to fit) are recorded
+    first, all at once, as `skipped` with the reason; on_start/on_progress then count only the
+    cases that run, so progress and ETA are about real work."""
     timeout_s = float(budget.get("case_timeout_s", 300))
-    mem_limit = budget.get("memory_limit_bytes") or int(_device_memory_bytes("cpu") * MEMORY_HEADROOM)
-    worker = Worker(run_dir / "worker.log", memory_limit_bytes=mem_limit)
     done: list[Measurement] = []
+    to_run: list[Case] = []
     interrupted = False
     with ResultsWriter(run_dir) as writer:
+        skipped = []
+        for case in cases:
+            m = pre_skip(case)
+            if m is None:
+                to_run.append(case)
+            else:
+                writer.append(m)
+                skipped.append(m)
+        done.extend(skipped)
+        if on_skipped and skipped:
+            on_skipped(skipped)
+        if not to_run:
+            return done, interrupted
+        mem_limit = budget.get("memory_limit_bytes") or int(_device_memory_bytes("cpu") * MEMORY_HEADROOM)
+        worker = Worker(run_dir / "worker.log", memory_limit_bytes=mem_limit)
         try:
-            for i, case in enumerate(cases, 1):
+            for i, case in enumerate(to_run, 1):
                 if on_start:
-                    on_start(i, len(cases), case)
+                    on_start(i, len(to_run), case)
                 t0 = time.perf_counter()
-                m = pre_skip(case)
-                if m is None:
-                    m = _measure_in_worker(worker, case, budget, seed, timeout_s)
-                    if fresh_per_case:
-                        worker.stop()
+                m = _measure_in_worker(worker, case, budget, seed, timeout_s)
+                if fresh_per_case:
+                    worker.stop()
                 writer.append(m)
                 done.append(m)
                 if on_progress:
-                    on_progress(i, len(cases), case, m, time.perf_counter() - t0)
+                    on_progress(i, len(to_run), case, m, time.perf_counter() - t0)
         except KeyboardInterrupt:
             interrupted = True
         finally:
