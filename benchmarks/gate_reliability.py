@@ -26,9 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = ("import sys; from harness import cli; "
-       "cli.EXTRA_COMMANDS = tuple(dict.fromkeys((*cli.EXTRA_COMMANDS, 'check'))); "
-       "sys.exit(cli.main(sys.argv[1:]))")
 # 1-thread matmuls until the parent goes away (so a killed benchmark leaves no load behind).
 LOAD = ("import os, torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nparent = os.getppid()\n"
         "while os.getppid() == parent:\n    a = torch.tanh(a @ a)\n")
@@ -49,7 +46,7 @@ def gate(args, out_json: Path, slowdown: str | None, extra=()) -> tuple[int, dic
     env = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_SLOWDOWN"}
     if slowdown:
         env["ATTNBENCH_SLOWDOWN"] = slowdown
-    cmd = [sys.executable, "-c", CLI, "check", "--scenario", args.scenario, "--baseline", str(args.baseline_file),
+    cmd = [sys.executable, "-m", "attnbench", "check", "--scenario", args.scenario, "--baseline", str(args.baseline_file),
            "--json", str(out_json), *extra]
     if args.threshold:
         cmd += ["--threshold", args.threshold]

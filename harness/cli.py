@@ -16,7 +16,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 # Sub-commands that live in their own modules (harness/cli_<name>.py, each with add_parser(sub)).
-EXTRA_COMMANDS: tuple[str, ...] = ("report", "compare", "check", "export")
+MODULE_COMMANDS: tuple[str, ...] = ("report", "compare", "check", "export")
 
 
 class UsageError(Exception):
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-on-error", action="store_true", help="exit 1 if any case failed")
     run.set_defaults(func=cmd_run)
 
-    for extra in EXTRA_COMMANDS:
+    for extra in MODULE_COMMANDS:
         importlib.import_module(f"harness.cli_{extra}").add_parser(sub)
     return p
 

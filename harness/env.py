@@ -54,6 +54,37 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_family_model() -> str | None:
+    """x86 "family.model" from /proc/cpuinfo (e.g. "6.207"), or None. Virtual machines often
+    report a generic model name ("Intel(R) Xeon(R) Processor") for very different generations;
+    these two numbers tell them apart."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break  # first processor only
+    except OSError:
+        return None
+    if fields.get("cpu family", "").isdigit() and fields.get("model", "").isdigit():
+        return f"{fields['cpu family']}.{fields['model']}"
+    return None
+
+
+def cpu_capability() -> str | None:
+    """The vector ISA torch's CPU kernels dispatch to ("AVX2", "AVX512", ...), or None."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def git_state(path: str | os.PathLike | None = None) -> dict:
     """{"commit": sha or None, "dirty": bool or None} of the repository containing `path`
     (default: this package). Untracked files do not make it dirty; modified tracked files do."""
@@ -200,6 +231,8 @@ def collect_environment() -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_family_model": cpu_family_model(),
+        "cpu_capability": cpu_capability(),
         "logical_cores": os.cpu_count(),
         "usable_cores": affinity,  # what the scheduler lets this process use
         "torch_threads": torch.get_num_threads(),
@@ -226,7 +259,12 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def device_key(env: dict, device: str | None = None, threads: int | None = None) -> str:
-    """Short stable key for baselines: "cpu-AMD_EPYC_7B13-2t" or "cuda-NVIDIA_H100_80GB_HBM3".
+    """Short stable key for baselines: "cpu-Intel_Xeon-6.207-AVX512-2t" or
+    "cuda-NVIDIA_H100_80GB_HBM3".
+
+    A CPU key is the model name, the x86 family.model and the ISA torch dispatches to, where the
+    environment records them (timing ratios between implementations move with both), and the
+    thread count.
 
     device: "cpu" or "cuda[:i]"; default env["device"] if recorded, else cuda when the env lists
     GPUs. threads: CPU thread count to key on; default env["torch_threads"].
@@ -239,4 +277,6 @@ def device_key(env: dict, device: str | None = None, threads: int | None = None)
         name = next((g.get("name") for g in gpus if g.get("index") == i), None)
         return f"cuda-{_slug(name or 'unknown_gpu')}"
     t = threads if threads is not None else env.get("torch_threads")
-    return f"cpu-{_slug(env.get('cpu_model') or 'unknown')}-{t}t"
+    parts = [_slug(env.get("cpu_model") or "unknown")]
+    parts += [str(env[k]) for k in ("cpu_family_model", "cpu_capability") if env.get(k)]
+    return "cpu-" + "-".join(parts) + f"-{t}t"

@@ -240,6 +240,11 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     sec.paragraphs.append(f"x-axis: {g.x_label}.")
     peak = calibration.get(f"{g.rows[0]['device']}_matmul_flops_per_s")
     peak = _num(peak) if _num(peak) and _num(peak) > 0 else None
+    statuses = {r["status"] for r in cells.values()}
+    if statuses == {"skipped"}:  # e.g. a CUDA grid on a CPU machine: one line, not a table of "skipped"
+        reasons = sorted({str(r.get("message") or "no reason given") for r in cells.values()})
+        sec.paragraphs.append(f"All {len(cells)} cases skipped: {'; '.join(reasons)}.")
+        return sec
     if not ok_xs:
         sec.paragraphs.append("No case in this group ran OK: nothing to plot or fit.")
     elif len(ok_xs) < 2:

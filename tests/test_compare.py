@@ -172,8 +172,7 @@ def test_compare_runs_matches_by_case_id(runs):
 
 
 @pytest.fixture
-def cli_with_compare(monkeypatch):
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", tuple(dict.fromkeys((*cli.EXTRA_COMMANDS, "compare"))))
+def cli_with_compare():
     return cli.main
 
 

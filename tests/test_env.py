@@ -147,6 +147,11 @@ def test_device_key_cpu():
     intel = {"cpu_model": "Intel(R) Xeon(R) CPU @ 2.20GHz", "torch_threads": 4}
     assert device_key(intel) == "cpu-Intel_Xeon-4t"
     assert device_key({"cpu_model": "", "torch_threads": 1}) == "cpu-unknown-1t"
+    # generic virtual-machine names are told apart by family.model and torch's ISA level
+    vm = {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_family_model": "6.207",
+          "cpu_capability": "AVX512", "torch_threads": 1}
+    assert device_key(vm) == "cpu-Intel_Xeon-6.207-AVX512-1t"
+    assert device_key({**vm, "cpu_capability": "AVX2"}) != device_key(vm)
 
 
 def test_device_key_device_choice():
@@ -160,7 +165,7 @@ def test_device_key_of_this_machine_is_stable_and_clean():
     e = collect_environment()
     key = device_key(e, device="cpu")
     assert key == device_key(collect_environment(), device="cpu")
-    assert re.fullmatch(r"cpu-[A-Za-z0-9_]+-\d+t", key)
+    assert re.fullmatch(r"cpu-[A-Za-z0-9_]+(-\d+\.\d+)?(-[A-Z0-9_]+)?-\d+t", key), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

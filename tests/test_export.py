@@ -35,8 +35,7 @@ def run_dir(tmp_path):
 
 
 @pytest.fixture
-def main(monkeypatch):
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", tuple(dict.fromkeys((*cli.EXTRA_COMMANDS, "export"))))
+def main():
     return cli.main
 
 

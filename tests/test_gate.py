@@ -229,10 +229,7 @@ threads = 1
 def _check(args, tmp_path, **env):
     e = {k: v for k, v in os.environ.items() if k != "ATTNBENCH_SLOWDOWN"}
     e.update(env)
-    code = ("import sys; from harness import cli; "
-            "cli.EXTRA_COMMANDS = tuple(dict.fromkeys((*cli.EXTRA_COMMANDS, 'check'))); "
-            "sys.exit(cli.main(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, "check", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "attnbench", "check", *args], capture_output=True, text=True,
                           cwd=ROOT, env=e, timeout=240)
 
 

@@ -202,8 +202,20 @@ def test_sparse_records_plot_what_exists(tmp_path):
     assert "naive: latency ∝ N^2.00" in md and "| naive | - | - | - |" in md
 
 
-def test_cli_report_prints_index_path_and_missing_dir_exits_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "EXTRA_COMMANDS", tuple(dict.fromkeys((*cli.EXTRA_COMMANDS, "report"))))
+def test_a_group_that_was_all_skipped_is_one_line(tmp_path):
+    """A CUDA grid on a CPU machine: its reason once, not a table of "skipped" cells."""
+    from harness.report import write_report
+
+    ms = [_ok(Case("sdpa", seq_len_q=n, seq_len_kv=n, grid="cpu"), rate=6e10, peak_bytes=n) for n in NS[:3]]
+    ms += [Measurement(Case(i, seq_len_q=n, seq_len_kv=n, device="cuda", grid="gpu"), "skipped",
+                       "no CUDA device on this machine") for i in ("naive", "sdpa") for n in NS[:3]]
+    md = (write_report(make_run(tmp_path, measurements=ms), out_dir=tmp_path / "r") / "report.md").read_text()
+    section = md.split("### gpu", 1)[1].split("\n## ", 1)[0]
+    assert "All 6 cases skipped: no CUDA device on this machine." in section
+    assert "| skipped |" not in section
+
+
+def test_cli_report_prints_index_path_and_missing_dir_exits_2(tmp_path, capsys):
     ms = [_ok(Case("sdpa", seq_len_q=n, seq_len_kv=n), rate=6e10, peak_bytes=n * 1024) for n in NS[:3]]
     run = make_run(tmp_path, measurements=ms)
     assert cli.main(["report", str(run), "--out", str(tmp_path / "out"), "--baseline", "sdpa"]) == 0
