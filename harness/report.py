@@ -154,7 +154,9 @@ def make_groups(rows: list[dict]) -> list[Group]:
                 combos.setdefault(tuple(r[p] for p in GROUP_PARAMS), []).append(r)
         for rs in combos.values():
             groups.extend(_split_x(grid, rs))
-    return groups
+    # Groups where something was measured first (in scenario order), wholly skipped ones after:
+    # on a CPU machine the CUDA grids are a footnote, not the opening of the report.
+    return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
 
 
 def _split_x(grid: str, rs: list[dict]) -> list[Group]:
