@@ -193,17 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     from harness.results import ResultsError
 
     args = build_parser().parse_args(argv)
-    user_errors: tuple[type[BaseException], ...] = (UsageError, RegistryError, ResultsError, FileExistsError)
-    try:
-        from harness.scenario import ScenarioError
+    from harness.scenario import ScenarioError
 
-        user_errors += (ScenarioError,)
-    except ImportError:
-        pass
+    user_errors = (UsageError, RegistryError, ResultsError, ScenarioError, FileExistsError)
     try:
         return args.func(args)
     except user_errors as exc:
-        return _fail(str(exc).strip("'\""))
+        msg = str(exc)
+        if len(msg) >= 2 and msg[0] == msg[-1] and msg[0] in "'\"":  # str(KeyError) quotes itself
+            msg = msg[1:-1]
+        return _fail(msg)
     except BrokenPipeError:
         return EXIT_OK
 

@@ -126,6 +126,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path):
         (["run", str(tmp_path / "missing.toml")], "missing.toml"),
         (["run", "--resume", str(tmp_path / "nope")], "no such run directory"),
         (["run", "smoke", "--impl", "nosuch"], "known:"),
+        (["run", "nosuch"], "'nosuch': no shipped scenario"),
     ]:
         r = _attnbench(*args, "--out", str(tmp_path / "res"))
         assert r.returncode == 2, (args, r.stderr)
