@@ -90,7 +90,10 @@ def _probe(backend: str, kind: str) -> Support:
             warnings.simplefilter("ignore")
             _attention(x, x, x, False, None, None, backend)
     except Exception as exc:  # "No viable backend ...": record why, never raise here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "No viable backend" in text:  # torch's long-winded way of saying "no such kernel here"
+            return no(f"torch {torch.__version__} has no SDPA {backend} kernel for {kind}")
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
         return no(f"SDPA {backend} backend cannot run on {kind} with this torch build: {first}")
     return YES
 
