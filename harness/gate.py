@@ -284,37 +284,36 @@ def run_gate(cases: Sequence[Case], *, reference: str, threshold: Threshold, bas
 
 
 def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSettings) -> list[ImplResult]:
-    """All shapes in one fresh gate worker process (torch imports once); a shape that kills or
-    hangs the worker is recorded as crashed / timeout and the next shape gets a new process."""
-    from harness.gate_worker import GateWorkerProcess
+    """All shapes in one gate worker process (torch imports once); a shape that kills or hangs the
+    worker is recorded as crashed / timeout and the next shape gets a new process."""
+    import tempfile
+
+    from harness.gate_worker import MALLOC_ENV
+    from harness.isolation import Worker
 
     shapes: dict[str, list[Case]] = {}
     for c in cases:  # shape = every parameter but the implementation
         shapes.setdefault(c.replace(impl=reference, grid="").case_id, []).append(c)
     out: list[ImplResult] = []
-    proc: GateWorkerProcess | None = None
-    try:
-        for group in shapes.values():
-            ref_case = group[0].replace(impl=reference)
-            req = {"case": ref_case.to_dict(), "impls": [c.impl for c in group], "reference": reference,
-                   "seed": settings.seed, "rounds": settings.rounds, "min_block_s": settings.min_block_s,
-                   "warmup_s": settings.warmup_s}
-            if proc is None:
-                proc = GateWorkerProcess()
-            status, answer = proc.ask(req, settings.timeout_s)
-            if status != "done":
-                proc.stop()
-                proc = None
-                out += [ImplResult(c, status, answer) for c in [ref_case, *group]]
-                continue
-            for c in [ref_case, *group]:
-                r = answer["results"].get(c.impl) or {"status": "crashed", "message": "no answer for it"}
-                out.append(ImplResult(
-                    c, r["status"], r.get("message", ""), tuple(r.get("ratios") or ()), r.get("max_abs_error"),
-                    r.get("rel_l2_error"), r.get("error_passed"), r.get("error_rule", "")))
-    finally:
-        if proc is not None:
-            proc.stop()
+    with tempfile.TemporaryDirectory(prefix="attnbench-gate-") as tmp:
+        worker = Worker(Path(tmp) / "gate-worker.log", module="harness.gate_worker", env_defaults=MALLOC_ENV)
+        try:
+            for group in shapes.values():
+                ref_case = group[0].replace(impl=reference)
+                req = {"case": ref_case.to_dict(), "impls": [c.impl for c in group], "reference": reference,
+                       "seed": settings.seed, "rounds": settings.rounds, "min_block_s": settings.min_block_s,
+                       "warmup_s": settings.warmup_s}
+                reply = worker.request(req, settings.timeout_s)  # restarts a worker that died
+                if reply.status != "done":
+                    out += [ImplResult(c, reply.status, reply.message) for c in [ref_case, *group]]
+                    continue
+                for c in [ref_case, *group]:
+                    r = reply.record["results"].get(c.impl) or {"status": "crashed", "message": "no answer for it"}
+                    out.append(ImplResult(
+                        c, r["status"], r.get("message", ""), tuple(r.get("ratios") or ()), r.get("max_abs_error"),
+                        r.get("rel_l2_error"), r.get("error_passed"), r.get("error_rule", "")))
+        finally:
+            worker.stop()
     return out
 
 

@@ -13,7 +13,8 @@ Request:  {"case": <Case dict, impl = the reference>, "impls": [names], "referen
 Answer:   {"results": {impl: {"status", "message", "ratios", "times_s", "max_abs_error",
            "rel_l2_error", "error_passed", "error_rule"}}}   (the reference included, no ratios)
 A failing implementation (exception, OOM, wrong output) is that implementation's status; the
-process itself only dies for a hard crash, which the parent (harness/gate.py) records.
+process itself only dies for a hard crash, which the parent (harness/gate.py, through
+harness/isolation.Worker) records.
 
 TESTING HOOK, not for normal use: ATTNBENCH_SLOWDOWN="flash=1.25[,naive=2]" makes each timed
 call of those implementations take that factor longer (run it, then spin for the extra share of
@@ -197,100 +198,6 @@ def measure_shape(req: dict) -> dict:
         if name != reference:  # same round -> same machine state: the ratio cancels the drift
             results[name]["ratios"] = [t / r for t, r in zip(samples, ref_times)]
     return {"results": results}
-
-
-# ------------------------------------------------------------------------------------ parent side
-
-
-class GateWorkerProcess:
-    """Parent-side handle: start `python -m harness.gate_worker`, ask one shape at a time with a
-    timeout. ask() returns ("done", answer) or ("crashed" | "timeout", message); never raises for
-    the worker's death. Start-up (importing torch) is not charged to any shape's timeout."""
-
-    STARTUP_TIMEOUT_S = 180.0
-
-    def __init__(self):
-        import subprocess
-        import tempfile
-
-        self._log = tempfile.TemporaryFile()
-        self._buf = b""
-        env = {**MALLOC_ENV, **os.environ}  # the caller's settings win
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.gate_worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, env=env, start_new_session=True)
-        line = self._readline(self.STARTUP_TIMEOUT_S)
-        if not line:
-            why = self._why() if line is not None else f"no answer within {self.STARTUP_TIMEOUT_S:g} s"
-            self.stop()
-            raise RuntimeError(f"gate worker failed to start: {why}")
-
-    def ask(self, request: dict, timeout_s: float) -> tuple[str, dict | str]:
-        try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:
-            return "crashed", self._why()
-        line = self._readline(timeout_s)
-        if line is None:
-            return "timeout", f"no answer after {timeout_s:g} s; gate worker killed"
-        if not line:
-            return "crashed", self._why()
-        return "done", json.loads(line)
-
-    def _readline(self, timeout_s: float) -> bytes | None:
-        """One line; b"" at EOF (the process died), None on timeout. Unbuffered reads + own
-        buffer, so select() never waits on data already sitting in a file object's buffer."""
-        import select
-
-        deadline = time.monotonic() + timeout_s
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if ready:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return b""
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line
-
-    def _why(self) -> str:
-        import signal
-
-        try:
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
-        rc = self.proc.returncode
-        if rc is None:
-            why = "still running"
-        elif rc < 0:
-            why = f"killed by {signal.Signals(-rc).name}" if -rc in signal.valid_signals() else f"signal {-rc}"
-        else:
-            why = f"exited with code {rc}"
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().decode(errors="replace").strip().splitlines()
-                 if not ln.startswith("[gate worker")]
-        tail = " | ".join(lines[-4:])[-500:]
-        return f"gate worker {why}" + (f"; last output: {tail}" if tail else "")
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-        for fh in (self.proc.stdin, self.proc.stdout, self._log):
-            try:
-                fh.close()
-            except OSError:
-                pass
 
 
 def main() -> int:

@@ -1,5 +1,7 @@
 """Parent side of the worker protocol: a measurement subprocess that may raise, abort, hang or
-run out of memory without taking the sweep with it.
+run out of memory without taking the sweep with it. Serves both `python -m harness.worker`
+(sweeps) and `python -m harness.gate_worker` (the CI gate): each says {"ready": pid} once, then
+answers one JSON line per JSON request line.
 
 Importing torch costs 3-4 s on the 2-core machines here, so by default one worker serves cases
 one after another and is replaced after any case that kills or hangs it (pyperf's one-process-per-
@@ -40,20 +42,30 @@ def _signal_name(returncode: int | None) -> str:
 
 
 class Worker:
-    def __init__(self, log_path: Path, memory_limit_bytes: int | None = None):
+    def __init__(
+        self,
+        log_path: Path,
+        memory_limit_bytes: int | None = None,
+        *,
+        module: str = "harness.worker",
+        env_defaults: dict[str, str] | None = None,
+    ):
         self.log_path = Path(log_path)
         self.memory_limit_bytes = memory_limit_bytes
+        self.module = module
+        self.env_defaults = dict(env_defaults or {})  # the caller's environment wins over these
+        self.name = "gate worker" if module.endswith("gate_worker") else "measurement worker"
         self.proc: subprocess.Popen | None = None
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        env = dict(os.environ)
+        env = {**self.env_defaults, **os.environ}
         if self.memory_limit_bytes:
             env["ATTNBENCH_MEMORY_LIMIT_BYTES"] = str(int(self.memory_limit_bytes))
         self._log = open(self.log_path, "ab")
         self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.worker"],
+            [sys.executable, "-m", self.module],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -64,13 +76,13 @@ class Worker:
         # never charged to a case's timeout.
         if not self._wait_readable(STARTUP_TIMEOUT_S):
             self.stop()
-            raise RuntimeError(f"measurement worker did not start within {STARTUP_TIMEOUT_S:g} s")
+            raise RuntimeError(f"{self.name} did not start within {STARTUP_TIMEOUT_S:g} s")
         hello = self.proc.stdout.readline()
         if not hello:
             self.proc.wait()
             why, tail = _signal_name(self.proc.returncode), self._log_tail()
             self.stop()
-            raise RuntimeError(f"measurement worker failed to start ({why}): {tail}")
+            raise RuntimeError(f"{self.name} failed to start ({why}): {tail}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -143,6 +155,6 @@ class Worker:
         except OSError:
             return ""
         # Drop our own case banners and the torch profiler's USDT chatter; keep the worker's words.
-        noise = ("[worker ", "USDT:")
+        noise = ("[worker ", "[gate worker ", "USDT:")
         lines = [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith(noise)]
         return " | ".join(lines[-4:])[-max_chars:]

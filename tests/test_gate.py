@@ -263,3 +263,21 @@ def test_usage_errors_exit_2(tmp_path):
     assert p.returncode == 2 and "testing hook" in p.stderr
     p = _check([*common, "--baseline", str(tmp_path / "nope.json")], tmp_path)
     assert p.returncode == 2 and "no such baseline file" in p.stderr, p.stderr
+
+
+def test_gate_worker_crash_and_hang_cost_only_their_shape(monkeypatch):
+    """The real gate worker process (harness/isolation.Worker running harness.gate_worker): an
+    implementation that aborts or hangs fails its own shape; the next shape gets a fresh worker."""
+    plugin = ROOT / "tests" / "faulty_plugin"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    shape = dict(batch=1, heads_q=2, heads_kv=2, head_dim=16, dtype="float32", device="cpu", threads=1)
+    cases = [Case("faulty_abort", seq_len_q=32, seq_len_kv=32, **shape),
+             Case("faulty_hang", seq_len_q=40, seq_len_kv=40, **shape),
+             Case("naive", seq_len_q=48, seq_len_kv=48, **shape)]
+    settings = gate.GateSettings(rounds=3, min_block_s=0.001, warmup_s=0.0, timeout_s=5.0)
+    got = {(r.case.impl, r.case.seq_len_q): r for r in gate.measure_in_subprocess(cases, REF, settings)}
+    assert got[("faulty_abort", 32)].status == "crashed" and "SIGABRT" in got[("faulty_abort", 32)].message
+    assert got[(REF, 32)].status == "crashed"  # the whole shape went down with the worker
+    assert got[("faulty_hang", 40)].status == "timeout"
+    naive = got[("naive", 48)]
+    assert naive.status == "ok" and len(naive.ratios) == 3 and all(r > 0 for r in naive.ratios)
