@@ -24,10 +24,8 @@ catches a known slowdown. It exists only for that; `attnbench check` announces i
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 import traceback
 from typing import Callable
@@ -200,32 +198,20 @@ def measure_shape(req: dict) -> dict:
     return {"results": results}
 
 
+def _handle(req: dict) -> dict:
+    try:
+        return measure_shape(req)
+    except Exception as exc:  # inputs or the float64 reference failed: every implementation fails
+        fail = _failure(exc)
+        return {"results": {n: dict(fail) for n in dict.fromkeys([req["reference"], *req["impls"]])}}
+
+
 def main() -> int:
-    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    from harness.worker import serve
+
     parse_slowdown(os.environ.get(SLOWDOWN_ENV))  # a bad hook value fails before any work
-    import torch  # noqa: F401  (import cost paid before the first shape, not inside it)
-
-    from harness import registry
-
-    registry.ensure_loaded()
-    proto.write(json.dumps({"ready": os.getpid()}) + "\n")
-    proto.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        print(f"[gate worker {os.getpid()}] {req['case'].get('seq_len_q')} {req['impls']}", file=sys.stderr,
-              flush=True)
-        try:
-            answer = measure_shape(req)
-        except Exception as exc:  # inputs or the float64 reference failed: every implementation fails
-            fail = _failure(exc)
-            answer = {"results": {n: dict(fail) for n in dict.fromkeys([req["reference"], *req["impls"]])}}
-        proto.write(json.dumps(answer, default=_jsonable) + "\n")
-        proto.flush()
-    return 0
+    return serve(_handle, lambda req: f"[gate worker {os.getpid()}] {req['case'].get('seq_len_q')} {req['impls']}",
+                 json_default=_jsonable)
 
 
 def _jsonable(obj):

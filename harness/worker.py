@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Callable
 
 from harness.case import Case
 from harness.results import Measurement
@@ -180,13 +181,15 @@ def _apply_memory_limit(limit_bytes: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (int(limit_bytes), int(limit_bytes)))
 
 
-def main() -> int:
-    # Keep a private channel for answers; anything printed by implementations goes to stderr.
+def serve(handle: Callable[[dict], dict], banner: Callable[[dict], str], json_default=None) -> int:
+    """The worker side of the protocol (harness/isolation.py), shared with harness.gate_worker:
+    a private copy of stdout for answers (fd 1 then points at stderr, so an implementation's
+    prints cannot corrupt the protocol), torch and the catalogue imported before {"ready": pid},
+    then one JSON answer per JSON request line."""
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    _apply_memory_limit(int(os.environ.get("ATTNBENCH_MEMORY_LIMIT_BYTES", "0")) or None)
-    import torch  # noqa: F401  (import cost paid before the first case, not inside it)
+    import torch  # noqa: F401  (import cost paid before the first request, not inside it)
 
     from harness import registry
 
@@ -197,12 +200,19 @@ def main() -> int:
         if not line.strip():
             continue
         req = json.loads(line)
-        case = Case.from_dict(req["case"])
-        print(f"[worker {os.getpid()}] {case.case_id}", file=sys.stderr, flush=True)
-        m = measure_case(case, req["budget"], int(req["seed"]))
-        proto.write(json.dumps(m.to_dict()) + "\n")
+        print(banner(req), file=sys.stderr, flush=True)
+        proto.write(json.dumps(handle(req), default=json_default) + "\n")
         proto.flush()
     return 0
+
+
+def _handle(req: dict) -> dict:
+    return measure_case(Case.from_dict(req["case"]), req["budget"], int(req["seed"])).to_dict()
+
+
+def main() -> int:
+    _apply_memory_limit(int(os.environ.get("ATTNBENCH_MEMORY_LIMIT_BYTES", "0")) or None)
+    return serve(_handle, lambda req: f"[worker {os.getpid()}] {Case.from_dict(req['case']).case_id}")
 
 
 if __name__ == "__main__":
