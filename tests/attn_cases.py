@@ -176,3 +176,16 @@ def naive_max_abs(cfg: Cfg, dtype_name: str, device: str, ref: torch.Tensor) -> 
         out = registry.get("naive").fn(q, k, v, causal=cfg.causal, attn_mask=m, scale=cfg.scale)
         _NAIVE_ERR_CACHE[key] = max_abs(out, ref)
     return _NAIVE_ERR_CACHE[key]
+
+
+def block_params(impl: registry.Implementation) -> list[str]:
+    """The block/chunk-size tunables of `impl` (Implementation.params) that its function accepts
+    as keyword arguments."""
+    import inspect
+
+    try:
+        accepted = inspect.signature(impl.fn).parameters
+    except (TypeError, ValueError):
+        return []
+    return [p for p, default in impl.params.items()
+            if ("block" in p or "chunk" in p) and isinstance(default, int) and p in accepted]

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attn_cases import (CFGS, CORE, DEVICES, DTYPES, FLOOR, FP32_MAX_REL_L2, IMPLS, case_for, inputs,
-                        max_abs, naive_max_abs, reference, skip_unless_supported)
+from attn_cases import (CFGS, CORE, DEVICES, DTYPES, FLOOR, FP32_MAX_REL_L2, IMPLS, block_params, case_for,
+                        inputs, max_abs, naive_max_abs, reference, skip_unless_supported)
 from harness import registry
 from harness.case import Case
 
@@ -200,18 +200,6 @@ BLOCK_CFGS = [c for c in CFGS if c.id in {
     "causal-50x20-gqa", "key-padding-causal-cross", "full-mask-causal", "mask-2d-causal-mqa",
     "mask-query-rows", "scale-0.9-causal",
 }]
-
-
-def block_params(impl: registry.Implementation) -> list[str]:
-    """The block/chunk-size tunables of `impl` that its function accepts as keyword arguments."""
-    import inspect
-
-    try:
-        accepted = inspect.signature(impl.fn).parameters
-    except (TypeError, ValueError):
-        return []
-    return [p for p, default in impl.params.items()
-            if ("block" in p or "chunk" in p) and isinstance(default, int) and p in accepted]
 
 
 TILED = [n for n in IMPLS if block_params(registry.get(n))]

@@ -12,13 +12,12 @@ that those examples really contain the corners (Nq > Nk causal, empty rows, GQA,
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from attn_cases import block_params
 from harness import registry
 from harness.case import Case
 
@@ -92,16 +91,6 @@ def block_size(p) -> int:
     """The drawn block size, except that 1 (one Python-level step per score) is kept to small
     problems: on 70 x 70 it alone took most of this module's runtime."""
     return 2 if p["blocks"] == 1 and p["Nq"] * p["Nk"] > 600 else p["blocks"]
-
-
-def block_params(impl) -> list[str]:
-    """Block/chunk-size tunables (Implementation.params) that impl.fn accepts as keyword arguments."""
-    try:
-        accepted = inspect.signature(impl.fn).parameters
-    except (TypeError, ValueError):
-        return []
-    return [p for p, default in impl.params.items()
-            if ("block" in p or "chunk" in p) and isinstance(default, int) and p in accepted]
 
 
 @pytest.mark.parametrize("mask_kind,causal", COMBOS, ids=[f"{m}-{'causal' if c else 'full'}" for m, c in COMBOS])
