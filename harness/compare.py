@@ -289,14 +289,21 @@ def compare_runs(base_dir: str | Path, current_dir: str | Path, threshold: Thres
     )
 
 
-_ENV_KEYS = ("device_key", "cpu_model", "cpu", "torch_version", "torch", "threads", "torch_threads",
-             "gpu_name", "cuda_version", "python_version")
+# What harness.env.collect_environment records that changes absolute times.
+_ENV_KEYS = ("cpu_model", "cpu_family_model", "cpu_capability", "torch_threads", "torch_version",
+             "torch_cuda_version", "python_version")
+
+
+def _gpu_names(env: dict) -> list:
+    return [g.get("name") for g in env.get("gpus") or [] if isinstance(g, dict)]
 
 
 def _environment_warnings(base: dict, cur: dict) -> list[str]:
     """Absolute times from different machines or software are not comparable: say so."""
     out = []
     for key in _ENV_KEYS:
-        if key in base and key in cur and base[key] != cur[key] and not isinstance(base[key], (dict, list)):
+        if key in base and key in cur and base[key] != cur[key]:
             out.append(f"environment differs: {key} {base[key]!r} -> {cur[key]!r}")
+    if _gpu_names(base) != _gpu_names(cur) and (_gpu_names(base) or _gpu_names(cur)):
+        out.append(f"environment differs: GPUs {_gpu_names(base)!r} -> {_gpu_names(cur)!r}")
     return out

@@ -21,6 +21,7 @@ from harness.compare import (
     UNCHANGED,
     Threshold,
     compare_case,
+    compare_measurements,
     compare_runs,
 )
 from harness.results import Measurement, ResultsWriter, write_run_info
@@ -169,6 +170,17 @@ def test_compare_runs_matches_by_case_id(runs):
                         "gone": MISSING, "fresh": NEW}
     assert {cc.case.impl for cc in c.regressions} == {"flash", "chunked"}
     assert c.exit_code == 1
+
+
+def test_environment_differences_are_warned_about():
+    base = {"cpu_model": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512", "torch_version": "2.13.0",
+            "gpus": [], "hostname": "a"}
+    same = compare_measurements([], [], T10, base_environment=base, current_environment={**base, "hostname": "b"})
+    assert same.warnings == ()  # the host name alone says nothing about speed
+    cur = {**base, "cpu_capability": "AVX2", "gpus": [{"index": 0, "name": "NVIDIA H100"}]}
+    c = compare_measurements([], [], T10, base_environment=base, current_environment=cur)
+    assert c.warnings == ("environment differs: cpu_capability 'AVX512' -> 'AVX2'",
+                          "environment differs: GPUs [] -> ['NVIDIA H100']")
 
 
 @pytest.fixture
