@@ -49,9 +49,9 @@ def main(argv=None) -> int:
 
     from harness import registry
     from harness.case import Case
-    from harness.inputs import make_inputs
-    from harness.scenario import load_scenario
-    from harness.worker import build_callable, measure_case
+    from harness.measure.inputs import make_inputs
+    from harness.scenario.load import load_scenario
+    from harness.run.worker import build_callable, measure_case
 
     scenario = load_scenario(args.scenario)
     budget = dataclasses.asdict(scenario.budget)

@@ -5,7 +5,7 @@
 Shape: B=1, Hq=Hkv=8, D=64, float32, non-causal, no mask, N = Nq = Nk in {1024, 4096}, on the
 CPU with torch's default thread count (recorded in extra_info). Inputs are seeded standard
 normals from harness.inputs.make_inputs, never zeros. Per case, outside the timed region: one
-call under the profiler for the peak bytes above the inputs (harness.memory), which also warms
+call under the profiler for the peak bytes above the inputs (harness.measure.memory), which also warms
 up; then benchmark.pedantic with a warm-up round and as many rounds as fit ROUND_BUDGET_S
 (at least MIN_ROUNDS), so naive at N=4096 (seconds per call) stays affordable.
 
@@ -26,9 +26,10 @@ import time
 import pytest
 import torch
 
-from harness import memory, registry
+from harness.measure import memory
+from harness import registry
 from harness.case import Case
-from harness.inputs import make_inputs
+from harness.measure.inputs import make_inputs
 
 IMPLS = ["naive", "chunked", "memory_efficient", "flash", "sdpa", "sdpa_math", "sdpa_flash"]
 SEQ_LENS = [1024, 4096]

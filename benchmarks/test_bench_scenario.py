@@ -15,9 +15,11 @@ import os
 
 import pytest
 
-from harness import accuracy, memory, registry
-from harness.inputs import make_inputs
-from harness.scenario import load_scenario
+from harness.measure import accuracy
+from harness.measure import memory
+from harness import registry
+from harness.measure.inputs import make_inputs
+from harness.scenario.load import load_scenario
 
 SCENARIO = load_scenario(os.environ.get("ATTNBENCH_SCENARIO", "smoke"))
 CASES = [c for c in SCENARIO.cases() if c.pass_kind == "forward"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 def load_results(path):
     """Load a run directory (or its results.jsonl) into a pandas DataFrame, one row per case."""
-    from harness.results import load_results as _load
+    from harness.results.store import load_results as _load
 
     return _load(path)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenario import Scenario, ScenarioError, load_scenario
+from harness.scenario.load import Scenario, ScenarioError, load_scenario
 
 # Every implementation the project ships; tests that are not about the registry validate against
 # this list (load_scenario's known_impls), and one test checks it equals the registry's built-ins.

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import accuracy, registry
-from harness.accuracy import (
+from harness.measure import accuracy
+from harness import registry
+from harness.measure.accuracy import (
     LOW_PRECISION_FLOOR,
     Errors,
     errors,

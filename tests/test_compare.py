@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from harness import cli
+from harness.cli import main as cli
 from harness.case import Case
-from harness.compare import (
+from harness.compare.runs import (
     IMPROVED,
     INCONCLUSIVE,
     MISSING,
@@ -24,7 +24,7 @@ from harness.compare import (
     compare_measurements,
     compare_runs,
 )
-from harness.results import Measurement, ResultsWriter, write_run_info
+from harness.results.store import Measurement, ResultsWriter, write_run_info
 
 T10 = Threshold.parse("10%")
 

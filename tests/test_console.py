@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from harness.case import Case
-from harness.console import skip_reasons, summary
-from harness.results import Measurement
+from harness.cli.console import skip_reasons, summary
+from harness.results.store import Measurement
 
 
 def _case(impl: str, n: int, device: str = "cpu") -> Case:

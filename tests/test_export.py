@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import cli, export
+from harness.cli import main as cli
+from harness.report import export
 from harness.case import Case
-from harness.results import Measurement, ResultsWriter, write_run_info
+from harness.results.store import Measurement, ResultsWriter, write_run_info
 
 
 @pytest.fixture

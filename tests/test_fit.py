@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.fit import Fit, fit_largest, fit_power_law
+from harness.report.fit import Fit, fit_largest, fit_power_law
 
 NS = [2**k for k in range(8, 15)]  # 256 .. 16384
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.case import Case
-from harness.flops import attention_flops, matmul_calibration, tflops_per_s, visible_pairs
+from harness.measure.flops import attention_flops, matmul_calibration, tflops_per_s, visible_pairs
 from implementations._common import causal_visible
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import gate
+from harness.compare import gate
 from harness.case import Case
-from harness.compare import Threshold
-from harness.gate_worker import parse_slowdown, slowed
-from harness.results import ResultsError
+from harness.compare.runs import Threshold
+from harness.compare.gate_measure import parse_slowdown, slowed
+from harness.results.store import ResultsError
 
 T15 = Threshold.parse("15%")
 REF = "sdpa"
@@ -266,7 +266,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_gate_worker_crash_and_hang_cost_only_their_shape(monkeypatch):
-    """The real gate worker process (harness/isolation.Worker running harness.gate_worker): an
+    """The real gate worker process (harness/isolation.Worker running harness.compare.gate_measure): an
     implementation that aborts or hangs fails its own shape; the next shape gets a fresh worker."""
     plugin = ROOT / "tests" / "faulty_plugin"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin), str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -5,7 +5,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
-from harness.memory import allocation_timeline, device_memory_bytes, measure_peak_bytes, peak_of
+from harness.measure.memory import allocation_timeline, device_memory_bytes, measure_peak_bytes, peak_of
 
 MiB = 2**20
 

@@ -140,12 +140,12 @@ def _cli_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "attnbench"
     if script.exists():
         return [str(script), *args]
-    code = f"import sys; from harness.cli import main; sys.argv = ['attnbench', *{list(args)!r}]; sys.exit(main())"
+    code = f"import sys; from harness.cli.main import main; sys.argv = ['attnbench', *{list(args)!r}]; sys.exit(main())"
     return [sys.executable, "-c", code]
 
 
 def _run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    if importlib.util.find_spec("harness.cli") is None:
+    if importlib.util.find_spec("harness.cli.main") is None:
         pytest.skip("harness/cli.py does not exist yet")
     env = plugin_env(tmp_path, "good", "broken")
     return subprocess.run(_cli_command(*args), env=env, cwd=tmp_path, capture_output=True, text=True,

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import cli
+from harness.cli import main as cli
 from harness.case import Case
-from harness.results import Measurement, ResultsError, ResultsWriter, write_run_info
-from harness.stats import summarize
+from harness.results.store import Measurement, ResultsError, ResultsWriter, write_run_info
+from harness.measure.stats import summarize
 
 NS = (256, 512, 1024, 2048, 4096)
 EVIL = "<script>alert('x')</script>"
@@ -87,7 +87,7 @@ def synthetic_measurements() -> list[Measurement]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     root = tmp_path_factory.mktemp("runs")
     out = write_report(make_run(root), out_dir=root / "report")
@@ -147,11 +147,11 @@ def test_noise_failures_errors_and_environment_are_reported(report):
 @pytest.fixture
 def no_plots(monkeypatch):
     """Tables and text only: these tests are about content, and drawing is the slow part."""
-    monkeypatch.setattr("harness.report.MAX_PLOTTED_GROUPS", 0)
+    monkeypatch.setattr("harness.report.build.MAX_PLOTTED_GROUPS", 0)
 
 
 def test_default_out_dir_and_baseline_override(tmp_path, monkeypatch, no_plots):
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     run = make_run(tmp_path, calibration=None)
     monkeypatch.chdir(tmp_path)
@@ -165,7 +165,7 @@ def test_default_out_dir_and_baseline_override(tmp_path, monkeypatch, no_plots):
 
 
 def test_baseline_that_never_ran_ok_skips_speedups(tmp_path, no_plots):
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     ms = [m for m in synthetic_measurements() if m.case.impl != "sdpa"]
     ms.append(Measurement(Case("sdpa", seq_len_q=256, seq_len_kv=256, grid="cpu_self"), "oom", "out of memory"))
@@ -175,7 +175,7 @@ def test_baseline_that_never_ran_ok_skips_speedups(tmp_path, no_plots):
 
 @pytest.mark.parametrize("kind", ["empty", "all_skipped", "one_size"])
 def test_degenerate_runs_do_not_crash(tmp_path, kind):
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     ms = {
         "empty": [],
@@ -192,7 +192,7 @@ def test_degenerate_runs_do_not_crash(tmp_path, kind):
 
 def test_sparse_records_plot_what_exists(tmp_path):
     """Records with only a median (no quartiles, noise flag, memory or FLOPs) still plot latency."""
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     ms = [Measurement(Case(i, seq_len_q=n, seq_len_kv=n), "ok", stats={"median_s": 1e-9 * n * n * (k + 1)})
           for k, i in enumerate(("naive", "sdpa")) for n in NS[:3]]
@@ -204,7 +204,7 @@ def test_sparse_records_plot_what_exists(tmp_path):
 
 def test_a_group_that_was_all_skipped_is_one_line(tmp_path):
     """A CUDA grid on a CPU machine: its reason once, not a table of "skipped" cells."""
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     ms = [_ok(Case("sdpa", seq_len_q=n, seq_len_kv=n, grid="cpu"), rate=6e10, peak_bytes=n) for n in NS[:3]]
     ms += [Measurement(Case(i, seq_len_q=n, seq_len_kv=n, device="cuda", grid="gpu"), "skipped",
@@ -230,7 +230,7 @@ def test_cli_report_prints_index_path_and_missing_dir_exits_2(tmp_path, capsys):
 def test_cli_report_handler_raises_results_error_for_a_missing_dir(tmp_path):
     import argparse
 
-    from harness.cli_report import cmd_report
+    from harness.cli.report import cmd_report
 
     with pytest.raises(ResultsError):
         cmd_report(argparse.Namespace(run=str(tmp_path / "missing"), out=None, baseline=None))

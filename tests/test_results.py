@@ -5,7 +5,7 @@ import json
 import pytest
 
 from harness.case import Case
-from harness.results import (
+from harness.results.store import (
     SCHEMA_VERSION,
     Measurement,
     ResultsError,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import read_measurements
+from harness.results.store import read_measurements
 
 PLUGIN_DIR = Path(__file__).parent / "faulty_plugin"
 REPO = Path(__file__).resolve().parents[1]

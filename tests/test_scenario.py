@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from harness import registry
 from harness.case import Case
-from harness.scenario import Budget, ScenarioError, load_scenario
+from harness.scenario.load import Budget, ScenarioError, load_scenario
 from scenario_helpers import GRID, HEAD, load, write
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import registry
-from harness.scenario import load_scenario, shipped_scenarios
+from harness.scenario.load import load_scenario, shipped_scenarios
 from scenario_helpers import PLANNED
 
 

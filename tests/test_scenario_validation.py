@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.scenario import ScenarioError, load_scenario
+from harness.scenario.load import ScenarioError, load_scenario
 from scenario_helpers import GRID, HEAD, KNOWN, error, write
 
 

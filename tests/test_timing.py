@@ -6,9 +6,9 @@ import types
 import pytest
 import torch
 
-from harness import timing
-from harness.stats import spread
-from harness.timing import Timing, time_cpu, time_cuda, time_interleaved
+from harness.measure import timing
+from harness.measure.stats import spread
+from harness.measure.timing import Timing, time_cpu, time_cuda, time_interleaved
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -1,7 +1,7 @@
 """Measure one case, in a worker process: correctness, then memory, then time.
 
 The only module (with runner.py) that combines inputs, accuracy, memory, timing, stats and FLOPs.
-Run as `python -m harness.worker`: it reads one JSON request per line on stdin and answers one
+Run as `python -m harness.run.worker`: it reads one JSON request per line on stdin and answers one
 JSON Measurement per line on a private copy of stdout (fd 1 is pointed at stderr so that an
 implementation's prints cannot corrupt the protocol).
 """
@@ -16,7 +16,7 @@ import traceback
 from typing import Callable
 
 from harness.case import Case
-from harness.results import Measurement
+from harness.results.store import Measurement
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
 
@@ -66,7 +66,7 @@ def _check_accuracy(impl, inputs, case: Case) -> dict:
     """Compare the forward output on a subset of query rows with the float64 reference."""
     import torch
 
-    from harness import accuracy
+    from harness.measure import accuracy
 
     with torch.no_grad():
         out = impl.fn(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())
@@ -109,8 +109,11 @@ def measure_case(case: Case, budget: dict, seed: int) -> Measurement:
     try:
         import torch
 
-        from harness import flops, memory, stats, timing
-        from harness.inputs import make_inputs
+        from harness.measure import flops
+        from harness.measure import memory
+        from harness.measure import stats
+        from harness.measure import timing
+        from harness.measure.inputs import make_inputs
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
@@ -182,7 +185,7 @@ def _apply_memory_limit(limit_bytes: int | None) -> None:
 
 
 def serve(handle: Callable[[dict], dict], banner: Callable[[dict], str], json_default=None) -> int:
-    """The worker side of the protocol (harness/isolation.py), shared with harness.gate_worker:
+    """The worker side of the protocol (harness/isolation.py), shared with harness.compare.gate_measure:
     a private copy of stdout for answers (fd 1 then points at stderr, so an implementation's
     prints cannot corrupt the protocol), torch and the catalogue imported before {"ready": pid},
     then one JSON answer per JSON request line."""

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.case import Case
-from harness.results import Measurement, read_measurements, read_run_info, resolve_run_dir
+from harness.results.store import Measurement, read_measurements, read_run_info, resolve_run_dir
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
 PARQUET_ENGINES = ("pyarrow", "fastparquet")
@@ -128,7 +128,7 @@ def _cell(v):
 
 def flat_frame(run_dir: str | Path):
     """load_results' DataFrame with list/dict cells JSON-encoded (CSV and Parquet want scalars)."""
-    from harness.results import load_results
+    from harness.results.store import load_results
 
     df = load_results(run_dir)
     for col in df.columns:

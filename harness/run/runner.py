@@ -16,8 +16,8 @@ from typing import Callable
 
 from harness import registry
 from harness.case import Case
-from harness.isolation import Worker
-from harness.results import (
+from harness.run.process import Worker
+from harness.results.store import (
     Measurement,
     ResultsWriter,
     read_measurements,
@@ -49,7 +49,7 @@ def input_bytes(case: Case) -> int:
 
 
 def _device_memory_bytes(device: str) -> int:
-    from harness.memory import device_memory_bytes
+    from harness.measure.memory import device_memory_bytes
 
     return device_memory_bytes(device)
 
@@ -149,7 +149,7 @@ def _measure_in_worker(worker: Worker, case: Case, budget: dict, seed: int, time
 
 def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: bool = True) -> Path:
     """Create results/<run-id>/ with run.json: schema version, scenario, environment, calibration."""
-    from harness.env import collect_environment
+    from harness.measure.env import collect_environment
 
     run_id = run_id or new_run_id(scenario.name)
     run_dir = Path(out_dir) / run_id
@@ -158,7 +158,7 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
     run_dir.mkdir(parents=True, exist_ok=True)
     calibration = None
     if calibrate:
-        from harness.flops import matmul_calibration
+        from harness.measure.flops import matmul_calibration
 
         calibration = {"cpu_matmul_flops_per_s": matmul_calibration("cpu")}
     info = {

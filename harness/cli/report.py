@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from harness.report import write_report
-    from harness.results import resolve_run_dir
+    from harness.report.build import write_report
+    from harness.results.store import resolve_run_dir
 
     run_dir = resolve_run_dir(args.run)  # ResultsError (exit 2, one line) for a missing/invalid dir
     out = write_report(run_dir, out_dir=args.out, baseline=args.baseline)

@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 from harness import registry
 from harness.case import Case
-from harness.scenario_schema import (
+from harness.scenario.schema import (
     AXES,
     EXCLUDE_KEYS,
     GRID_KEYS,

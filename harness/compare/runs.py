@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.case import Case
-from harness.results import FAILED_STATUSES, Measurement, read_measurements, read_run_info
+from harness.results.store import FAILED_STATUSES, Measurement, read_measurements, read_run_info
 
 REGRESSED = "regressed"
 REGRESSED_MEMORY = "regressed (memory)"
@@ -169,7 +169,7 @@ def bootstrap_ratio(base: Sequence[float], cur: Sequence[float], metric: str, *,
                     resamples: int = 1000, confidence: float = 0.95) -> tuple[float, float, float]:
     """(ratio, low, high) of metric(cur) / metric(base) with a percentile-bootstrap CI."""
     if metric == "median":
-        from harness.stats import ratio_ci
+        from harness.measure.stats import ratio_ci
 
         r = ratio_ci(base, cur, seed=seed, resamples=resamples, confidence=confidence)
         return float(r.ratio), float(r.low), float(r.high)

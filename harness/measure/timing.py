@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.stats import spread
+from harness.measure.stats import spread
 
 MIN_SAMPLES = 3  # even when one call outlasts max_time_s
 SPREAD_MIN_SAMPLES = 5  # a spread from fewer samples is not trusted to stop early

@@ -208,7 +208,7 @@ def collect_environment() -> dict:
     """A JSON-serialisable description of this machine and software, for run.json."""
     import torch
 
-    from harness.memory import device_memory_bytes
+    from harness.measure.memory import device_memory_bytes
 
     try:
         affinity = len(os.sched_getaffinity(0))

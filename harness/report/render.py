@@ -1,5 +1,5 @@
 """The report document: its model (Report -> Section -> Table / Figure, plain text only) and its
-two renderings, index.html and report.md. harness.report fills the model; nothing here reads results.
+two renderings, index.html and report.md. harness.report.build fills the model; nothing here reads results.
 
 index.html is self-contained: inline CSS, PNGs as data: URIs, no script, no network reference,
 so it opens from disk or as a CI artifact. Every piece of text from the results (names, messages,
@@ -13,7 +13,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from harness.results import FAILED_STATUSES
+from harness.results.store import FAILED_STATUSES
 
 MD_MESSAGE_CHARS = 240  # report.md cells are cut here (a traceback stays whole in index.html)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.export import FORMATS
+from harness.report.export import FORMATS
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from harness.cli import UsageError
-    from harness.export import ExportError, export
+    from harness.cli.main import UsageError
+    from harness.report.export import ExportError, export
 
     try:
         text, note = export(args.run, args.format, args.out)

@@ -33,7 +33,7 @@ def _fail(msg: str) -> int:
 
 def cmd_list(args) -> int:
     from harness import registry
-    from harness.console import table
+    from harness.cli.console import table
 
     rows = []
     for impl in registry.all_implementations():
@@ -82,15 +82,15 @@ def cmd_list(args) -> int:
 
 
 def _load_scenario(name_or_path: str):
-    from harness.scenario import load_scenario
+    from harness.scenario.load import load_scenario
 
     return load_scenario(name_or_path)
 
 
 def cmd_run(args) -> int:
-    from harness import runner
-    from harness.console import Progress, summary
-    from harness.results import read_run_info, resolve_run_dir
+    from harness.run import runner
+    from harness.cli.console import Progress, summary
+    from harness.results.store import read_run_info, resolve_run_dir
 
     if args.resume:
         run_dir = resolve_run_dir(args.resume)
@@ -137,9 +137,9 @@ def cmd_run(args) -> int:
 
 
 def _maybe_report(run_dir: Path) -> None:
-    if importlib.util.find_spec("harness.report") is None:
+    if importlib.util.find_spec("harness.report.build") is None:
         return
-    from harness import report
+    from harness.report import build as report
 
     out = report.write_report(run_dir)
     print(f"report:  {out / 'index.html'}")
@@ -184,16 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     for extra in MODULE_COMMANDS:
-        importlib.import_module(f"harness.cli_{extra}").add_parser(sub)
+        importlib.import_module(f"harness.cli.{extra}").add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from harness.registry import RegistryError
-    from harness.results import ResultsError
+    from harness.results.store import ResultsError
 
     args = build_parser().parse_args(argv)
-    from harness.scenario import ScenarioError
+    from harness.scenario.load import ScenarioError
 
     user_errors = (UsageError, RegistryError, ResultsError, ScenarioError, FileExistsError)
     try:

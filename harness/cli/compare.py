@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from harness.compare import Comparison, Threshold, compare_runs
-from harness.console import case_shape, fmt_bytes, fmt_time_s, table
+from harness.compare.runs import Comparison, Threshold, compare_runs
+from harness.cli.console import case_shape, fmt_bytes, fmt_time_s, table
 
 FORMATS = ("text", "md", "json")
 
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from harness.cli import UsageError
+    from harness.cli.main import UsageError
 
     try:
         threshold = Threshold.parse(args.threshold, default_metric=args.metric or "median")

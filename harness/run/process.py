@@ -1,6 +1,6 @@
 """Parent side of the worker protocol: a measurement subprocess that may raise, abort, hang or
-run out of memory without taking the sweep with it. Serves both `python -m harness.worker`
-(sweeps) and `python -m harness.gate_worker` (the CI gate): each says {"ready": pid} once, then
+run out of memory without taking the sweep with it. Serves both `python -m harness.run.worker`
+(sweeps) and `python -m harness.compare.gate_measure` (the CI gate): each says {"ready": pid} once, then
 answers one JSON line per JSON request line.
 
 Importing torch costs 3-4 s on the 2-core machines here, so by default one worker serves cases
@@ -47,7 +47,7 @@ class Worker:
         log_path: Path,
         memory_limit_bytes: int | None = None,
         *,
-        module: str = "harness.worker",
+        module: str = "harness.run.worker",
         env_defaults: dict[str, str] | None = None,
     ):
         self.log_path = Path(log_path)

@@ -21,7 +21,7 @@ A change to the reference implementation moves every ratio: re-baseline with --u
 
 Failures regardless of timing: error / wrong / oom / crashed / timeout (an accuracy check that
 passed in the baseline and fails now is shown as "regressed (error)"). With no baseline for this
-machine (device_key from harness.env) the gate reports ratios and passes unless something failed.
+machine (device_key from harness.measure.env) the gate reports ratios and passes unless something failed.
 Nothing here formats text; harness/cli_check.py renders a GateOutcome.
 """
 
@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from harness.case import Case
-from harness.compare import Threshold
-from harness.results import ResultsError
+from harness.compare.runs import Threshold
+from harness.results.store import ResultsError
 
 BASELINE_SCHEMA = "attnbench-gate-baseline"
 BASELINE_VERSION = 1
@@ -95,7 +95,7 @@ class RatioStats:
     def of(cls, ratios: Sequence[float]) -> "RatioStats | None":
         if not ratios:
             return None
-        from harness.stats import summarize
+        from harness.measure.stats import summarize
 
         s = summarize(ratios)  # units are irrelevant: the *_s fields hold ratios here
         return cls(s.median_s, s.ci_low_s, s.ci_high_s, s.spread, s.n)
@@ -181,7 +181,7 @@ def gate_cases(scenario, reference: str) -> list[Case]:
 
 def gate_device_key(cases: Sequence[Case], environment: dict) -> str:
     """harness.env.device_key for the scenario's device and thread count."""
-    from harness.env import device_key
+    from harness.measure.env import device_key
 
     device = next((c.device for c in cases if c.device.startswith("cuda")), "cpu")
     threads = {c.threads for c in cases}  # one fixed count keys the file; otherwise torch's default
@@ -259,7 +259,7 @@ def run_gate(cases: Sequence[Case], *, reference: str, threshold: Threshold, bas
              device_key: str, baseline_path: str | Path, measure: Measure | None = None,
              settings: GateSettings = GateSettings()) -> GateOutcome:
     """Measure, judge, re-measure suspects in a fresh process, confirm. `measure` is injectable
-    (tests); by default each call runs harness.gate_worker in new processes."""
+    (tests); by default each call runs harness.compare.gate_measure in new processes."""
     if baseline is not None and baseline.reference != reference:
         raise ResultsError(f"{baseline_path}: baseline ratios are against {baseline.reference!r}, not "
                            f"{reference!r}; use --reference {baseline.reference} or update the baseline")
@@ -288,15 +288,15 @@ def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSetti
     worker is recorded as crashed / timeout and the next shape gets a new process."""
     import tempfile
 
-    from harness.gate_worker import MALLOC_ENV
-    from harness.isolation import Worker
+    from harness.compare.gate_measure import MALLOC_ENV
+    from harness.run.process import Worker
 
     shapes: dict[str, list[Case]] = {}
     for c in cases:  # shape = every parameter but the implementation
         shapes.setdefault(c.replace(impl=reference, grid="").case_id, []).append(c)
     out: list[ImplResult] = []
     with tempfile.TemporaryDirectory(prefix="attnbench-gate-") as tmp:
-        worker = Worker(Path(tmp) / "gate-worker.log", module="harness.gate_worker", env_defaults=MALLOC_ENV)
+        worker = Worker(Path(tmp) / "gate-worker.log", module="harness.compare.gate_measure", env_defaults=MALLOC_ENV)
         try:
             for group in shapes.values():
                 ref_case = group[0].replace(impl=reference)

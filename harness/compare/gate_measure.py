@@ -5,7 +5,7 @@ Why ratios: on shared CI machines absolute times drift 10-50% between runs; one 
 time over the reference's, measured in the same round of short alternating blocks (one block of
 each, order rotating; harness.timing.time_interleaved), drifts a few percent (DESIGN.md "Noise").
 
-Protocol (like harness/worker.py): run as `python -m harness.gate_worker`; it writes {"ready": pid}
+Protocol (like harness/worker.py): run as `python -m harness.compare.gate_measure`; it writes {"ready": pid}
 then answers each JSON request line on stdin with one JSON line, on a private copy of stdout
 (fd 1 is pointed at stderr so implementations that print cannot corrupt the protocol).
 Request:  {"case": <Case dict, impl = the reference>, "impls": [names], "reference": name,
@@ -103,7 +103,7 @@ def _guard(name: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def _failure(exc: BaseException) -> dict:
-    from harness.worker import is_oom
+    from harness.run.worker import is_oom
 
     return {"status": "oom" if is_oom(exc) else "error",
             "message": f"{type(exc).__name__}: {exc}".strip()[:2000],
@@ -111,10 +111,10 @@ def _failure(exc: BaseException) -> dict:
 
 
 def _accuracy(fn, inputs, case, rows, ref, naive_errs) -> dict:
-    """Forward output on the checked rows vs the float64 reference (harness.accuracy's rule)."""
+    """Forward output on the checked rows vs the float64 reference (harness.measure.accuracy's rule)."""
     import torch
 
-    from harness import accuracy
+    from harness.measure import accuracy
 
     with torch.no_grad():
         out = fn(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())  # (B, Hq, Nq, D)
@@ -134,10 +134,12 @@ def measure_shape(req: dict) -> dict:
     """Accuracy of every implementation on one shape, then their interleaved ratio samples."""
     import torch
 
-    from harness import accuracy, registry, timing
+    from harness.measure import accuracy
+    from harness import registry
+    from harness.measure import timing
     from harness.case import Case
-    from harness.inputs import make_inputs
-    from harness.worker import build_callable
+    from harness.measure.inputs import make_inputs
+    from harness.run.worker import build_callable
 
     ref_case = Case.from_dict(req["case"])
     reference = req["reference"]
@@ -207,7 +209,7 @@ def _handle(req: dict) -> dict:
 
 
 def main() -> int:
-    from harness.worker import serve
+    from harness.run.worker import serve
 
     parse_slowdown(os.environ.get(SLOWDOWN_ENV))  # a bad hook value fails before any work
     return serve(_handle, lambda req: f"[gate worker {os.getpid()}] {req['case'].get('seq_len_q')} {req['impls']}",

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from harness import gate
-from harness.console import case_shape, table
+from harness.compare import gate
+from harness.cli.console import case_shape, table
 
 PASS_COUNTS = (gate.UNCHANGED, gate.IMPROVED, gate.INCONCLUSIVE)
 
@@ -39,11 +39,11 @@ def add_parser(sub) -> None:
 
 def cmd_check(args) -> int:
     from harness import registry
-    from harness.cli import UsageError
-    from harness.compare import Threshold
-    from harness.env import collect_environment
-    from harness.gate_worker import SLOWDOWN_ENV, parse_slowdown
-    from harness.scenario import load_scenario
+    from harness.cli.main import UsageError
+    from harness.compare.runs import Threshold
+    from harness.measure.env import collect_environment
+    from harness.compare.gate_measure import SLOWDOWN_ENV, parse_slowdown
+    from harness.scenario.load import load_scenario
 
     try:
         threshold = Threshold.parse(args.threshold)

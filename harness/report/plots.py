@@ -2,7 +2,7 @@
 
 Figures: latency, peak memory and achieved TFLOP/s against sequence length, one PNG each, a fixed
 color per implementation. Tables: the same numbers per implementation × size, the speed-up vs the
-baseline, and the scaling exponents (harness.fit). Nothing here times anything or reads files.
+baseline, and the scaling exponents (harness.report.fit). Nothing here times anything or reads files.
 
 Figures are built on matplotlib's object API with an explicit Agg canvas, created inside the
 function (never at import) and without switching the process-wide pyplot backend: a report
@@ -18,9 +18,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from harness.fit import MIN_FIT_SIZES, fit_largest
-from harness.report import NOISE_MARK, Group, _num
-from harness.report_html import Figure, Section, Table
+from harness.report.fit import MIN_FIT_SIZES, fit_largest
+from harness.report.build import NOISE_MARK, Group, _num
+from harness.report.render import Figure, Section, Table
 
 FIGSIZE_IN = (7.0, 4.5)
 DPI = 110

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.case import Case
-from harness.report_html import Report, Section, Table, render_html, render_markdown
-from harness.results import load_results, read_run_info, resolve_run_dir
+from harness.report.render import Report, Section, Table, render_html, render_markdown
+from harness.results.store import load_results, read_run_info, resolve_run_dir
 
 GROUP_PARAMS = ("dtype", "device", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
                 "mask_fraction", "pass_kind", "threads")
@@ -84,7 +84,7 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
     sections.append(_overview(rows, baseline))
     groups = make_groups(rows)
     if groups:
-        from harness.report_plots import group_section, impl_styles
+        from harness.report.plots import group_section, impl_styles
 
         styles = impl_styles(impls)
         plotted = omitted = 0
@@ -109,7 +109,7 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
 def _records(df) -> list[dict]:
     """One clean dict per case: every expected key present, NaN -> None, sizes as int, measured
     numbers as float, and "ok" = ran OK with a usable median time."""
-    from harness.stats import noise_level
+    from harness.measure.stats import noise_level
 
     defaults = {f.name: f.default for f in dataclasses.fields(Case)}
     out = []
@@ -195,7 +195,7 @@ def _label(r: dict, fixed: str = "") -> str:
 
 # ---------------------------------------------------------------- sections
 
-# run.json["environment"] is written by harness.env; look fields up by a few likely names so the
+# run.json["environment"] is written by harness.measure.env; look fields up by a few likely names so the
 # report survives that module's schema growing. Everything is also listed in "Full environment".
 _ENV_FIELDS = (
     ("CPU", ("cpu_model", "cpu.model", "cpu_name", "cpu.name", "processor", "cpu")),
@@ -221,7 +221,7 @@ def environment_section(run_dir: Path, info: dict, rows: list[dict]) -> Section:
            ["started at", str(info.get("started_at") or "-")],
            ["devices in this run", devices]]
     gpus = env.get("gpus")
-    if isinstance(gpus, list) and gpus:  # harness.env: one dict per GPU
+    if isinstance(gpus, list) and gpus:  # harness.measure.env: one dict per GPU
         flat.setdefault("gpu_name", ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus))
     elif env.get("cuda_available") is False:
         flat.setdefault("gpu_name", "none (CUDA not available)")
@@ -328,7 +328,7 @@ def _errors_section(rows: list[dict]) -> Section:
 
 
 def _problems_section(rows: list[dict]) -> Section | None:
-    from harness.console import case_shape
+    from harness.cli.console import case_shape
 
     bad = [r for r in rows if r["status"] != "ok"]
     sec = Section("Cases that did not run OK")

@@ -9,7 +9,7 @@ import sys
 import time
 
 from harness.case import Case
-from harness.results import Measurement
+from harness.results.store import Measurement
 
 
 def fmt_time_s(t: float | None) -> str:
