@@ -7,12 +7,15 @@ into the results file. Nothing here touches torch, so it is cheap to build thous
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
 MASK_KINDS = ("none", "key_padding")
 PASS_KINDS = ("forward", "backward", "forward_backward")
+WORKLOADS = ("prefill", "decode")  # decode: a few query tokens per sequence against a KV cache
+KV_LAYOUTS = ("contiguous", "paged")
 ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -33,6 +36,13 @@ class Case:
     pass_kind: str = "forward"
     threads: int | None = None  # CPU intra-op threads; None = torch's default
     grid: str = ""  # name of the scenario grid block this case came from (for grouping)
+    # decode against a KV cache (workload == "decode"): seq_len_q query tokens per sequence,
+    # kv_lens[b] cached tokens of sequence b (seq_len_kv = max(kv_lens)), stored contiguously
+    # (B, Hkv, Nmax, D) or in pages of page_size tokens reached through a block table.
+    workload: str = "prefill"
+    kv_layout: str = "contiguous"
+    page_size: int = 0
+    kv_lens: tuple[int, ...] = ()
 
     @property
     def element_bytes(self) -> int:
@@ -60,7 +70,14 @@ class Case:
             self.pass_kind,
             f"t{self.threads}" if self.threads else "tdefault",
         ]
+        if self.workload != "prefill":  # prefill ids stay as they were before decode existed
+            layout = self.kv_layout if self.kv_layout == "contiguous" else f"{self.kv_layout}{self.page_size}"
+            parts += [self.workload, layout, _kv_label(self.kv_lens)]
         return "/".join(parts)
+
+    @property
+    def is_decode(self) -> bool:
+        return self.workload == "decode"
 
     def params(self) -> dict:
         """Every field except the implementation and grid: what makes two cases comparable."""
@@ -75,7 +92,21 @@ class Case:
     @classmethod
     def from_dict(cls, d: dict) -> "Case":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if "kv_lens" in kw:
+            kw["kv_lens"] = tuple(kw["kv_lens"] or ())
+        return cls(**kw)
 
     def replace(self, **changes) -> "Case":
         return dataclasses.replace(self, **changes)
+
+
+def _kv_label(kv_lens: tuple[int, ...]) -> str:
+    """`kv8192` when every sequence has the same length, else `kv512..16384#1a2b3c` (min, max and
+    a digest of the exact lengths, so two ragged batches never share an id)."""
+    if not kv_lens:
+        return "kv-"
+    if len(set(kv_lens)) == 1:
+        return f"kv{kv_lens[0]}"
+    digest = hashlib.sha1(",".join(map(str, kv_lens)).encode()).hexdigest()[:6]
+    return f"kv{min(kv_lens)}..{max(kv_lens)}#{digest}"

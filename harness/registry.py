@@ -8,12 +8,13 @@ lookup asks for it (no plugin scan at import time).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.case import DEVICES, DTYPES, Case
+from harness.case import DEVICES, DTYPES, KV_LAYOUTS, Case
 
 ENTRY_POINT_GROUP = "attnbench.implementations"
 
@@ -51,6 +52,17 @@ class Implementation:
     memory_model: Callable[[Case], int] | None = None
     source: str = "builtin"  # "builtin" or the plugin's entry-point name
     params: dict = field(default_factory=dict)  # tunables with their defaults, for reports
+    # Decode against a KV cache (register_decode): fn(q, k_cache, v_cache, *, kv_lens,
+    # block_table=None, scale=None); None when the implementation has no decode path.
+    decode: "DecodePath | None" = None
+
+    @property
+    def workloads(self) -> tuple[str, ...]:
+        return (("prefill",) if self.fn is not None else ()) + (("decode",) if self.decode else ())
+
+    def entry(self, case: Case) -> Callable:
+        """The function that computes `case`: the prefill fn or the decode fn."""
+        return self.decode.fn if case.is_decode else self.fn
 
     def available(self, device: str) -> Support:
         """Can this implementation run on `device` on this machine?"""
@@ -71,14 +83,38 @@ class Implementation:
         avail = self.available(case.device)
         if not avail:
             return avail
+        if case.is_decode:
+            return self._supports_decode(case)
+        if self.fn is None:
+            return no(f"{self.name} is decode-only")
         if case.dtype not in self.dtypes:
             return no(f"{self.name} supports dtypes {', '.join(self.dtypes)}, not {case.dtype}")
         if self.supports_fn is not None:
             return self.supports_fn(case)
         return YES
 
+    def _supports_decode(self, case: Case) -> Support:
+        d = self.decode
+        if d is None:
+            return no(f"{self.name} has no decode path (KV cache)")
+        if case.kv_layout not in d.layouts:
+            return no(f"{self.name} decodes from {', '.join(d.layouts)} caches, not {case.kv_layout}")
+        if case.dtype not in d.dtypes:
+            return no(f"{self.name} decode supports dtypes {', '.join(d.dtypes)}, not {case.dtype}")
+        return d.supports_fn(case) if d.supports_fn is not None else YES
+
     def predicted_peak_bytes(self, case: Case) -> int | None:
-        return None if self.memory_model is None else int(self.memory_model(case))
+        model = self.decode.memory_model if (case.is_decode and self.decode) else self.memory_model
+        return None if model is None else int(model(case))
+
+
+@dataclass(frozen=True)
+class DecodePath:
+    fn: Callable
+    layouts: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    supports_fn: Callable[[Case], Support] | None = None
+    memory_model: Callable[[Case], int] | None = None
 
 
 class RegistryError(LookupError):
@@ -121,13 +157,46 @@ def register(
             fn=fn,
             devices=tuple(devices),
             dtypes=tuple(dtypes),
-            description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            description=description or ((fn.__doc__ or "").strip().split("\n")[0] if fn else ""),
             supports_fn=supports,
             available_fn=available,
             memory_model=memory_model,
             source=_current_source,
             params=dict(params or {}),
         )
+        return fn
+
+    return decorator
+
+
+def register_decode(
+    name: str,
+    *,
+    layouts: tuple[str, ...] | list[str] = KV_LAYOUTS,
+    devices: tuple[str, ...] | list[str] = ("cpu", "cuda"),
+    dtypes: tuple[str, ...] | list[str] = DTYPES,
+    supports: Callable[[Case], Support] | None = None,
+    memory_model: Callable[[Case], int] | None = None,
+    description: str = "",
+    params: dict | None = None,
+):
+    """Decorator: record `fn(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None)` as
+    the decode path of `name` (see README, "Decode"). Attaches to an implementation registered
+    earlier under that name, or creates a decode-only one. Returns `fn` unchanged."""
+    bad = [x for x in layouts if x not in KV_LAYOUTS]
+    if bad:
+        raise ValueError(f"register_decode({name!r}): unknown layouts {bad}; allowed: {KV_LAYOUTS}")
+
+    def decorator(fn: Callable) -> Callable:
+        path = DecodePath(fn, tuple(layouts), tuple(dtypes), supports, memory_model)
+        old = _REGISTRY.get(name)
+        if old is not None:
+            if old.decode is not None:
+                raise RegistryError(f"implementation {name!r} already has a decode path; pick another name")
+            _REGISTRY[name] = dataclasses.replace(old, decode=path)
+            return fn
+        register(name, devices=devices, dtypes=dtypes, description=description, params=params)(None)
+        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], decode=path)
         return fn
 
     return decorator
