@@ -101,6 +101,30 @@ class Case:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long to measure each case. Defaults suit a shared 2-core CPU."""
+
+    warmup_s: float = 0.1  # discarded warm-up time before the first timed sample
+    min_time_s: float = 0.2  # measure at least this long, even when the spread is already small
+    max_time_s: float = 1.0  # stop here even when the spread is still large (then flag it noisy)
+    target_spread: float = 0.05  # stop early once IQR/median falls below this
+    case_timeout_s: float = 120.0  # the runner kills a worker process that runs longer
+    # The worker process's memory cap (a case above it is recorded as oom, or skipped when its
+    # memory model predicts so); None = the runner derives one from the machine's memory.
+    memory_limit_bytes: int | None = None
+    l2_flush: bool = False  # CUDA: overwrite the L2 cache before each sample (cold-cache numbers)
+    cuda_graph: bool = False  # CUDA: replay the call as a CUDA graph (less launch cost)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Budget":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
 def _kv_label(kv_lens: tuple[int, ...]) -> str:
     """`kv8192` when every sequence has the same length, else `kv512..16384#1a2b3c` (min, max and
     a digest of the exact lengths, so two ragged batches never share an id)."""

@@ -24,7 +24,8 @@ from harness.compare.runs import (
     compare_measurements,
     compare_runs,
 )
-from harness.results.store import Measurement, ResultsWriter, write_run_info
+from harness.results.records import Measurement
+from harness.results.store import ResultsWriter, write_run_info
 
 T10 = Threshold.parse("10%")
 

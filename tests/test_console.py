@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness.case import Case
 from harness.cli.console import skip_reasons, summary
-from harness.results.store import Measurement
+from harness.results.records import Measurement
 
 
 def _case(impl: str, n: int, device: str = "cpu") -> Case:

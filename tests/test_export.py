@@ -15,7 +15,8 @@ import pytest
 from harness.cli import main as cli
 from harness.report import export
 from harness.case import Case
-from harness.results.store import Measurement, ResultsWriter, write_run_info
+from harness.results.records import Measurement
+from harness.results.store import ResultsWriter, write_run_info
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 
 from harness.cli import main as cli
 from harness.case import Case
-from harness.results.store import Measurement, ResultsError, ResultsWriter, write_run_info
+from harness.results.records import Measurement
+from harness.results.store import ResultsError, ResultsWriter, write_run_info
 from harness.measure.stats import summarize
 
 NS = (256, 512, 1024, 2048, 4096)

@@ -70,7 +70,7 @@ def test_every_fault_costs_only_its_own_case(tmp_path):
     assert r.returncode == 0, r.stderr
     ms = {m.case.impl: m for m in read_measurements(tmp_path / "res" / "r1")}
     assert set(ms) == set(impls)
-    assert ms["naive"].status == "ok" and ms["naive"].stats["median_s"] > 0
+    assert ms["naive"].status == "ok" and ms["naive"].stats.median_s > 0
     assert ms["flash"].status == "ok", "a case after the faults must still run"
     assert ms["faulty_raise"].status == "error"
     assert "deliberate failure" in ms["faulty_raise"].message

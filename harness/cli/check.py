@@ -42,7 +42,7 @@ def cmd_check(args) -> int:
     from harness.cli.main import UsageError
     from harness.compare.runs import Threshold
     from harness.measure.env import collect_environment
-    from harness.compare.gate_measure import SLOWDOWN_ENV, parse_slowdown
+    from harness.measure.shape_ratios import SLOWDOWN_ENV, parse_slowdown
     from harness.scenario.load import load_scenario
 
     try:

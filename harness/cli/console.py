@@ -9,7 +9,7 @@ import sys
 import time
 
 from harness.case import Case
-from harness.results.store import Measurement
+from harness.results.records import Measurement
 
 
 def fmt_time_s(t: float | None) -> str:
@@ -80,9 +80,9 @@ class Progress:
         eta = elapsed / i * (total - i)
         result = m.status
         if m.status == "ok":
-            result += f" {fmt_time_s(m.stats.get('median_s'))}"
-            if m.stats.get("noise") not in (None, "ok"):
-                result += f" ({m.stats['noise']})"
+            result += f" {fmt_time_s(m.median_s)}"
+            if m.noise not in (None, "ok"):
+                result += f" ({m.noise})"
         elif m.message:
             result += f": {m.message[:70]}"
         prefix = "\r\033[K" if self.tty else ""
@@ -117,13 +117,12 @@ def summary(measurements: list[Measurement]) -> str:
     for m in measurements:
         if m.status == "skipped":
             continue
-        s = m.stats or {}
         rows.append(
             [
                 m.case.impl,
                 case_shape(m.case),
                 m.status,
-                fmt_time_s(s.get("median_s")),
+                fmt_time_s(m.median_s),
                 f"{m.tflops_per_s:.3f}" if m.tflops_per_s is not None else "-",
                 fmt_bytes(m.peak_bytes),
                 f"{m.max_abs_error:.1e}" if m.max_abs_error is not None else "-",

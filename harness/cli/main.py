@@ -102,7 +102,7 @@ def cmd_run(args) -> int:
     cases = scenario.cases(impls=args.impl or None, devices=args.device or None)
     if not cases:
         raise UsageError(f"{scenario.path}: no cases left after --impl/--device filters")
-    budget = dataclasses.asdict(scenario.budget)
+    budget = scenario.budget
     earlier = []
     if args.resume:
         cases, earlier = runner.pending_cases(cases, run_dir)

@@ -2,7 +2,7 @@
 
 Absolute times on shared CI machines drift 10-50% between runs; the ratio impl_time / ref_time of
 interleaved short blocks drifts a few percent (DESIGN.md "Noise"). So for every case of the CI
-scenario the gate worker (harness/gate_worker.py) returns per-round ratio samples, and here:
+scenario the gate measurement (harness/measure/shape_ratios.py, in a worker process) returns per-round ratio samples, and here:
 
     b = baseline median ratio,  t = threshold,  [lo, hi] = bootstrap 95% CI of the median ratio
     suspected     lo > b(1+t)            re-measured in a fresh process with twice the rounds:
@@ -34,11 +34,19 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
+from harness import vocab
 from harness.case import Case
 from harness.compare.runs import Threshold
 from harness.results.store import ResultsError
+from harness.vocab import (  # verdicts; SUSPECTED and LEANING are never final
+    IMPROVED, INCONCLUSIVE, LEANING, NEW, NO_BASELINE, NOT_CONFIRMED, NOT_TIMED, REFERENCE, REGRESSED,
+    REGRESSED_ERROR, SKIPPED, SUSPECTED, UNCHANGED,
+)
+
+if TYPE_CHECKING:
+    from harness.run.executor import Executor
 
 BASELINE_SCHEMA = "attnbench-gate-baseline"
 BASELINE_VERSION = 1
@@ -47,13 +55,8 @@ BASELINE_HISTORY = ("Schema history (readers reject unknown versions): "
                     "and IQR/median, accuracy; environment, device_key, reference and gate settings.")
 BASELINE_DIR = Path("results") / "baselines"
 DEFAULT_THRESHOLD = "12%"
-FAIL_STATUSES = ("error", "wrong", "oom", "crashed", "timeout")
+FAIL_STATUSES = vocab.FAILED_STATUSES
 
-# verdicts
-UNCHANGED, IMPROVED, INCONCLUSIVE, REGRESSED = "unchanged", "improved", "inconclusive", "regressed"
-SUSPECTED, LEANING, NOT_CONFIRMED = "suspected", "leaning", "not confirmed"  # the first two are never final
-NEW, NO_BASELINE = "new", "no baseline"
-REGRESSED_ERROR, SKIPPED, REFERENCE, NOT_TIMED = "regressed (error)", "skipped", "reference", "not timed"
 
 
 @dataclass(frozen=True)
@@ -215,10 +218,10 @@ def judge(result: ImplResult, baseline: Baseline | None, threshold: Threshold, r
         return GateRow(verdict=NO_BASELINE, **row)
     if base is None:
         return GateRow(verdict=NEW, **row)
-    return GateRow(verdict=timing_verdict(stats, b, threshold), **row)
+    return GateRow(verdict=first_pass_verdict(stats, b, threshold), **row)
 
 
-def timing_verdict(stats: RatioStats, baseline_ratio: float, threshold: Threshold) -> str:
+def first_pass_verdict(stats: RatioStats, baseline_ratio: float, threshold: Threshold) -> str:
     upper, lower = baseline_ratio * threshold.upper, baseline_ratio * threshold.lower
     if stats.ci_low > upper:
         return SUSPECTED
@@ -259,7 +262,7 @@ def run_gate(cases: Sequence[Case], *, reference: str, threshold: Threshold, bas
              device_key: str, baseline_path: str | Path, measure: Measure | None = None,
              settings: GateSettings = GateSettings()) -> GateOutcome:
     """Measure, judge, re-measure suspects in a fresh process, confirm. `measure` is injectable
-    (tests); by default each call runs harness.compare.gate_measure in new processes."""
+    (tests); by default each call measures through a new local executor."""
     if baseline is not None and baseline.reference != reference:
         raise ResultsError(f"{baseline_path}: baseline ratios are against {baseline.reference!r}, not "
                            f"{reference!r}; use --reference {baseline.reference} or update the baseline")
@@ -283,37 +286,41 @@ def run_gate(cases: Sequence[Case], *, reference: str, threshold: Threshold, bas
                        baseline_path=str(baseline_path), baseline_found=baseline is not None, warnings=tuple(warnings))
 
 
-def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSettings) -> list[ImplResult]:
-    """All shapes in one gate worker process (torch imports once); a shape that kills or hangs the
-    worker is recorded as crashed / timeout and the next shape gets a new process."""
-    import tempfile
-
-    from harness.compare.gate_measure import MALLOC_ENV
-    from harness.run.process import Worker
+def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSettings,
+                          executor: "Executor | None" = None) -> list[ImplResult]:
+    """Every shape through an executor (default: one local worker process, so torch imports
+    once); a shape that kills or hangs its worker is recorded as crashed / timeout and the next
+    shape gets a new process."""
+    from harness.measure.shape_ratios import MALLOC_ENV
+    from harness.run.executor import DONE, Job, LocalExecutor
 
     shapes: dict[str, list[Case]] = {}
     for c in cases:  # shape = every parameter but the implementation
         shapes.setdefault(c.replace(impl=reference, grid="").case_id, []).append(c)
+    jobs = []
+    for group in shapes.values():
+        ref_case = group[0].replace(impl=reference)
+        req = {"impls": [c.impl for c in group], "reference": reference, "seed": settings.seed,
+               "rounds": settings.rounds, "min_block_s": settings.min_block_s, "warmup_s": settings.warmup_s}
+        jobs.append((Job.for_shape(ref_case, req, settings.timeout_s), group))
+    groups = {job.key: (job.case, group) for job, group in jobs}
     out: list[ImplResult] = []
-    with tempfile.TemporaryDirectory(prefix="attnbench-gate-") as tmp:
-        worker = Worker(Path(tmp) / "gate-worker.log", module="harness.compare.gate_measure", env_defaults=MALLOC_ENV)
-        try:
-            for group in shapes.values():
-                ref_case = group[0].replace(impl=reference)
-                req = {"case": ref_case.to_dict(), "impls": [c.impl for c in group], "reference": reference,
-                       "seed": settings.seed, "rounds": settings.rounds, "min_block_s": settings.min_block_s,
-                       "warmup_s": settings.warmup_s}
-                reply = worker.request(req, settings.timeout_s)  # restarts a worker that died
-                if reply.status != "done":
-                    out += [ImplResult(c, reply.status, reply.message) for c in [ref_case, *group]]
-                    continue
-                for c in [ref_case, *group]:
-                    r = reply.record["results"].get(c.impl) or {"status": "crashed", "message": "no answer for it"}
-                    out.append(ImplResult(
-                        c, r["status"], r.get("message", ""), tuple(r.get("ratios") or ()), r.get("max_abs_error"),
-                        r.get("rel_l2_error"), r.get("error_passed"), r.get("error_rule", "")))
-        finally:
-            worker.stop()
+    own = executor is None
+    executor = executor or LocalExecutor(env_defaults=MALLOC_ENV)
+    try:
+        for reply in executor.run([job for job, _ in jobs]):
+            ref_case, group = groups[reply.job.key]
+            if reply.status != DONE:
+                out += [ImplResult(c, reply.status, reply.message) for c in [ref_case, *group]]
+                continue
+            for c in [ref_case, *group]:
+                r = reply.answer["results"].get(c.impl) or {"status": vocab.CRASHED, "message": "no answer for it"}
+                out.append(ImplResult(
+                    c, r["status"], r.get("message", ""), tuple(r.get("ratios") or ()), r.get("max_abs_error"),
+                    r.get("rel_l2_error"), r.get("error_passed"), r.get("error_rule", "")))
+    finally:
+        if own:
+            executor.close()
     return out
 
 

@@ -27,19 +27,14 @@ from typing import Sequence
 import numpy as np
 
 from harness.case import Case
-from harness.results.store import FAILED_STATUSES, Measurement, read_measurements, read_run_info
+from harness.results.records import Measurement
+from harness.results.store import read_measurements, read_run_info
+from harness.vocab import (
+    COMPARE_VERDICTS, FAILED_STATUSES, IMPROVED, INCONCLUSIVE, MISSING, NEW, REGRESSED, REGRESSED_ERROR,
+    REGRESSED_MEMORY, REGRESSION_VERDICTS, STATUS_CHANGED, UNCHANGED,
+)
 
-REGRESSED = "regressed"
-REGRESSED_MEMORY = "regressed (memory)"
-REGRESSED_ERROR = "regressed (error)"
-IMPROVED = "improved"
-UNCHANGED = "unchanged"
-INCONCLUSIVE = "inconclusive"
-NEW = "new"
-MISSING = "missing"
-STATUS_CHANGED = "status changed"
-VERDICTS = (REGRESSED, REGRESSED_MEMORY, REGRESSED_ERROR, STATUS_CHANGED, INCONCLUSIVE, IMPROVED,
-            UNCHANGED, NEW, MISSING)
+VERDICTS = COMPARE_VERDICTS
 
 METRICS = {"median": "median_s", "min": "min_s"}
 MIN_SAMPLES = 3  # fewer raw samples than this on either side: no CI, the verdict is inconclusive
@@ -133,7 +128,7 @@ class CaseComparison:
     def is_regression(self) -> bool:
         if self.verdict == STATUS_CHANGED:
             return self.base_status == "ok" and self.current_status in FAILED_STATUSES
-        return self.verdict in (REGRESSED, REGRESSED_MEMORY, REGRESSED_ERROR)
+        return self.verdict in REGRESSION_VERDICTS
 
 
 @dataclass(frozen=True)
@@ -184,7 +179,8 @@ def bootstrap_ratio(base: Sequence[float], cur: Sequence[float], metric: str, *,
     return float(c.min() / b.min()), float(lo), float(hi)
 
 
-def timing_verdict(low: float, high: float, threshold: Threshold) -> str:
+def ci_verdict(low: float, high: float, threshold: Threshold) -> str:
+    """The verdict of a ratio's confidence interval [low, high] against the no-change band."""
     if low > threshold.upper:
         return REGRESSED
     if high < threshold.lower:
@@ -195,7 +191,7 @@ def timing_verdict(low: float, high: float, threshold: Threshold) -> str:
 
 
 def _value(m: Measurement, threshold: Threshold) -> float | None:
-    v = (m.stats or {}).get(threshold.stat_key)
+    v = getattr(m.stats, threshold.stat_key, None)
     if v is None and m.samples_s:
         v = float(np.median(m.samples_s)) if threshold.metric == "median" else float(min(m.samples_s))
     return None if v is None else float(v)
@@ -236,11 +232,11 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
         ratio = fields["current_value_s"] / fields["base_value_s"]
     if len(base.samples_s) >= MIN_SAMPLES and len(cur.samples_s) >= MIN_SAMPLES:
         ratio, low, high = bootstrap_ratio(base.samples_s, cur.samples_s, threshold.metric)
-        verdict = timing_verdict(low, high, threshold)
+        verdict = ci_verdict(low, high, threshold)
     else:
         verdict = INCONCLUSIVE
         notes.append(f"fewer than {MIN_SAMPLES} raw samples on a side: no confidence interval")
-    flagged = [side for side, m in (("base", base), ("current", cur)) if (m.stats or {}).get("noise") == UNRELIABLE]
+    flagged = [side for side, m in (("base", base), ("current", cur)) if m.noise == UNRELIABLE]
     if flagged and verdict != INCONCLUSIVE:
         notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
         verdict = INCONCLUSIVE

@@ -36,6 +36,11 @@ class Stats:
     ci_high_s: float
     noise: str  # "ok" | "noisy" | "unreliable"
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        """From a stored record; fields it lacks (older or hand-made records) are None."""
+        return cls(**{f: d.get(f) for f in cls.__dataclass_fields__})
+
 
 class RatioCI(NamedTuple):
     ratio: float  # median(cur) / median(base)

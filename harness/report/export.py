@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.case import Case
-from harness.results.store import Measurement, read_measurements, read_run_info, resolve_run_dir
+from harness.results.records import Measurement
+from harness.results.store import read_measurements, read_run_info, resolve_run_dir
 
 FORMATS = ("pytest-benchmark", "csv", "parquet")
 PARQUET_ENGINES = ("pyarrow", "fastparquet")
@@ -81,8 +82,7 @@ def _benchmark(m: Measurement, budget: dict) -> dict:
     name = f"{case.impl}[{param}]"
     extra = {k: getattr(m, k) for k in ("flops", "tflops_per_s", "peak_bytes", "predicted_peak_bytes",
                                          "max_abs_error", "rel_l2_error", "error_passed", "timing_stopped")}
-    extra.update({"case_id": case.case_id, "noise": (m.stats or {}).get("noise"),
-                  "spread": (m.stats or {}).get("spread")})
+    extra.update({"case_id": case.case_id, "noise": m.noise, "spread": getattr(m.stats, "spread", None)})
     return {
         "group": group,
         "name": name,

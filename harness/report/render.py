@@ -13,7 +13,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from harness.results.store import FAILED_STATUSES
+from harness.vocab import FAILED_STATUSES
 
 MD_MESSAGE_CHARS = 240  # report.md cells are cut here (a traceback stays whole in index.html)
 

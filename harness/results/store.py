@@ -11,84 +11,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness.case import Case
+from harness.results.records import Measurement
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
-STATUSES = ("ok", "skipped", "wrong", "oom", "error", "timeout", "crashed")
-FAILED_STATUSES = ("wrong", "oom", "error", "timeout", "crashed")
 
 
 class ResultsError(ValueError):
     """A results file or directory that cannot be read; the message names the file and why."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Everything recorded for one case. Times in seconds, memory in bytes."""
-
-    case: Case
-    status: str
-    message: str = ""
-    # timing
-    samples_s: tuple[float, ...] = ()
-    calls_per_block: int = 0
-    timing_stopped: str = ""  # "spread" or "max_time"
-    stats: dict = field(default_factory=dict)  # harness.stats.Stats as a dict
-    flops: int | None = None
-    tflops_per_s: float | None = None
-    # memory (above the inputs)
-    peak_bytes: int | None = None
-    predicted_peak_bytes: int | None = None
-    # accuracy vs the float64 reference
-    max_abs_error: float | None = None
-    rel_l2_error: float | None = None
-    naive_max_abs_error: float | None = None
-    error_passed: bool | None = None
-    error_rule: str = ""
-    error_rows: int | None = None  # query rows compared (a subset for large Nq)
-    # bookkeeping
-    wall_s: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} not in {STATUSES}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["case"] = self.case.to_dict()
-        d["case_id"] = self.case.case_id
-        d["samples_s"] = list(self.samples_s)
-        return _finite(d)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Measurement":
-        d = dict(d)
-        d.pop("case_id", None)
-        d["case"] = Case.from_dict(d["case"])
-        d["samples_s"] = tuple(d.get("samples_s") or ())
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: _unfinite(v) for k, v in d.items() if k in known})
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: store them as strings so the file stays standard JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return repr(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _unfinite(v):
-    return float(v) if v in ("nan", "inf", "-inf") else v
 
 
 # ---------------------------------------------------------------- writing

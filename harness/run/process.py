@@ -1,7 +1,6 @@
-"""Parent side of the worker protocol: a measurement subprocess that may raise, abort, hang or
-run out of memory without taking the sweep with it. Serves both `python -m harness.run.worker`
-(sweeps) and `python -m harness.compare.gate_measure` (the CI gate): each says {"ready": pid} once, then
-answers one JSON line per JSON request line.
+"""Parent side of the worker protocol: the measurement process `python -m harness.run.worker`
+(sweep cases and gate shapes alike), which may raise, abort, hang or run out of memory without
+taking the sweep with it. It says {"ready": pid} once, then answers one JSON line per request line.
 
 Importing torch costs 3-4 s on the 2-core machines here, so by default one worker serves cases
 one after another and is replaced after any case that kills or hangs it (pyperf's one-process-per-
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 180.0
+WORKER_MODULE = "harness.run.worker"
+MEMORY_LIMIT_ENV = "ATTNBENCH_MEMORY_LIMIT_BYTES"  # read by harness.run.worker
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,23 @@ class Worker:
         log_path: Path,
         memory_limit_bytes: int | None = None,
         *,
-        module: str = "harness.run.worker",
         env_defaults: dict[str, str] | None = None,
     ):
         self.log_path = Path(log_path)
         self.memory_limit_bytes = memory_limit_bytes
-        self.module = module
         self.env_defaults = dict(env_defaults or {})  # the caller's environment wins over these
-        self.name = "gate worker" if module.endswith("gate_worker") else "measurement worker"
+        self.name = "measurement worker"
         self.proc: subprocess.Popen | None = None
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         env = {**self.env_defaults, **os.environ}
         if self.memory_limit_bytes:
-            env["ATTNBENCH_MEMORY_LIMIT_BYTES"] = str(int(self.memory_limit_bytes))
+            env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
         self._log = open(self.log_path, "ab")
         self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
+            [sys.executable, "-m", WORKER_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -155,6 +154,6 @@ class Worker:
         except OSError:
             return ""
         # Drop our own case banners and the torch profiler's USDT chatter; keep the worker's words.
-        noise = ("[worker ", "[gate worker ", "USDT:")
+        noise = ("[worker ", "USDT:")
         lines = [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith(noise)]
         return " | ".join(lines[-4:])[-max_chars:]

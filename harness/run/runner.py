@@ -1,7 +1,9 @@
-"""A sweep: scenario cases -> worker process -> results/<run-id>/, streamed, resumable.
+"""A sweep: scenario cases -> an executor (harness/run/executor.py) -> results/<run-id>/,
+streamed, resumable.
 
-Cases that cannot run here (unsupported, device missing, predicted to exceed memory) become
-`skipped` records in the parent, before any allocation. Everything else goes to a worker.
+Cases the executor can rule out before sending (unsupported, device missing, predicted to exceed
+the memory where they would run) become `skipped` records first. Everything else is measured by a
+worker wherever the executor runs it, which re-checks the fit there.
 """
 
 from __future__ import annotations
@@ -9,31 +11,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import re
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness import registry
-from harness.case import Case
-from harness.run.process import Worker
+from harness import registry, vocab
+from harness.case import Budget, Case
+from harness.results.records import Measurement
 from harness.results.store import (
-    Measurement,
     ResultsWriter,
     read_measurements,
     read_run_info,
     resolve_run_dir,
     write_run_info,
 )
-
-MEMORY_HEADROOM = 0.8  # a case may use at most this fraction of the device's memory
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_dir: Path
-    measurements: tuple[Measurement, ...]  # this invocation's plus, on resume, the earlier ones
-    interrupted: bool = False
+from harness.run.executor import DONE, Executor, Job, Reply
 
 
 def new_run_id(scenario_name: str, now: _dt.datetime | None = None) -> str:
@@ -42,109 +33,99 @@ def new_run_id(scenario_name: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{slug}"
 
 
-def input_bytes(case: Case) -> int:
-    q = case.batch * case.heads_q * case.seq_len_q * case.head_dim
-    kv = 2 * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
-    return (q + kv) * case.element_bytes
-
-
-def _device_memory_bytes(device: str) -> int:
+def default_executor(run_dir: Path, budget: Budget, *, fresh_per_case: bool = False) -> Executor:
+    """The local worker process, capped at the budget's memory limit (default: the share of this
+    machine's memory that a case may use)."""
+    from harness.measure.capacity import MEMORY_HEADROOM
     from harness.measure.memory import device_memory_bytes
+    from harness.run.executor import LocalExecutor
 
-    return device_memory_bytes(device)
-
-
-def pre_skip(case: Case, memory_bytes: Callable[[str], int] = _device_memory_bytes) -> Measurement | None:
-    """A skipped record when the case cannot or must not run here; None when it should run."""
-    impl = registry.get(case.impl)
-    support = impl.supports(case)
-    if not support:
-        return Measurement(case, "skipped", support.reason)
-    predicted = impl.predicted_peak_bytes(case)
-    if predicted is not None:
-        need = predicted + input_bytes(case)
-        have = int(memory_bytes(case.device) * MEMORY_HEADROOM)
-        if need > have:
-            return Measurement(
-                case,
-                "skipped",
-                f"predicted to need {need / 2**30:.1f} GiB, more than the "
-                f"{have / 2**30:.1f} GiB allowed on {case.device}",
-                predicted_peak_bytes=predicted,
-            )
-    return None
+    limit = budget.memory_limit_bytes or int(device_memory_bytes("cpu") * MEMORY_HEADROOM)
+    return LocalExecutor(Path(run_dir) / "worker.log", memory_limit_bytes=limit, fresh_per_case=fresh_per_case)
 
 
 def run_cases(
     cases: list[Case],
     run_dir: Path,
     *,
-    budget: dict,
+    budget: Budget,
     seed: int,
+    executor: Executor | None = None,
     fresh_per_case: bool = False,
     on_skipped: Callable[[list[Measurement]], None] | None = None,
     on_progress: Callable[[int, int, Case, Measurement, float], None] | None = None,
     on_start: Callable[[int, int, Case], None] | None = None,
 ) -> tuple[list[Measurement], bool]:
-    """Measure `cases`, appending each record as it finishes. Returns the records and whether the
-    run was interrupted (Ctrl-C): everything finished before that is on disk.
+    """Measure `cases` through `executor` (default: a local worker process), appending each record
+    as it finishes. Returns the records and whether the run was interrupted (Ctrl-C): everything
+    finished before that is on disk.
 
-    Cases that cannot run here (unsupported, no such device, predicted not to fit) are recorded
-    first, all at once, as `skipped` with the reason; on_start/on_progress then count only the
-    cases that run, so progress and ETA are about real work."""
-    timeout_s = float(budget.get("case_timeout_s", 300))
+    Cases the executor can already tell will not run (unsupported, no such device, predicted not
+    to fit where it would run) are recorded first, all at once, as `skipped` with the reason;
+    on_start/on_progress then count only the cases that run, so progress and ETA are about real
+    work."""
     done: list[Measurement] = []
-    to_run: list[Case] = []
     interrupted = False
-    with ResultsWriter(run_dir) as writer:
-        skipped = []
-        for case in cases:
-            m = pre_skip(case)
-            if m is None:
-                to_run.append(case)
-            else:
+    own = executor is None
+    executor = executor or default_executor(run_dir, budget, fresh_per_case=fresh_per_case)
+    try:
+        with ResultsWriter(run_dir) as writer:
+            to_run: list[Case] = []
+            skipped = []
+            for case in cases:
+                why = executor.precheck(case)
+                if not why:
+                    to_run.append(case)
+                    continue
+                m = Measurement(case, vocab.SKIPPED, why, predicted_peak_bytes=_predicted(case))
                 writer.append(m)
                 skipped.append(m)
-        done.extend(skipped)
-        if on_skipped and skipped:
-            on_skipped(skipped)
-        if not to_run:
-            return done, interrupted
-        mem_limit = budget.get("memory_limit_bytes") or int(_device_memory_bytes("cpu") * MEMORY_HEADROOM)
-        worker = Worker(run_dir / "worker.log", memory_limit_bytes=mem_limit)
-        try:
-            for i, case in enumerate(to_run, 1):
+            done.extend(skipped)
+            if on_skipped and skipped:
+                on_skipped(skipped)
+            if not to_run:
+                return done, interrupted
+            timeout_s = float(budget.case_timeout_s)
+            jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s) for c in to_run]
+            started: dict[str, int] = {}
+
+            def start(job: Job) -> None:
+                started[job.key] = len(started) + 1
                 if on_start:
-                    on_start(i, len(to_run), case)
-                t0 = time.perf_counter()
-                m = _measure_in_worker(worker, case, budget, seed, timeout_s)
-                if fresh_per_case:
-                    worker.stop()
-                writer.append(m)
-                done.append(m)
-                if on_progress:
-                    on_progress(i, len(to_run), case, m, time.perf_counter() - t0)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            worker.stop()
+                    on_start(started[job.key], len(jobs), job.case)
+
+            try:
+                for n, reply in enumerate(executor.run(jobs, on_start=start), 1):
+                    m = measurement_of(reply)
+                    writer.append(m)
+                    done.append(m)
+                    if on_progress:
+                        on_progress(n, len(jobs), reply.job.case, m, reply.wall_s)
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        if own:
+            executor.close()
     return done, interrupted
 
 
-def _measure_in_worker(worker: Worker, case: Case, budget: dict, seed: int, timeout_s: float) -> Measurement:
-    payload = {"case": case.to_dict(), "budget": budget, "seed": seed}
-    t0 = time.perf_counter()
-    reply = worker.request(payload, timeout_s)
-    if reply.status == "done":
-        return Measurement.from_dict(reply.record)
-    impl = registry.get(case.impl)
-    return Measurement(
-        case,
-        reply.status,  # "timeout" or "crashed"
-        reply.message,
-        predicted_peak_bytes=impl.predicted_peak_bytes(case),
-        wall_s=time.perf_counter() - t0,
-    )
+def _predicted(case: Case) -> int | None:
+    try:
+        return registry.get(case.impl).predicted_peak_bytes(case)
+    except Exception:  # noqa: BLE001 - a broken model must not cost the record
+        return None
+
+
+def measurement_of(reply: Reply) -> Measurement:
+    """A case's record from the executor's reply: the worker's own, or a timeout / crash."""
+    if reply.status == DONE:
+        m = Measurement.from_dict(reply.answer)
+    else:
+        m = Measurement(reply.job.case, reply.status, reply.message,  # "timeout" or "crashed"
+                        predicted_peak_bytes=_predicted(reply.job.case), wall_s=reply.wall_s)
+    if reply.where:
+        m = dataclasses.replace(m, extra={**m.extra, "where": reply.where})
+    return m
 
 
 def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: bool = True) -> Path:

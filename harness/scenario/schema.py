@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from harness.case import DEVICES, DTYPES, MASK_KINDS, PASS_KINDS
+from harness.case import DEVICES, DTYPES, MASK_KINDS, PASS_KINDS, Budget
 
 
 class ScenarioError(ValueError):
@@ -160,22 +160,6 @@ def impl_names(where: Where, raw: Any, key: str, known: Iterable[str]) -> tuple[
 
 
 # --- budget ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long to measure each case. Defaults suit a shared 2-core CPU."""
-
-    warmup_s: float = 0.1  # discarded warm-up time before the first timed sample
-    min_time_s: float = 0.2  # measure at least this long, even when the spread is already small
-    max_time_s: float = 1.0  # stop here even when the spread is still large (then flag it noisy)
-    target_spread: float = 0.05  # stop early once IQR/median falls below this
-    case_timeout_s: float = 120.0  # the runner kills a worker process that runs longer
-    # The worker process's memory cap (a case above it is recorded as oom, or skipped when its
-    # memory model predicts so); None = the runner derives one from the machine's memory.
-    memory_limit_bytes: int | None = None
-    l2_flush: bool = False  # CUDA: overwrite the L2 cache before each sample (cold-cache numbers)
-    cuda_graph: bool = False  # CUDA: replay the call as a CUDA graph (less launch cost)
 
 
 BUDGET_RULES = {

@@ -1,20 +1,18 @@
-"""The CI gate's measurement process: per shape, accuracy of every implementation, then their
-times interleaved with the reference's, as per-round ratios impl_time / ref_time.
+"""The CI gate's measurement of one shape: accuracy of every implementation (harness.measure.core),
+then their times interleaved with the reference's, as per-round ratios impl_time / ref_time.
 
 Why ratios: on shared CI machines absolute times drift 10-50% between runs; one implementation's
 time over the reference's, measured in the same round of short alternating blocks (one block of
 each, order rotating; harness.timing.time_interleaved), drifts a few percent (DESIGN.md "Noise").
 
-Protocol (like harness/worker.py): run as `python -m harness.compare.gate_measure`; it writes {"ready": pid}
-then answers each JSON request line on stdin with one JSON line, on a private copy of stdout
-(fd 1 is pointed at stderr so implementations that print cannot corrupt the protocol).
+Runs in a measurement worker (harness/run/worker.py, request kind "shape"), reached through the
+same executor as a sweep's cases.
 Request:  {"case": <Case dict, impl = the reference>, "impls": [names], "reference": name,
            "seed": int, "rounds": int, "min_block_s": float, "warmup_s": float}
 Answer:   {"results": {impl: {"status", "message", "ratios", "times_s", "max_abs_error",
            "rel_l2_error", "error_passed", "error_rule"}}}   (the reference included, no ratios)
 A failing implementation (exception, OOM, wrong output) is that implementation's status; the
-process itself only dies for a hard crash, which the parent (harness/gate.py, through
-harness/isolation.Worker) records.
+process itself only dies for a hard crash, which the executor records.
 
 TESTING HOOK, not for normal use: ATTNBENCH_SLOWDOWN="flash=1.25[,naive=2]" makes each timed
 call of those implementations take that factor longer (run it, then spin for the extra share of
@@ -27,8 +25,9 @@ from __future__ import annotations
 import math
 import os
 import time
-import traceback
 from typing import Callable
+
+from harness import vocab
 
 SLOWDOWN_ENV = "ATTNBENCH_SLOWDOWN"
 # glibc malloc: never mmap, never trim, so freed memory is reused instead of returned to the OS.
@@ -103,30 +102,21 @@ def _guard(name: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def _failure(exc: BaseException) -> dict:
-    from harness.run.worker import is_oom
+    from harness.measure.core import failure
 
-    return {"status": "oom" if is_oom(exc) else "error",
-            "message": f"{type(exc).__name__}: {exc}".strip()[:2000],
-            "traceback": "".join(traceback.format_exception(exc, limit=-3))[-2000:]}
+    f = failure(exc)
+    return {"status": f.status, "message": f.message, "traceback": f.traceback}
 
 
-def _accuracy(fn, inputs, case, rows, ref, naive_errs) -> dict:
-    """Forward output on the checked rows vs the float64 reference (harness.measure.accuracy's rule)."""
-    import torch
+def _accuracy(impl, prepared, case) -> dict:
+    """Forward output on the checked rows vs the float64 reference (harness.measure.core)."""
+    from harness.measure.core import check_impl
 
-    from harness.measure import accuracy
-
-    with torch.no_grad():
-        out = fn(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())  # (B, Hq, Nq, D)
-    if tuple(out.shape) != tuple(inputs.q.shape):
-        return {"status": "wrong", "message": f"output shape {tuple(out.shape)} != q shape {tuple(inputs.q.shape)}"}
-    errs = accuracy.errors(out[:, :, rows.to(out.device)], ref)
-    verdict = accuracy.judge(case.dtype, errs, naive_errs)
-    result = {"status": "ok", "message": "", "max_abs_error": errs.max_abs, "rel_l2_error": errs.rel_l2,
-              "error_passed": verdict.passed, "error_rule": verdict.rule}
-    if not verdict.passed:
-        result.update(status="wrong", message=f"error check failed{' (NaN in output)' if errs.has_nan else ''}: "
-                                              f"{verdict.rule} (got {verdict.value:.3g})")
+    acc = check_impl(impl, prepared, case)
+    result = {"status": vocab.OK, "message": "", "max_abs_error": acc.max_abs_error,
+              "rel_l2_error": acc.rel_l2_error, "error_passed": acc.error_passed, "error_rule": acc.error_rule}
+    if acc.wrong:
+        result.update(status=vocab.WRONG, message=acc.wrong)
     return result
 
 
@@ -134,12 +124,9 @@ def measure_shape(req: dict) -> dict:
     """Accuracy of every implementation on one shape, then their interleaved ratio samples."""
     import torch
 
-    from harness.measure import accuracy
     from harness import registry
-    from harness.measure import timing
     from harness.case import Case
-    from harness.measure.inputs import make_inputs
-    from harness.run.worker import build_callable
+    from harness.measure import core, timing
 
     ref_case = Case.from_dict(req["case"])
     reference = req["reference"]
@@ -150,14 +137,8 @@ def measure_shape(req: dict) -> dict:
     sync = torch.cuda.synchronize if is_cuda else (lambda: None)
     slowdown = parse_slowdown(os.environ.get(SLOWDOWN_ENV))
 
-    # The same seeded inputs serve every implementation (inputs ignore impl; see harness/inputs).
-    inputs = make_inputs(ref_case, int(req["seed"]))
-    rows = accuracy.select_rows(ref_case.seq_len_q)
-    kw = dict(causal=ref_case.causal, attn_mask=inputs.attn_mask, scale=None)
-    ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
-    naive_errs = None
-    if ref_case.dtype in ("float16", "bfloat16"):
-        naive_errs = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kw), ref)
+    # The same seeded inputs serve every implementation (inputs ignore impl; see measure/inputs).
+    prepared = core.prepare(ref_case, int(req["seed"]))
 
     results: dict[str, dict] = {}
     fns: dict[str, Callable[[], object]] = {}
@@ -167,11 +148,11 @@ def measure_shape(req: dict) -> dict:
             impl = registry.get(name)
             support = impl.supports(case)
             if not support:
-                results[name] = {"status": "skipped", "message": support.reason}
+                results[name] = {"status": vocab.SKIPPED, "message": support.reason}
                 continue
-            results[name] = _accuracy(impl.fn, inputs, case, rows, ref, naive_errs)
-            if results[name]["status"] == "ok":
-                fn = build_callable(impl, inputs, case)
+            results[name] = _accuracy(impl, prepared, case)
+            if results[name]["status"] == vocab.OK:
+                fn = core.build_callable(impl, prepared.inputs, case)
                 if name in slowdown:
                     fn = slowed(fn, slowdown[name], sync, cuda=is_cuda)
                 fns[name] = _guard(name, fn)
@@ -190,7 +171,7 @@ def measure_shape(req: dict) -> dict:
             del fns[failed.name]
     if reference not in fns:
         for name, r in results.items():
-            if name != reference and r["status"] == "ok":
+            if name != reference and r["status"] == vocab.OK:
                 r["message"] = f"not timed: the reference {reference!r} failed"
     ref_times = times.get(reference, [])
     for name, samples in times.items():
@@ -200,25 +181,11 @@ def measure_shape(req: dict) -> dict:
     return {"results": results}
 
 
-def _handle(req: dict) -> dict:
+def handle(req: dict) -> dict:
+    """The worker's handler for a "shape" request: never raises for an implementation's fault."""
+    parse_slowdown(os.environ.get(SLOWDOWN_ENV))  # a bad hook value fails loudly, before any work
     try:
         return measure_shape(req)
     except Exception as exc:  # inputs or the float64 reference failed: every implementation fails
         fail = _failure(exc)
         return {"results": {n: dict(fail) for n in dict.fromkeys([req["reference"], *req["impls"]])}}
-
-
-def main() -> int:
-    from harness.run.worker import serve
-
-    parse_slowdown(os.environ.get(SLOWDOWN_ENV))  # a bad hook value fails before any work
-    return serve(_handle, lambda req: f"[gate worker {os.getpid()}] {req['case'].get('seq_len_q')} {req['impls']}",
-                 json_default=_jsonable)
-
-
-def _jsonable(obj):
-    return float(obj) if isinstance(obj, (int, float)) else str(obj)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

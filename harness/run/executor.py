@@ -1,0 +1,136 @@
+"""The executor seam: the runner and the gate hand jobs to an Executor, which decides where and in
+which process each runs and yields the answers as they finish.
+
+A Job is one request for a measurement worker (harness/run/worker.py): a sweep case ("case") or a
+gate shape ("shape"). Whatever goes wrong outside the measured code -- the worker crashed, hung or
+could not start, the node was lost -- comes back as a Reply with status "timeout" or "crashed" and
+a message, never as an exception, so every job gets exactly one Reply.
+
+Executors here: LocalExecutor (a worker process on this machine, reused across jobs and replaced
+after a crash or timeout; fresh_per_case=True for one process per job). A cluster executor
+(harness/run/ray_executor.py) implements the same three methods. Whether a case fits in memory is
+decided where it runs: `precheck` (an executor that runs on this machine may answer before any job
+is sent) and, always, the worker itself (harness/measure/case_measure.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from harness.case import Case
+
+DONE, TIMEOUT, CRASHED = "done", "timeout", "crashed"
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "case" | "shape"
+    case: Case  # the case; for a shape, the reference's case
+    request: dict  # the JSON request the worker answers (kind and case included)
+    timeout_s: float
+    key: str = ""  # the caller's handle for matching replies (default: the case id)
+
+    @classmethod
+    def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float) -> "Job":
+        req = {"kind": "case", "case": case.to_dict(), "budget": budget, "seed": seed}
+        return cls("case", case, req, timeout_s, case.case_id)
+
+    @classmethod
+    def for_shape(cls, ref_case: Case, request: dict, timeout_s: float) -> "Job":
+        req = {"kind": "shape", "case": ref_case.to_dict(), **request}
+        return cls("shape", ref_case, req, timeout_s, ref_case.case_id)
+
+
+@dataclass(frozen=True)
+class Reply:
+    job: Job
+    status: str  # "done" | "timeout" | "crashed"
+    answer: dict | None = None  # the worker's answer when done
+    message: str = ""
+    wall_s: float = 0.0
+    where: dict = field(default_factory=dict)  # where it ran (host, node, pid), for the record
+
+
+class Executor:
+    """Base class; subclasses implement run() and may override precheck() and close()."""
+
+    name = "executor"
+
+    def precheck(self, case: Case) -> str:
+        """Why `case` cannot run where this executor would run it ("" = send it). Only an executor
+        that knows the machine a case will land on may answer here; the default sends everything
+        and lets the worker decide."""
+        return ""
+
+    def run(self, jobs: Iterable[Job], on_start: Callable[[Job], None] | None = None) -> Iterator[Reply]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """One measurement worker process on this machine, jobs one after another (timing needs the
+    whole CPU). A worker that crashed or hung is replaced before the next job."""
+
+    name = "local"
+
+    def __init__(self, log_path: Path | None = None, *, memory_limit_bytes: int | None = None,
+                 fresh_per_case: bool = False, env_defaults: dict[str, str] | None = None):
+        from harness.run.process import Worker
+
+        self._tmp = None
+        if log_path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="attnbench-worker-")
+            log_path = Path(self._tmp.name) / "worker.log"
+        self.fresh_per_case = fresh_per_case
+        self.worker = Worker(Path(log_path), memory_limit_bytes=memory_limit_bytes, env_defaults=env_defaults)
+
+    def precheck(self, case: Case) -> str:
+        from harness import registry
+        from harness.measure.capacity import too_big
+        from harness.measure.memory import device_memory_bytes
+
+        impl = registry.get(case.impl)
+        support = impl.supports(case)
+        if not support:
+            return support.reason
+        predicted = impl.predicted_peak_bytes(case)
+        if predicted is None:
+            return ""
+        return too_big(case, predicted, device_memory_bytes(case.device))
+
+    def run(self, jobs: Iterable[Job], on_start: Callable[[Job], None] | None = None) -> Iterator[Reply]:
+        import os
+        import socket
+        import time
+
+        for job in jobs:
+            if on_start:
+                on_start(job)
+            t0 = time.perf_counter()
+            try:
+                r = self.worker.request(job.request, job.timeout_s)  # (re)starts a dead worker
+            except RuntimeError as exc:  # the worker could not start: this job's failure
+                yield Reply(job, CRASHED, None, str(exc), time.perf_counter() - t0, {"executor": self.name})
+                continue
+            pid = self.worker.proc.pid if self.worker.proc is not None else None
+            if self.fresh_per_case:
+                self.worker.stop()
+            where = {"executor": self.name, "host": socket.gethostname(), "worker_pid": pid, "driver_pid": os.getpid()}
+            yield Reply(job, r.status, r.record, r.message, time.perf_counter() - t0, where)
+
+    def close(self) -> None:
+        self.worker.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
