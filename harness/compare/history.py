@@ -24,7 +24,9 @@ place to put the measured noise. Steps:
   3. Each candidate is kept only if (a) |step| >= min_step (default 5%), (b) |step| exceeds the
      pooled within-run spread (median IQR/median of the runs on both sides): a step smaller than
      the runs' own noise is not a change point, and (c) the step in log units is at least Z_MIN
-     standard errors of a difference of two segment means (s measured again inside the segments).
+     standard errors of a difference of two segment means, s measured again inside the two
+     segments (the larger of step 2's estimate and the plain standard deviation around each
+     segment's mean: the robust scatter alone is too unsteady on 30 points).
      The weakest failing candidate is dropped and the rest re-judged until all pass.
 
 A change point is attributed to the first run at the new level (its run id, started_at and the git
@@ -302,7 +304,9 @@ def _judge(y: np.ndarray, points: Sequence[Point], cps: list[int], k: int, min_s
     lo, cp, hi = bounds[k], bounds[k + 1], bounds[k + 2]
     a, b = y[lo:cp], y[cp:hi]  # (n1,), (n2,)
     step = math.exp(float(np.median(b)) - float(np.median(a))) - 1.0
-    s = noise_scale(np.concatenate([a - np.median(a), b - np.median(b)]), points[lo:hi])
+    resid = np.concatenate([a - a.mean(), b - b.mean()])  # (n1 + n2,): no step left in it
+    sd = math.sqrt(float(np.sum(resid**2)) / (resid.size - 2)) if resid.size > 2 else 0.0
+    s = max(noise_scale(resid, points[lo:hi]), sd)  # plain sd: efficient, and outliers only make it stricter
     z = abs(float(np.mean(b) - np.mean(a))) / (s * math.sqrt(1.0 / a.size + 1.0 / b.size))
     ok = abs(step) >= min_step and abs(step) > _pooled_spread(points[lo:hi]) and z >= Z_MIN
     return ok, z
