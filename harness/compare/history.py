@@ -180,6 +180,10 @@ def environment_key(env: dict, case: Case) -> str:
 
 def load_history(paths: Sequence[str | Path], *, min_step: float = MIN_STEP) -> History:
     """Read the runs (ResultsError names a damaged file), build the trends, find change points."""
+    try:
+        import ruptures  # noqa: F401
+    except ImportError:
+        raise HistoryError("change-point detection needs ruptures: pip install 'attnbench[history]'") from None
     dirs = find_run_dirs(paths)
     if len(dirs) < MIN_RUNS:
         raise HistoryError(f"need at least {MIN_RUNS} runs for a history, got {len(dirs)} "
