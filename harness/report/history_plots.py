@@ -60,7 +60,8 @@ def plot_trend(history: History, trend: Trend) -> bytes:
         ax.axvline(cp.index - 0.5, color=CHANGE_COLOR, lw=1.4, zorder=1)
         ax.annotate(f"{cp.relative_step * 100:+.1f}% at {cp.run_id}", xy=(cp.index - 0.5, 1.0),
                     xycoords=("data", "axes fraction"), xytext=(3, -12), textcoords="offset points",
-                    color=CHANGE_COLOR, fontsize=8, va="top")
+                    color=CHANGE_COLOR, fontsize=8, va="top",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
     labels = [p.run_id for p in trend.points]
     every = max(1, len(labels) // 15)  # at most ~15 tick labels
     ax.set_xticks(xs[::every], labels[::every], rotation=45, ha="right", fontsize=7)
