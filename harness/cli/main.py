@@ -16,7 +16,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 # Sub-commands that live in their own modules (harness/cli_<name>.py, each with add_parser(sub)).
-MODULE_COMMANDS: tuple[str, ...] = ("report", "compare", "check", "export")
+MODULE_COMMANDS: tuple[str, ...] = ("report", "compare", "check", "export", "history")
 
 
 class UsageError(Exception):
