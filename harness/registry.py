@@ -75,7 +75,7 @@ class Implementation:
             if not torch.cuda.is_available():
                 return no("no CUDA device on this machine")
         if self.available_fn is not None:
-            return self.available_fn(device)
+            return _support_from_hook(self, "available", self.available_fn, device)
         return YES
 
     def supports(self, case: Case) -> Support:
@@ -90,7 +90,7 @@ class Implementation:
         if case.dtype not in self.dtypes:
             return no(f"{self.name} supports dtypes {', '.join(self.dtypes)}, not {case.dtype}")
         if self.supports_fn is not None:
-            return self.supports_fn(case)
+            return _support_from_hook(self, "supports", self.supports_fn, case)
         return YES
 
     def _supports_decode(self, case: Case) -> Support:
@@ -101,11 +101,47 @@ class Implementation:
             return no(f"{self.name} decodes from {', '.join(d.layouts)} caches, not {case.kv_layout}")
         if case.dtype not in d.dtypes:
             return no(f"{self.name} decode supports dtypes {', '.join(d.dtypes)}, not {case.dtype}")
-        return d.supports_fn(case) if d.supports_fn is not None else YES
+        return _support_from_hook(self, "decode supports", d.supports_fn, case) if d.supports_fn is not None else YES
 
     def predicted_peak_bytes(self, case: Case) -> int | None:
         model = self.decode.memory_model if (case.is_decode and self.decode) else self.memory_model
-        return None if model is None else int(model(case))
+        return None if model is None else _bytes_from_hook(self, model, case)
+
+
+class HookError(RuntimeError):
+    """A plugin's supports=, available= or memory_model= hook raised or answered something that is
+    not what it must return. Callers turn it into that implementation's `error` record for the case
+    (or, in `attnbench list`, into "unavailable"); the message names the implementation and hook."""
+
+
+def _call_hook(impl: Implementation, hook: str, fn: Callable, arg):
+    try:
+        return fn(arg)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a hook is still the hook's fault
+        raise HookError(f"{impl.name}: its {hook}= hook raised {type(exc).__name__}: {exc}") from None
+
+
+def _support_from_hook(impl: Implementation, hook: str, fn: Callable, arg) -> Support:
+    answer = _call_hook(impl, hook, fn, arg)
+    if not isinstance(answer, Support):
+        raise HookError(f"{impl.name}: its {hook}= hook returned {type(answer).__name__} "
+                        f"{str(answer)[:80]!r}, not a Support (use registry.YES or registry.no(reason))")
+    return answer
+
+
+def _bytes_from_hook(impl: Implementation, fn: Callable, case: Case) -> int:
+    import math
+    import numbers
+
+    answer = _call_hook(impl, "memory_model", fn, case)
+    ok = (isinstance(answer, numbers.Real) and not isinstance(answer, bool)
+          and math.isfinite(answer) and answer >= 0)
+    if not ok:
+        raise HookError(f"{impl.name}: its memory_model= hook returned {type(answer).__name__} "
+                        f"{str(answer)[:80]!r}, not a number of bytes >= 0")
+    return int(answer)
 
 
 @dataclass(frozen=True)
@@ -222,7 +258,10 @@ def _load_plugins() -> None:
             # A module registers on import; a callable is a hook that registers when called.
             if callable(obj):
                 obj()
-        except Exception as exc:  # a broken third-party package must not break the catalogue
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken third-party package (even one that
+            # calls sys.exit() on import) must not break the catalogue or end the command
             _BROKEN_PLUGINS[ep.name] = f"{type(exc).__name__}: {exc}"
         finally:
             _current_source = "builtin"

@@ -39,7 +39,10 @@ def cmd_list(args) -> int:
     for impl in registry.all_implementations():
         here = {}
         for dev in ("cpu", "cuda"):
-            s = impl.available(dev)
+            try:
+                s = impl.available(dev)
+            except registry.HookError as exc:  # a plugin's available= hook failed: unavailable, why
+                s = registry.no(str(exc))
             here[dev] = {"available": s.ok, "reason": s.reason}
         rows.append(
             {
@@ -159,6 +162,15 @@ def _check_names(impls, devices) -> None:
 # ------------------------------------------------------------------ main
 
 
+def _warn_broken_plugins() -> None:
+    """A plugin that failed to load (raised, or even called sys.exit) is one stderr line; the
+    command goes on with everything else (`list` prints the same lines)."""
+    from harness import registry
+
+    for name, why in registry.broken_plugins().items():
+        print(f"attnbench: warning: plugin {name!r} failed to load: {why}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnbench",
@@ -197,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = (UsageError, RegistryError, ResultsError, ScenarioError, FileExistsError)
     try:
+        if args.command in ("run", "check"):
+            _warn_broken_plugins()
         return args.func(args)
     except user_errors as exc:
         msg = str(exc)

@@ -21,10 +21,13 @@ def measure_case(case: Case, budget: Budget, seed: int) -> Measurement:
     from harness.measure.memory import device_memory_bytes
 
     impl = registry.get(case.impl)
-    support = impl.supports(case)
-    if not support:
-        return Measurement(case, vocab.SKIPPED, support.reason)
-    predicted = impl.predicted_peak_bytes(case)
+    try:
+        support = impl.supports(case)
+        if not support:
+            return Measurement(case, vocab.SKIPPED, support.reason)
+        predicted = impl.predicted_peak_bytes(case)
+    except registry.HookError as exc:  # a plugin's hook failed: this case's record, not the worker's
+        return Measurement(case, vocab.ERROR, str(exc), wall_s=time.perf_counter() - started)
     why = capacity.too_big(case, predicted, device_memory_bytes(case.device))
     if why:
         return Measurement(case, vocab.SKIPPED, why, predicted_peak_bytes=predicted)

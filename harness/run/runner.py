@@ -73,7 +73,13 @@ def run_cases(
             to_run: list[Case] = []
             skipped = []
             for case in cases:
-                why = executor.precheck(case)
+                try:
+                    why = executor.precheck(case)
+                except registry.HookError as exc:  # a plugin hook's fault is this case's record
+                    m = Measurement(case, vocab.ERROR, str(exc))
+                    writer.append(m)
+                    done.append(m)  # shown in the summary, not in the "skipped" note
+                    continue
                 if not why:
                     to_run.append(case)
                     continue

@@ -1,0 +1,115 @@
+"""Damaged, hostile and concurrent inputs: every command answers with exit 2 and one line, or with
+a recorded failure status; never a traceback, never a write outside the results directory, never a
+lost case. One test per failure class (see the commit history of harness/run/lock.py and friends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "plugin_fixtures"
+FAULTY = Path(__file__).resolve().parent / "faulty_plugin"
+
+TINY = """
+name = "{name}"
+implementations = {impls}
+seed = 1
+[budget]
+warmup_s = 0.01
+min_time_s = 0.02
+max_time_s = 0.05
+target_spread = 0.5
+case_timeout_s = {timeout}
+[[grid]]
+name = "tiny"
+heads_q = 2
+seq_len = {seq_len}
+head_dim = 8
+"""
+
+
+def _env(*paths: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def attnbench(*args, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *map(str, args)], cwd=cwd,
+                          env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def scenario(tmp_path: Path, impls, *, name="tiny", seq_len="16", timeout=20, file="s.toml") -> Path:
+    f = tmp_path / file
+    f.write_text(TINY.format(name=name, impls=json.dumps(impls), seq_len=seq_len, timeout=timeout))
+    return f
+
+
+def one_line_error(r: subprocess.CompletedProcess, needle: str = "") -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run_dir / "results.jsonl").read_text().splitlines() if ln.strip()]
+
+
+# ------------------------------------------------------------------ 3, 4: hostile plugins
+
+
+@pytest.mark.slow
+def test_plugin_hook_faults_and_exit_on_import_cost_only_their_own_cases(tmp_path):
+    shutil.copytree(FIXTURES / "hostile", tmp_path / "hostile")
+    env = _env(tmp_path / "hostile")
+    hostile = ["hostile_supports_raises", "hostile_supports_none", "hostile_model_raises",
+               "hostile_model_str", "hostile_available_raises"]
+    scen = scenario(tmp_path, ["naive", *hostile, "flash"])
+    r = attnbench("run", scen, "--out", tmp_path / "res", "--run-id", "h", "--no-report", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    # the plugin that calls sys.exit(0) on import is one warning line, and the run went on
+    assert "plugin 'exits' failed to load: SystemExit" in r.stderr
+    got = {d["case"]["impl"]: d for d in records(tmp_path / "res" / "h")}
+    assert got["naive"]["status"] == got["flash"]["status"] == "ok"
+    for name, hook in zip(hostile, ["supports", "supports", "memory_model", "memory_model", "available"]):
+        assert got[name]["status"] == "error", got[name]
+        assert f"its {hook}= hook" in got[name]["message"], got[name]["message"]
+
+    ls = attnbench("list", cwd=tmp_path, env=env)
+    assert ls.returncode == 0 and "Traceback" not in ls.stderr, ls.stderr
+    row = next(ln for ln in ls.stdout.splitlines() if ln.startswith("hostile_available_raises"))
+    assert "no: " in row and "available= hook raised OSError" in row
+    assert "naive" in ls.stdout
+    assert "'exits' failed to load: SystemExit" in ls.stderr
+
+
+def test_hook_errors_in_process():
+    """The registry wraps every hook: one exception type, the hook named, for callers to record."""
+    from harness import registry
+    from harness.case import Case
+
+    def bad_supports(case):
+        raise SystemExit(3)
+
+    impl = registry.Implementation("x", fn=lambda *a, **k: None, devices=("cpu",), dtypes=("float32",),
+                                   supports_fn=bad_supports, memory_model=lambda c: float("nan"))
+    case = Case(impl="x", heads_q=2, heads_kv=2, seq_len_q=8, seq_len_kv=8, head_dim=8)
+    with pytest.raises(registry.HookError, match="supports= hook raised SystemExit"):
+        impl.supports(case)
+    with pytest.raises(registry.HookError, match="memory_model= hook returned float"):
+        impl.predicted_peak_bytes(case)
