@@ -113,3 +113,119 @@ def test_hook_errors_in_process():
         impl.supports(case)
     with pytest.raises(registry.HookError, match="memory_model= hook returned float"):
         impl.predicted_peak_bytes(case)
+
+
+# ------------------------------------------------------------------ helpers: hand-made runs
+
+
+def _case(impl="naive", n=16):
+    from harness.case import Case
+
+    return Case(impl=impl, heads_q=2, heads_kv=2, seq_len_q=n, seq_len_kv=n, head_dim=8, grid="tiny")
+
+
+def _ok(impl="naive", n=16, t=1e-3):
+    from harness.measure.stats import summarize
+    from harness.results.records import Measurement
+
+    samples = tuple(t * (1 + 0.01 * i) for i in range(8))
+    return Measurement(_case(impl, n), "ok", samples_s=samples, stats=summarize(samples), peak_bytes=4096)
+
+
+def make_run(run_dir: Path, measurements, *, scenario_name="tiny", scenario_path="s.toml") -> Path:
+    from harness.results.store import ResultsWriter, write_run_info
+
+    write_run_info(run_dir, {"run_id": run_dir.name, "scenario": {"name": scenario_name, "path": scenario_path},
+                             "environment": {}})
+    with ResultsWriter(run_dir) as w:
+        for m in measurements:
+            w.append(m)
+    return run_dir
+
+
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    from harness.cli.main import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line(rc, err, needle=""):
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], (needle, lines[0])
+
+
+HOLD = """
+import sys, time
+from harness.results import lock
+lock.acquire(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], env=_env(), stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+# ------------------------------------------------------------------ 1: one writer per run
+
+
+def test_second_writer_is_refused_and_a_killed_holder_frees_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scen = scenario(tmp_path, ["naive"])
+    run_dir = make_run(tmp_path / "res" / "r", [], scenario_path=str(scen))
+    holder = _hold_lock(run_dir)
+    try:
+        rc, _, err = main_in_process(capsys, "run", "--resume", run_dir, "--no-report")
+        assert_one_line(rc, err, f"pid {holder.pid}")
+        fresh = tmp_path / "res" / "new"
+        fresh.mkdir()
+        holder2 = _hold_lock(fresh)
+        rc, _, err = main_in_process(capsys, "run", scen, "--out", tmp_path / "res", "--run-id", "new", "--no-report")
+        assert_one_line(rc, err, f"pid {holder2.pid}")
+        assert not (fresh / "run.json").exists()
+        holder2.kill()
+        holder2.wait()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the killed holder's lock: the resume goes ahead and runs the case
+    rc, _, err = main_in_process(capsys, "run", "--resume", run_dir, "--no-report")
+    assert rc == 0, err
+    assert [d["status"] for d in records(run_dir)] == ["ok"]
+
+
+def test_duplicate_records_are_named_by_compare_report_and_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scen = scenario(tmp_path, ["naive"])
+    base = make_run(tmp_path / "base", [_ok()], scenario_path=str(scen))
+    dup = make_run(tmp_path / "dup", [_ok(t=5e-3), _ok(t=1e-3)], scenario_path=str(scen))
+    rc, out, err = main_in_process(capsys, "compare", base, dup)
+    assert rc == 0, err  # the last record (the same time) is used
+    assert "recorded more than once" in err and "last record" in err
+    rc, out, err = main_in_process(capsys, "run", "--resume", dup, "--no-report")
+    assert rc == 0 and "recorded more than once" in err, err
+    rc, out, err = main_in_process(capsys, "report", dup, "--out", tmp_path / "rep")
+    assert rc == 0 and "recorded more than once" in err, err
+
+
+# ------------------------------------------------------------------ 2: run ids
+
+
+def test_run_ids_cannot_leave_the_out_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scen = scenario(tmp_path, ["naive"])
+    (tmp_path / "out").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for bad in ["../../escaped", str(tmp_path / "abs"), ".", "..", "a/b", ".hidden", "x" * 101, "a..b", ""]:
+        rc, _, err = main_in_process(capsys, "run", scen, "--out", tmp_path / "out", "--run-id", bad, "--no-report")
+        assert_one_line(rc, err, "letters, digits")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert list((tmp_path / "out").iterdir()) == []

@@ -6,7 +6,9 @@ one regression, 2 usage or file errors (one line on stderr, via harness.cli.main
 
 from __future__ import annotations
 
+import html
 import json
+import sys
 
 from harness.compare.runs import Comparison, Threshold, compare_runs
 from harness.cli.console import case_shape, fmt_bytes, fmt_time_s, table
@@ -40,6 +42,8 @@ def cmd_compare(args) -> int:
         raise UsageError(f"--metric {args.metric} contradicts --threshold {args.threshold}")
     comparison = compare_runs(args.base, args.current, threshold)
     print(render(comparison, args.format))
+    for w in comparison.warnings:  # loud whatever the format: also on stderr
+        print(f"attnbench: warning: {w}", file=sys.stderr)
     return comparison.exit_code
 
 
@@ -103,18 +107,19 @@ def format_text(c: Comparison) -> str:
 
 
 def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|") or " "
+    """Plain text in a Markdown cell: HTML escaped (names come from plugins), no table breaks."""
+    return html.escape(" ".join(str(s).split()), quote=False).replace("|", "\\|") or " "
 
 
 def format_markdown(c: Comparison) -> str:
-    lines = [f"### attnbench compare: `{c.base_label}` → `{c.current_label}`", "",
+    lines = [f"### attnbench compare: `{c.base_label.replace('`', '')}` → `{c.current_label.replace('`', '')}`", "",
              f"Threshold {c.threshold}; ratio = current / base, > 1 is slower.", ""]
     lines.append("| " + " | ".join(HEADERS) + " |")
     lines.append("|" + "|".join("---" for _ in HEADERS) + "|")
     for row in _rows(c):
         lines.append("| " + " | ".join(_md_cell(x) for x in row) + " |")
     lines.append("")
-    lines += [f"> warning: {w}" for w in c.warnings]
+    lines += [f"> warning: {_md_cell(w)}" for w in c.warnings]
     lines.append(f"**{summary_line(c)}**")
     return "\n".join(lines)
 

@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
     if args.resume:
         run_dir = resolve_run_dir(args.resume)
         info = read_run_info(run_dir)
-        scenario = _load_scenario(args.scenario or info["scenario"]["path"])
+        scenario = _load_scenario(args.scenario or runner.scenario_path_for_resume(info, run_dir))
     else:
         scenario = _load_scenario(args.scenario or "default")
     _check_names(args.impl, args.device)
@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
     if interrupted:
         print(
             f"\ninterrupted: {len(earlier) + len(done)} finished cases are saved in {run_dir}; "
-            f"continue with: attnbench run --resume {run_dir}",
+            f"continue with: attnbench run --resume {Path(run_dir).absolute()}",
             file=sys.stderr,
         )
         return 130

@@ -19,6 +19,7 @@ threshold (and by more than MEMORY_FLOOR_BYTES) is "regressed (memory)".
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ import numpy as np
 
 from harness.case import Case
 from harness.results.records import Measurement
-from harness.results.store import read_measurements, read_run_info
+from harness.results.store import (RESULTS_FILE, ResultsError, duplicate_case_ids, duplicates_note,
+                                   read_measurements, read_run_info)
 from harness.vocab import (
     COMPARE_VERDICTS, FAILED_STATUSES, IMPROVED, INCONCLUSIVE, MISSING, NEW, REGRESSED, REGRESSED_ERROR,
     REGRESSED_MEMORY, REGRESSION_VERDICTS, STATUS_CHANGED, UNCHANGED,
@@ -276,13 +278,46 @@ def compare_measurements(base: Sequence[Measurement], current: Sequence[Measurem
 
 
 def compare_runs(base_dir: str | Path, current_dir: str | Path, threshold: Threshold) -> Comparison:
-    """Read two run directories (ResultsError names the file if one is unusable) and compare them."""
+    """Read two run directories (ResultsError names the file if one is unusable) and compare them.
+    A side without any record is an error (nothing to judge must never pass a gate)."""
     base_info, cur_info = read_run_info(base_dir), read_run_info(current_dir)
-    return compare_measurements(
-        read_measurements(base_dir), read_measurements(current_dir), threshold,
+    base_ms, cur_ms = read_measurements(base_dir), read_measurements(current_dir)
+    for side, d, ms in (("BASE", base_dir, base_ms), ("CURRENT", current_dir, cur_ms)):
+        if not ms:
+            raise ResultsError(f"{Path(d) / RESULTS_FILE}: {side} run has no case records; nothing to compare")
+    env = (base_info.get("environment"), cur_info.get("environment"))
+    c = compare_measurements(
+        base_ms, cur_ms, threshold,
         base_label=str(base_info.get("run_id") or base_dir), current_label=str(cur_info.get("run_id") or current_dir),
-        base_environment=base_info.get("environment") or {}, current_environment=cur_info.get("environment") or {},
+        base_environment=env[0] if isinstance(env[0], dict) else {},
+        current_environment=env[1] if isinstance(env[1], dict) else {},
     )
+    extra = _input_warnings(base_dir, current_dir, base_info, cur_info, base_ms, cur_ms, c)
+    return dataclasses.replace(c, warnings=tuple(extra) + c.warnings) if extra else c
+
+
+def _input_warnings(base_dir, current_dir, base_info: dict, cur_info: dict, base_ms, cur_ms,
+                    c: Comparison) -> list[str]:
+    """What makes a comparison of these two runs doubtful: different scenarios, no case in
+    common, a results file with duplicate records (the last of each is used)."""
+    out = []
+
+    def scenario_name(info):
+        s = info.get("scenario")
+        return s.get("name") if isinstance(s, dict) else None
+
+    b, k = scenario_name(base_info), scenario_name(cur_info)
+    if b != k:
+        out.append(f"the runs are of different scenarios ({b!r} -> {k!r}): only cases with equal "
+                   f"parameters are compared")
+    if not any(cc.verdict not in (NEW, MISSING) for cc in c.cases):
+        out.append(f"no case is in both runs ({len(base_ms)} missing, {len(cur_ms)} new): nothing "
+                   f"was compared")
+    for d, ms in ((base_dir, base_ms), (current_dir, cur_ms)):
+        dups = duplicate_case_ids(ms)
+        if dups:
+            out.append(duplicates_note(d, dups))
+    return out
 
 
 # What harness.env.collect_environment records that changes absolute times.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from harness.results.records import Measurement
@@ -89,9 +90,11 @@ def read_run_info(run_dir: str | Path) -> dict:
     run_dir = resolve_run_dir(run_dir)
     f = run_dir / RUN_FILE
     try:
-        info = json.loads(f.read_text())
+        info = json.loads(_read_text(f))
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{f}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ResultsError(f"{f}: not a run description (a JSON {type(info).__name__}, expected an object)")
     version = info.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ResultsError(
@@ -109,16 +112,19 @@ def read_measurements(run_dir: str | Path) -> list[Measurement]:
     f = run_dir / RESULTS_FILE
     if not f.exists():
         return []
-    lines = f.read_text(encoding="utf-8").split("\n")
+    text = _read_text(f)
+    lines = text.split("\n")
     out: list[Measurement] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(Measurement.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            d = json.loads(line)
+            check_record(d)
+            out.append(Measurement.from_dict(d))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             is_last = all(not rest.strip() for rest in lines[i + 1 :])
-            if is_last and not f.read_bytes().endswith(b"\n"):
+            if is_last and not text.endswith("\n"):
                 break  # torn final write: everything before it is intact
             raise ResultsError(f"{f}:{i + 1}: unreadable record ({exc})") from None
     return out
@@ -140,3 +146,108 @@ def load_results(path: str | Path):
         rows.append(row)
     df = pd.DataFrame(rows)
     return df
+
+
+# ---------------------------------------------------------------- guards (damaged or hostile input)
+
+# Run ids become directory names under --out: no separators, no "..", nothing absolute.
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RUN_ID_RULE = ("1-100 letters, digits, '.', '_', '-', starting with a letter or digit, without '..' "
+               "(a folder name under --out)")
+
+
+def check_run_id(run_id: str) -> str:
+    """The run id, or ResultsError naming the rule (it must stay one folder under --out)."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise ResultsError(f"run id {str(run_id)[:120]!r} is not allowed; allowed: {RUN_ID_RULE}")
+    return run_id
+
+
+def _read_text(f: Path) -> str:
+    """A results file's text, or ResultsError naming the file and what is wrong with it."""
+    try:
+        data = f.read_bytes()
+    except IsADirectoryError:
+        raise ResultsError(f"{f}: is a directory, expected a file") from None
+    except OSError as exc:
+        raise ResultsError(f"{f}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ResultsError(f"{f}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _type_ok(value, annotation: str) -> bool:
+    """Does a stored JSON value fit a dataclass field's annotation (as written in the source)?"""
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        return "None" in options
+    for a in options:
+        if a == "bool" and isinstance(value, bool):
+            return True
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if a == "float" and (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             or value in ("nan", "inf", "-inf")):
+            return True
+        if a == "str" and isinstance(value, str):
+            return True
+        if a == "dict" and isinstance(value, dict):
+            return True
+        if a.startswith("tuple[") and isinstance(value, list):
+            inner = a[len("tuple["):].split(",")[0].strip()
+            return all(_type_ok(v, inner) for v in value)
+        if a not in ("bool", "int", "float", "str", "dict", "None") and not a.startswith("tuple["):
+            return True  # a type this check does not know: left to the dataclass
+    return False
+
+
+def _check_fields(cls, d: dict, where: str, *, nullable: bool = False) -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if nullable and d.get(f.name) is None:
+            continue
+        if f.name in d and isinstance(f.type, str) and not _type_ok(d[f.name], f.type):
+            raise ValueError(f"{where}{f.name} = {json.dumps(d[f.name])[:60]} is not {f.type}")
+
+
+def check_record(d) -> None:
+    """ValueError unless `d` looks like a stored Measurement: every case field, statistic and
+    measured number of the right JSON type (a hand-edited or damaged line must not reach the
+    arithmetic of report and compare)."""
+    from harness.case import Case
+    from harness.measure.stats import Stats
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON {type(d).__name__}, expected an object")
+    if not isinstance(d.get("case"), dict):
+        raise ValueError("no 'case' object")
+    _check_fields(Case, d["case"], "case.")
+    if not isinstance(d.get("stats") or {}, dict):
+        raise ValueError("'stats' is not an object")
+    _check_fields(Stats, d.get("stats") or {}, "stats.", nullable=True)  # older records lack some
+    _check_fields(Measurement, {k: v for k, v in d.items() if k not in ("case", "stats")}, "")
+
+
+def duplicate_case_ids(measurements) -> dict[str, int]:
+    """case_id -> number of records, for the cases recorded more than once (two writers, or an
+    old run resumed twice at once). Readers keep the last record and say so."""
+    counts: dict[str, int] = {}
+    for m in measurements:
+        counts[m.case.case_id] = counts.get(m.case.case_id, 0) + 1
+    return {k: n for k, n in counts.items() if n > 1}
+
+
+def duplicates_note(run_dir, dups: dict[str, int]) -> str:
+    extra = sum(dups.values()) - len(dups)
+    first = next(iter(dups))
+    return (f"{Path(run_dir) / RESULTS_FILE}: {len(dups)} case(s) recorded more than once "
+            f"({extra} extra record(s), e.g. {first}); the last record of each is used")
+
+
+def keep_last(measurements) -> list:
+    """One record per case_id, the last one, in the order of first appearance."""
+    last = {m.case.case_id: m for m in measurements}
+    return list(last.values())

@@ -11,14 +11,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
 from harness import registry, vocab
 from harness.case import Budget, Case
 from harness.results.records import Measurement
+from harness.results import lock as run_lock
 from harness.results.store import (
+    ResultsError,
     ResultsWriter,
+    check_run_id,
+    duplicate_case_ids,
+    duplicates_note,
+    keep_last,
     read_measurements,
     read_run_info,
     resolve_run_dir,
@@ -29,7 +36,7 @@ from harness.run.executor import DONE, Executor, Job, Reply
 
 def new_run_id(scenario_name: str, now: _dt.datetime | None = None) -> str:
     now = now or _dt.datetime.now()
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario_name).strip("-") or "run"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario_name).strip("-")[:80].replace("..", "-") or "run"
     return f"{now:%Y%m%d-%H%M%S}-{slug}"
 
 
@@ -66,8 +73,14 @@ def run_cases(
     work."""
     done: list[Measurement] = []
     interrupted = False
+    locked_here = run_lock.acquire(run_dir)  # one writer per run directory (RunLockedError)
     own = executor is None
-    executor = executor or default_executor(run_dir, budget, fresh_per_case=fresh_per_case)
+    try:
+        executor = executor or default_executor(run_dir, budget, fresh_per_case=fresh_per_case)
+    except BaseException:
+        if locked_here:
+            run_lock.release(run_dir)
+        raise
     try:
         with ResultsWriter(run_dir) as writer:
             to_run: list[Case] = []
@@ -112,6 +125,7 @@ def run_cases(
     finally:
         if own:
             executor.close()
+        run_lock.release(run_dir)  # the run (start_run / pending_cases took the lock) is over
     return done, interrupted
 
 
@@ -138,11 +152,15 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
     """Create results/<run-id>/ with run.json: schema version, scenario, environment, calibration."""
     from harness.measure.env import collect_environment
 
-    run_id = run_id or new_run_id(scenario.name)
-    run_dir = Path(out_dir) / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already exists; use --resume {run_dir} to continue it")
+    run_id = check_run_id(new_run_id(scenario.name) if run_id is None else run_id)
+    run_dir = Path(out_dir).absolute() / run_id  # absolute: the resume hint works from anywhere
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a directory; pick another --run-id or --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_lock.acquire(run_dir)  # a second run with this id now is refused, naming our pid
+    if any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):
+        run_lock.release(run_dir)
+        raise FileExistsError(f"{run_dir} already exists; use --resume {run_dir} to continue it")
     calibration = None
     if calibrate:
         from harness.measure.flops import matmul_calibration
@@ -153,7 +171,7 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "scenario": {
             "name": scenario.name,
-            "path": str(scenario.path),
+            "path": _absolute_scenario_path(scenario.path),
             "seed": scenario.seed,
             "baseline": getattr(scenario, "baseline", "sdpa"),
             "budget": dataclasses.asdict(scenario.budget),
@@ -172,7 +190,38 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
 def pending_cases(cases: list[Case], run_dir: Path) -> tuple[list[Case], list[Measurement]]:
     """Split `cases` into those still to run and the records already on disk (for --resume)."""
     run_dir = resolve_run_dir(run_dir)
+    run_lock.acquire(run_dir)  # before reading: two resumes at once would both run the rest
     read_run_info(run_dir)
     earlier = read_measurements(run_dir)
+    dups = duplicate_case_ids(earlier)
+    if dups:
+        print(f"attnbench: warning: {duplicates_note(run_dir, dups)}", file=sys.stderr)
+        earlier = keep_last(earlier)
     finished = {m.case.case_id for m in earlier}
     return [c for c in cases if c.case_id not in finished], earlier
+
+
+def _absolute_scenario_path(path) -> str:
+    """A scenario file's absolute path for run.json (so --resume works from any directory)."""
+    p = Path(str(path))
+    return str(p.absolute()) if p.exists() else str(path)
+
+
+def scenario_path_for_resume(info: dict, run_dir: Path) -> str:
+    """The scenario path stored in run.json, made usable from here: absolute paths as they are;
+    an older run's relative path is tried against the working directory, then against the
+    directories above the run directory (where the run was started from, with --out below it)."""
+    try:
+        stored = info["scenario"]["path"]
+    except (KeyError, TypeError):
+        stored = None
+    if not isinstance(stored, str) or not stored:
+        raise ResultsError(f"{Path(run_dir) / 'run.json'}: scenario.path is missing; give the scenario: "
+                           f"attnbench run SCENARIO --resume {run_dir}")
+    p = Path(stored)
+    if p.is_absolute() or p.exists():
+        return stored
+    for parent in Path(run_dir).absolute().parents:
+        if (parent / p).is_file():
+            return str(parent / p)
+    return stored
