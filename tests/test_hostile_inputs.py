@@ -229,3 +229,113 @@ def test_run_ids_cannot_leave_the_out_directory(tmp_path, capsys, monkeypatch):
         assert_one_line(rc, err, "letters, digits")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ------------------------------------------------------------------ 9: damaged run directories
+
+
+def _damage(run_dir: Path, how: str) -> str:
+    """Damage a run directory one way; return what the error line must name."""
+    rj, rs = run_dir / "run.json", run_dir / "results.jsonl"
+    if how == "run.json array":
+        rj.write_text("[1, 2]\n")
+        return "run.json: not a run description"
+    if how == "run.json bytes":
+        rj.write_bytes(b'{"schema_version": 1, "run_id": "\xff\xfe"}\n')
+        return "run.json:1: not UTF-8"
+    if how == "run.json dir":
+        rj.unlink()
+        rj.mkdir()
+        return "run.json: is a directory"
+    if how == "results bytes":
+        rs.write_bytes(rs.read_bytes() + b'{"x": "\xff"}\n')
+        return "results.jsonl:2: not UTF-8"
+    if how == "results dir":
+        rs.unlink()
+        rs.mkdir()
+        return "results.jsonl: is a directory"
+    if how in ("seq_len_q text", "median text", "samples text"):
+        d = json.loads(rs.read_text().splitlines()[0])
+        if how == "seq_len_q text":
+            d["case"]["seq_len_q"] = "lots"
+        elif how == "median text":
+            d["stats"]["median_s"] = "fast"
+        else:
+            d["samples_s"] = ["a", "b"]
+        rs.write_text(rs.read_text() + json.dumps(d) + "\n")
+        return "results.jsonl:2: unreadable record"
+    if how == "run.json no scenario":
+        info = json.loads(rj.read_text())
+        del info["scenario"]
+        rj.write_text(json.dumps(info))
+        return "scenario.path is missing"
+    raise AssertionError(how)
+
+
+DAMAGE = ["run.json array", "run.json bytes", "run.json dir", "results bytes", "results dir",
+          "seq_len_q text", "median text", "samples text"]
+
+
+@pytest.mark.parametrize("how", DAMAGE + ["run.json no scenario"])
+def test_damaged_run_directories_are_one_line_for_every_reader(tmp_path, capsys, monkeypatch, how):
+    monkeypatch.chdir(tmp_path)
+    scen = str(scenario(tmp_path, ["naive"]))
+    good = make_run(tmp_path / "good", [_ok()], scenario_path=scen)
+    bad = make_run(tmp_path / "bad", [_ok()], scenario_path=scen)
+    needle = _damage(bad, how)
+    commands = [("run", "--resume", bad, "--no-report")]
+    if how != "run.json no scenario":  # that one only matters to --resume
+        commands += [("compare", good, bad), ("compare", bad, good), ("report", bad, "--out", tmp_path / "rep"),
+                     ("export", bad, "--format", "csv", "--out", tmp_path / "x.csv")]
+    for args in commands:
+        rc, _, err = main_in_process(capsys, *args)
+        assert_one_line(rc, err, needle)
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "x.csv").exists()
+
+
+# ------------------------------------------------------------------ 10: resume from anywhere
+
+
+@pytest.mark.slow
+def test_resume_works_from_another_directory_and_for_old_relative_paths(tmp_path, capsys, monkeypatch):
+    start = tmp_path / "project"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    scenario(start, ["naive"], seq_len="[16, 24]")
+    rc, _, err = main_in_process(capsys, "run", "s.toml", "--out", "results", "--run-id", "r", "--no-report",
+                                 "--impl", "naive")
+    assert rc == 0, err
+    run_dir = start / "results" / "r"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert Path(info["scenario"]["path"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rc, _, err = main_in_process(capsys, "run", "--resume", run_dir, "--no-report")
+    assert rc == 0 and "2 cases done, 0 to run" in err, err
+    info["scenario"]["path"] = "s.toml"  # as written before paths were stored absolute
+    (run_dir / "run.json").write_text(json.dumps(info))
+    rc, _, err = main_in_process(capsys, "run", "--resume", run_dir, "--no-report")
+    assert rc == 0 and "2 cases done, 0 to run" in err, err
+
+
+# ------------------------------------------------------------------ 11, 12: compare must not pass vacuously
+
+
+def test_compare_refuses_empty_sides_warns_on_other_scenarios_and_escapes_markdown(tmp_path, capsys):
+    base = make_run(tmp_path / "base", [_ok(), _ok("flash")])
+    empty = make_run(tmp_path / "empty", [])
+    nofile = make_run(tmp_path / "nofile", [])
+    (nofile / "results.jsonl").unlink()
+    for a, b in ((base, empty), (empty, base), (base, nofile), (nofile, base)):
+        rc, _, err = main_in_process(capsys, "compare", a, b)
+        assert_one_line(rc, err, "no case records")
+    other = make_run(tmp_path / "other", [_ok(n=999)], scenario_name="different")
+    rc, out, err = main_in_process(capsys, "compare", base, other)
+    assert rc == 0
+    assert "different scenarios ('tiny' -> 'different')" in err
+    assert "no case is in both runs" in err
+    hostile = make_run(tmp_path / "hostile", [_ok("<script>alert(1)</script>")])
+    rc, out, err = main_in_process(capsys, "compare", hostile, hostile, "--format", "md")
+    assert rc == 0, err
+    assert "<script>" not in out and "&lt;script&gt;" in out
