@@ -78,7 +78,7 @@ def test_plugin_hook_faults_and_exit_on_import_cost_only_their_own_cases(tmp_pat
     env = _env(tmp_path / "hostile")
     hostile = ["hostile_supports_raises", "hostile_supports_none", "hostile_model_raises",
                "hostile_model_str", "hostile_available_raises"]
-    scen = scenario(tmp_path, ["naive", *hostile, "flash"])
+    scen = scenario(tmp_path, ["naive", *hostile, "hostile_chatty", "hostile_silent_crash", "flash"])
     r = attnbench("run", scen, "--out", tmp_path / "res", "--run-id", "h", "--no-report", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
@@ -89,6 +89,12 @@ def test_plugin_hook_faults_and_exit_on_import_cost_only_their_own_cases(tmp_pat
     for name, hook in zip(hostile, ["supports", "supports", "memory_model", "memory_model", "available"]):
         assert got[name]["status"] == "error", got[name]
         assert f"its {hook}= hook" in got[name]["message"], got[name]["message"]
+
+    # 13: a crash quotes only its own case's output, never the previous case's
+    assert got["hostile_chatty"]["status"] == "ok"
+    assert got["hostile_silent_crash"]["status"] == "crashed"
+    assert "SIGKILL" in got["hostile_silent_crash"]["message"]
+    assert "chatty" not in got["hostile_silent_crash"]["message"], got["hostile_silent_crash"]["message"]
 
     ls = attnbench("list", cwd=tmp_path, env=env)
     assert ls.returncode == 0 and "Traceback" not in ls.stderr, ls.stderr
@@ -339,3 +345,42 @@ def test_compare_refuses_empty_sides_warns_on_other_scenarios_and_escapes_markdo
     rc, out, err = main_in_process(capsys, "compare", hostile, hostile, "--format", "md")
     assert rc == 0, err
     assert "<script>" not in out and "&lt;script&gt;" in out
+
+
+# ------------------------------------------------------------------ 5: no orphaned worker
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended; only its parent's reaping is left
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_killing_the_driver_mid_case_ends_its_worker(tmp_path):
+    scen = scenario(tmp_path, ["faulty_hang"], timeout=120)
+    p = subprocess.Popen([sys.executable, "-m", "harness.cli.main", "run", str(scen), "--out", str(tmp_path / "res"),
+                          "--run-id", "r", "--no-report"], cwd=tmp_path, env=_env(FAULTY),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "res" / "r" / "worker.log"
+    deadline = time.monotonic() + 120
+    pid = None
+    while time.monotonic() < deadline and pid is None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            if line.startswith("[worker ") and "faulty_hang" in line:
+                pid = int(line.split()[1].rstrip("]"))
+        time.sleep(0.2)
+    assert pid is not None, "the worker never started the hanging case"
+    time.sleep(0.5)  # well inside the case
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"worker {pid} outlived its killed driver by 5 s")

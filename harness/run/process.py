@@ -15,6 +15,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 STARTUP_TIMEOUT_S = 180.0
 WORKER_MODULE = "harness.run.worker"
 MEMORY_LIMIT_ENV = "ATTNBENCH_MEMORY_LIMIT_BYTES"  # read by harness.run.worker
+PARENT_PID_ENV = "ATTNBENCH_PARENT_PID"  # the worker ends itself when this process is gone
+PDEATHSIG_ENV = "ATTNBENCH_PDEATHSIG"  # "1": spawned from a main thread, PR_SET_PDEATHSIG is safe
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Worker:
         env = {**self.env_defaults, **os.environ}
         if self.memory_limit_bytes:
             env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
+        env[PARENT_PID_ENV] = str(os.getpid())
+        env[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
         self._log = open(self.log_path, "ab")
         self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
@@ -110,6 +115,7 @@ class Worker:
             self.stop()
             self.start()
         assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self._mark_log()  # a crash message quotes this request's output, not an earlier case's
         try:
             self.proc.stdin.write((json.dumps(payload) + "\n").encode())
             self.proc.stdin.flush()
@@ -144,6 +150,13 @@ class Worker:
         self.stop()
         msg = f"worker {why}" + (f"; last output: {tail}" if tail else "")
         return WorkerReply("crashed", message=msg)
+
+    def _mark_log(self) -> None:
+        try:
+            self._log.flush()
+            self._log_start = os.fstat(self._log.fileno()).st_size
+        except (OSError, ValueError):
+            pass
 
     def _log_tail(self, max_chars: int = 500) -> str:
         self._log.flush()

@@ -18,7 +18,7 @@ import sys
 
 from harness.case import Budget, Case
 
-from harness.run.process import MEMORY_LIMIT_ENV
+from harness.run.process import MEMORY_LIMIT_ENV, PARENT_PID_ENV, PDEATHSIG_ENV
 
 
 def handle(req: dict) -> dict:
@@ -75,7 +75,38 @@ def serve() -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """End this worker when the process that started it dies, even by SIGKILL (no orphan left
+    measuring, or hanging, with nobody to read its answers). Linux: PR_SET_PDEATHSIG, set only when
+    the parent's spawning thread is its main thread (the signal follows the thread, not the process);
+    everywhere: a daemon thread that notices the parent pid change."""
+    import threading
+    import time
+
+    parent = int(os.environ.get(PARENT_PID_ENV, "0") or 0) or os.getppid()
+    if sys.platform.startswith("linux") and os.environ.get(PDEATHSIG_ENV) == "1":
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass  # the watcher below still ends us
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:  # reparented: the parent is gone
+                os._exit(1)
+            time.sleep(0.5)
+
+    if os.getppid() != parent:  # died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> int:
+    _die_with_parent()
     _apply_memory_limit(int(os.environ.get(MEMORY_LIMIT_ENV, "0")) or None)
     return serve()
 
