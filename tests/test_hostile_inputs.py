@@ -384,3 +384,60 @@ def test_killing_the_driver_mid_case_ends_its_worker(tmp_path):
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"worker {pid} outlived its killed driver by 5 s")
+
+
+# ------------------------------------------------------------------ 6, 7, 8, 13: scenario files
+
+
+def _scenario_error(tmp_path, text: str | bytes, name="v.toml") -> str:
+    from harness.scenario.load import ScenarioError, load_scenario
+
+    f = tmp_path / name
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    t0 = time.perf_counter()
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(f, known_impls=["naive"])
+    assert time.perf_counter() - t0 < 2.0, "validation must stay quick"
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def _grid(**axes) -> str:
+    body = {"heads_q": 2, "seq_len": 16, "head_dim": 8, **axes}
+    return 'name = "v"\nimplementations = ["naive"]\n[[grid]]\n' + "".join(f"{k} = {v}\n" for k, v in body.items())
+
+
+@pytest.mark.parametrize("axes, needle", [
+    ({"heads_q": 1000000000001, "heads_kv": 2}, "grid[0].heads_q: 1000000000001 is not allowed; allowed: a positive integer <= 4096"),
+    ({"heads_q": 100000001}, "<= 4096"),
+    ({"heads_q": 4, "heads_kv": 8192}, "grid[0].heads_kv"),
+    ({"seq_len": 2**40}, "<= 16777216"),
+    ({"batch": 10**9}, "<= 65536"),
+    ({"head_dim": 4096}, "<= 1024"),
+    ({"threads": 10**6}, "<= 4096"),
+    ({"seq_len": "[" + ",".join(map(str, range(1, 401))) + "]", "batch": "[" + ",".join(map(str, range(1, 301))) + "]"},
+     "expands to 120000 cases"),
+])
+def test_huge_axis_values_are_refused_quickly(tmp_path, axes, needle):
+    assert needle in _scenario_error(tmp_path, _grid(**axes))
+
+
+def test_scenario_name_length_memory_floor_bom_and_file_kind(tmp_path):
+    from harness.scenario.load import load_scenario
+    from harness.scenario.schema import MIN_MEMORY_LIMIT_BYTES
+
+    assert "at most 100 characters" in _scenario_error(tmp_path, _grid().replace('name = "v"', f'name = "{"n" * 240}"'))
+    for small in (1, 200_000_000, 500_000_000):
+        text = _grid().replace("[[grid]]", f"[budget]\nmemory_limit_bytes = {small}\n[[grid]]")
+        assert f">= {MIN_MEMORY_LIMIT_BYTES}" in _scenario_error(tmp_path, text)
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + _grid().encode())
+    assert load_scenario(tmp_path / "bom.toml", known_impls=["naive"]).name == "v"
+    assert "larger than 1024 KiB" in _scenario_error(tmp_path, b"#" * (2 << 20))
+    from harness.scenario.load import ScenarioError
+
+    for path in ("/dev/zero", str(tmp_path)):
+        if not os.path.exists(path):
+            continue
+        with pytest.raises(ScenarioError, match="not a regular file|a directory"):
+            load_scenario(path, known_impls=["naive"])

@@ -270,7 +270,7 @@ def test_top_level_fields_and_budget(tmp_path):
         max_time_s = 2
         target_spread = 0.05
         case_timeout_s = 30
-        memory_limit_bytes = 1_000_000_000
+        memory_limit_bytes = 4_000_000_000
         l2_flush = true
     """ + GRID)
     assert (s.name, s.description, s.seed, s.baseline, s.reference) == (
@@ -278,7 +278,7 @@ def test_top_level_fields_and_budget(tmp_path):
     assert s.implementations == ("naive", "sdpa")
     assert s.path == str(tmp_path / "s.toml")
     assert s.budget == Budget(warmup_s=0.0, min_time_s=0.1, max_time_s=2.0, target_spread=0.05,
-                              case_timeout_s=30.0, memory_limit_bytes=1_000_000_000,
+                              case_timeout_s=30.0, memory_limit_bytes=4_000_000_000,
                               l2_flush=True, cuda_graph=False)
     assert isinstance(s.budget.max_time_s, float)
     assert s.to_dict()["grids"][0]["heads_q"] == (4,)

@@ -86,6 +86,9 @@ class Worker:
             self.proc.wait()
             why, tail = _signal_name(self.proc.returncode), self._log_tail()
             self.stop()
+            if self.memory_limit_bytes and any(w in tail for w in ("MemoryError", "alloc", "Cannot allocate")):
+                why += (f"; its memory limit of {self.memory_limit_bytes} bytes (budget.memory_limit_bytes) "
+                        f"is too small to import torch")
             raise RuntimeError(f"{self.name} failed to start ({why}): {tail}")
 
     def stop(self) -> None:

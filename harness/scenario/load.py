@@ -47,11 +47,14 @@ from harness.scenario.schema import (
     ScenarioError,
     Where,
     axis_values,
+    check_grid_size,
+    decode_scenario_text,
     did_you_mean,
     impl_names,
     is_int,
     is_name,
     parse_budget,
+    read_scenario_bytes,
 )
 
 if sys.version_info >= (3, 11):
@@ -221,7 +224,7 @@ def _read(path_or_name: str | os.PathLike) -> tuple[str, bytes]:
         resource = _shipped_root() / f"{text}.toml"
         return str(resource), resource.read_bytes()
     try:
-        return text, Path(text).read_bytes()
+        return text, read_scenario_bytes(Path(text))
     except FileNotFoundError:
         raise ScenarioError(f"{_display(text)}: no such file") from None
     except OSError as exc:
@@ -237,7 +240,7 @@ def load_scenario(path_or_name: str | os.PathLike,
     path, data = _read(path_or_name)
     where = Where(_display(path))
     try:
-        raw = tomllib.loads(data.decode("utf-8"))
+        raw = tomllib.loads(decode_scenario_text(data))
     except UnicodeDecodeError as exc:
         raise where.error("", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -321,6 +324,7 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
     fields["exclude"] = tuple(_parse_rule(where, r, f"{at}.exclude[{j}]", known)
                               for j, r in enumerate(rules))
     grid = Grid(**fields)
+    check_grid_size(where, at, grid)
 
     cases = grid.cases()
     if not cases:

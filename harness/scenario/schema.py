@@ -77,15 +77,32 @@ def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Names end up in file names and report titles.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Names end up in file names and report titles (and run ids: at most 100 characters).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def is_name(v: Any) -> bool:
     return isinstance(v, str) and bool(NAME_RE.match(v))
 
 
-NAME_ALLOWED = "a name of letters, digits, '_', '.', '-' (starting with a letter or digit)"
+NAME_ALLOWED = "a name of letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100 characters)"
+
+# Upper bounds of the shape axes: far above any real attention shape, low enough that validating a
+# scenario (divisors of heads_q, grid sizes) stays instant and no case id or tensor size overflows.
+AXIS_MAX = {"batch": 65536, "heads": 4096, "seq_len": 2**24, "head_dim": 1024, "threads": 4096}
+MAX_GRID_CASES = 100_000  # cases one [[grid]] block may expand to (before excludes)
+# The worker process's address-space cap must leave room for Python + torch + a small case:
+# measured on the 2-core dev machines, the worker fails to import torch below ~0.7 GB and each
+# extra BLAS/OpenMP thread reserves more; 2 GiB is the documented floor.
+MIN_MEMORY_LIMIT_BYTES = 2 * 2**30
+
+
+def _upto(limit: int) -> Callable[[Any], bool]:
+    return lambda v: is_positive_int(v) and v <= limit
+
+
+def _pos_upto(limit: int) -> str:
+    return f"a positive integer <= {limit}"
 
 
 @dataclass(frozen=True)
@@ -106,20 +123,24 @@ _POS = "a positive integer"
 AXES: dict[str, Axis] = {
     a.key: a
     for a in (
-        Axis("batch", "batch", is_positive_int, _POS),
-        Axis("heads_q", "heads_q", is_positive_int, _POS),
-        Axis("heads_kv", "heads_kv", is_positive_int, _POS + " dividing heads_q (omit: = heads_q)"),
-        Axis("seq_len", "seq_len_q", is_positive_int, _POS + " (sets seq_len_q = seq_len_kv)"),
-        Axis("seq_len_q", "seq_len_q", is_positive_int, _POS),
-        Axis("seq_len_kv", "seq_len_kv", is_positive_int, _POS + " (omit: = seq_len_q)"),
-        Axis("head_dim", "head_dim", is_positive_int, _POS),
+        Axis("batch", "batch", _upto(AXIS_MAX["batch"]), _pos_upto(AXIS_MAX["batch"])),
+        Axis("heads_q", "heads_q", _upto(AXIS_MAX["heads"]), _pos_upto(AXIS_MAX["heads"])),
+        Axis("heads_kv", "heads_kv", _upto(AXIS_MAX["heads"]),
+             _pos_upto(AXIS_MAX["heads"]) + " dividing heads_q (omit: = heads_q)"),
+        Axis("seq_len", "seq_len_q", _upto(AXIS_MAX["seq_len"]),
+             _pos_upto(AXIS_MAX["seq_len"]) + " (sets seq_len_q = seq_len_kv)"),
+        Axis("seq_len_q", "seq_len_q", _upto(AXIS_MAX["seq_len"]), _pos_upto(AXIS_MAX["seq_len"])),
+        Axis("seq_len_kv", "seq_len_kv", _upto(AXIS_MAX["seq_len"]),
+             _pos_upto(AXIS_MAX["seq_len"]) + " (omit: = seq_len_q)"),
+        Axis("head_dim", "head_dim", _upto(AXIS_MAX["head_dim"]), _pos_upto(AXIS_MAX["head_dim"])),
         _choice("dtype", "dtype", DTYPES),
         _choice("device", "device", DEVICES),
         Axis("causal", "causal", lambda v: isinstance(v, bool), "true, false"),
         _choice("mask", "mask", MASK_KINDS),
         Axis("mask_fraction", "mask_fraction", lambda v: is_number(v) and 0 <= v < 1,
              "a number in [0, 1)"),
-        Axis("threads", "threads", is_positive_int, _POS + " (omit: torch's default)"),
+        Axis("threads", "threads", _upto(AXIS_MAX["threads"]),
+             _pos_upto(AXIS_MAX["threads"]) + " (omit: torch's default)"),
         _choice("pass", "pass_kind", PASS_KINDS),
     )
 }
@@ -168,7 +189,9 @@ BUDGET_RULES = {
     "max_time_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
     "target_spread": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.05"),
     "case_timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
-    "memory_limit_bytes": (is_positive_int, "a positive integer number of bytes"),
+    "memory_limit_bytes": (lambda v: is_int(v) and v >= MIN_MEMORY_LIMIT_BYTES,
+                           f"a positive integer number of bytes >= {MIN_MEMORY_LIMIT_BYTES} (2 GiB: the worker "
+                           f"process needs that much address space for Python and torch)"),
     "l2_flush": (lambda v: isinstance(v, bool), "true, false"),
     "cuda_graph": (lambda v: isinstance(v, bool), "true, false"),
 }
@@ -190,3 +213,48 @@ def parse_budget(where: Where, table: dict) -> Budget:
                         f"a number > warmup_s + max_time_s "
                         f"({budget.warmup_s + budget.max_time_s:g})")
     return budget
+
+
+# --- the file itself and the size of what it asks for ----------------------------------------------
+
+MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few KiB of TOML; more is a mistake (or /dev/zero)
+
+
+def read_scenario_bytes(path) -> bytes:
+    """A scenario file's bytes: a regular file of at most MAX_SCENARIO_BYTES, or ScenarioError
+    (OSError passes through for the caller's "cannot be read")."""
+    import os
+    import stat
+
+    where = Where(str(path))
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise where.error("", f"{kind}; allowed: a scenario .toml file")
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_SCENARIO_BYTES + 1)
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise where.error("", f"larger than {MAX_SCENARIO_BYTES // 1024} KiB; allowed: a scenario .toml "
+                              f"file (a few KiB)")
+    return data
+
+
+def decode_scenario_text(data: bytes) -> str:
+    """UTF-8 text of a scenario; a UTF-8 byte-order mark (some Windows editors write one) is
+    dropped rather than reported as an invalid statement at line 1."""
+    return data.decode("utf-8-sig")
+
+
+def check_grid_size(where: Where, at: str, grid) -> None:
+    """Refuse a [[grid]] block whose axes multiply to more than MAX_GRID_CASES cases, before
+    expanding it (validation must stay quick whatever the file says)."""
+    import dataclasses
+
+    n = 1
+    for f in dataclasses.fields(grid):  # every axis (and the implementations) is a tuple of values
+        value = getattr(grid, f.name)
+        if f.name != "exclude" and isinstance(value, tuple):
+            n *= max(len(value), 1)
+    if n > MAX_GRID_CASES:
+        raise where.error(at, f"expands to {n} cases; allowed: at most {MAX_GRID_CASES} per [[grid]] "
+                              f"block (split it, or use fewer values per axis)")
