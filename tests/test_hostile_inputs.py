@@ -441,3 +441,19 @@ def test_scenario_name_length_memory_floor_bom_and_file_kind(tmp_path):
             continue
         with pytest.raises(ScenarioError, match="not a regular file|a directory"):
             load_scenario(path, known_impls=["naive"])
+
+
+def test_unwritable_output_and_undecodable_baseline_are_one_line(tmp_path, capsys):
+    from harness.compare import gate
+    from harness.results.store import ResultsError
+
+    run = make_run(tmp_path / "r", [_ok()])
+    if os.path.exists("/dev/full"):
+        rc, _, err = main_in_process(capsys, "export", run, "--format", "csv", "--out", "/dev/full")
+        assert_one_line(rc, err, "No space left")
+    rc, _, err = main_in_process(capsys, "report", run, "--out", tmp_path / "r" / "run.json" / "x")
+    assert_one_line(rc, err, "run.json")
+    bad = tmp_path / "base.json"
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ResultsError, match="not a readable JSON baseline"):
+        gate.read_baseline(bad)

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(msg)
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file we were told to read or write: full disk, no permission, ...
+        where = exc.filename if exc.filename is not None else "file error"
+        return _fail(f"{where}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -333,7 +333,7 @@ def read_baseline(path: str | Path) -> Baseline:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise ResultsError(f"{p}: no such baseline file") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8
         raise ResultsError(f"{p}: not a readable JSON baseline ({exc})") from None
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
         raise ResultsError(f"{p}: not an attnbench gate baseline (schema {BASELINE_SCHEMA!r} expected)")
