@@ -457,3 +457,21 @@ def test_unwritable_output_and_undecodable_baseline_are_one_line(tmp_path, capsy
     bad.write_bytes(b"\xff\xfe{}")
     with pytest.raises(ResultsError, match="not a readable JSON baseline"):
         gate.read_baseline(bad)
+
+
+def test_a_worker_that_cannot_start_is_a_crashed_record_per_case(tmp_path):
+    """Below the memory floor the scenario is refused; if the worker still cannot start (a smaller
+    machine, a hostile environment), every case is recorded `crashed` with why, and the run ends."""
+    from harness.case import Budget
+    from harness.run.executor import LocalExecutor
+    from harness.run.runner import run_cases
+
+    cases = [_case(), _case(n=24)]
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    with LocalExecutor(run_dir / "worker.log", memory_limit_bytes=1) as ex:
+        done, interrupted = run_cases(cases, run_dir, budget=Budget(), seed=0, executor=ex)
+    assert not interrupted
+    assert [m.status for m in done] == ["crashed", "crashed"]
+    assert all("failed to start" in m.message and "too small to import torch" in m.message for m in done), done[0].message
+    assert [d["status"] for d in records(run_dir)] == ["crashed", "crashed"]
