@@ -475,3 +475,13 @@ def test_a_worker_that_cannot_start_is_a_crashed_record_per_case(tmp_path):
     assert [m.status for m in done] == ["crashed", "crashed"]
     assert all("failed to start" in m.message and "too small to import torch" in m.message for m in done), done[0].message
     assert [d["status"] for d in records(run_dir)] == ["crashed", "crashed"]
+
+
+def test_infinite_budgets_huge_seeds_and_many_grids_are_refused(tmp_path):
+    inf = _grid().replace("[[grid]]", "[budget]\nmax_time_s = inf\ncase_timeout_s = inf\n[[grid]]")
+    assert "budget.max_time_s: inf is not allowed" in _scenario_error(tmp_path, inf)
+    big = _grid().replace('name = "v"\n', "seed = 9223372036854775808\n")  # 2**63: no torch seed
+    assert "seed: 9223372036854775808 is not allowed" in _scenario_error(tmp_path, big)
+    block = "[[grid]]\nname = 'g{i}'\nheads_q = 2\nseq_len = [" + ",".join(map(str, range(1, 401))) + "]\nhead_dim = [8, 16, 32, 64, 128]\nbatch = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+    text = 'name = "v"\nimplementations = ["naive"]\n' + "".join(block.format(i=i) for i in range(20))
+    assert "at most 100000 in one scenario" in _scenario_error(tmp_path, text)

@@ -48,7 +48,7 @@ def acquire(run_dir: str | Path) -> bool:
         raise ResultsError(f"{path}: cannot create the run's lock file: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = _read_pid(fd)
         os.close(fd)
         who = f"pid {holder}" if holder else "another process"
@@ -56,6 +56,9 @@ def acquire(run_dir: str | Path) -> bool:
             f"{run_dir}: another attnbench ({who}) is writing this run; wait for it to finish or "
             f"stop it, then try again (a lock left by a killed run is released automatically)"
         ) from None
+    except OSError:  # a filesystem without flock (some network mounts): run unlocked, as before
+        os.close(fd)
+        return False
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[key] = fd

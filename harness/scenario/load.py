@@ -258,8 +258,8 @@ def _parse(where: Where, path: str, raw: dict, known: tuple[str, ...]) -> Scenar
     if not isinstance(description, str):
         raise where.bad("description", description, "a string")
     seed = raw.get("seed", 0)
-    if not (is_int(seed) and seed >= 0):
-        raise where.bad("seed", seed, "an integer >= 0")
+    if not (is_int(seed) and 0 <= seed < 2**63):
+        raise where.bad("seed", seed, "an integer >= 0 and < 2**63")
     if "implementations" not in raw:
         raise where.error("implementations", "missing; allowed: a list of: " + ", ".join(known))
     impls = impl_names(where, raw["implementations"], "implementations", known)

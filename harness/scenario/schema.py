@@ -9,8 +9,9 @@ plain TOML string, number, boolean, list or table.
 from __future__ import annotations
 
 import difflib
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from harness.case import DEVICES, DTYPES, MASK_KINDS, PASS_KINDS, Budget
@@ -30,6 +31,8 @@ class Where:
     """The file being read, so every error can name it."""
 
     file: str
+    # running totals while one file is read (cases expanded so far), for the bounds below
+    tally: dict = field(default_factory=dict, compare=False, repr=False)
 
     def error(self, key: str, message: str) -> ScenarioError:
         prefix = f"{self.file}: {key}: " if key else f"{self.file}: "
@@ -74,7 +77,8 @@ def is_positive_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite TOML number (TOML allows inf and nan; no budget or fraction means either)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # Names end up in file names and report titles (and run ids: at most 100 characters).
@@ -90,7 +94,8 @@ NAME_ALLOWED = "a name of letters, digits, '_', '.', '-' (starting with a letter
 # Upper bounds of the shape axes: far above any real attention shape, low enough that validating a
 # scenario (divisors of heads_q, grid sizes) stays instant and no case id or tensor size overflows.
 AXIS_MAX = {"batch": 65536, "heads": 4096, "seq_len": 2**24, "head_dim": 1024, "threads": 4096}
-MAX_GRID_CASES = 100_000  # cases one [[grid]] block may expand to (before excludes)
+MAX_GRID_CASES = 50_000  # cases one [[grid]] block may expand to (before excludes)
+MAX_SCENARIO_CASES = 100_000  # and all blocks of a scenario together
 # The worker process's address-space cap must leave room for Python + torch + a small case:
 # measured on the 2-core dev machines, the worker fails to import torch below ~0.7 GB and each
 # extra BLAS/OpenMP thread reserves more; 2 GiB is the documented floor.
@@ -258,3 +263,7 @@ def check_grid_size(where: Where, at: str, grid) -> None:
     if n > MAX_GRID_CASES:
         raise where.error(at, f"expands to {n} cases; allowed: at most {MAX_GRID_CASES} per [[grid]] "
                               f"block (split it, or use fewer values per axis)")
+    total = where.tally["cases"] = where.tally.get("cases", 0) + n
+    if total > MAX_SCENARIO_CASES:
+        raise where.error(at, f"the grids up to here expand to {total} cases; allowed: at most "
+                              f"{MAX_SCENARIO_CASES} in one scenario (split it into several files)")
