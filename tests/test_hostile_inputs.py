@@ -485,3 +485,30 @@ def test_infinite_budgets_huge_seeds_and_many_grids_are_refused(tmp_path):
     block = "[[grid]]\nname = 'g{i}'\nheads_q = 2\nseq_len = [" + ",".join(map(str, range(1, 401))) + "]\nhead_dim = [8, 16, 32, 64, 128]\nbatch = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
     text = 'name = "v"\nimplementations = ["naive"]\n' + "".join(block.format(i=i) for i in range(20))
     assert "at most 100000 in one scenario" in _scenario_error(tmp_path, text)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """Without --run-id the id is a timestamp: a second run in the same second must not be refused
+    (nor share the folder); it takes the next free name."""
+    import datetime as dt
+
+    from harness.run import runner
+    from harness.scenario.load import load_scenario
+
+    scen = load_scenario(scenario(tmp_path, ["naive"]), known_impls=["naive"])
+    fixed = dt.datetime(2026, 1, 2, 3, 4, 5)
+    monkeypatch.setattr(runner, "new_run_id", lambda name, now=None: f"{fixed:%Y%m%d-%H%M%S}-{name}")
+    first = runner.start_run(scen, out_dir=tmp_path / "res", calibrate=False)
+    (tmp_path / "res" / "20260102-030405-tiny-2").mkdir()
+    holder = _hold_lock(tmp_path / "res" / "20260102-030405-tiny-2")  # another process is starting there
+    try:
+        second = runner.start_run(scen, out_dir=tmp_path / "res", calibrate=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert first.name == "20260102-030405-tiny" and second.name == "20260102-030405-tiny-3"
+    assert json.loads((second / "run.json").read_text())["run_id"] == second.name
+    from harness.results import lock
+
+    lock.release(first)
+    lock.release(second)

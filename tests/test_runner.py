@@ -106,7 +106,7 @@ def test_kill_then_resume_runs_only_missing_cases(tmp_path):
     p.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
-    assert "--resume" in err
+    assert f"--resume {(out / 'r').absolute()}" in err  # absolute: the hint works from anywhere
     first = read_measurements(out / "r")
     assert 3 <= len(first) < 12
     r = _attnbench("run", "--resume", str(out / "r"), "--no-report")

@@ -152,15 +152,18 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
     """Create results/<run-id>/ with run.json: schema version, scenario, environment, calibration."""
     from harness.measure.env import collect_environment
 
-    run_id = check_run_id(new_run_id(scenario.name) if run_id is None else run_id)
-    run_dir = Path(out_dir).absolute() / run_id  # absolute: the resume hint works from anywhere
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a directory; pick another --run-id or --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_lock.acquire(run_dir)  # a second run with this id now is refused, naming our pid
-    if any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):
-        run_lock.release(run_dir)
-        raise FileExistsError(f"{run_dir} already exists; use --resume {run_dir} to continue it")
+    if run_id is not None:
+        run_dir = _claim_run_dir(Path(out_dir), check_run_id(run_id))
+    else:  # two runs started in the same second get the same default id: the later one moves on
+        base = check_run_id(new_run_id(scenario.name))
+        for n in range(1, 101):
+            run_id = base if n == 1 else f"{base}-{n}"
+            try:
+                run_dir = _claim_run_dir(Path(out_dir), run_id)
+                break
+            except (FileExistsError, run_lock.RunLockedError):
+                if n == 100:
+                    raise
     calibration = None
     if calibrate:
         from harness.measure.flops import matmul_calibration
@@ -184,6 +187,20 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
         },
     }
     write_run_info(run_dir, info)
+    return run_dir
+
+
+def _claim_run_dir(out_dir: Path, run_id: str) -> Path:
+    """Create and lock out_dir/run_id for a new run: FileExistsError when it holds an earlier run,
+    RunLockedError when another process is starting one there right now."""
+    run_dir = out_dir.absolute() / run_id  # absolute: the resume hint works from anywhere
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a directory; pick another --run-id or --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_lock.acquire(run_dir)  # a second run with this id now is refused, naming our pid
+    if any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):
+        run_lock.release(run_dir)
+        raise FileExistsError(f"{run_dir} already exists; use --resume {run_dir} to continue it")
     return run_dir
 
 
