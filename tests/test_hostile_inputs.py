@@ -512,3 +512,16 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 
     lock.release(first)
     lock.release(second)
+
+
+def test_report_never_aims_outside_reports_for_a_hostile_run_id(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "r", [_ok()])
+    info = json.loads((run / "run.json").read_text())
+    info["run_id"] = ".."
+    (run / "run.json").write_text(json.dumps(info))
+    rc, _, err = main_in_process(capsys, "report", run)
+    assert_one_line(rc, err, "give the report folder with --out")
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "report.md").exists()
+    rc, out, err = main_in_process(capsys, "report", run, "--out", tmp_path / "rep")
+    assert rc == 0 and (tmp_path / "rep" / "index.html").exists(), err
