@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 
+from harness.case import case_shape
+from harness.cli.console import table
+from harness.cli.errors import UsageError
 from harness.compare.runs import Comparison, Threshold, compare_runs
-from harness.cli.console import case_shape, fmt_bytes, fmt_time_s, table
+from harness.results.units import fmt_bytes, fmt_time_s
 
 FORMATS = ("text", "md", "json")
 
@@ -30,7 +33,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from harness.cli.main import UsageError
 
     try:
         threshold = Threshold.parse(args.threshold, default_metric=args.metric or "median")

@@ -32,7 +32,7 @@ def measure_case(case: Case, budget: Budget, seed: int) -> Measurement:
     try:
         import torch
 
-        from harness.measure import flops, memory, stats, timing
+        from harness.measure import flops, memory, stats
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)

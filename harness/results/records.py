@@ -36,6 +36,8 @@ class Measurement:
     error_passed: bool | None = None
     error_rule: str = ""
     error_rows: int | None = None  # query rows compared (a subset for large Nq)
+    # further metrics by field name (harness/results/metrics.py declares each)
+    metrics: dict = field(default_factory=dict)
     # bookkeeping
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
