@@ -22,16 +22,15 @@ the max and subtract passes and all rescaling from every key block after the fir
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-import queue
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
 
 from harness.registry import YES, Support, no, register
+from implementations.flash_pool import get_pool
 from implementations._common import (
     LOG2E,
     check_args,
@@ -98,7 +97,18 @@ def flash_attention(
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError("flash is forward-only; call it under torch.no_grad() (or use naive / sdpa)")
+        # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
+        from implementations.flash_backward import FlashFunction
+
+        return FlashFunction.apply(q, k, v, causal, attn_mask, scale, block_q, block_k)
+    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)[0]
+
+
+def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=False):
+    """The tiled forward. Returns (out, lse2): lse2 (B, Hq, Nq) fp32 is the base-2 log-sum-exp of
+    the scaled scores, log2 Σ_j exp2(c·q·k_j) with c = scale·log2(e) (= lse·log2(e)), +inf for rows
+    that see no key; None unless want_lse (the backward's only saved statistic, FA2 Algorithm 1
+    line 13)."""
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
     Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
     bq, bk = min(block_q, Nq), min(block_k, Nk)
@@ -106,15 +116,13 @@ def flash_attention(
     opts = dict(dtype=acc_dtype, device=q.device)
 
     out = torch.empty(B, dims.heads_q, Nq, D, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
-    hidden = None  # True = may NOT attend, as masked_fill_ wants; computed once, not per tile
-    if attn_mask is not None:
-        hidden = grouped_mask(attn_mask.logical_not(), dims)  # (b, hkv, g, nq, nk), size-1 kept
-    band = None
-    if causal:
-        # Straddling tiles hide key jj from query ii iff jj - ii > d, with d = i0 + (Nk - Nq) - j0
-        # in [-(bq-1), bk-2]; band[:, bk-d : bk-d+w] is that tile's causal mask (a view, no copy).
-        x = torch.arange(2 * bk + bq, device=q.device)  # (2bk + bq,)
-        band = (x.unsqueeze(0) - torch.arange(bq, device=q.device).unsqueeze(1)) > bk  # (bq, 2bk+bq)
+    lse = torch.empty(B, dims.heads_q, Nq, **opts) if want_lse else None  # (B, Hq, Nq) fp32
+    # No tensor op runs on the calling thread: one big enough to start an OpenMP region (e.g.
+    # attn_mask.logical_not() or building the causal band, ~200k elements) left an OpenMP helper
+    # thread spinning ~9 ms against the workers, which made causal slower than non-causal. The
+    # mask is applied as given (torch.where in _hide_) and the band is a cached constant.
+    visible = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk), size-1 kept, True = may attend
+    band = _causal_band(bq, bk, q.device) if causal else None
 
     k3 = k.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
     v3 = v.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
@@ -127,7 +135,8 @@ def flash_attention(
             for j0 in range(0, Nk, bk)
         ],
         out5=out.view(B, Hkv, G, Nq, D),  # (B, Hkv, G, Nq, D)
-        hidden=hidden,
+        lse4=None if lse is None else lse.view(B, Hkv, G, Nq),  # (B, Hkv, G, Nq)
+        visible=visible,
         band=band,
         offset=Nk - Nq if causal else None,  # bottom-right: query i sees key j iff j <= i + offset
         c=default_scale(D, scale) * LOG2E,  # softmax(x·scale) = exp2(x·c − max) / sum
@@ -136,29 +145,57 @@ def flash_attention(
         Nk=Nk,
     )
     starts = list(range(0, Nq, bq))
+    if causal:
+        # Longest first: causal query blocks cost 1, 2, ... key blocks, and handing them out in
+        # that order leaves the biggest for last (N=1024, 4 blocks on 2 workers: 6 vs 5 tiles).
+        starts.reverse()
     n_workers = _workers_for(q.device, len(starts))
     # Every buffer a worker touches is allocated here, in the calling thread.
     upcast = q.dtype != acc_dtype
     copy_q = upcast or G > 1
     scratch = [_Scratch(B * Hkv, G * bq, bk, D, copy_q, upcast, **opts) for _ in range(n_workers)]
-    if n_workers == 1:
-        for i0 in starts:
-            _query_block(ctx, scratch[0], i0)
-        return out
-    todo = iter(starts)
+    run_parallel(starts, scratch, lambda s, i0: _query_block(ctx, s, i0))
+    return out, lse
+
+
+def run_parallel(items, scratch, body) -> None:
+    """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
+    (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
+    pool drops each job before signalling its end (flash_pool.WorkerPool._serve)."""
+    if len(scratch) == 1:
+        for item in items:
+            body(scratch[0], item)
+        return
+    todo = iter(items)
     lock = threading.Lock()
 
     def worker(s):
         with torch.no_grad():
             while True:
                 with lock:
-                    i0 = next(todo, None)
-                if i0 is None:
+                    item = next(todo, None)
+                if item is None:
                     return
-                _query_block(ctx, s, i0)
+                body(s, item)
 
-    _pool(torch.get_num_threads()).run([lambda s=s: worker(s) for s in scratch])
-    return out
+    get_pool(torch.get_num_threads()).run([functools.partial(worker, s) for s in scratch])
+
+
+@functools.lru_cache(maxsize=16)
+def _neg_inf(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d −inf constant for torch.where, which takes no Python float here."""
+    return torch.tensor(float("-inf"), dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_band(bq: int, bk: int, device: torch.device) -> torch.Tensor:
+    """Boolean (bq, 2bk + bq) constant: straddling tiles hide key jj from query ii iff
+    jj - ii > d, with d = i0 + (Nk - Nq) - j0 in [-(bq-1), bk-2]; band[:, bk-d : bk-d+w] is that
+    tile's causal mask (a view, no copy). Cached: it depends on nothing else, is at most
+    bq·(2bk+bq) bytes (196 KiB at 256 x 256) and building it per call cost the causal path an
+    OpenMP region on the calling thread (see flash_forward)."""
+    x = torch.arange(2 * bk + bq, device=device)  # (2bk + bq,)
+    return (x.unsqueeze(0) - torch.arange(bq, device=device).unsqueeze(1)) > bk  # (bq, 2bk+bq)
 
 
 @dataclass(frozen=True)
@@ -168,8 +205,9 @@ class _Ctx:
     q5: torch.Tensor  # (B, Hkv, G, Nq, D)
     tiles: list  # per key block: (j0, j1, kᵀ (B·Hkv, D, w), v (B·Hkv, w, D)), views
     out5: torch.Tensor  # (B, Hkv, G, Nq, D), the output
-    hidden: torch.Tensor | None  # (b, hkv, g, nq, nk) boolean, True = may not attend
-    band: torch.Tensor | None  # (bq, 2·bk + bq) boolean causal band, see flash_attention
+    lse4: torch.Tensor | None  # (B, Hkv, G, Nq) fp32 base-2 log-sum-exp, when the backward needs it
+    visible: torch.Tensor | None  # (b, hkv, g, nq, nk) boolean, True = may attend
+    band: torch.Tensor | None  # (bq, 2·bk + bq) boolean causal band, see _causal_band
     offset: int | None  # Nk − Nq when causal (bottom-right), else None
     c: float  # scale · log2(e)
     bq: int
@@ -197,6 +235,8 @@ def _query_block(ctx: _Ctx, s: _Scratch, i0: int) -> None:
         k_stop = min(ctx.Nk, i1 + ctx.offset)  # keys the block's last row can see
     if k_stop <= 0:  # causality hides every key from every row of this block
         ctx.out5[:, :, :, i0:i1].zero_()
+        if ctx.lse4 is not None:
+            ctx.lse4[:, :, :, i0:i1].fill_(math.inf)  # no key: P = exp2(s - inf) = 0 in backward
         return
     if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True):
         _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False)
@@ -228,7 +268,7 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     st_full = s.s[: BH * rows * ctx.bk].view(BH, rows, ctx.bk)  # (B·Hkv, G·nb, bk)
     shift_full = shift.expand(BH, rows, ctx.bk)  # −m broadcast over a full key block
     c, lowest = ctx.c, torch.finfo(acc.dtype).min
-    masked = ctx.band is not None or ctx.hidden is not None
+    masked = ctx.band is not None or ctx.visible is not None
     may_be_empty = False  # might a row have seen only hidden keys so far (m = −inf)?
     frozen = False  # is m frozen into the matmul (lazy rescaling)?
 
@@ -285,6 +325,9 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     # (a finite-but-huge sum only triggers a harmless exact redo).
     if frozen and not math.isfinite(float(acc.sum()) + float(l.sum())):
         return False
+    if ctx.lse4 is not None:  # lse2 = m + log2(l); a row that saw no key: -inf + -inf -> +inf
+        torch.log2(l, out=l_blk).add_(m).nan_to_num_(nan=math.inf, posinf=math.inf, neginf=math.inf)
+        ctx.lse4[:, :, :, i0:i1].copy_(l_blk.view(B, Hkv, G, nb))
     # l >= 1 for any row that saw a key (its maximum contributed exp2(0) = 1 exactly); l == 0
     # means it saw none, and then acc == 0 too, so dividing by 1 gives the zeros the contract wants.
     acc.div_(l.clamp_min_(1.0))
@@ -292,79 +335,20 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     return True
 
 
-def _hide_(ctx: _Ctx, st5: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> bool:
-    """Set the scores the tile may not see to −inf, in place; True if anything may be hidden."""
+def _hide_(ctx, st5: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> bool:
+    """Set the scores the tile may not see to −inf, in place; True if anything may be hidden.
+    ctx needs band, offset, bk and visible (the backward passes its own)."""
     hid = False
     if ctx.band is not None and j1 - 1 > i0 + ctx.offset:  # tile straddles the diagonal
         c0 = ctx.bk - (i0 + ctx.offset - j0)
         st5.masked_fill_(ctx.band[: i1 - i0, c0 : c0 + j1 - j0], float("-inf"))  # (nb, w) broadcast
         hid = True
-    if ctx.hidden is not None:
-        h = ctx.hidden  # (b, hkv, g, nq, nk); size-1 dims broadcast and are not sliced
-        rows = slice(i0, i1) if h.shape[-2] > 1 else slice(None)
-        cols = slice(j0, j1) if h.shape[-1] > 1 else slice(None)
-        st5.masked_fill_(h[..., rows, cols], float("-inf"))
+    if ctx.visible is not None:
+        m = ctx.visible  # (b, hkv, g, nq, nk); size-1 dims broadcast and are not sliced
+        rows = slice(i0, i1) if m.shape[-2] > 1 else slice(None)
+        cols = slice(j0, j1) if m.shape[-1] > 1 else slice(None)
+        # where(visible, s, -inf) in place: masked_fill_ would need the negated mask, a per-call
+        # op on the calling thread or a per-tile temporary.
+        torch.where(m[..., rows, cols], st5, _neg_inf(st5.dtype, st5.device), out=st5)
         hid = True
     return hid
-
-
-class _WorkerPool:
-    """n daemon threads whose torch ops run single-threaded (torch.set_num_threads is per thread
-    under OpenMP); `run` hands each callable to a worker and waits for all of them."""
-
-    def __init__(self, n: int):
-        self.n, self.pid = n, os.getpid()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        ready = threading.Barrier(n + 1)
-        for i in range(n):
-            threading.Thread(target=self._serve, args=(ready,), daemon=True, name=f"flash-{i}").start()
-        caller_threads = torch.get_num_threads()
-        ready.wait()
-        # The workers' set_num_threads(1) also set the default that new threads inherit; restore it.
-        torch.set_num_threads(caller_threads)
-
-    def _serve(self, ready: threading.Barrier) -> None:
-        # torch initialises a thread's OpenMP count lazily from the process default on its first
-        # query; force that now, or it would later undo set_num_threads(1).
-        torch.get_num_threads()
-        torch.set_num_threads(1)
-        ready.wait()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-
-    def run(self, fns) -> list:
-        futures = []
-        for fn in fns:
-            fut: Future = Future()
-
-            def job(fn=fn, fut=fut):
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # re-raised in the caller by fut.result()
-                    fut.set_exception(exc)
-
-            self._jobs.put(job)
-            futures.append(fut)
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        for _ in range(self.n):
-            self._jobs.put(None)
-
-
-_POOL: _WorkerPool | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(n: int) -> _WorkerPool:
-    """The shared pool, rebuilt when the thread count changes or after a fork (threads are lost)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL.n != n or _POOL.pid != os.getpid():
-            if _POOL is not None and _POOL.pid == os.getpid():
-                _POOL.close()
-            _POOL = _WorkerPool(n)
-        return _POOL
