@@ -56,6 +56,10 @@ def _workers_for(device: torch.device | str, n_blocks: int, threads: int | None 
 
 
 def _memory_model(case, block_q: int = BLOCK_Q, block_k: int = BLOCK_K) -> int:
+    if case.pass_kind != "forward":  # + saved lse2, dq/dk/dv, the backward's O(N) buffers
+        from implementations.flash_backward import backward_memory_model
+
+        return backward_memory_model(case, block_q, block_k)
     bq, bk = min(block_q, case.seq_len_q), min(block_k, case.seq_len_kv)
     n_blocks = -(-case.seq_len_q // bq)
     workers = _workers_for(case.device, n_blocks, case.threads)
@@ -68,17 +72,14 @@ def _memory_model(case, block_q: int = BLOCK_Q, block_k: int = BLOCK_K) -> int:
     if case.dtype != "float32":
         per_worker += 2 * 4 * case.batch * case.heads_kv * bk * case.head_dim  # fp32 k/v tiles
     shared = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim  # out
-    if case.causal:
-        shared += bq * (2 * bk + bq)  # boolean causal band
-    if case.mask != "none":
-        shared += case.batch * case.seq_len_kv  # negated (B, 1, 1, Nk) key-padding mask
+    # Nothing else per call: the causal band is a cached constant and masks are used as given.
     return shared + workers * per_worker
 
 
 def _supports(case) -> Support:
-    if case.pass_kind != "forward":
-        return no("flash is forward-only: its in-place tile updates are not differentiable")
-    return YES
+    if case.pass_kind not in ("forward", "backward", "forward_backward"):
+        return no(f"flash has no pass kind {case.pass_kind!r}")
+    return YES  # backward: FA2 Algorithm 2 in flash_backward.py
 
 
 @register(
