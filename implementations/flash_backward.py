@@ -16,7 +16,7 @@ fp32 (scores, dK/dV/dQ) and casts once at the end. GQA/MQA: the G query heads of
 stacked as rows of one matmul (as in the forward), so dK/dV are summed over the group for free.
 
 Masking follows the forward exactly: causal key blocks hidden from a whole query block are
-skipped, straddling tiles use the same cached band, boolean masks use torch.where. A row that
+skipped, straddling tiles add the same cached causal bias, boolean masks go through flash._hide_. A row that
 sees no key has lse2 = +inf, so P = exp2(· − inf) = 0 and its dq is 0; D is 0 since O is 0.
 """
 
@@ -31,6 +31,7 @@ from implementations.flash import (
     _memory_model as _forward_memory_model,
     _workers_for,
     flash_forward,
+    mask_bias_numel,
     run_parallel,
 )
 
@@ -59,8 +60,9 @@ class _BwdScratch:
     """One worker's buffers, flat so edge tiles are prefix views; allocated by the calling thread
     (the CPU profiler records that thread's allocations)."""
 
-    def __init__(self, bh, rows, bk, d, copy_q, upcast, dq_partial, dtype, device):
+    def __init__(self, bh, rows, bk, d, copy_q, upcast, n_bias, dq_partial, dtype, device):
         e = dict(dtype=dtype, device=device)
+        self.bias = torch.empty(n_bias, **e) if n_bias else None  # additive mask tile (flash._hide_)
         self.s = torch.empty(bh * rows * bk, **e)  # scores -> P
         self.dp = torch.empty(bh * rows * bk, **e)  # dP -> dS
         self.t = torch.empty(bh * rows * d, **e)  # dS·K tile; dO∘O in phase 1
@@ -91,7 +93,9 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
     sc = default_scale(D, scale)
     c = sc * LOG2E
     offset = Nk - Nq if causal else None
-    masking = _Masking(_causal_band(bq, bk, q.device) if causal else None, offset, bk, grouped_mask(attn_mask, dims))
+    visible = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk), size-1 kept, True = may attend
+    masking = _Masking(_causal_band(bq, bk, acc_dtype, q.device) if causal else None, offset, bk, visible)
+    n_bias = mask_bias_numel(visible, bq, bk, B * dims.heads_q * bq * bk)
     masked = causal or attn_mask is not None
 
     q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
@@ -112,7 +116,7 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
     partials = [dq.view(B, Hkv, G, Nq, D)] if not upcast else []
     partials += [torch.empty(B, Hkv, G, Nq, D, **opts) for _ in range(n_workers - len(partials))]
     scratch = [
-        _BwdScratch(BH, G * bq, bk, D, copy_q, upcast, partials[w], **opts) for w in range(n_workers)
+        _BwdScratch(BH, G * bq, bk, D, copy_q, upcast, n_bias, partials[w], **opts) for w in range(n_workers)
     ]
 
     def phase1(s, i0):  # D for query rows [i0, i1), and zero every partial dQ there
@@ -156,7 +160,7 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
             # P = exp2(c·q·kᵀ − lse2): lse2 rides on the matmul as its input (as the forward's m)
             torch.baddbmm(nl.expand(BH, R, w), qb, kb.transpose(1, 2), alpha=c, out=p)
             if masked:
-                _hide_(masking, p.view(B, Hkv, G, nb, w), i0, i1, j0, j1)
+                _hide_(masking, p.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias)
             p.exp2_()
             dv_acc.baddbmm_(p.transpose(1, 2), gb)  # dV += Pᵀ dO, (B·Hkv, w, D)
             ds = s.dp[: BH * R * w].view(BH, R, w)
@@ -194,6 +198,8 @@ def backward_memory_model(case, block_q: int, block_k: int) -> int:
     rows = B * Hq * bq  # query rows of a tile, all heads
     per_worker = 2 * 4 * rows * bk + 4 * rows * D + 2 * 4 * rows  # P, dS, dS·K, −lse2 and D
     per_worker += 2 * 4 * B * Hkv * bk * D  # dK, dV accumulators
+    if case.mask != "none":
+        per_worker += 4 * B * bk  # additive key-padding bias tile
     if upcast or Hq != Hkv:
         per_worker += 2 * 4 * rows * D  # grouped / fp32 q and dO blocks
     if upcast:
