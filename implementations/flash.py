@@ -5,6 +5,8 @@ Outer loop over query blocks, inner loop over key blocks, online softmax: a runn
 a running row sum l and an unnormalised accumulator acc, divided by l once per query block at the
 end (FA2 section 3.1.1). Key blocks that causality hides from a whole query block are never
 visited, and only blocks straddling the diagonal are masked. Rows that see no key give zeros.
+With grad enabled and an input requiring grad, the call goes through flash_backward.FlashFunction
+(FA2 Algorithm 2), whose forward is this one plus the row log-sum-exp; otherwise nothing extra.
 
 Work partitioning (FA2 section 3.2): query blocks are independent, so on the CPU they are handed
 to `torch.get_num_threads()` worker threads that each run single-threaded torch ops -- as FA2
@@ -12,7 +14,9 @@ spreads them over thread blocks and torch's CPU SDPA kernel over cores. Splittin
 op over OpenMP threads instead costs a barrier per op; on a shared machine a descheduled thread
 stalls every barrier, which measured 3-5x slower than SDPA under load. All buffers are allocated
 by the calling thread (the CPU profiler sees that thread's allocations, so measured peaks are
-complete); the tile loop allocates nothing.
+complete); the tile loop allocates nothing, and the calling thread runs no tensor op (one big
+enough to start an OpenMP region leaves its helper spinning against the workers). Nothing of a
+call outlives it (the pool drops finished jobs; only small constants are cached).
 
 CPU speed notes (B=1, H=8, D=64, fp32, N=4096, 2 cores; see BLOCK_Q): the two batched matmuls are
 ~75% of the time and exp2 most of the rest. scale·log2(e) rides on the QK matmul's alpha and the
