@@ -116,7 +116,7 @@ def flash_attention(
         # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
         from implementations.flash_backward import FlashFunction
 
-        return FlashFunction.apply(q, k, v, causal, attn_mask, scale, block_q, block_k)
+        return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
     return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)[0]
 
 

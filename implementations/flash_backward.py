@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from implementations._common import LOG2E, check_args, compute_dtype, default_scale, grouped_mask
+from implementations._common import LOG2E, compute_dtype, default_scale, grouped_mask
 from implementations.flash import (
     _causal_band,
     _hide_,
@@ -37,11 +37,11 @@ from implementations.flash import (
 
 
 class FlashFunction(torch.autograd.Function):
-    """out = flash(q, k, v); saves q, k, v, out and lse2 (B, Hq, Nq) fp32 only."""
+    """out = flash(q, k, v) (arguments already checked: dims from check_args); saves q, k, v, out
+    and lse2 (B, Hq, Nq) fp32 only."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, attn_mask, scale, block_q, block_k):
-        dims = check_args(q, k, v, attn_mask, scale)
+    def forward(ctx, q, k, v, dims, causal, attn_mask, scale, block_q, block_k):
         out, lse2 = flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=True)
         ctx.save_for_backward(q, k, v, out, lse2)
         ctx.args = (dims, causal, attn_mask, scale, block_q, block_k)  # the mask is an input, not saved state
@@ -53,7 +53,7 @@ class FlashFunction(torch.autograd.Function):
         q, k, v, out, lse2 = ctx.saved_tensors
         dq, dk, dv = flash_backward(q, k, v, out, lse2, dout, *ctx.args)
         need = ctx.needs_input_grad
-        return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 5
+        return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None) + (None,) * 6
 
 
 class _BwdScratch:
