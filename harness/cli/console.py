@@ -43,8 +43,11 @@ class Progress:
         result = m.status
         if m.status == "ok":
             result += f" {fmt_time_s(m.median_s)}"
-            if m.noise not in (None, "ok"):
-                result += f" ({m.noise})"
+            flags = [m.noise] if m.noise not in (None, "ok") else []
+            flags += ["contended"] if m.contended else []
+            flags += ["spread target not reached"] if m.message.startswith("timing stopped at max_time_s") else []
+            if flags:
+                result += f" ({', '.join(flags)})"
         elif m.message:
             result += f": {m.message[:70]}"
         prefix = "\r\033[K" if self.tty else ""
@@ -76,8 +79,8 @@ def skipped_note(measurements: list[Measurement]) -> str:
 def summary(measurements: list[Measurement]) -> str:
     """The end-of-run table: one row per case that ran; skipped cases as one line per reason."""
     shown = console_metrics()
-    rows = [[m.case.impl, case_shape(m.case), m.status, *(x.human(x.value(m)) for x in shown)]
-            for m in measurements if m.status != "skipped"]
+    rows = [[m.case.impl, case_shape(m.case), m.status + (" !" if m.contended else ""),
+             *(x.human(x.value(m)) for x in shown)] for m in measurements if m.status != "skipped"]
     counts: dict[str, int] = {}
     for m in measurements:
         counts[m.status] = counts.get(m.status, 0) + 1
@@ -87,5 +90,9 @@ def summary(measurements: list[Measurement]) -> str:
         parts.append(table(["impl", "case", "status", *(x.label for x in shown)], rows) + "\n")
     if counts.get("skipped"):
         parts.append(skipped_note(measurements))
+    contended = sum(bool(m.contended) for m in measurements)
+    if contended:
+        parts.append(f"{contended} case(s) marked ! were contended: another process took CPU they asked for; "
+                     f"their times are not representative (compare never judges them)")
     parts.append(f"{len(measurements)} cases: {tail}")
     return "\n".join(parts)

@@ -9,7 +9,8 @@ metric, computed from the raw samples (harness.stats.ratio_ci for the median):
     improved      CI high < 1 / (1 + t)     (symmetric on a log scale: +10% and its inverse)
     unchanged     the whole CI inside [1 / (1 + t), 1 + t]
     inconclusive  the CI straddles a bound, or either side is flagged unreliable (IQR/median
-                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample
+                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample, or a
+                  regression/improvement was measured while either side was contended
 
 Before timing: a status change (ok -> crashed / wrong / ...) is its own verdict, and a regression
 when a case that was ok now fails; an accuracy check that passed and now fails is
@@ -239,6 +240,10 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
     flagged = [side for side, m in (("base", base), ("current", cur)) if m.noise == UNRELIABLE]
     if flagged and verdict != INCONCLUSIVE:
         notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
+        verdict = INCONCLUSIVE
+    contended = [side for side, m in (("base", base), ("current", cur)) if m.contended]
+    if contended and verdict in (REGRESSED, IMPROVED):
+        notes.append(f"{' and '.join(contended)} contended (did not get the CPU it asked for); would be {verdict}")
         verdict = INCONCLUSIVE
 
     # memory and other "growth" metrics: deterministic enough that the threshold alone decides,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.report.groups import NOISE_MARK, NOISE_NOTE, make_groups, num
+from harness.report.groups import NOISE_NOTE, make_groups, num
 from harness.report.render import Report, Section, Table, render_html, render_markdown
 from harness.results.metrics import error_metrics
 from harness.results.rows import Row, read_rows
@@ -69,6 +69,17 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
     calibration = info.get("calibration") if isinstance(info.get("calibration"), dict) else {}
     sections = [environment_section(run_dir, info, rows)]
     sections.append(_overview(rows, baseline))
+    bad = calibration_disagrees(calibration)
+    if bad:
+        sections[-1].paragraphs.append(
+            f"Warning: the matmul ceiling measured at the start and at the end of the run disagree beyond their "
+            f"spread ({', '.join(bad)}): the machine's speed changed during the run (load, clocks); compare "
+            f"its absolute times with care.")
+    contended = [r for r in rows if r.m.contended]
+    if contended:
+        sections[-1].paragraphs.append(
+            f"{len(contended)} case(s) did not get the CPU they asked for (contended: another process was busy); "
+            f"their times are marked ! and drawn hollow, and `compare` never judges them.")
     groups = make_groups(rows)
     if groups:
         from harness.report.plots import group_section, impl_styles
@@ -133,20 +144,41 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])
-    cal = info.get("calibration")
-    if isinstance(cal, dict) and cal:
-        for k, v in cal.items():
-            f = num(v)
-            out.append([f"calibration {k.removesuffix('_flops_per_s')} peak",
-                        f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
-    else:
-        out.append(["calibration peak", "not measured (no % of peak)"])
+    out.extend(_calibration_rows(info.get("calibration")))
     out.append(["results", str(run_dir)])
     sec = Section("Environment", tables=[Table("Where and what ran", ["", "value"], out, numeric=False)])
     if flat:
         sec.tables.append(Table("Full environment (run.json)", ["key", "value"],
                                 [[k, v] for k, v in flat.items()], numeric=False, html_only=True))
     return sec
+
+
+def _calibration_rows(cal) -> list[list[str]]:
+    """One row per measured ceiling: the max, and start/end when the run measured both."""
+    if not isinstance(cal, dict) or not cal:
+        return [["calibration peak", "not measured (no % of peak)"]]
+    rows = []
+    for key, v in cal.items():
+        if isinstance(v, dict):
+            peak = num(v.get("matmul_flops_per_s"))
+            parts = [f"{peak / 1e12:.3g} TFLOP/s" if peak else "not measured (no % of peak)"]
+            rates = [num((v.get(w) or {}).get("matmul_flops_per_s")) for w in ("start", "end")]
+            if all(rates):
+                parts.append(f"start {rates[0] / 1e12:.3g}, end {rates[1] / 1e12:.3g}")
+            if v.get("agree") is False:
+                parts.append("DISAGREE: the machine changed during the run")
+            errors = [str((v.get(w) or {}).get("error")) for w in ("start", "end") if (v.get(w) or {}).get("error")]
+            parts += errors
+            rows.append([f"matmul peak {key}", "; ".join(parts)])
+        else:  # older runs: {"cpu_matmul_flops_per_s": x}
+            f = num(v)
+            rows.append([f"calibration {key.removesuffix('_flops_per_s')} peak",
+                         f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
+    return rows
+
+
+def calibration_disagrees(cal) -> list[str]:
+    return [k for k, v in (cal or {}).items() if isinstance(v, dict) and v.get("agree") is False]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -198,7 +230,7 @@ def _overview(rows: list[Row], baseline: str) -> Section:
     else:
         sec.paragraphs.append(f"Speed-ups are relative to {baseline!r}: median time of {baseline} / median time "
                               "of the implementation (> 1 = faster than the baseline).")
-    if any(r["ok"] and r["noise"] in NOISE_MARK for r in rows):
+    if any(r.ok and r.mark for r in rows):
         sec.paragraphs.append(NOISE_NOTE)
     return sec
 

@@ -11,8 +11,8 @@ from harness.results.rows import Row
 GROUP_PARAMS = ("dtype", "device", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
                 "mask_fraction", "pass_kind", "threads", "workload", "kv_layout", "page_size")
 NOISE_MARK = {"noisy": "~", "unreliable": "~~"}
-NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%). "
-              "The plots draw those points as hollow markers.")
+NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%); ! contended (another "
+              "process took CPU the case asked for). The plots draw those points as hollow markers.")
 
 
 @dataclass

@@ -20,14 +20,14 @@ import re
 from dataclasses import dataclass
 
 from harness.report.fit import MIN_FIT_SIZES, fit_largest
-from harness.report.groups import NOISE_MARK, Group, num
+from harness.report.groups import Group, num
 from harness.report.render import Figure, Section, Table
 from harness.results.metrics import Metric, plotted_metrics
 from harness.results.rows import Row
 
 FIGSIZE_IN = (7.0, 4.5)
 DPI = 110
-NOISY_NOTE = "hollow marker: noisy timing (IQR/median ≥ 10%)"
+NOISY_NOTE = "hollow marker: noisy (IQR/median ≥ 10%) or contended timing"
 MAX_INSIDE_LEGEND = 5  # more implementations than this: the legend goes beside the axes
 
 
@@ -216,7 +216,7 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     ok_xs = sorted({x for (_, x), r in cells.items() if r.ok})
     sec.paragraphs.append(f"x-axis: {g.x_label}.")
     metrics = plotted_metrics()
-    ceilings = _ceilings(metrics, g.rows[0]["device"], calibration)
+    ceilings = _ceilings(metrics, g.rows[0].case, calibration)
     statuses = {r.status for r in cells.values()}
     if statuses == {"skipped"}:  # e.g. a CUDA grid on a CPU machine: one line, not a table of "skipped"
         reasons = sorted({str(r.message or "no reason given") for r in cells.values()})
@@ -232,7 +232,7 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
         for impl in impls:
             ok = [r if r is not None and r.ok else None for r in (cells.get((impl, x)) for x in xs)]
             values = {f: tuple(_display(r, f) for r in ok) for f in fields}
-            series.append(Series(impl, *styles[impl], tuple(xs), tuple(bool(r and r.noise in NOISE_MARK) for r in ok),
+            series.append(Series(impl, *styles[impl], tuple(xs), tuple(bool(r and r.mark) for r in ok),
                                  values))
         pngs = plot_group(series, metrics, title=f"{g.grid} · {g.label}", x_label=g.x_label, ceilings=ceilings)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{g.grid}-{g.label}").strip("-")[:48]
@@ -268,12 +268,15 @@ def _display(r: Row | None, field: str) -> float:
     return v * m.display_scale
 
 
-def _ceilings(metrics, device: str, calibration: dict) -> dict[str, float]:
-    """Measured ceilings (calibration in run.json) in each metric's display unit."""
+def _ceilings(metrics, case, calibration: dict) -> dict[str, float]:
+    """Measured ceilings (run.json calibration, for the group's device, dtype and threads) in
+    each metric's display unit."""
+    from harness.measure.calibrate import ceilings_of, lookup
+
     out = {}
     for m in metrics:
-        if m.ceiling:
-            c = num(calibration.get(m.ceiling.format(device=device)))
+        if m.ceiling == "matmul_flops_per_s":
+            c = num(lookup(ceilings_of(calibration), case))
             if c and c > 0:
                 out[m.field] = c / 1e12 if m.display_unit == "TFLOP/s" else c * m.display_scale
     return out
@@ -285,7 +288,7 @@ def _metric_cell(m: Metric, ceiling: float | None):
         if v is None:
             return "-"
         pct = f" ({v / ceiling * 100:.0f}%)" if ceiling else ""
-        mark = NOISE_MARK.get(r.noise, "") if m.kind in ("timing", "rate") else ""
+        mark = r.mark if m.kind in ("timing", "rate") else ""
         return _fmt(v) + pct + mark
 
     return cell
@@ -324,12 +327,12 @@ def _speedup_table(cells, impls, xs, baseline, head, sym, sec: Section) -> list[
             if r is None or b is None or not (r.ok and b.ok):
                 row.append("-" if r is None or r.ok else r.status)
                 continue
-            mark = "~" if (r.noise in NOISE_MARK or b.noise in NOISE_MARK) else ""
+            mark = "~" if (r.mark or b.mark) else ""
             row.append(f"{b['median_s'] / r['median_s']:.2f}×{mark}")
         rows.append(row)
     noisy = any(c.endswith("~") for row in rows for c in row[1:])
     return [Table(f"Speed-up vs {baseline} (× faster; > 1 = faster than {baseline}), by {sym}", head, rows,
-                  "~: the implementation's or the baseline's timing is noisy." if noisy else "")]
+                  "~: the implementation's or the baseline's timing is noisy or contended." if noisy else "")]
 
 
 def _fit_lines(g: Group, impls, cells, xs) -> list[str]:

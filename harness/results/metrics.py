@@ -82,7 +82,7 @@ METRICS: tuple[Metric, ...] = (
            band=("q1_s", "q3_s"), judge="samples", verdict=vocab.REGRESSED, console=True),
     Metric("tflops_per_s", "TFLOP/s", "Achieved TFLOP/s", "TFLOP/s", HIGHER, "rate", "TFLOP/s", 1.0,
            plot="throughput", plot_title="Achieved throughput vs sequence length (from the median time)",
-           ceiling="{device}_matmul_flops_per_s", ceiling_label="matmul peak", console=True),
+           ceiling="matmul_flops_per_s", ceiling_label="matmul peak", console=True),
     Metric("peak_bytes", "peak mem", "Peak memory above the inputs", "B", LOWER, "memory", "MiB", 2.0**-20,
            plot="memory", plot_title="Peak memory above the inputs vs sequence length", fit=True, log_y=True,
            judge="growth", verdict=vocab.REGRESSED_MEMORY, floor=64 * 2**10, console=True),

@@ -23,6 +23,8 @@ class Measurement:
     samples_s: tuple[float, ...] = ()
     calls_per_block: int = 0
     timing_stopped: str = ""  # "spread" or "max_time"
+    contended: bool = False  # the case did not get the CPU it asked for (harness.measure.contention)
+    contention: str = ""  # why, when contended
     stats: Stats | None = None  # summary of samples_s
     flops: int | None = None
     tflops_per_s: float | None = None

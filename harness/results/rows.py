@@ -45,6 +45,17 @@ class Row:
         return self.m.noise or ""
 
     @property
+    def contended(self) -> bool:
+        return bool(self.m.contended)
+
+    @property
+    def mark(self) -> str:
+        """What a report writes after the number: "!" contended, "~" noisy, "~~" unreliable."""
+        if self.m.contended:
+            return "!"
+        return {"noisy": "~", "unreliable": "~~"}.get(self.noise, "")
+
+    @property
     def ok(self) -> bool:
         """Ran OK with a usable median time."""
         return self.m.status == vocab.OK and (self.m.median_s or 0) > 0
