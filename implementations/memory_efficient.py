@@ -61,20 +61,21 @@ def _memory_model(case, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K) ->
         fwd += 2 * B * bk  # key-padding slice, negated
     if case.pass_kind == "forward":
         return out_bytes + fwd
-    # Backward (Algorithm 2): D = rowsum(dO∘O) and the float32 dQ accumulator for all rows; per key
-    # chunk the float32 dK / dV accumulators and their per-tile updates; per tile P, dP (dS in
-    # place), the scaled query chunk, the float32 dO chunk and dS·K; then dq, dk, dv themselves.
+    # Backward (Algorithm 2), read off the CPU allocator timeline: D = rowsum(dO∘O) and the float32
+    # dQ accumulator for all rows, the dk / dv outputs, per key chunk the float32 dK_j / dV_j
+    # accumulators (and float32 k / v chunks for half inputs), per tile the float32 query and dO
+    # chunks, lse / D rows, and P and dP (dS in place) -- the peak. At the end dq is cast from its
+    # accumulator for half inputs.
     kv_bytes = e * B * Hkv * case.seq_len_kv * D
-    bwd = 4 * B * Hq * case.seq_len_q + 4 * q_elems  # D, dQ accumulator
-    bwd += 2 * kv_bytes  # dk, dv outputs
-    bwd += 4 * kv_chunk  # dK_j, dV_j accumulators and one tile's update of each
-    bwd += 2 * 4 * rows * bk + 3 * 4 * rows * D + 8 * rows  # P, dP; q, dO, dS·K tiles; lse, D rows
+    common = 4 * B * Hq * case.seq_len_q + 4 * q_elems + 2 * kv_bytes  # D, dQ accumulator, dk, dv
+    loop = 2 * kv_chunk + 2 * 4 * rows * D + 8 * rows + 2 * 4 * rows * bk
     if e != 4:
-        bwd += 2 * kv_chunk + e * q_elems  # fp32 k / v chunks; dq cast from its accumulator
+        loop += 2 * kv_chunk
     if case.causal:
-        bwd += 2 * bq * bk
+        loop += 2 * bq * bk
     if case.mask != "none":
-        bwd += 2 * B * bk
+        loop += 2 * B * bk
+    bwd = common + max(loop, e * q_elems if e != 4 else 0)
     if case.pass_kind == "backward":  # the graph (out, lse) exists before the timed call
         return bwd
     # forward_backward: the output and log-sum-exp are kept while the backward runs
