@@ -188,7 +188,7 @@ def _params():
                 runs = [7, None] if tiled and dtype_name == "float32" else [7 if tiled else None]
                 for blocks in runs:
                     marks = []
-                    if name in INTERPRETED and (_interpreted_cost(cfg) > 24 or blocks is None or dtype_name != "float32"):
+                    if name in INTERPRETED and _interpreted_cost(cfg) > 24 and dtype_name != "float32":
                         marks = [pytest.mark.slow]
                     out.append(pytest.param(name, cfg, dtype_name, blocks, marks=marks,
                                             id=f"{name}-{cfg.id}-{dtype_name}-blocks{blocks or 'default'}"))
