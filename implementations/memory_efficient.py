@@ -102,15 +102,13 @@ def memory_efficient_attention(
     if query_chunk < 1 or key_chunk < 1:
         raise ValueError(f"query_chunk and key_chunk must be positive, got {query_chunk}, {key_chunk}")
     scale = default_scale(dims.head_dim, scale)
-    cfg = _Config(dims, Nk_minus_Nq(dims) if causal else None, scale, query_chunk, key_chunk)
+    # bottom-right causal: query i sees key j iff j <= i + offset, offset = Nk − Nq
+    offset = dims.seq_len_kv - dims.seq_len_q if causal else None
+    cfg = _Config(dims, offset, scale, query_chunk, key_chunk)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _MemoryEfficientAttention.apply(q, k, v, attn_mask, cfg)
     out, _ = _forward(q, k, v, attn_mask, cfg, want_lse=False)
     return out
-
-
-def Nk_minus_Nq(dims) -> int:
-    return dims.seq_len_kv - dims.seq_len_q  # bottom-right: query i sees key j iff j <= i + offset
 
 
 class _Config:
