@@ -278,3 +278,35 @@ def test_backward_support_is_declared(name, pass_kind):
         assert forward, f"{name} claims {pass_kind} but not forward: {forward.reason}"
     if name in DIFFERENTIABLE_CORE:
         assert support, f"{name} must support {pass_kind} on CPU: {support.reason}"
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_gradients_non_contiguous_and_1d_mask(name):
+    """Models hold (B, N, H, D) and transpose: q, k, v and the upstream gradient arrive as
+    non-contiguous views; the mask is 1-D (Nk,). float32 against the float64 reference."""
+    B, Hq, Hkv, Nq, Nk, D = 2, 4, 2, 21, 35, 16
+    case = Case(impl=name, batch=B, heads_q=Hq, heads_kv=Hkv, seq_len_q=Nq, seq_len_kv=Nk, head_dim=D,
+                dtype="float32", device="cpu", causal=True, mask="key_padding", mask_fraction=0.2,
+                pass_kind="backward")
+    support = registry.get(name).supports(case)
+    if not support:
+        pytest.skip(f"{name}: {support.reason}")
+    impl = registry.get(name)
+    gen = torch.Generator().manual_seed(21)
+    q0 = torch.randn(B, Nq, Hq, D, generator=gen)  # (B, Nq, Hq, D)
+    k0 = torch.randn(B, Nk, Hkv, D, generator=gen)  # (B, Nk, Hkv, D)
+    v0 = torch.randn(B, Nk, Hkv, D, generator=gen)  # (B, Nk, Hkv, D)
+    grad_out = torch.randn(B, Nq, Hq, D, generator=gen).transpose(1, 2)  # (B, Hq, Nq, D) view
+    mask = torch.rand(Nk, generator=gen) < 0.8  # (Nk,)
+    q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+    kw = {p: 7 for p in block_params(impl)}
+    out = impl.fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, attn_mask=mask, **kw)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q0, k0, v0))
+    cfg = GCfg("nc", B=B, Hq=Hq, Hkv=Hkv, Nq=Nq, Nk=Nk, D=D, causal=True)
+    ref_out = _reference_attention(q64.transpose(1, 2), k64.transpose(1, 2), v64.transpose(1, 2),
+                                   _visible(cfg, mask), 1.0 / math.sqrt(D))
+    refs = torch.autograd.grad(ref_out, (q64, k64, v64), grad_out.double())
+    for g, r, label in zip(grads, refs, ("dq", "dk", "dv")):
+        err = _rel_l2(g, r, grad_out)
+        assert err <= FP32_MAX_REL_L2, f"{name} non-contiguous {label}: relative L2 error {err:.3g}"
