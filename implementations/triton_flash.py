@@ -4,7 +4,9 @@ One program per (query block, batch·head): it keeps its query block, a running 
 sum l and a float32 accumulator on chip, streams the key/value blocks, and writes
 acc / l once. Causal attention is bottom-right aligned and stops at the last key block the query
 block can see; a boolean attn_mask is read through its strides (0 for broadcast dimensions).
-Rows that see no key give zeros. Plain pointer arithmetic (no block pointers) and one autotune
+Rows that see no key give zeros. Under autograd the forward also stores each row's log-sum-exp
+and implementations/triton_flash_backward.py supplies the FlashAttention-2 backward kernels.
+Plain pointer arithmetic (no block pointers) and one autotune
 config keep the kernel portable across Triton versions and backends.
 
 Where it runs: CUDA with triton installed; on the CPU only under TRITON_INTERPRET=1, Triton's
@@ -39,16 +41,27 @@ def _available(device: str) -> Support:
 
 
 def _supports(case) -> Support:
-    if case.pass_kind != "forward":
-        return no("triton_flash has no backward kernel")
     if case.head_dim > 256:
         return no(f"head_dim {case.head_dim} > 256 does not fit the kernel's on-chip tiles")
+    if case.pass_kind != "forward" and case.head_dim > 128:
+        return no(f"head_dim {case.head_dim} > 128: the backward kernels' tiles (K, V, dK, dV on chip) do not fit")
     return YES
 
 
 def _memory_model(case) -> int:
-    # The output only: the tiles live in registers / shared memory, masks are read as views.
-    return case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    """Bytes above the inputs: the tiles live in registers / shared memory, masks are read as
+    views. Forward: the output. Backward (triton_flash_backward): D = rowsum(dO∘O) in float32 and
+    dq, dk, dv; the forward of a training step also keeps the float32 log-sum-exp per row."""
+    e = case.element_bytes
+    out_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    if case.pass_kind == "forward":
+        return out_bytes
+    rows = 4 * case.batch * case.heads_q * case.seq_len_q  # one float32 per query row
+    kv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
+    bwd = rows + out_bytes + 2 * kv_bytes  # D; dq, dk, dv
+    if case.pass_kind == "backward":
+        return bwd
+    return out_bytes + rows + bwd  # forward_backward: out and lse stay alive through the backward
 
 
 @lru_cache(maxsize=None)
@@ -60,6 +73,7 @@ def _kernels():
     @triton.jit
     def fwd(
         Q, K, V, O, M,  # tensors; M is a uint8 view of the boolean mask (unused without HAS_MASK)
+        L,  # float32 (B, Hq, Nq) log-sum-exp in log2 units, written only when STORE_LSE
         sqb, sqh, sqm, sqd,  # q strides (B, Hq, Nq, D)
         skb, skh, skn, skd,  # k strides (B, Hkv, Nk, D)
         svb, svh, svn, svd,  # v strides
@@ -67,6 +81,7 @@ def _kernels():
         smb, smh, smm, smn,  # mask strides, 0 where it broadcasts
         Hq, group, Nq, Nk, D, qk_scale, causal_offset,
         HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+        STORE_LSE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         start_m = tl.program_id(0)
@@ -139,10 +154,14 @@ def _kernels():
         out = acc / l_safe[:, None]
         o_ptrs = O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        if STORE_LSE:  # for the backward (Dao 2023, Algorithm 1 line 13): L = m + log2(l), log2 units;
+            # +inf where no key is visible, so that P = exp2(S·scale·log2e − L) is 0 on those rows
+            lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe))  # (BLOCK_M,)
+            tl.store(L + bh * Nq + offs_m, lse, mask=row_ok)
 
     tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=NUM_WARPS, num_stages=NUM_STAGES)],
-        key=["Nq", "Nk", "D", "HAS_MASK", "CAUSAL"],
+        key=["Nq", "Nk", "D", "HAS_MASK", "CAUSAL", "STORE_LSE"],
     )(fwd)
     return triton, fwd, tuned
 
@@ -169,33 +188,56 @@ def triton_flash_attention(
     support = _available(str(q.device))
     if not support:
         raise RuntimeError(support.reason)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        from implementations.triton_flash_backward import attention_with_grad
+
+        return attention_with_grad(q, k, v, causal, attn_mask, scale, block_m, block_n)
+    return launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n)
+
+
+def kernel_mask(attn_mask, B: int, Hq: int, Nq: int, Nk: int):
+    """The boolean mask as a uint8 (B, Hq, Nq, Nk) view (stride 0 where it broadcasts) and its
+    strides; None and zero strides without a mask."""
+    mask = mask_4d(attn_mask)
+    if mask is None:
+        return None, (0, 0, 0, 0)
+    mask = mask.expand(B, Hq, Nq, Nk).view(torch.uint8)  # stride 0 where it broadcasts
+    return mask, mask.stride()
+
+
+def launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n, lse=None):
+    """Run the forward kernel; out (B, Hq, Nq, D). With lse (a float32 (B, Hq, Nq) tensor) it also
+    stores each row's log-sum-exp in log2 units for the backward."""
     triton, fwd, tuned = _kernels()
     B, Hq, Nq, D = q.shape
-    Nk = dims.seq_len_kv
+    Nk = k.shape[2]
+    group = Hq // k.shape[1]
     out = torch.empty_like(q)  # (B, Hq, Nq, D)
-    mask = mask_4d(attn_mask)
-    if mask is not None:
-        mask = mask.expand(B, Hq, Nq, Nk).view(torch.uint8)  # stride 0 where it broadcasts
-        mask_arg, mask_strides = mask, mask.stride()
-    else:
-        mask_arg, mask_strides = out, (0, 0, 0, 0)  # never read
+    mask, mask_strides = kernel_mask(attn_mask, B, Hq, Nq, Nk)
     args = (
-        q, k, v, out, mask_arg,
+        q, k, v, out, out if mask is None else mask, out if lse is None else lse,  # unused: never read
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        Hq, dims.group, Nq, Nk, D, default_scale(D, scale) * LOG2E, Nk - Nq,
+        Hq, group, Nq, Nk, D, default_scale(D, scale) * LOG2E, Nk - Nq,
     )
     flags = dict(
         HAS_MASK=mask is not None,
         CAUSAL=bool(causal),
         UPCAST=q.dtype == torch.bfloat16,  # bf16 tiles become float32 before tl.dot
         IEEE=q.dtype != torch.float16,  # float32 (and upcast bf16) dots in full precision, not TF32
+        STORE_LSE=lse is not None,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
     )
     if block_m is None and block_n is None:
         grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731
         tuned[grid](*args, **flags)
     else:
-        requested = (BLOCK_M if block_m is None else block_m, BLOCK_N if block_n is None else block_n)
-        bm, bn = (max(16, triton.next_power_of_2(b)) for b in requested)
+        bm, bn = tile_sizes(triton, block_m, block_n)
         fwd[(triton.cdiv(Nq, bm), B * Hq)](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, num_warps=NUM_WARPS)
     return out
+
+
+def tile_sizes(triton, block_m, block_n) -> tuple[int, int]:
+    """Requested block sizes (None = default) rounded up to powers of two >= 16."""
+    requested = (BLOCK_M if block_m is None else block_m, BLOCK_N if block_n is None else block_n)
+    bm, bn = (max(16, triton.next_power_of_2(b)) for b in requested)
+    return bm, bn
