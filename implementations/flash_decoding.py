@@ -34,9 +34,9 @@ from harness.registry import register_decode
 from implementations._common import LOG2E, compute_dtype, default_scale
 from implementations._decode import check_decode_args
 
-# Tokens per partition. Measured on a 2-core AMD EPYC (B=8, Hq=32, Hkv=8, D=128, KV=8192, fp32,
-# interleaved): 512 and 1024 within noise of each other; 256 pays more Python per token and
-# 4096 leaves too few partitions to balance two workers on small batches.
+# Tokens per partition. On a shared 2-core AMD EPYC (B=8, Hq=32, Hkv=8, D=128, KV=8192, fp32)
+# 256, 512 and 1024 were within the run-to-run noise (±25% under other load); 1024 keeps the
+# Python cost per token low and still gives 64 partitions to balance over the workers.
 PARTITION = 1024
 
 
@@ -76,13 +76,13 @@ class _Ctx:
     qg: torch.Tensor  # (B, Hkv, G·Nq, D), float32/64, pre-scaled by scale·log2(e)
     k_cache: torch.Tensor  # contiguous (B, Hkv, Nmax, D) | paged pool (num_pages, Hkv, ps, D)
     v_cache: torch.Tensor
-    k_pool_t: torch.Tensor | None  # paged: the pool viewed (Hkv, num_pages, ps, D)
-    v_pool_t: torch.Tensor | None
-    block_table: torch.Tensor | None  # (B, max_pages)
+    k_rows: torch.Tensor | None  # paged: the pool viewed (num_pages·Hkv, ps·D), one row per (page, head)
+    v_rows: torch.Tensor | None
+    row_idx: torch.Tensor | None  # (B, Hkv, max_pages) int64: pool row of (sequence, head, page)
     lens: list  # kv_lens on the host
     o_part: torch.Tensor  # (B, P, Hkv, G·Nq, D) partial outputs, unnormalised
-    m_part: torch.Tensor  # (B, P, Hkv, G·Nq, 1) partial row maxima (log2 units), −inf = unused
-    l_part: torch.Tensor  # (B, P, Hkv, G·Nq, 1) partial row sums
+    m_part: torch.Tensor  # (B, P, Hkv, 1, G·Nq) partial row maxima (log2 units), −inf = unused
+    l_part: torch.Tensor  # (B, P, Hkv, 1, G·Nq) partial row sums
     G: int
     Nq: int
     part: int
@@ -112,11 +112,13 @@ def _partition(ctx: _Ctx, scr: _Scratch, b: int, p: int) -> None:
     if ctx.ps:  # read this partition's pages through the block table, nothing else
         p0, p1 = j0 // ctx.ps, -(-j1 // ctx.ps)
         np_ = p1 - p0
-        idx = ctx.block_table[b, p0:p1]  # (np,)
-        kb = scr.pages[0, : Hkv * np_ * ctx.ps * D].view(Hkv, np_, ctx.ps, D)
-        vb = scr.pages[1, : Hkv * np_ * ctx.ps * D].view(Hkv, np_, ctx.ps, D)
-        torch.index_select(ctx.k_pool_t, 1, idx, out=kb)  # (Hkv, np, ps, D)
-        torch.index_select(ctx.v_pool_t, 1, idx, out=vb)
+        rows = ctx.row_idx[b, :, p0:p1].reshape(-1)  # (Hkv·np,) head-major: h·np + page
+        kb = scr.pages[0, : Hkv * np_ * ctx.ps * D].view(Hkv * np_, ctx.ps * D)
+        vb = scr.pages[1, : Hkv * np_ * ctx.ps * D].view(Hkv * np_, ctx.ps * D)
+        # one contiguous-row gather lands the pages head-major: (Hkv, np·ps, D) with no permute
+        # (index_select along dim 1 of a transposed pool view copies the whole pool on torch 2.13)
+        torch.index_select(ctx.k_rows, 0, rows, out=kb)  # (Hkv·np, ps·D)
+        torch.index_select(ctx.v_rows, 0, rows, out=vb)
         k = kb.view(Hkv, np_ * ctx.ps, D)[:, :n]  # (Hkv, n, D)
         v = vb.view(Hkv, np_ * ctx.ps, D)[:, :n]
     else:
@@ -125,24 +127,26 @@ def _partition(ctx: _Ctx, scr: _Scratch, b: int, p: int) -> None:
     if scr.kv32 is not None:  # low precision: float32 copies so both matmuls accumulate in fp32
         k = scr.kv32[0, : Hkv * n * D].view(Hkv, n, D).copy_(k)
         v = scr.kv32[1, : Hkv * n * D].view(Hkv, n, D).copy_(v)
-    s = scr.s[: Hkv * GN * n].view(Hkv, GN, n)  # (Hkv, G·Nq, n)
-    torch.bmm(ctx.qg[b], k.transpose(1, 2), out=s)  # scores · scale · log2(e)
-    m = ctx.m_part[b, p]  # (Hkv, G·Nq, 1)
+    # Scores as K·qᵀ, (Hkv, n, G·Nq): the cache is the streamed row-major operand, which BLAS
+    # runs about 2x faster than q·Kᵀ for G·Nq ≈ 4 rows (measured, 1 thread, fp32).
+    s = scr.s[: Hkv * n * GN].view(Hkv, n, GN)  # (Hkv, n, G·Nq)
+    torch.bmm(k, ctx.qg[b].transpose(1, 2), out=s)  # scores · scale · log2(e)
+    m = ctx.m_part[b, p]  # (Hkv, 1, G·Nq)
     last = L - ctx.Nq  # query i sees key j iff j <= i + last
     if j1 - 1 > last:  # the partition holds keys some queries may not see yet
-        i = torch.arange(ctx.Nq, device=s.device).view(ctx.Nq, 1)  # (Nq, 1)
-        j = torch.arange(j0, j1, device=s.device).view(1, n)  # (1, n)
-        s.view(Hkv, ctx.G, ctx.Nq, n).masked_fill_(j > i + last, float("-inf"))
-        torch.amax(s, dim=-1, keepdim=True, out=m)
+        i = torch.arange(ctx.Nq, device=s.device).view(1, 1, ctx.Nq)  # (1, 1, Nq)
+        j = torch.arange(j0, j1, device=s.device).view(n, 1, 1)  # (n, 1, 1)
+        s.view(Hkv, n, ctx.G, ctx.Nq).masked_fill_(j > i + last, float("-inf"))
+        torch.amax(s, dim=1, keepdim=True, out=m)
         # a row that sees no key of this partition keeps m = −inf (weight 0 in the merge); shift
         # it by the lowest finite value so its probabilities are 0, not NaN
         s.sub_(m.clamp_min(torch.finfo(s.dtype).min))
     else:
-        torch.amax(s, dim=-1, keepdim=True, out=m)
+        torch.amax(s, dim=1, keepdim=True, out=m)
         s.sub_(m)
     s.exp2_()  # p = 2^(s − m)
-    torch.sum(s, dim=-1, keepdim=True, out=ctx.l_part[b, p])
-    torch.bmm(s, v, out=ctx.o_part[b, p])  # (Hkv, G·Nq, D)
+    torch.sum(s, dim=1, keepdim=True, out=ctx.l_part[b, p])  # (Hkv, 1, G·Nq)
+    torch.bmm(s.transpose(1, 2), v, out=ctx.o_part[b, p])  # (Hkv, G·Nq, D)
 
 
 @register_decode(
@@ -174,13 +178,13 @@ def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None
         qg=(q.reshape(B, Hkv, GN, D).to(acc) * c).contiguous(),  # (B, Hkv, G·Nq, D), a copy
         k_cache=k_cache,
         v_cache=v_cache,
-        k_pool_t=k_cache.transpose(0, 1) if dims.paged else None,  # (Hkv, num_pages, ps, D) view
-        v_pool_t=v_cache.transpose(0, 1) if dims.paged else None,
-        block_table=block_table,
+        k_rows=k_cache.reshape(-1, dims.page_size * D) if dims.paged else None,  # (pages·Hkv, ps·D)
+        v_rows=v_cache.reshape(-1, dims.page_size * D) if dims.paged else None,
+        row_idx=_row_index(block_table, Hkv) if dims.paged else None,  # (B, Hkv, max_pages)
         lens=lens,
         o_part=torch.zeros(B, P, Hkv, GN, D, **opts),  # (B, P, Hkv, G·Nq, D)
-        m_part=torch.full((B, P, Hkv, GN, 1), float("-inf"), **opts),  # (B, P, Hkv, G·Nq, 1)
-        l_part=torch.zeros(B, P, Hkv, GN, 1, **opts),  # (B, P, Hkv, G·Nq, 1)
+        m_part=torch.full((B, P, Hkv, 1, GN), float("-inf"), **opts),  # (B, P, Hkv, 1, G·Nq)
+        l_part=torch.zeros(B, P, Hkv, 1, GN, **opts),  # (B, P, Hkv, 1, G·Nq)
         G=G,
         Nq=Nq,
         part=part,
@@ -209,11 +213,19 @@ def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None
 
         _pool(torch.get_num_threads()).run([lambda s=s: worker(s) for s in scratch])
     # Merge the partitions by log-sum-exp; unused ones have m = −inf, hence weight 0.
-    big_m = ctx.m_part.amax(dim=1, keepdim=True)  # (B, 1, Hkv, G·Nq, 1), finite: every row sees a key
-    w = torch.exp2(ctx.m_part - big_m)  # (B, P, Hkv, G·Nq, 1)
+    big_m = ctx.m_part.amax(dim=1, keepdim=True)  # (B, 1, Hkv, 1, G·Nq), finite: every row sees a key
+    w = torch.exp2(ctx.m_part - big_m).transpose(-1, -2)  # (B, P, Hkv, G·Nq, 1)
     num = (ctx.o_part * w).sum(dim=1)  # (B, Hkv, G·Nq, D)
-    den = (ctx.l_part * w).sum(dim=1)  # (B, Hkv, G·Nq, 1)
+    den = (ctx.l_part.transpose(-1, -2) * w).sum(dim=1)  # (B, Hkv, G·Nq, 1)
     return (num / den).view(B, Hq, Nq, D).to(q.dtype)  # (B, Hq, Nq, D)
+
+
+def _row_index(block_table, Hkv: int):
+    """(B, Hkv, max_pages) int64: row page·Hkv + h of the pool viewed (num_pages·Hkv, ps·D);
+    unused entries (-1) point at row 0 and are never read."""
+    pages = block_table.long().clamp_min(0).unsqueeze(1)  # (B, 1, P)
+    heads = torch.arange(Hkv, device=block_table.device).view(1, Hkv, 1)  # (1, Hkv, 1)
+    return pages * Hkv + heads  # (B, Hkv, P)
 
 
 class _WorkerPool:
