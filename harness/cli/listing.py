@@ -33,6 +33,8 @@ def cmd_list(args) -> int:
                 "source": impl.source,
                 "available": here,
                 "params": impl.params,
+                "workloads": list(impl.workloads),
+                "kv_layouts": list(impl.decode.layouts) if impl.decode else [],
             }
         )
     broken = registry.broken_plugins()
@@ -48,9 +50,10 @@ def cmd_list(args) -> int:
 
     print(
         table(
-            ["name", "devices", "dtypes", "available here", "description"],
+            ["name", "workloads", "devices", "dtypes", "available here", "description"],
             [
-                [r["name"], ",".join(r["devices"]), ",".join(d.replace("float", "f") for d in r["dtypes"]),
+                [r["name"], ",".join(r["workloads"]) + (f" ({','.join(r['kv_layouts'])})" if r["kv_layouts"] else ""),
+                 ",".join(r["devices"]), ",".join(d.replace("float", "f") for d in r["dtypes"]),
                  here(r), r["description"] + ("" if r["source"] == "builtin" else f" [{r['source']}]")]
                 for r in rows
             ],
