@@ -296,9 +296,8 @@ def check_memory(outdir: Path) -> None:
         return
     from harness import registry
     from harness.case import Case
-    from harness.measure.inputs import make_inputs
+    from harness.measure.core import build_callable, prepare
     from harness.measure.memory import measure_peak_bytes
-    from harness.run.worker import build_callable
 
     impl = registry.get("naive")
     worst = []
@@ -306,7 +305,7 @@ def check_memory(outdir: Path) -> None:
         case = Case("naive", batch=2, heads_q=8, heads_kv=8, seq_len_q=n, seq_len_kv=n, head_dim=64,
                     dtype=dtype, device="cuda")
         predicted = impl.predicted_peak_bytes(case)
-        measured = measure_peak_bytes(build_callable(impl, make_inputs(case, 0), case), "cuda")
+        measured = measure_peak_bytes(build_callable(impl, prepare(case, 0), case), "cuda")
         ratio = measured / predicted
         worst.append(f"N={n} {dtype}: measured {measured / 2**20:.1f} MiB / predicted {predicted / 2**20:.1f} MiB "
                      f"= {ratio:.3f}")

@@ -49,10 +49,9 @@ def main(argv=None) -> int:
 
     from harness import registry
     from harness.case import Case
-    from harness.measure.inputs import make_inputs
     from harness.scenario.load import load_scenario
     from harness.measure.case_measure import measure_case
-    from harness.measure.core import build_callable
+    from harness.measure.core import build_callable, prepare
 
     scenario = load_scenario(args.scenario)
     budget = scenario.budget
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     for impl_name, n in CASES:
         case = Case(impl=impl_name, batch=1, heads_q=8, heads_kv=8, seq_len_q=n, seq_len_kv=n,
                     head_dim=64, dtype="float32", device="cpu")
-        fn = build_callable(registry.get(impl_name), make_inputs(case, scenario.seed), case)
+        fn = build_callable(registry.get(impl_name), prepare(case, scenario.seed), case)
         ratios = []
         for _ in range(args.reps):
             m = measure_case(case, budget, scenario.seed)

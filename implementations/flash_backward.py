@@ -25,12 +25,12 @@ from __future__ import annotations
 import torch
 
 from implementations._common import LOG2E, compute_dtype, default_scale, grouped_mask
-from implementations.flash import (
+from implementations.flash_forward import (
     _causal_band,
     _hide_,
-    _memory_model as _forward_memory_model,
     _workers_for,
     flash_forward,
+    forward_memory_model,
     mask_bias_numel,
     run_parallel,
 )
@@ -211,7 +211,7 @@ def backward_memory_model(case, block_q: int, block_k: int) -> int:
     if case.pass_kind == "backward":
         return backward
     saved = eb * B * Hq * Nq * D + 4 * B * Hq * Nq  # out and lse2, held from forward to backward
-    forward_scratch = _forward_memory_model(case.replace(pass_kind="forward"), block_q, block_k)
+    forward_scratch = forward_memory_model(case.replace(pass_kind="forward"), block_q, block_k)
     forward_scratch -= eb * B * Hq * Nq * D  # out, counted in saved
     return saved + max(forward_scratch, backward)
 

@@ -20,6 +20,7 @@ import torch
 from harness import registry
 from harness.case import Case
 from implementations import flash as flash_mod
+from implementations import flash_forward as fwd_mod
 from implementations import flash_backward as bwd_mod
 
 flash = flash_mod.flash_attention
@@ -231,7 +232,7 @@ def test_nothing_of_a_call_survives_it(threads, monkeypatch):
 
         return Recorded
 
-    monkeypatch.setattr(flash_mod, "_Scratch", recording(flash_mod._Scratch))
+    monkeypatch.setattr(fwd_mod, "_Scratch", recording(fwd_mod._Scratch))
     monkeypatch.setattr(bwd_mod, "_BwdScratch", recording(bwd_mod._BwdScratch))
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 100, 16, generator=gen) for _ in range(3))

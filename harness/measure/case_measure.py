@@ -47,7 +47,13 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         partial.update(acc.fields())
         if acc.wrong:
             return _done(case, vocab.WRONG, acc.wrong, started, partial)
-        fn = core.build_callable(impl, prepared.inputs, case)
+        grad_metrics = {}
+        if case.pass_kind != "forward":
+            gc = core.check_impl_grads(impl, prepared, case)
+            grad_metrics = gc.metrics
+            if gc.wrong:
+                return _done(case, vocab.WRONG, gc.wrong, started, {**partial, "metrics": grad_metrics})
+        fn = core.build_callable(impl, prepared, case)
         partial["peak_bytes"] = memory.measure_peak_bytes(fn, case.device)
         last = guards.LastOutput(fn)
         t, contention = _time(last, case, budget)
@@ -55,7 +61,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         n_flops = flops.attention_flops(case)
         rate = flops.tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
-        metrics = contention.metrics() if contention else {}
+        metrics = {**grad_metrics, **(contention.metrics() if contention else {})}
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),

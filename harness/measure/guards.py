@@ -61,6 +61,12 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
         acc = core.check_output(last.value, prepared, case.dtype)
         if acc.wrong:
             return f"the last timed call's output is wrong: {acc.wrong}"
+    elif last.value is not None:  # training passes return (dq, dk, dv)
+        from harness.measure.grad_reference import check_grads
+
+        gc = check_grads(last.value, prepared.ref_grads, prepared.naive_grads, case.dtype)
+        if gc.wrong:
+            return f"the last timed call's gradients are wrong: {gc.wrong}"
     last.value = None
     fresh = core.prepare(case, seed + 1_000_003)  # other values, same shape and mask
     acc = core.check_impl(impl, fresh, case)

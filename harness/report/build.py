@@ -237,8 +237,8 @@ def _overview(rows: list[Row], baseline: str) -> Section:
 
 def _errors_section(rows: list[Row]) -> Section:
     sec = Section("Numerical error vs the float64 reference")
-    shown = error_metrics()
-    checked = [r for r in rows if r["error_passed"] is not None or any(r[x.field] is not None for x in shown)]
+    checked = [r for r in rows if r["error_passed"] is not None or any(r[x.field] is not None for x in error_metrics())]
+    shown = [x for x in error_metrics() if any(r[x.field] is not None for r in checked)]  # e.g. gradients
     if not checked:
         sec.paragraphs.append("No case recorded an error measurement.")
         return sec
@@ -248,8 +248,8 @@ def _errors_section(rows: list[Row]) -> Section:
     out = []
     for (impl, dtype), rs in by.items():
         worst = [max((r[x.field] for r in rs if r[x.field] is not None), default=None) for x in shown]
-        passed = sum(r["error_passed"] is True for r in rs)
-        failed = sum(r["error_passed"] is False for r in rs)
+        passed = sum(r["error_passed"] is True and r["grad_error_passed"] is not False for r in rs)
+        failed = sum(r["error_passed"] is False or r["grad_error_passed"] is False for r in rs)
         out.append([impl, dtype, str(len(rs)), *(x.human(w) for x, w in zip(shown, worst)),
                     str(passed), str(failed), str(len(rs) - passed - failed)])
     rules = sorted({r.m.error_rule for r in checked if r.m.error_rule})

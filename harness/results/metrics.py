@@ -93,6 +93,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("error_passed", "error check", "error check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),
+    # training passes (harness/measure/grad_reference.py): every gradient checked whole
+    *(Metric(f"{g}_{e}_error", f"{g} {lab}", f"{g} {title}", "", LOWER, "error", spec=".2e")
+      for g in ("dq", "dk", "dv") for e, lab, title in (("max_abs", "max err", "max abs error"),
+                                                         ("rel_l2", "rel L2", "max rel L2 error"))),
+    Metric("grad_error_passed", "grad check", "gradient check passed", "", None, "error", judge="pass",
+           verdict=vocab.REGRESSED_ERROR),
+    # contention around the timed region (harness/measure/contention.py)
+    Metric("cpu_share", "CPU share", "own CPU time / (wall × threads)", "", HIGHER, "info", spec=".2f"),
+    Metric("others_cores", "others' CPUs", "CPUs used by other processes while timed", "CPU", LOWER, "info",
+           spec=".2f"),
+    Metric("steal_share", "steal", "CPU time stolen by the hypervisor", "", LOWER, "info", spec=".1%"),
 )
 
 BY_FIELD = {m.field: m for m in METRICS}

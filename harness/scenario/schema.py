@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from harness.case import DEVICES, DTYPES, KV_LAYOUTS, MASK_KINDS, PASS_KINDS, WORKLOADS, Budget
+from harness.case import DEVICES, DTYPES, KV_LAYOUTS, MASK_KINDS, PASS_KINDS, Budget
 
 
 class ScenarioError(ValueError):
