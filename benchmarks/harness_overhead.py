@@ -3,7 +3,7 @@
     python benchmarks/harness_overhead.py [--reps 7] [--scenario default]
 
 For a few cases of the scenario's budget, in one process, alternating `--reps` times:
-- harness: harness.worker.measure_case (what `attnbench run` records: inputs, accuracy check,
+- harness: harness.measure.case_measure.measure_case (what `attnbench run` records: inputs, accuracy check,
   memory pass, adaptive timing) -> the reported median;
 - plain: the same callable timed call by call with time.perf_counter for as long as the harness
   timed -> the median per-call time.
@@ -45,31 +45,31 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default="default", help="whose budget to use (default: default)")
     args = ap.parse_args(argv)
 
-    import dataclasses
+
 
     from harness import registry
     from harness.case import Case
-    from harness.measure.inputs import make_inputs
     from harness.scenario.load import load_scenario
-    from harness.run.worker import build_callable, measure_case
+    from harness.measure.case_measure import measure_case
+    from harness.measure.core import build_callable, prepare
 
     scenario = load_scenario(args.scenario)
-    budget = dataclasses.asdict(scenario.budget)
+    budget = scenario.budget
     print(f"budget of {scenario.name}: {budget}")
     failed = []
     for impl_name, n in CASES:
         case = Case(impl=impl_name, batch=1, heads_q=8, heads_kv=8, seq_len_q=n, seq_len_kv=n,
                     head_dim=64, dtype="float32", device="cpu")
-        fn = build_callable(registry.get(impl_name), make_inputs(case, scenario.seed), case)
+        fn = build_callable(registry.get(impl_name), prepare(case, scenario.seed), case)
         ratios = []
         for _ in range(args.reps):
             m = measure_case(case, budget, scenario.seed)
             if m.status != "ok":
                 print(f"{impl_name} N={n}: {m.status}: {m.message}")
                 return 1
-            harness_s = m.stats["median_s"]
+            harness_s = m.median_s
             timed_s = sum(m.samples_s) * m.calls_per_block
-            plain_s = plain_loop_median_s(fn, max(timed_s, budget["min_time_s"]))
+            plain_s = plain_loop_median_s(fn, max(timed_s, budget.min_time_s))
             ratios.append(harness_s / plain_s)
         med = statistics.median(ratios)
         ok = abs(med - 1) <= TARGET

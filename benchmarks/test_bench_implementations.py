@@ -12,6 +12,9 @@ up; then benchmark.pedantic with a warm-up round and as many rounds as fit ROUND
 The last test checks the targets on the results of this same run, at N = 4096:
 - flash throughput >= 0.8x sdpa's (time <= 1.25x) and >= 2.5x naive's;
 - peak extra memory of flash and of memory_efficient <= 2% of naive's.
+test_flash_causal_targets checks, with 2 threads and ratios of interleaved pairs in one run: flash
+causal time <= 0.75x flash non-causal at N = 1024 and 4096, and flash causal throughput >= 0.9x
+sdpa causal at N = 4096.
 Absolute times on a shared machine drift 10-50% from one test to the next, while ratios of
 interleaved runs drift a few percent (DESIGN.md, "Noise"). So each time ratio is taken from the two
 benchmarks' medians and, only when that misses the target, confirmed by re-measuring the two in
@@ -151,5 +154,54 @@ def test_targets_met_at_4096():
         if fraction > MEMORY_MAX_FRACTION_OF_NAIVE:
             failures.append(f"{name} peaks at {fraction:.2%} of naive's memory (> {MEMORY_MAX_FRACTION_OF_NAIVE:.0%})")
 
+    print("\n".join(report))
+    assert not failures, "; ".join(failures) + "\n" + "\n".join(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# flash causal targets (B=1 H=8 D=64 fp32, 2 threads), measured side by side in this test: causal
+# must cost <= 0.75x non-causal flash at N = 1024 and 4096 (it does about half the work), and
+# causal flash must reach >= 0.9x causal sdpa's throughput at N = 4096. Each ratio is the median
+# of interleaved pairs (order alternating), so machine-wide drift cancels.
+
+CAUSAL_THREADS = 2
+CAUSAL_VS_FULL_MAX_TIME = 0.75  # flash causal time / flash non-causal time
+CAUSAL_VS_SDPA_MIN_THROUGHPUT = 0.9  # sdpa causal time / flash causal time, at N = 4096
+CAUSAL_PAIRS = {1024: 21, 4096: 7}
+
+
+def _fn_call(name: str, n: int, causal: bool):
+    impl = registry.get(name)
+    case = Case(impl=name, batch=1, heads_q=8, heads_kv=8, seq_len_q=n, seq_len_kv=n, head_dim=64, causal=causal)
+    inputs = make_inputs(case, SEED)  # seeded standard normals
+    kwargs = inputs.call_kwargs()
+
+    def forward():
+        with torch.no_grad():
+            return impl.fn(inputs.q, inputs.k, inputs.v, **kwargs)
+
+    return forward
+
+
+@pytest.mark.parametrize("n", SEQ_LENS, ids=[f"n{n}" for n in SEQ_LENS])
+def test_flash_causal_targets(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(CAUSAL_THREADS)
+    try:
+        causal, full = _fn_call("flash", n, True), _fn_call("flash", n, False)
+        pairs = _interleaved_ratio(causal, full, CAUSAL_PAIRS[n])
+        vs_full = statistics.median(pairs)
+        report = [f"N={n}, threads={CAUSAL_THREADS}: flash causal / non-causal time: median {vs_full:.3f} "
+                  f"(target <= {CAUSAL_VS_FULL_MAX_TIME}; pairs {', '.join(f'{r:.2f}' for r in pairs)})"]
+        failures = [] if vs_full <= CAUSAL_VS_FULL_MAX_TIME else [f"causal/non-causal {vs_full:.3f}"]
+        if n == TARGET_N:
+            pairs = _interleaved_ratio(_fn_call("sdpa", n, True), causal, CAUSAL_PAIRS[n])
+            thr = statistics.median(pairs)
+            report.append(f"N={n}: flash causal throughput / sdpa causal: median {thr:.3f} "
+                          f"(target >= {CAUSAL_VS_SDPA_MIN_THROUGHPUT}; pairs {', '.join(f'{r:.2f}' for r in pairs)})")
+            if thr < CAUSAL_VS_SDPA_MIN_THROUGHPUT:
+                failures.append(f"flash causal at {thr:.3f}x sdpa causal throughput")
+    finally:
+        torch.set_num_threads(before)
     print("\n".join(report))
     assert not failures, "; ".join(failures) + "\n" + "\n".join(report)

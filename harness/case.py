@@ -134,3 +134,21 @@ def _kv_label(kv_lens: tuple[int, ...]) -> str:
         return f"kv{kv_lens[0]}"
     digest = hashlib.sha1(",".join(map(str, kv_lens)).encode()).hexdigest()[:6]
     return f"kv{min(kv_lens)}..{max(kv_lens)}#{digest}"
+
+
+def case_shape(case: Case) -> str:
+    """`b1 h8 n1024 d64 float32 cpu causal`: a case's parameters in one short line."""
+    heads = f"h{case.heads_q}" if case.heads_q == case.heads_kv else f"h{case.heads_q}/{case.heads_kv}"
+    n = f"n{case.seq_len_q}" if not case.is_cross else f"n{case.seq_len_q}x{case.seq_len_kv}"
+    bits = [f"b{case.batch}", heads, n, f"d{case.head_dim}", case.dtype, case.device]
+    if case.causal:
+        bits.append("causal")
+    if case.mask != "none":
+        bits.append(f"pad{case.mask_fraction:g}")
+    if case.pass_kind != "forward":
+        bits.append(case.pass_kind)
+    if case.threads:
+        bits.append(f"t{case.threads}")
+    if case.is_decode:
+        bits.append(f"decode {case.kv_layout}" + (f"/{case.page_size}" if case.kv_layout == "paged" else ""))
+    return " ".join(bits)

@@ -13,9 +13,10 @@ OOM = "oom"  # ran out of memory
 ERROR = "error"  # raised an exception
 TIMEOUT = "timeout"  # no result within case_timeout_s; its worker was killed
 CRASHED = "crashed"  # its worker process died (segfault, abort, exit)
+SUSPECT = "suspect"  # faster than the measured ceilings allow: the work cannot have been done
 
-STATUSES = (OK, SKIPPED, WRONG, OOM, ERROR, TIMEOUT, CRASHED)
-FAILED_STATUSES = (WRONG, OOM, ERROR, TIMEOUT, CRASHED)
+STATUSES = (OK, SKIPPED, WRONG, OOM, ERROR, TIMEOUT, CRASHED, SUSPECT)
+FAILED_STATUSES = (WRONG, OOM, ERROR, TIMEOUT, CRASHED, SUSPECT)
 
 # ------------------------------------------------------------------ verdicts
 UNCHANGED = "unchanged"

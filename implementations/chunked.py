@@ -3,13 +3,19 @@
 Each chunk of queries takes a full softmax over every key it may see, so peak memory is
 O(chunk · Nk) instead of O(Nq · Nk) -- the simplest memory saving, used for example by
 xformers' and diffusers' "sliced attention". Keys hidden from a whole chunk by causality
-(bottom-right aligned) are not computed at all. Built from out-of-place ops (plus in-place ones
-autograd allows), so it is differentiable like naive.
+(bottom-right aligned) are not computed at all.
+
+Backward: plain autograd, one query chunk at a time under torch.utils.checkpoint. What the forward
+stores for the backward is only references to q, k, v (and the boolean visibility of each chunk,
+(nb, nk) when causal, a view of attn_mask otherwise) -- no scores or probabilities. The backward
+recomputes one chunk's scores and softmax and runs autograd through them, so it too holds
+O(chunk · Nk): about four chunk-sized float32 matrices at a time, plus dq, dk, dv.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register
 from implementations._common import (
@@ -41,7 +47,21 @@ def _memory_model(case, block_q: int = BLOCK_Q) -> int:
         chunk += 2 * case.batch * nk  # key-padding slice, negated
     if case.heads_q != case.heads_kv:
         chunk += e * rows * case.head_dim  # grouped copy of the query chunk
-    return out_bytes + chunk
+    if case.pass_kind == "forward":
+        return out_bytes + chunk
+    # Backward (read off the CPU allocator timeline): autograd's copy of the upstream gradient for
+    # the chunk writes into out, the dq accumulator and the full-size dq of one chunk's slice, the
+    # dk / dv accumulators, and one recomputed chunk: its probabilities plus the gradients of the
+    # probabilities, the softmax and the scaled scores -- about four float32 chunk matrices at the
+    # peak (for half inputs too: their half-precision copies are freed by then); the grouped query
+    # chunk for GQA. Checked within ~10% of the measured peak (fp32 / fp16 / bf16, GQA, causal).
+    kv_bytes = e * case.batch * case.heads_kv * nk * case.head_dim
+    bwd = 2 * out_bytes + 2 * kv_bytes + 4 * 4 * rows * nk
+    if case.heads_q != case.heads_kv:
+        bwd += e * rows * case.head_dim
+    if case.pass_kind == "backward":
+        return bwd
+    return out_bytes + max(chunk, bwd)  # forward_backward: the output is alive during the backward
 
 
 @register(
@@ -62,35 +82,51 @@ def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, bloc
     acc = compute_dtype(q.dtype)
     offset = Nk - Nq if causal else None  # bottom-right: query i sees key j iff j <= i + offset
     mask5 = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk) or None
-    # Hidden scores get the lowest finite value rather than −inf: a row with no visible key then
-    # has a finite (uniform) softmax instead of NaN, and its output is zeroed below; the gradient
-    # through such a row stays finite too. Visible keys beat it by far, so exp() of it is 0.
-    lowest = torch.finfo(acc).min
 
     q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
     kT = k.transpose(-1, -2)  # (B, Hkv, D, Nk)
     out = torch.empty_like(q)  # (B, Hq, Nq, D)
     out5 = out.view(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
+    # With a gradient to compute, each chunk runs under activation checkpointing (Chen et al. 2016,
+    # "Training Deep Nets with Sublinear Memory Cost"): the forward keeps no score matrix, and the
+    # backward recomputes one chunk's scores and probabilities at a time.
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     for i0 in range(0, Nq, block_q):
         i1 = min(i0 + block_q, Nq)
-        nb = i1 - i0
         k_stop = Nk if offset is None else max(0, min(Nk, i1 + offset))  # keys the chunk may see
         if k_stop == 0:  # causality hides every key from this chunk
             out5[:, :, :, i0:i1] = 0
             continue
-        qc = q5[:, :, :, i0:i1].reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D); copies if G > 1
-        scores = torch.matmul(qc, kT[..., :k_stop]).to(acc)  # (B, Hkv, G·nb, k_stop)
-        scores = scores.view(B, Hkv, G, nb, k_stop).mul_(scale)  # (B, Hkv, G, nb, k_stop)
         visible = tile_visible(mask5, offset, i0, i1, 0, k_stop, q.device)  # broadcastable or None
-        if visible is not None:
-            scores.masked_fill_(visible.logical_not(), lowest)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, Hkv, G, nb, k_stop)
-        del scores
-        chunk = torch.matmul(probs.view(B, Hkv, G * nb, k_stop), v[:, :, :k_stop])  # (B, Hkv, G·nb, D)
-        del probs  # free before the next chunk's scores are allocated
-        chunk = chunk.view(B, Hkv, G, nb, D)  # (B, Hkv, G, nb, D)
-        if visible is not None:
-            has_key = visible.any(dim=-1, keepdim=True)  # (b, hkv, g, nb, 1), broadcastable
-            chunk = chunk.masked_fill(has_key.logical_not(), 0.0)
+        args = (q5[:, :, :, i0:i1], kT[..., :k_stop], v[:, :, :k_stop], visible, scale, acc)
+        if grad:
+            chunk = checkpoint(_chunk, *args, use_reentrant=False)  # (B, Hkv, G, nb, D)
+        else:
+            chunk = _chunk(*args)  # (B, Hkv, G, nb, D)
         out5[:, :, :, i0:i1] = chunk
     return out
+
+
+def _chunk(qc5, kT, v, visible, scale: float, acc: torch.dtype) -> torch.Tensor:
+    """One query chunk against the keys it may see: (B, Hkv, G, nb, D) -> (B, Hkv, G, nb, D).
+    kT (B, Hkv, D, nk), v (B, Hkv, nk, D); visible broadcastable to (B, Hkv, G, nb, nk) or None."""
+    B, Hkv, G, nb, D = qc5.shape
+    nk = kT.shape[-1]
+    # Hidden scores get the lowest finite value rather than −inf: a row with no visible key then
+    # has a finite (uniform) softmax instead of NaN, and its output is zeroed below; the gradient
+    # through such a row is zero (its upstream gradient is zeroed). Visible keys beat it by far.
+    lowest = torch.finfo(acc).min
+    qc = qc5.reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D); copies if G > 1
+    scores = torch.matmul(qc, kT).to(acc)  # (B, Hkv, G·nb, nk)
+    scores = scores.view(B, Hkv, G, nb, nk).mul_(scale)  # (B, Hkv, G, nb, nk)
+    if visible is not None:
+        scores.masked_fill_(visible.logical_not(), lowest)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, Hkv, G, nb, nk)
+    del scores
+    chunk = torch.matmul(probs.view(B, Hkv, G * nb, nk), v)  # (B, Hkv, G·nb, D)
+    del probs  # free before the next chunk's scores are allocated
+    chunk = chunk.view(B, Hkv, G, nb, D)  # (B, Hkv, G, nb, D)
+    if visible is not None:
+        has_key = visible.any(dim=-1, keepdim=True)  # (b, hkv, g, nb, 1), broadcastable
+        chunk = chunk.masked_fill(has_key.logical_not(), 0.0)
+    return chunk

@@ -5,6 +5,8 @@ Outer loop over query blocks, inner loop over key blocks, online softmax: a runn
 a running row sum l and an unnormalised accumulator acc, divided by l once per query block at the
 end (FA2 section 3.1.1). Key blocks that causality hides from a whole query block are never
 visited, and only blocks straddling the diagonal are masked. Rows that see no key give zeros.
+With grad enabled and an input requiring grad, the call goes through flash_backward.FlashFunction
+(FA2 Algorithm 2), whose forward is this one plus the row log-sum-exp; otherwise nothing extra.
 
 Work partitioning (FA2 section 3.2): query blocks are independent, so on the CPU they are handed
 to `torch.get_num_threads()` worker threads that each run single-threaded torch ops -- as FA2
@@ -12,7 +14,9 @@ spreads them over thread blocks and torch's CPU SDPA kernel over cores. Splittin
 op over OpenMP threads instead costs a barrier per op; on a shared machine a descheduled thread
 stalls every barrier, which measured 3-5x slower than SDPA under load. All buffers are allocated
 by the calling thread (the CPU profiler sees that thread's allocations, so measured peaks are
-complete); the tile loop allocates nothing.
+complete); the tile loop allocates nothing, and the calling thread runs no tensor op (one big
+enough to start an OpenMP region leaves its helper spinning against the workers). Nothing of a
+call outlives it (the pool drops finished jobs; only small constants are cached).
 
 CPU speed notes (B=1, H=8, D=64, fp32, N=4096, 2 cores; see BLOCK_Q): the two batched matmuls are
 ~75% of the time and exp2 most of the rest. scale·log2(e) rides on the QK matmul's alpha and the
@@ -22,64 +26,26 @@ the max and subtract passes and all rescaling from every key block after the fir
 
 from __future__ import annotations
 
-import math
-import os
-import queue
-import threading
-from concurrent.futures import Future
-from dataclasses import dataclass
-
 import torch
 
 from harness.registry import YES, Support, no, register
-from implementations._common import (
-    LOG2E,
-    check_args,
-    compute_dtype,
-    default_scale,
-    grouped_mask,
-)
-
-# Tuned on a 2-core AVX2 CPU at N = 4096 (single-thread CPU time and interleaved 2-thread runs
-# against SDPA): 256 x 256 fp32 tiles (2 MiB at 8 heads) were as fast as any shape tried (64-2048
-# rows x 64-1024 keys, all within noise of ~5%) while keeping two workers' buffers ~5 MiB; wider
-# or taller tiles fell out of cache with two workers, and smaller ones paid more Python per tile.
-BLOCK_Q = 256
-BLOCK_K = 256
+from implementations._common import check_args
+from implementations.flash_backward import FlashFunction, backward_memory_model
+from implementations.flash_forward import BLOCK_K, BLOCK_Q, BLOCK_Q_CAUSAL, flash_forward, forward_memory_model
 
 
-def _workers_for(device: torch.device | str, n_blocks: int, threads: int | None = None) -> int:
-    """How many worker threads a call uses: one per intra-op thread on the CPU, never more than
-    there are query blocks; on CUDA one (the kernels already run in parallel on the device)."""
-    if torch.device(device).type != "cpu":
-        return 1
-    return max(1, min(threads or torch.get_num_threads(), n_blocks))
-
-
-def _memory_model(case, block_q: int = BLOCK_Q, block_k: int = BLOCK_K) -> int:
-    bq, bk = min(block_q, case.seq_len_q), min(block_k, case.seq_len_kv)
-    n_blocks = -(-case.seq_len_q // bq)
-    workers = _workers_for(case.device, n_blocks, case.threads)
-    rows = case.batch * case.heads_q * bq  # query rows in flight per worker
-    per_worker = 4 * rows * bk  # fp32 score tile
-    per_worker += 4 * rows * case.head_dim  # accumulator
-    if case.dtype != "float32" or case.heads_q != case.heads_kv:
-        per_worker += 4 * rows * case.head_dim  # grouped / fp32 copy of the query block
-    per_worker += 6 * 4 * rows  # row statistics: m (two), l (two), alpha, shift
-    if case.dtype != "float32":
-        per_worker += 2 * 4 * case.batch * case.heads_kv * bk * case.head_dim  # fp32 k/v tiles
-    shared = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim  # out
-    if case.causal:
-        shared += bq * (2 * bk + bq)  # boolean causal band
-    if case.mask != "none":
-        shared += case.batch * case.seq_len_kv  # negated (B, 1, 1, Nk) key-padding mask
-    return shared + workers * per_worker
+def _memory_model(case, block_q: int | None = None, block_k: int = BLOCK_K) -> int:
+    if block_q is None:
+        block_q = BLOCK_Q_CAUSAL if case.causal else BLOCK_Q
+    if case.pass_kind != "forward":  # + saved lse2, dq/dk/dv, the backward's O(N) buffers
+        return backward_memory_model(case, block_q, block_k)
+    return forward_memory_model(case, block_q, block_k)
 
 
 def _supports(case) -> Support:
-    if case.pass_kind != "forward":
-        return no("flash is forward-only: its in-place tile updates are not differentiable")
-    return YES
+    if case.pass_kind not in ("forward", "backward", "forward_backward"):
+        return no(f"flash has no pass kind {case.pass_kind!r}")
+    return YES  # backward: FA2 Algorithm 2 in flash_backward.py
 
 
 @register(
@@ -89,282 +55,18 @@ def _supports(case) -> Support:
     memory_model=_memory_model,
     supports=_supports,
     description="FlashAttention-2 tiling in PyTorch: online softmax over key blocks, one final normalisation",
-    params={"block_q": BLOCK_Q, "block_k": BLOCK_K},
+    params={"block_q": BLOCK_Q, "block_q_causal": BLOCK_Q_CAUSAL, "block_k": BLOCK_K},
 )
 def flash_attention(
-    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int = BLOCK_Q, block_k: int = BLOCK_K
+    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K
 ):
+    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal."""
     dims = check_args(q, k, v, attn_mask, scale)
+    if block_q is None:
+        block_q = BLOCK_Q_CAUSAL if causal else BLOCK_Q
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise ValueError("flash is forward-only; call it under torch.no_grad() (or use naive / sdpa)")
-    B, Hkv, G = dims.batch, dims.heads_kv, dims.group
-    Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
-    bq, bk = min(block_q, Nq), min(block_k, Nk)
-    acc_dtype = compute_dtype(q.dtype)
-    opts = dict(dtype=acc_dtype, device=q.device)
-
-    out = torch.empty(B, dims.heads_q, Nq, D, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
-    hidden = None  # True = may NOT attend, as masked_fill_ wants; computed once, not per tile
-    if attn_mask is not None:
-        hidden = grouped_mask(attn_mask.logical_not(), dims)  # (b, hkv, g, nq, nk), size-1 kept
-    band = None
-    if causal:
-        # Straddling tiles hide key jj from query ii iff jj - ii > d, with d = i0 + (Nk - Nq) - j0
-        # in [-(bq-1), bk-2]; band[:, bk-d : bk-d+w] is that tile's causal mask (a view, no copy).
-        x = torch.arange(2 * bk + bq, device=q.device)  # (2bk + bq,)
-        band = (x.unsqueeze(0) - torch.arange(bq, device=q.device).unsqueeze(1)) > bk  # (bq, 2bk+bq)
-
-    k3 = k.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
-    v3 = v.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
-    ctx = _Ctx(
-        q5=q.reshape(B, Hkv, G, Nq, D),  # (B, Hkv, G, Nq, D), a view for contiguous q
-        # Key-block views built once per call, not per tile: Python time per tile is what two
-        # workers sharing the GIL contend for.
-        tiles=[
-            (j0, min(j0 + bk, Nk), k3[:, j0 : j0 + bk].transpose(1, 2), v3[:, j0 : j0 + bk])
-            for j0 in range(0, Nk, bk)
-        ],
-        out5=out.view(B, Hkv, G, Nq, D),  # (B, Hkv, G, Nq, D)
-        hidden=hidden,
-        band=band,
-        offset=Nk - Nq if causal else None,  # bottom-right: query i sees key j iff j <= i + offset
-        c=default_scale(D, scale) * LOG2E,  # softmax(x·scale) = exp2(x·c − max) / sum
-        bq=bq,
-        bk=bk,
-        Nk=Nk,
-    )
-    starts = list(range(0, Nq, bq))
-    n_workers = _workers_for(q.device, len(starts))
-    # Every buffer a worker touches is allocated here, in the calling thread.
-    upcast = q.dtype != acc_dtype
-    copy_q = upcast or G > 1
-    scratch = [_Scratch(B * Hkv, G * bq, bk, D, copy_q, upcast, **opts) for _ in range(n_workers)]
-    if n_workers == 1:
-        for i0 in starts:
-            _query_block(ctx, scratch[0], i0)
-        return out
-    todo = iter(starts)
-    lock = threading.Lock()
-
-    def worker(s):
-        with torch.no_grad():
-            while True:
-                with lock:
-                    i0 = next(todo, None)
-                if i0 is None:
-                    return
-                _query_block(ctx, s, i0)
-
-    _pool(torch.get_num_threads()).run([lambda s=s: worker(s) for s in scratch])
-    return out
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    """Read-only views and constants shared by every query block of one call."""
-
-    q5: torch.Tensor  # (B, Hkv, G, Nq, D)
-    tiles: list  # per key block: (j0, j1, kᵀ (B·Hkv, D, w), v (B·Hkv, w, D)), views
-    out5: torch.Tensor  # (B, Hkv, G, Nq, D), the output
-    hidden: torch.Tensor | None  # (b, hkv, g, nq, nk) boolean, True = may not attend
-    band: torch.Tensor | None  # (bq, 2·bk + bq) boolean causal band, see flash_attention
-    offset: int | None  # Nk − Nq when causal (bottom-right), else None
-    c: float  # scale · log2(e)
-    bq: int
-    bk: int
-    Nk: int
-
-
-class _Scratch:
-    """One worker's buffers, flat so a smaller edge tile is a contiguous prefix view."""
-
-    def __init__(self, bh: int, rows: int, bk: int, d: int, copy_q: bool, upcast: bool, dtype, device):
-        e = dict(dtype=dtype, device=device)
-        self.s = torch.empty(bh * rows * bk, **e)  # score / probability tile
-        self.q = torch.empty(bh * rows * d, **e) if copy_q else None  # grouped / fp32 query block
-        self.acc = torch.empty(bh * rows * d, **e)  # unnormalised output block
-        self.rowstats = torch.empty(6, bh * rows, **e)  # m, m_new, l, l_blk, alpha, shift
-        self.kv = torch.empty(2, bh * bk * d, **e) if upcast else None  # fp32 k/v tiles
-
-
-def _query_block(ctx: _Ctx, s: _Scratch, i0: int) -> None:
-    """FA2 Algorithm 1, lines 3-15, for the query rows [i0, i0 + bq) of every head."""
-    i1 = min(i0 + ctx.bq, ctx.q5.shape[3])
-    k_stop = ctx.Nk
-    if ctx.offset is not None:
-        k_stop = min(ctx.Nk, i1 + ctx.offset)  # keys the block's last row can see
-    if k_stop <= 0:  # causality hides every key from every row of this block
-        ctx.out5[:, :, :, i0:i1].zero_()
-        return
-    if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True):
-        _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False)
-
-
-def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: bool) -> bool:
-    """The inner loop over key blocks for queries [i0, i1); writes the output rows and returns
-    True, or returns False when lazy rescaling overflowed (the caller redoes it with lazy=False).
-
-    Lazy rescaling -- the conditional rescaling of FlashAttention-4 (Dao et al. 2025), taken to
-    its limit: once every row has a finite running max m (after the first key block, normally),
-    m is frozen and folded into the QK matmul (baddbmm adds −m), so a key block costs matmul,
-    exp2, row sum, matmul -- no max pass, no subtraction pass, no rescaling of l and acc. A later
-    key scoring above m gives p = exp2(s − m) > 1, which loses nothing in floating point (the
-    final acc / l is the same softmax) unless something overflows; a finiteness check at the end
-    catches that (scores ~88 nats above the first block's maximum) and the block is redone with
-    exact per-block rescaling.
-    """
-    B, Hkv, G, _, D = ctx.q5.shape
-    BH = B * Hkv
-    nb = i1 - i0
-    rows = G * nb  # query rows per kv head in this block
-    qb = ctx.q5[:, :, :, i0:i1]  # (B, Hkv, G, nb, D)
-    if s.q is not None:  # G > 1 (rows of G heads are stacked) or low precision: copy
-        qb = s.q[: BH * rows * D].view(B, Hkv, G, nb, D).copy_(qb)
-    qb = qb.reshape(BH, rows, D)  # (B·Hkv, G·nb, D), a view after the copy
-    acc = s.acc[: BH * rows * D].view(BH, rows, D)  # (B·Hkv, G·nb, D)
-    m, m_new, l, l_blk, alpha, shift = (r[: BH * rows].view(BH, rows, 1) for r in s.rowstats)
-    st_full = s.s[: BH * rows * ctx.bk].view(BH, rows, ctx.bk)  # (B·Hkv, G·nb, bk)
-    shift_full = shift.expand(BH, rows, ctx.bk)  # −m broadcast over a full key block
-    c, lowest = ctx.c, torch.finfo(acc.dtype).min
-    masked = ctx.band is not None or ctx.hidden is not None
-    may_be_empty = False  # might a row have seen only hidden keys so far (m = −inf)?
-    frozen = False  # is m frozen into the matmul (lazy rescaling)?
-
-    for j0, j1, kT, vb in ctx.tiles:
-        if j0 >= k_stop:
-            break
-        w = j1 - j0
-        st, sh_e = st_full, shift_full
-        if j1 > k_stop or w < ctx.bk:  # an edge tile: narrower views
-            j1 = min(j1, k_stop)
-            w = j1 - j0
-            kT, vb = kT[:, :, :w], vb[:, :w]
-            st = s.s[: BH * rows * w].view(BH, rows, w)  # (B·Hkv, G·nb, w)
-            sh_e = shift.expand(BH, rows, w)
-        if s.kv is not None:  # low precision: fp32 copies, so both matmuls accumulate in fp32
-            kT = s.kv[0, : BH * w * D].view(BH, D, w).copy_(kT)  # (B·Hkv, D, w)
-            vb = s.kv[1, : BH * w * D].view(BH, w, D).copy_(vb)  # (B·Hkv, w, D)
-        if frozen:
-            torch.baddbmm(sh_e, qb, kT, alpha=c, out=st)  # st = c·q·kᵀ − m, (B·Hkv, G·nb, w)
-            if masked:
-                _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1)
-            st.exp2_()  # p = exp2(s − m), possibly > 1
-            torch.sum(st, dim=-1, keepdim=True, out=l_blk)  # (B·Hkv, G·nb, 1)
-            l.add_(l_blk)
-            acc.baddbmm_(st, vb)  # (B·Hkv, G·nb, D)
-            continue
-        # st = c·q·kᵀ: scale·log2(e) is applied by the matmul's alpha, not by a separate pass
-        torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)  # (B·Hkv, G·nb, w)
-        if masked and _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1):
-            may_be_empty = True
-        first = j0 == 0
-        torch.amax(st, dim=-1, keepdim=True, out=m if first else m_new)  # (B·Hkv, G·nb, 1)
-        if not first:
-            torch.maximum(m, m_new, out=m_new)
-        cur = m if first else m_new
-        # A row that has seen no key yet has max −inf; shift it by the lowest finite float
-        # instead, so −inf − shift stays −inf (p = 0) rather than NaN.
-        sh = torch.clamp_min(cur, lowest, out=shift) if may_be_empty else cur
-        st.sub_(sh).exp2_()  # p = exp2(s − m) in [0, 1]
-        if first:
-            torch.sum(st, dim=-1, keepdim=True, out=l)  # (B·Hkv, G·nb, 1)
-            torch.bmm(st, vb, out=acc)  # (B·Hkv, G·nb, D)
-        else:
-            torch.sub(m, sh, out=alpha).exp2_()  # rescales the old statistics; 0 where m = −inf
-            torch.sum(st, dim=-1, keepdim=True, out=l_blk)
-            l.mul_(alpha).add_(l_blk)
-            acc.mul_(alpha).baddbmm_(st, vb)  # (B·Hkv, G·nb, D)
-            m, m_new = m_new, m  # the new maximum becomes the running one (swap, no copy)
-        if lazy and (not may_be_empty or bool(torch.isfinite(m).all())):
-            torch.neg(m, out=shift)
-            frozen = True
-
-    # Overflow check without a mask-sized temporary: inf or NaN anywhere makes the sums non-finite
-    # (a finite-but-huge sum only triggers a harmless exact redo).
-    if frozen and not math.isfinite(float(acc.sum()) + float(l.sum())):
-        return False
-    # l >= 1 for any row that saw a key (its maximum contributed exp2(0) = 1 exactly); l == 0
-    # means it saw none, and then acc == 0 too, so dividing by 1 gives the zeros the contract wants.
-    acc.div_(l.clamp_min_(1.0))
-    ctx.out5[:, :, :, i0:i1].copy_(acc.view(B, Hkv, G, nb, D))  # casts in place: no temporary
-    return True
-
-
-def _hide_(ctx: _Ctx, st5: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> bool:
-    """Set the scores the tile may not see to −inf, in place; True if anything may be hidden."""
-    hid = False
-    if ctx.band is not None and j1 - 1 > i0 + ctx.offset:  # tile straddles the diagonal
-        c0 = ctx.bk - (i0 + ctx.offset - j0)
-        st5.masked_fill_(ctx.band[: i1 - i0, c0 : c0 + j1 - j0], float("-inf"))  # (nb, w) broadcast
-        hid = True
-    if ctx.hidden is not None:
-        h = ctx.hidden  # (b, hkv, g, nq, nk); size-1 dims broadcast and are not sliced
-        rows = slice(i0, i1) if h.shape[-2] > 1 else slice(None)
-        cols = slice(j0, j1) if h.shape[-1] > 1 else slice(None)
-        st5.masked_fill_(h[..., rows, cols], float("-inf"))
-        hid = True
-    return hid
-
-
-class _WorkerPool:
-    """n daemon threads whose torch ops run single-threaded (torch.set_num_threads is per thread
-    under OpenMP); `run` hands each callable to a worker and waits for all of them."""
-
-    def __init__(self, n: int):
-        self.n, self.pid = n, os.getpid()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        ready = threading.Barrier(n + 1)
-        for i in range(n):
-            threading.Thread(target=self._serve, args=(ready,), daemon=True, name=f"flash-{i}").start()
-        caller_threads = torch.get_num_threads()
-        ready.wait()
-        # The workers' set_num_threads(1) also set the default that new threads inherit; restore it.
-        torch.set_num_threads(caller_threads)
-
-    def _serve(self, ready: threading.Barrier) -> None:
-        # torch initialises a thread's OpenMP count lazily from the process default on its first
-        # query; force that now, or it would later undo set_num_threads(1).
-        torch.get_num_threads()
-        torch.set_num_threads(1)
-        ready.wait()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-
-    def run(self, fns) -> list:
-        futures = []
-        for fn in fns:
-            fut: Future = Future()
-
-            def job(fn=fn, fut=fut):
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # re-raised in the caller by fut.result()
-                    fut.set_exception(exc)
-
-            self._jobs.put(job)
-            futures.append(fut)
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        for _ in range(self.n):
-            self._jobs.put(None)
-
-
-_POOL: _WorkerPool | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(n: int) -> _WorkerPool:
-    """The shared pool, rebuilt when the thread count changes or after a fork (threads are lost)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL.n != n or _POOL.pid != os.getpid():
-            if _POOL is not None and _POOL.pid == os.getpid():
-                _POOL.close()
-            _POOL = _WorkerPool(n)
-        return _POOL
+        # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
+        return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
+    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)[0]

@@ -2,6 +2,10 @@
 
 The textbook baseline (Vaswani et al. 2017, eq. 1): out = softmax(Q·Kᵀ·scale) · V.
 Holds about two (B, Hq, Nq, Nk) score matrices at its peak: the scores and their softmax.
+
+Differentiable by plain autograd: the forward keeps the float32 probabilities (and their cast to
+the input dtype for float16 / bfloat16) plus the boolean visibility for the backward, which
+allocates a few more score-sized gradient matrices (see _memory_model).
 """
 
 from __future__ import annotations
@@ -21,9 +25,24 @@ from implementations._common import (
 
 
 def _memory_model(case) -> int:
-    score_bytes = 4 * case.batch * case.heads_q * case.seq_len_q * case.seq_len_kv  # float32 scores
-    out_bytes = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim
-    return 2 * score_bytes + out_bytes
+    """Bytes above the inputs, read off the CPU allocator timeline (torch 2.13) and checked within
+    ~15% of the measured peak for every pass kind (forward, backward, forward_backward)."""
+    pairs = case.batch * case.heads_q * case.seq_len_q * case.seq_len_kv
+    score_bytes = 4 * pairs  # one float32 (B, Hq, Nq, Nk) matrix
+    e = case.element_bytes
+    out_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    kv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
+    if case.pass_kind == "forward":
+        return 2 * score_bytes + out_bytes  # the scores and their softmax
+    grads = out_bytes + 2 * kv_bytes  # dq, dk, dv
+    # Autograd keeps the float32 probabilities (plus their input-dtype cast for float16 / bfloat16).
+    # Its backward then holds dP, the softmax gradient and the gradients of the masked and scaled
+    # scores: in float32 about four score matrices at its peak (three besides the saved
+    # probabilities when the graph is freed as it goes); for half inputs dP is half-sized and
+    # the peak is about two score matrices in backward-only runs and three with the forward.
+    if case.pass_kind == "backward":  # graph built beforehand (retained), gradients timed
+        return (4 if e == 4 else 2) * score_bytes + grads
+    return (4 if e == 4 else 3) * score_bytes + out_bytes + grads  # forward_backward
 
 
 @register(
@@ -50,13 +69,18 @@ def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None):
         m = mask_4d(attn_mask)  # (b, h, nq, Nk), broadcastable
         visible = m if visible is None else (m & visible)
     if visible is not None:
-        scores.masked_fill_(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)  # (B, Hq, Nq, Nk)
+        # Hidden scores get the lowest finite value, not −inf: a row with no visible key then has
+        # a finite (uniform) softmax instead of NaN -- in the forward and in its gradient -- and
+        # its output is zeroed below. Visible scores beat it by far, so exp() of it is exactly 0.
+        scores.masked_fill_(~visible, torch.finfo(acc).min)
+    probs = torch.softmax(scores, dim=-1)  # (B, Hq, Nq, Nk); autograd keeps it for the backward
     del scores
-    if visible is not None:
-        # A row with no visible key is all -inf -> NaN from softmax; the contract says zeros.
-        has_key = visible.any(dim=-1, keepdim=True)  # (b, h, nq, 1)
-        probs = probs.masked_fill_(~has_key, 0.0)
     pg = group_queries(probs.to(v.dtype), dims)  # (B, Hkv, G*Nq, Nk)
-    out = torch.matmul(pg, v)  # (B, Hkv, G*Nq, D)
-    return ungroup(out, dims)  # (B, Hq, Nq, D)
+    out = ungroup(torch.matmul(pg, v), dims)  # (B, Hq, Nq, D)
+    if visible is not None:
+        # A row with no visible key outputs zeros (the contract). Zeroing the output -- not the
+        # probabilities autograd saved -- also zeroes that row's upstream gradient, so its
+        # dS = P∘(dP − rowsum(dP∘P)) is exactly 0 and q, k, v get no gradient through it.
+        has_key = visible.any(dim=-1, keepdim=True)  # (b, h, nq, 1)
+        out = out.masked_fill_(~has_key, 0.0)  # in place: matmul's backward does not need out
+    return out

@@ -9,7 +9,8 @@ import pytest
 
 from harness.cli import main as cli
 from harness.case import Case
-from harness.compare.runs import (
+from harness.compare.runs import Threshold, compare_case, compare_measurements, compare_runs
+from harness.vocab import (
     IMPROVED,
     INCONCLUSIVE,
     MISSING,
@@ -19,10 +20,6 @@ from harness.compare.runs import (
     REGRESSED_MEMORY,
     STATUS_CHANGED,
     UNCHANGED,
-    Threshold,
-    compare_case,
-    compare_measurements,
-    compare_runs,
 )
 from harness.results.records import Measurement
 from harness.results.store import ResultsWriter, write_run_info

@@ -266,7 +266,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_gate_worker_crash_and_hang_cost_only_their_shape(monkeypatch):
-    """The real gate worker process (harness/isolation.Worker running harness.measure.shape_ratios): an
+    """The real worker process (harness/run/process.Worker answering "shape" requests): an
     implementation that aborts or hangs fails its own shape; the next shape gets a fresh worker."""
     plugin = ROOT / "tests" / "faulty_plugin"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugin), str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -467,8 +467,7 @@ def test_a_worker_that_cannot_start_is_a_crashed_record_per_case(tmp_path):
     from harness.run.runner import run_cases
 
     cases = [_case(), _case(n=24)]
-    run_dir = tmp_path / "r"
-    run_dir.mkdir()
+    run_dir = make_run(tmp_path / "r", [])
     with LocalExecutor(run_dir / "worker.log", memory_limit_bytes=1) as ex:
         done, interrupted = run_cases(cases, run_dir, budget=Budget(), seed=0, executor=ex)
     assert not interrupted
@@ -498,11 +497,11 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     scen = load_scenario(scenario(tmp_path, ["naive"]), known_impls=["naive"])
     fixed = dt.datetime(2026, 1, 2, 3, 4, 5)
     monkeypatch.setattr(runner, "new_run_id", lambda name, now=None: f"{fixed:%Y%m%d-%H%M%S}-{name}")
-    first = runner.start_run(scen, out_dir=tmp_path / "res", calibrate=False)
+    first = runner.start_run(scen, out_dir=tmp_path / "res")
     (tmp_path / "res" / "20260102-030405-tiny-2").mkdir()
     holder = _hold_lock(tmp_path / "res" / "20260102-030405-tiny-2")  # another process is starting there
     try:
-        second = runner.start_run(scen, out_dir=tmp_path / "res", calibrate=False)
+        second = runner.start_run(scen, out_dir=tmp_path / "res")
     finally:
         holder.kill()
         holder.wait()

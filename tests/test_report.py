@@ -5,7 +5,6 @@ matrices (memory ∝ N^2), flash-style kernels O(N) memory, every time ∝ N^2 p
 """
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,15 +153,24 @@ def no_plots(monkeypatch):
 def test_default_out_dir_and_baseline_override(tmp_path, monkeypatch, no_plots):
     from harness.report.build import write_report
 
-    run = make_run(tmp_path, calibration=None)
-    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "results", calibration=None)
+    monkeypatch.chdir(tmp_path / "results")  # the default follows the results tree, not the working directory
     out = write_report(run, baseline="naive")
-    assert out == Path("reports") / run.name and (tmp_path / "reports" / run.name / "index.html").is_file()
+    assert out == tmp_path / "reports" / run.name and (out / "index.html").is_file()
     assert not list(out.glob("*.png")) and "(2 more left out)" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     assert "Speed-up vs naive" in md and "no % of peak" in md
     out2 = write_report(run, out_dir=tmp_path / "r2", baseline="missing_impl")
     assert "Baseline 'missing_impl' is not in this run" in (out2 / "report.md").read_text()
+
+
+def test_a_run_outside_a_results_folder_keeps_its_report_inside_it(tmp_path, no_plots):
+    """`attnbench run --out DIR` puts runs in DIR/<run-id>: their report goes with them."""
+    from harness.report.build import write_report
+
+    run = make_run(tmp_path / "elsewhere")
+    assert write_report(run) == run / "report" and (run / "report" / "index.html").is_file()
+    assert not (tmp_path / "reports").exists()
 
 
 def test_baseline_that_never_ran_ok_skips_speedups(tmp_path, no_plots):

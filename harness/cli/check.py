@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from harness.compare import gate
 from harness.cli.console import case_shape, table
+from harness.cli.errors import UsageError
+from harness.compare import gate
 
 PASS_COUNTS = (gate.UNCHANGED, gate.IMPROVED, gate.INCONCLUSIVE)
 
@@ -39,7 +40,6 @@ def add_parser(sub) -> None:
 
 def cmd_check(args) -> int:
     from harness import registry
-    from harness.cli.main import UsageError
     from harness.compare.runs import Threshold
     from harness.measure.env import collect_environment
     from harness.measure.shape_ratios import SLOWDOWN_ENV, parse_slowdown

@@ -10,8 +10,11 @@ import html
 import json
 import sys
 
+from harness.case import case_shape
+from harness.cli.console import table
+from harness.cli.errors import UsageError
 from harness.compare.runs import Comparison, Threshold, compare_runs
-from harness.cli.console import case_shape, fmt_bytes, fmt_time_s, table
+from harness.results.units import fmt_bytes, fmt_time_s
 
 FORMATS = ("text", "md", "json")
 
@@ -32,7 +35,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from harness.cli.main import UsageError
 
     try:
         threshold = Threshold.parse(args.threshold, default_metric=args.metric or "median")

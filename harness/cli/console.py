@@ -1,6 +1,5 @@
 """Text for the terminal: progress lines, the end-of-run summary, plain tables.
-
-The only harness module (with report.py) that formats numbers for humans.
+Numbers are shown through the metrics table (harness/results/metrics.py).
 """
 
 from __future__ import annotations
@@ -8,47 +7,10 @@ from __future__ import annotations
 import sys
 import time
 
-from harness.case import Case
+from harness.case import Case, case_shape
+from harness.results.metrics import console_metrics
 from harness.results.records import Measurement
-
-
-def fmt_time_s(t: float | None) -> str:
-    if t is None:
-        return "-"
-    if t >= 1:
-        return f"{t:.2f} s"
-    if t >= 1e-3:
-        return f"{t * 1e3:.2f} ms"
-    return f"{t * 1e6:.1f} us"
-
-
-def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_duration_s(t: float) -> str:
-    t = int(round(t))
-    return f"{t // 60}m{t % 60:02d}s" if t >= 60 else f"{t}s"
-
-
-def case_shape(case: Case) -> str:
-    heads = f"h{case.heads_q}" if case.heads_q == case.heads_kv else f"h{case.heads_q}/{case.heads_kv}"
-    n = f"n{case.seq_len_q}" if not case.is_cross else f"n{case.seq_len_q}x{case.seq_len_kv}"
-    bits = [f"b{case.batch}", heads, n, f"d{case.head_dim}", case.dtype, case.device]
-    if case.causal:
-        bits.append("causal")
-    if case.mask != "none":
-        bits.append(f"pad{case.mask_fraction:g}")
-    if case.pass_kind != "forward":
-        bits.append(case.pass_kind)
-    if case.threads:
-        bits.append(f"t{case.threads}")
-    return " ".join(bits)
+from harness.results.units import fmt_duration_s, fmt_time_s
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -81,8 +43,11 @@ class Progress:
         result = m.status
         if m.status == "ok":
             result += f" {fmt_time_s(m.median_s)}"
-            if m.noise not in (None, "ok"):
-                result += f" ({m.noise})"
+            flags = [m.noise] if m.noise not in (None, "ok") else []
+            flags += ["contended"] if m.contended else []
+            flags += ["spread target not reached"] if m.message.startswith("timing stopped at max_time_s") else []
+            if flags:
+                result += f" ({', '.join(flags)})"
         elif m.message:
             result += f": {m.message[:70]}"
         prefix = "\r\033[K" if self.tty else ""
@@ -113,29 +78,21 @@ def skipped_note(measurements: list[Measurement]) -> str:
 
 def summary(measurements: list[Measurement]) -> str:
     """The end-of-run table: one row per case that ran; skipped cases as one line per reason."""
-    rows = []
-    for m in measurements:
-        if m.status == "skipped":
-            continue
-        rows.append(
-            [
-                m.case.impl,
-                case_shape(m.case),
-                m.status,
-                fmt_time_s(m.median_s),
-                f"{m.tflops_per_s:.3f}" if m.tflops_per_s is not None else "-",
-                fmt_bytes(m.peak_bytes),
-                f"{m.max_abs_error:.1e}" if m.max_abs_error is not None else "-",
-            ]
-        )
+    shown = console_metrics()
+    rows = [[m.case.impl, case_shape(m.case), m.status + (" !" if m.contended else ""),
+             *(x.human(x.value(m)) for x in shown)] for m in measurements if m.status != "skipped"]
     counts: dict[str, int] = {}
     for m in measurements:
         counts[m.status] = counts.get(m.status, 0) + 1
     tail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     parts = []
     if rows:
-        parts.append(table(["impl", "case", "status", "median", "TFLOP/s", "peak mem", "max err"], rows) + "\n")
+        parts.append(table(["impl", "case", "status", *(x.label for x in shown)], rows) + "\n")
     if counts.get("skipped"):
         parts.append(skipped_note(measurements))
+    contended = sum(bool(m.contended) for m in measurements)
+    if contended:
+        parts.append(f"{contended} case(s) marked ! were contended: another process took CPU they asked for; "
+                     f"their times are not representative (compare never judges them)")
     parts.append(f"{len(measurements)} cases: {tail}")
     return "\n".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from harness.cli.errors import UsageError
 from harness.report.export import FORMATS
 
 
@@ -22,7 +23,6 @@ def add_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from harness.cli.main import UsageError
     from harness.report.export import ExportError, export
 
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from harness.cli.console import fmt_time_s
+from harness.cli.errors import UsageError
 from harness.compare.history import History, Trend, load_history
 
 FORMATS = ("text", "md", "json")
@@ -33,7 +34,6 @@ def add_parser(sub) -> None:
 
 
 def _min_step(text: str) -> float:
-    from harness.cli.main import UsageError
     from harness.compare.runs import Threshold
 
     try:

@@ -22,7 +22,7 @@ A change to the reference implementation moves every ratio: re-baseline with --u
 Failures regardless of timing: error / wrong / oom / crashed / timeout (an accuracy check that
 passed in the baseline and fails now is shown as "regressed (error)"). With no baseline for this
 machine (device_key from harness.measure.env) the gate reports ratios and passes unless something failed.
-Nothing here formats text; harness/cli_check.py renders a GateOutcome.
+Nothing here formats text; harness/cli/check.py renders a GateOutcome.
 """
 
 from __future__ import annotations

@@ -206,8 +206,8 @@ def load_history(paths: Sequence[str | Path], *, min_step: float = MIN_STEP) -> 
 
 
 def _point(i: int, run_id: str, m: Measurement) -> Point:
-    st = m.stats or {}
-    med, lo, hi, spread = st.get("median_s"), st.get("ci_low_s"), st.get("ci_high_s"), st.get("spread")
+    st = m.stats
+    med, lo, hi, spread = (getattr(st, k, None) for k in ("median_s", "ci_low_s", "ci_high_s", "spread"))
     if m.status == "ok" and (med is None or lo is None or spread is None) and m.samples_s:
         from harness.measure.stats import summarize
 

@@ -1,5 +1,5 @@
 """Two runs -> one verdict per case -> an exit code. Pure computation: nothing here formats text
-(harness/cli_compare.py renders tables, Markdown and JSON from these dataclasses).
+(harness/cli/compare.py renders tables, Markdown and JSON from these dataclasses).
 
 Cases are matched by case_id (every parameter, the implementation included). For a case measured
 in both runs the timing verdict comes from a bootstrap CI of the ratio current/base of the chosen
@@ -9,12 +9,14 @@ metric, computed from the raw samples (harness.stats.ratio_ci for the median):
     improved      CI high < 1 / (1 + t)     (symmetric on a log scale: +10% and its inverse)
     unchanged     the whole CI inside [1 / (1 + t), 1 + t]
     inconclusive  the CI straddles a bound, or either side is flagged unreliable (IQR/median
-                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample
+                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample, or a
+                  regression/improvement was measured while either side was contended
 
 Before timing: a status change (ok -> crashed / wrong / ...) is its own verdict, and a regression
 when a case that was ok now fails; an accuracy check that passed and now fails is
 "regressed (error)". After timing: peak memory above the inputs that grew by more than the
-threshold (and by more than MEMORY_FLOOR_BYTES) is "regressed (memory)".
+threshold (and by more than the metric's floor) is "regressed (memory)". The checks and growth
+metrics come from the metrics table (harness/results/metrics.py: judge = "pass" / "growth").
 """
 
 from __future__ import annotations
@@ -28,19 +30,18 @@ from typing import Sequence
 import numpy as np
 
 from harness.case import Case
+from harness.results.metrics import LOWER, judged
 from harness.results.records import Measurement
 from harness.results.store import (RESULTS_FILE, ResultsError, duplicate_case_ids, duplicates_note,
                                    read_measurements, read_run_info)
 from harness.vocab import (
-    COMPARE_VERDICTS, FAILED_STATUSES, IMPROVED, INCONCLUSIVE, MISSING, NEW, REGRESSED, REGRESSED_ERROR,
-    REGRESSED_MEMORY, REGRESSION_VERDICTS, STATUS_CHANGED, UNCHANGED,
+    COMPARE_VERDICTS, FAILED_STATUSES, IMPROVED, INCONCLUSIVE, MISSING, NEW, REGRESSED, REGRESSION_VERDICTS, STATUS_CHANGED, UNCHANGED,
 )
 
 VERDICTS = COMPARE_VERDICTS
 
 METRICS = {"median": "median_s", "min": "min_s"}
 MIN_SAMPLES = 3  # fewer raw samples than this on either side: no CI, the verdict is inconclusive
-MEMORY_FLOOR_BYTES = 64 * 2**10  # growth below this never counts (allocator rounding, tiny cases)
 UNRELIABLE = "unreliable"
 
 _THRESHOLD_RE = re.compile(r"^\s*(?:(?P<metric>[A-Za-z_]+)\s*:)?"  # optional "median:" / "min:"
@@ -224,9 +225,9 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
         return CaseComparison(verdict=STATUS_CHANGED, notes=(f"{base.status} -> {cur.status}{why}",), **fields)
     if cur.status != "ok":
         return CaseComparison(verdict=UNCHANGED, notes=(f"{cur.status} in both runs",), **fields)
-    if base.error_passed is True and cur.error_passed is False:
-        return CaseComparison(verdict=REGRESSED_ERROR, notes=(f"error check now fails: {cur.error_rule}",),
-                              **fields)
+    for m in judged("pass"):  # a check that passed before and fails now
+        if m.value(base) is True and m.value(cur) is False:
+            return CaseComparison(verdict=m.verdict, notes=(f"{m.title}: now fails ({cur.error_rule})",), **fields)
 
     # timing
     ratio = low = high = None
@@ -242,17 +243,25 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
     if flagged and verdict != INCONCLUSIVE:
         notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
         verdict = INCONCLUSIVE
+    contended = [side for side, m in (("base", base), ("current", cur)) if m.contended]
+    if contended and verdict in (REGRESSED, IMPROVED):
+        notes.append(f"{' and '.join(contended)} contended (did not get the CPU it asked for); would be {verdict}")
+        verdict = INCONCLUSIVE
 
-    # memory: deterministic enough that the threshold alone decides, above an absolute floor.
-    if base.peak_bytes is not None and cur.peak_bytes is not None:
-        grew = cur.peak_bytes - base.peak_bytes
-        if grew > max(threshold.fraction * base.peak_bytes, MEMORY_FLOOR_BYTES):
+    # memory and other "growth" metrics: deterministic enough that the threshold alone decides,
+    # above each metric's absolute floor.
+    for m in judged("growth"):
+        b, c = m.value(base), m.value(cur)
+        if b is None or c is None:
+            continue
+        worse = (c - b) if m.better == LOWER else (b - c)
+        if worse > max(threshold.fraction * abs(b), m.floor):
             if verdict == REGRESSED:
-                notes.append("peak memory also regressed")
+                notes.append(f"{m.title} also regressed")
             else:
                 if verdict != UNCHANGED:
                     notes.append(f"timing: {verdict}")
-                verdict = REGRESSED_MEMORY
+                verdict = m.verdict
     return CaseComparison(verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, notes=tuple(notes), **fields)
 
 

@@ -207,14 +207,15 @@ def rounding_floor(ref_rows, dtype: str) -> float:
     return 2.0 * float(err.max()) if err.numel() else 0.0
 
 
-def judge(dtype: str, errors: Errors, naive_errors: Errors | None = None, *, floor: float | None = None) -> Verdict:
+def judge(dtype: str, errors: Errors, naive_errors: Errors | None = None, *, floor: float | None = None,
+          rel_l2_limit: float | None = None) -> Verdict:
     """Pass or fail by the module's rule. Low-precision dtypes need `naive_errors` (the naive
     algorithm's error in the same dtype against the same reference); `floor` overrides the
-    per-dtype default (e.g. with rounding_floor)."""
+    per-dtype default (e.g. with rounding_floor); `rel_l2_limit` the float32 bound (gradients)."""
     if errors.has_nan or errors.has_inf:
         return Verdict(False, "non-finite output", "nan", math.nan, math.nan)
     if dtype in ("float32", "float64"):
-        limit = FLOAT32_MAX_REL_L2
+        limit = FLOAT32_MAX_REL_L2 if rel_l2_limit is None else rel_l2_limit
         return Verdict(errors.rel_l2 <= limit, f"{dtype} rel_l2 <= {limit:g}", "rel_l2", errors.rel_l2, limit)
     if dtype not in LOW_PRECISION_FLOOR:
         raise ValueError(f"no accuracy rule for dtype {dtype!r}")

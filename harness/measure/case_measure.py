@@ -1,12 +1,17 @@
-"""Measure one case in this process: does it fit, is it right, how much memory, how fast.
+"""Measure one case in this process: does it fit, is it right, how much memory, how fast, and can
+the figures be trusted.
 
 Order: support and memory fit (decided here, where the case runs), inputs and the float64
-reference (harness.measure.core), one checked call, peak memory in a pass of its own, then timing.
+reference (harness.measure.core), one checked call, peak memory in a pass of its own, then timing
+with CPU snapshots around it (harness.measure.contention). After timing, the guards
+(harness.measure.guards): inputs unchanged, the last timed call's output right, a call on fresh
+inputs right (no cached output), and a rate no faster than the measured ceiling allows.
 An implementation's failure is this case's record, never an exception out of here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from harness import vocab
@@ -14,10 +19,10 @@ from harness.case import Budget, Case
 from harness.results.records import Measurement
 
 
-def measure_case(case: Case, budget: Budget, seed: int) -> Measurement:
+def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None = None) -> Measurement:
     started = time.perf_counter()
     from harness import registry
-    from harness.measure import capacity, core
+    from harness.measure import capacity, core, guards
     from harness.measure.memory import device_memory_bytes
 
     impl = registry.get(case.impl)
@@ -35,44 +40,70 @@ def measure_case(case: Case, budget: Budget, seed: int) -> Measurement:
     try:
         import torch
 
-        from harness.measure import flops, memory, stats, timing
+        from harness.measure import flops, memory, stats
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
         prepared = core.prepare(case, seed)
+        sums = guards.checksums(prepared.inputs)  # before any call of the implementation
         acc = core.check_impl(impl, prepared, case)
         partial.update(acc.fields())
         if acc.wrong:
-            return Measurement(case, vocab.WRONG, acc.wrong, wall_s=time.perf_counter() - started, **partial)
-        fn = core.build_callable(impl, prepared.inputs, case)
+            return _done(case, vocab.WRONG, acc.wrong, started, partial)
+        grad_metrics = {}
+        if case.pass_kind != "forward":
+            gc = core.check_impl_grads(impl, prepared, case)
+            grad_metrics = gc.metrics
+            if gc.wrong:
+                return _done(case, vocab.WRONG, gc.wrong, started, {**partial, "metrics": grad_metrics})
+        fn = core.build_callable(impl, prepared, case)
         partial["peak_bytes"] = memory.measure_peak_bytes(fn, case.device)
-        t = _time(fn, case, budget)
+        last = guards.LastOutput(fn)
+        t, contention = _time(last, case, budget)
         st = stats.summarize(t.samples_s)
         n_flops = flops.attention_flops(case)
-        return Measurement(
-            case,
-            vocab.OK,
-            samples_s=tuple(t.samples_s),
-            calls_per_block=t.calls_per_block,
-            timing_stopped=t.stopped,
-            stats=st,
-            flops=n_flops,
-            tflops_per_s=flops.tflops_per_s(n_flops, st.median_s),
-            wall_s=time.perf_counter() - started,
-            extra={"threads": torch.get_num_threads()} if case.device == "cpu" else {},
-            **partial,
-        )
+        rate = flops.tflops_per_s(n_flops, st.median_s)
+        extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
+        metrics = {**grad_metrics, **(contention.metrics() if contention else {})}
+        ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
+                  stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
+                  contended=bool(contention and contention.contended),
+                  contention=contention.reason if contention else "")
+        problem = guards.check_after_timing(impl, case, prepared, sums, last, seed)
+        if problem:
+            return _done(case, vocab.WRONG, problem, started, {**partial, **ok})
+        suspect = guards.too_fast(case, rate, ceilings or {})
+        if suspect:
+            return _done(case, vocab.SUSPECT, suspect, started, {**partial, **ok})
+        return _done(case, vocab.OK, _timing_note(t, st, budget), started, {**partial, **ok})
     except Exception as exc:  # the implementation's failure is this case's record, not ours
         f = core.failure(exc)
-        return Measurement(case, f.status, f.message, wall_s=time.perf_counter() - started,
-                           extra={"traceback": f.traceback}, **partial)
+        return _done(case, f.status, f.message, started, {**partial, "extra": {"traceback": f.traceback}})
+
+
+def _done(case: Case, status: str, message: str, started: float, fields: dict) -> Measurement:
+    known = {f.name for f in dataclasses.fields(Measurement)}
+    return Measurement(case, status, message, wall_s=time.perf_counter() - started,
+                       **{k: v for k, v in fields.items() if k in known})
+
+
+def _timing_note(t, st, budget: Budget) -> str:
+    """An OK case that hit max_time_s before its spread reached the target says so."""
+    if t.stopped == "max_time" and st.spread >= budget.target_spread:
+        return (f"timing stopped at max_time_s = {budget.max_time_s:g} s with IQR/median {st.spread:.0%} "
+                f"(target {budget.target_spread:.0%})")
+    return ""
 
 
 def _time(fn, case: Case, budget: Budget):
-    from harness.measure import timing
+    from harness.measure import contention, timing
 
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_spread=budget.target_spread)
     if case.device.startswith("cuda"):
-        return timing.time_cuda(fn, l2_flush=budget.l2_flush, cuda_graph=budget.cuda_graph, **kw)
-    return timing.time_cpu(fn, **kw)
+        return timing.time_cuda(fn, l2_flush=budget.l2_flush, cuda_graph=budget.cuda_graph, **kw), None
+    import torch
+
+    before = contention.snapshot()
+    t = timing.time_cpu(fn, **kw)
+    return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads())

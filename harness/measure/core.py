@@ -33,6 +33,10 @@ class Prepared:
     rows: "torch.Tensor"  # query rows compared with the reference
     reference: "torch.Tensor"  # (B, Hq, R, D) float64 reference on those rows
     naive_errors: "Errors | None"  # the naive same-dtype error (low precision only)
+    # training passes: the seeded upstream gradient and the reference / naive gradients
+    grad_out: "torch.Tensor | None" = None  # (B, Hq, Nq, D), the inputs' dtype and device
+    ref_grads: dict | None = None  # {"dq", "dk", "dv"} float64 on the CPU
+    naive_grads: dict | None = None  # same, in the inputs' dtype (low precision only)
 
 
 @dataclass(frozen=True)
@@ -61,19 +65,37 @@ class Failure:
     traceback: str
 
 
+_REFERENCE_CACHE: dict = {}  # one shape's reference: a sweep measures several implementations in a row
+
+
 def prepare(case: Case, seed: int) -> Prepared:
-    """Seeded inputs and the float64 reference on the checked rows (harness.measure.accuracy)."""
-    from harness.measure import accuracy
+    """Seeded inputs and the float64 reference on the checked rows (harness.measure.accuracy);
+    for training passes also the upstream gradient and the reference gradients
+    (harness.measure.grad_reference). Inputs are made anew every time (an implementation may
+    have spoiled the last ones); the reference of the last shape is reused."""
+    from harness.measure import accuracy, grad_reference
     from harness.measure.inputs import make_inputs
 
     inputs = make_inputs(case, seed)
-    rows = accuracy.select_rows(case.seq_len_q)
-    kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
-    ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
-    naive_errs = None
-    if case.dtype in ("float16", "bfloat16"):
-        naive_errs = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kw), ref)
-    return Prepared(case, inputs, rows, ref, naive_errs)
+    key = (case.replace(impl="", grid="", threads=None).case_id, seed)
+    if key not in _REFERENCE_CACHE:
+        rows = accuracy.select_rows(case.seq_len_q)
+        kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
+        ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
+        naive_errs = None
+        if case.dtype in ("float16", "bfloat16"):
+            naive_errs = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kw), ref)
+        grads = {}
+        if case.pass_kind != "forward":
+            g = grad_reference.upstream_grad(case, seed, like=inputs.q)
+            gkw = dict(causal=case.causal, attn_mask=inputs.attn_mask)
+            grads = {"grad_out": g, "ref_grads": grad_reference.reference_grads(inputs.q, inputs.k, inputs.v, g, **gkw)}
+            if case.dtype in ("float16", "bfloat16"):
+                grads["naive_grads"] = grad_reference.naive_grads(inputs.q, inputs.k, inputs.v, g, **gkw)
+        _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = (rows, ref, naive_errs, grads)
+    rows, ref, naive_errs, grads = _REFERENCE_CACHE[key]
+    return Prepared(case, inputs, rows, ref, naive_errs, **grads)
 
 
 def check_output(out, prepared: Prepared, dtype: str) -> Accuracy:
@@ -111,11 +133,28 @@ def check_impl(impl, prepared: Prepared, case: Case) -> Accuracy:
     return check_output(out, prepared, case.dtype)
 
 
-def build_callable(impl, inputs: "Inputs", case: Case) -> Callable[[], object]:
-    """A zero-argument callable for the timed region; all set-up stays outside it."""
+def check_impl_grads(impl, prepared: Prepared, case: Case):
+    """One forward + backward of `impl` with the seeded upstream gradient, judged per gradient
+    (harness.measure.grad_reference.check_grads)."""
+    import torch
+
+    from harness.measure.grad_reference import check_grads
+
+    inputs = prepared.inputs
+    with torch.enable_grad():
+        out = impl.entry(case)(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())
+        got = torch.autograd.grad(out, (inputs.q, inputs.k, inputs.v), prepared.grad_out)
+    return check_grads(got, prepared.ref_grads, prepared.naive_grads, case.dtype)
+
+
+def build_callable(impl, prepared: Prepared, case: Case) -> Callable[[], object]:
+    """A zero-argument callable for the timed region; all set-up stays outside it. Training
+    passes use the prepared seeded upstream gradient; `backward` builds the forward graph once,
+    here, and each timed call replays the same backward (retain_graph)."""
     import torch
 
     fn = impl.entry(case)
+    inputs = prepared.inputs
     kwargs = inputs.call_kwargs()
     q, k, v = inputs.q, inputs.k, inputs.v
     if case.pass_kind == "forward":
@@ -125,17 +164,16 @@ def build_callable(impl, inputs: "Inputs", case: Case) -> Callable[[], object]:
                 return fn(q, k, v, **kwargs)
 
         return forward
+    grad_out = prepared.grad_out
     if case.pass_kind == "forward_backward":
-        grad_out = torch.randn_like(q)
 
         def forward_backward():
             out = fn(q, k, v, **kwargs)
             return torch.autograd.grad(out, (q, k, v), grad_out)
 
         return forward_backward
-    # backward only: the graph is built once outside the timed region and replayed.
-    out = fn(q, k, v, **kwargs)
-    grad_out = torch.randn_like(out)
+    with torch.enable_grad():
+        out = fn(q, k, v, **kwargs)  # the graph, built once outside the timed region
 
     def backward():
         return torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)

@@ -1,4 +1,4 @@
-"""Nominal attention FLOP counts and a matmul calibration of the device's attainable FLOP/s.
+"""Nominal attention FLOP counts (the ceilings they are compared with: harness/measure/calibrate.py).
 
 Forward attention does two matmuls per visible (query, key) pair and head-dim element: Q·Kᵀ and
 P·V, each a multiply-add (2 FLOPs), so 4·B·Hq·D·pairs (FlashAttention paper §4 / benchmark
@@ -12,7 +12,6 @@ unpadded shape's and an implementation that skips padded keys shows up as faster
 from __future__ import annotations
 
 import math
-import time
 
 from harness.case import Case
 
@@ -59,50 +58,3 @@ def tflops_per_s(flops: int | float, time_s: float) -> float:
     if time_s <= 0 or not math.isfinite(time_s):
         raise ValueError(f"time_s must be positive and finite, got {time_s}")
     return flops / time_s / 1e12
-
-
-def matmul_calibration(
-    device: str = "cpu",
-    dtype: str = "float32",
-    size: int | None = None,
-    min_time_s: float = 0.25,
-) -> float:
-    """Attainable FLOP/s of this device: the median rate of square n×n matmuls (2·n³ FLOPs each)
-    over ≥ min_time_s after one warm-up call. Used once per run as the denominator of "% of peak".
-
-    Size defaults to 1024 on CPU (≈ 2 GFLOP per call, big enough to reach BLAS's steady state on
-    a few cores, small enough to stay well under a second) and 8192 on CUDA. The CPU rate depends
-    on torch's current thread count: call it with the thread count the run uses.
-    """
-    import torch
-
-    kind = device.split(":")[0]
-    n = size if size is not None else (8192 if kind == "cuda" else 1024)
-    torch_dtype = getattr(torch, dtype)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn((n, n), generator=gen).to(device=device, dtype=torch_dtype)  # (n, n)
-    b = torch.randn((n, n), generator=gen).to(device=device, dtype=torch_dtype)  # (n, n)
-    out = torch.empty((n, n), device=device, dtype=torch_dtype)  # reused: no allocation per call
-    flops = 2 * n**3
-    times: list[float] = []
-    if kind == "cuda":
-        torch.mm(a, b, out=out)
-        torch.cuda.synchronize(device)
-        start_wall = time.perf_counter()
-        while time.perf_counter() - start_wall < min_time_s or len(times) < 3:
-            begin = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            begin.record()
-            torch.mm(a, b, out=out)
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-    else:
-        torch.mm(a, b, out=out)  # warm-up: BLAS thread pool start, page faults
-        start_wall = time.perf_counter()
-        while time.perf_counter() - start_wall < min_time_s or len(times) < 3:
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return flops / times[len(times) // 2]

@@ -152,7 +152,7 @@ def measure_shape(req: dict) -> dict:
                 continue
             results[name] = _accuracy(impl, prepared, case)
             if results[name]["status"] == vocab.OK:
-                fn = core.build_callable(impl, prepared.inputs, case)
+                fn = core.build_callable(impl, prepared, case)
                 if name in slowdown:
                     fn = slowed(fn, slowdown[name], sync, cuda=is_cuda)
                 fns[name] = _guard(name, fn)

@@ -1,55 +1,32 @@
-"""`attnbench report`: a run directory -> reports/<run-id>/ (index.html, report.md, *.png).
+"""`attnbench report`: a run directory -> its report folder (index.html, report.md, *.png).
 
-Reads results only; never times anything. The content is built once as plain-text Sections and
-Tables (the document model in report_html.py), then rendered twice there: a self-contained
-index.html (PNGs as data: URIs, no network) and report.md (GitHub-flavoured tables, PNGs by name). This module reads and groups
-the records and writes the run-wide sections (environment, summary, numerical error, failures);
-report_plots.py builds each group's section: figures, per-size tables, speed-ups, fits.
+Reads results once as typed rows (harness.results.rows); never times anything. The content is
+built once as plain-text Sections and Tables (the document model in render.py), then rendered
+twice there: a self-contained index.html (PNGs as data: URIs, no network) and report.md
+(GitHub-flavoured tables, PNGs by name). This module writes the run-wide sections (environment,
+summary, numerical error, failures); plots.py builds each group's section (groups.py: grouping
+and x-axes): figures, per-size tables, speed-ups, fits, all driven by the metrics table.
 
 Grouping: per scenario grid, then per combination of every parameter except the sequence lengths
 (GROUP_PARAMS). Within such a group the x-axis is N for self-attention (Nq = Nk), Nk when Nq is
 constant, Nq when Nk is constant; when both vary the group is split by Nq and x is Nk.
-Scaling exponents come from harness.fit.fit_largest (the top half of the sizes, at least 3).
+Scaling exponents come from harness.report.fit.fit_largest (the top half of the sizes, at least 3).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from harness.case import Case
+from harness.report.groups import NOISE_NOTE, make_groups, num
 from harness.report.render import Report, Section, Table, render_html, render_markdown
-from harness.results.store import load_results, read_run_info, resolve_run_dir
+from harness.results.metrics import error_metrics
+from harness.results.rows import Row, read_rows
+from harness.results.store import read_run_info, resolve_run_dir
 
-GROUP_PARAMS = ("dtype", "device", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
-                "mask_fraction", "pass_kind", "threads")
-NUMERIC = ("batch", "heads_q", "heads_kv", "seq_len_q", "seq_len_kv", "head_dim", "mask_fraction",
-           "median_s", "q1_s", "q3_s", "spread", "flops", "tflops_per_s", "peak_bytes",
-           "predicted_peak_bytes", "max_abs_error", "rel_l2_error", "naive_max_abs_error")
-TEXT = ("impl", "status", "message", "noise", "error_rule", "grid", "dtype", "device", "mask", "pass_kind")
-NOISE_MARK = {"noisy": "~", "unreliable": "~~"}
-NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%). "
-              "The plots draw those points as hollow markers.")
 DEFAULT_BASELINE = "sdpa"
 MAX_PLOTTED_GROUPS = 24  # bounds the PNG count (3 per group) on huge sweeps; tables still cover all
 _PNG_NAME = re.compile(r"^\d{2,3}-[A-Za-z0-9_.-]*-(latency|memory|throughput)\.png$")
-
-
-@dataclass
-class Group:
-    grid: str
-    label: str
-    x_col: str  # "seq_len_q" or "seq_len_kv"
-    x_symbol: str  # "N", "Nq" or "Nk"
-    x_label: str
-    rows: list[dict]
-
-    @property
-    def xs(self) -> list[int]:
-        return sorted({int(r[self.x_col]) for r in self.rows})
 
 
 # ---------------------------------------------------------------- entry point
@@ -59,8 +36,7 @@ def write_report(run_dir, out_dir=None, baseline: str | None = None) -> Path:
     """Write index.html, report.md and the PNGs; return the report directory."""
     run_dir = resolve_run_dir(run_dir)
     info = read_run_info(run_dir)
-    run_id = Path(str(info.get("run_id") or run_dir.name)).name or run_dir.name  # never a path outside reports/
-    out = Path(out_dir) if out_dir is not None else Path("reports") / run_id
+    out = Path(out_dir) if out_dir is not None else default_report_dir(run_dir, info)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(run_dir, info, baseline=baseline)
     for old in out.glob("*.png"):  # a previous report's figures, never anyone else's files
@@ -74,14 +50,36 @@ def write_report(run_dir, out_dir=None, baseline: str | None = None) -> Path:
     return out
 
 
+def default_report_dir(run_dir: Path, info: dict | None = None) -> Path:
+    """Where a run's report goes unless told otherwise: reports/<run-id> beside the results/
+    folder that holds the run (results/X -> reports/X, wherever that tree is), else a report/
+    folder inside the run directory (a run written with --out DIR keeps its report with it)."""
+    run_dir = Path(run_dir).resolve()
+    run_id = Path(str((info or {}).get("run_id") or run_dir.name)).name or run_dir.name  # never a path elsewhere
+    if run_dir.parent.name == "results":
+        return run_dir.parent.parent / "reports" / run_id
+    return run_dir / "report"
+
+
 def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Report:
-    rows = _records(load_results(run_dir))
+    rows = read_rows(run_dir)
     scenario = info.get("scenario") if isinstance(info.get("scenario"), dict) else {}
     baseline = baseline or scenario.get("baseline") or DEFAULT_BASELINE
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     calibration = info.get("calibration") if isinstance(info.get("calibration"), dict) else {}
     sections = [environment_section(run_dir, info, rows)]
     sections.append(_overview(rows, baseline))
+    bad = calibration_disagrees(calibration)
+    if bad:
+        sections[-1].paragraphs.append(
+            f"Warning: the matmul ceiling measured at the start and at the end of the run disagree beyond their "
+            f"spread ({', '.join(bad)}): the machine's speed changed during the run (load, clocks); compare "
+            f"its absolute times with care.")
+    contended = [r for r in rows if r.m.contended]
+    if contended:
+        sections[-1].paragraphs.append(
+            f"{len(contended)} case(s) did not get the CPU they asked for (contended: another process was busy); "
+            f"their times are marked ! and drawn hollow, and `compare` never judges them.")
     groups = make_groups(rows)
     if groups:
         from harness.report.plots import group_section, impl_styles
@@ -103,96 +101,6 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
     return Report(title, [s for s in sections if s is not None])
 
 
-# ---------------------------------------------------------------- data
-
-
-def _records(df) -> list[dict]:
-    """One clean dict per case: every expected key present, NaN -> None, sizes as int, measured
-    numbers as float, and "ok" = ran OK with a usable median time."""
-    from harness.measure.stats import noise_level
-
-    defaults = {f.name: f.default for f in dataclasses.fields(Case)}
-    out = []
-    for raw in df.to_dict("records") if len(df) else []:
-        r = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in raw.items()}
-        for k, d in defaults.items():
-            if r.get(k) is None:
-                r[k] = d
-        for k in NUMERIC:
-            r[k] = _num(r.get(k))
-        for k in TEXT:
-            r[k] = "" if r.get(k) is None else str(r[k])
-        r["impl"] = r["impl"] or "?"
-        for k in ("batch", "heads_q", "heads_kv", "seq_len_q", "seq_len_kv", "head_dim"):
-            r[k] = int(r[k]) if r[k] is not None else None
-        r["causal"] = bool(r["causal"])
-        r["threads"] = int(r["threads"]) if _num(r["threads"]) else None
-        if r["noise"] not in ("ok", "noisy", "unreliable"):
-            r["noise"] = noise_level(r["spread"]) if r["spread"] is not None else ""
-        ep = r.get("error_passed")
-        r["error_passed"] = None if ep is None else bool(ep)
-        r["ok"] = r["status"] == "ok" and (r["median_s"] or 0) > 0
-        out.append(r)
-    return out
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def make_groups(rows: list[dict]) -> list[Group]:
-    """Grid -> combination of GROUP_PARAMS -> x-axis choice (see the module docstring)."""
-    groups: list[Group] = []
-    for grid in dict.fromkeys(r["grid"] for r in rows):
-        combos: dict[tuple, list[dict]] = {}
-        for r in rows:
-            if r["grid"] == grid and r["seq_len_q"] and r["seq_len_kv"]:
-                combos.setdefault(tuple(r[p] for p in GROUP_PARAMS), []).append(r)
-        for rs in combos.values():
-            groups.extend(_split_x(grid, rs))
-    # Groups where something was measured first (in scenario order), wholly skipped ones after:
-    # on a CPU machine the CUDA grids are a footnote, not the opening of the report.
-    return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
-
-
-def _split_x(grid: str, rs: list[dict]) -> list[Group]:
-    nq = sorted({int(r["seq_len_q"]) for r in rs})
-    nk = sorted({int(r["seq_len_kv"]) for r in rs})
-    if all(r["seq_len_q"] == r["seq_len_kv"] for r in rs):
-        return [Group(grid, _label(rs[0]), "seq_len_q", "N", "sequence length N (Nq = Nk)", rs)]
-    if len(nq) == 1:
-        return [Group(grid, _label(rs[0], f"Nq {nq[0]}"), "seq_len_kv", "Nk",
-                      f"key/value length Nk (cross-attention, Nq = {nq[0]})", rs)]
-    if len(nk) == 1:
-        return [Group(grid, _label(rs[0], f"Nk {nk[0]}"), "seq_len_q", "Nq",
-                      f"query length Nq (cross-attention, Nk = {nk[0]})", rs)]
-    out = []
-    for q in nq:  # both vary: one group per Nq, Nk on the x-axis
-        out.extend(_split_x(grid, [r for r in rs if int(r["seq_len_q"]) == q]))
-    return out
-
-
-def _label(r: dict, fixed: str = "") -> str:
-    hq, hkv = int(r["heads_q"]), int(r["heads_kv"])
-    bits = [f"b{int(r['batch'])}", f"h{hq}" if hq == hkv else f"h{hq}/{hkv}", f"d{int(r['head_dim'])}",
-            r["dtype"], r["device"]]
-    if fixed:
-        bits.append(fixed)
-    if r["causal"]:
-        bits.append("causal")
-    if r["mask"] and r["mask"] != "none":
-        bits.append(f"{r['mask']} {r['mask_fraction'] or 0:g}")
-    if r["pass_kind"] and r["pass_kind"] != "forward":
-        bits.append(r["pass_kind"])
-    if r["threads"]:
-        bits.append(f"{r['threads']} threads")
-    return " ".join(bits)
-
-
 # ---------------------------------------------------------------- sections
 
 # run.json["environment"] is written by harness.measure.env; look fields up by a few likely names so the
@@ -211,41 +119,66 @@ _ENV_FIELDS = (
 )
 
 
-def environment_section(run_dir: Path, info: dict, rows: list[dict]) -> Section:
+def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
     env = info.get("environment") if isinstance(info.get("environment"), dict) else {}
     flat = _flatten(env)
     scenario = info.get("scenario") if isinstance(info.get("scenario"), dict) else {}
-    devices = ", ".join(dict.fromkeys(r["device"] for r in rows)) or _lookup(flat, ("device",)) or "-"
+    ran = [r for r in rows if r.status != "skipped"]  # a device whose cases were all skipped did not run
+    devices = ", ".join(dict.fromkeys(r["device"] for r in ran)) or "none (every case was skipped)"
     out = [["run", str(info.get("run_id") or run_dir.name)],
            ["scenario", f"{scenario.get('name', '-')} ({scenario.get('path', '-')})"],
            ["started at", str(info.get("started_at") or "-")],
-           ["devices in this run", devices]]
+           ["devices that ran cases", devices]]
     gpus = env.get("gpus")
     if isinstance(gpus, list) and gpus:  # harness.measure.env: one dict per GPU
         flat.setdefault("gpu_name", ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus))
     elif env.get("cuda_available") is False:
         flat.setdefault("gpu_name", "none (CUDA not available)")
+    ran_cuda = any(str(r["device"]).startswith("cuda") for r in ran)
     for label, names in _ENV_FIELDS:
+        if label in ("GPU", "torch CUDA") and not ran_cuda:  # only devices that ran cases are listed
+            continue
         value = _lookup(flat, names)
         if value or label in ("CPU", "GPU", "torch", "git commit"):
             out.append([label, value or "-"])
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])
-    cal = info.get("calibration")
-    if isinstance(cal, dict) and cal:
-        for k, v in cal.items():
-            f = _num(v)
-            out.append([f"calibration {k.removesuffix('_flops_per_s')} peak",
-                        f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
-    else:
-        out.append(["calibration peak", "not measured (no % of peak)"])
+    out.extend(_calibration_rows(info.get("calibration")))
     out.append(["results", str(run_dir)])
     sec = Section("Environment", tables=[Table("Where and what ran", ["", "value"], out, numeric=False)])
     if flat:
         sec.tables.append(Table("Full environment (run.json)", ["key", "value"],
                                 [[k, v] for k, v in flat.items()], numeric=False, html_only=True))
     return sec
+
+
+def _calibration_rows(cal) -> list[list[str]]:
+    """One row per measured ceiling: the max, and start/end when the run measured both."""
+    if not isinstance(cal, dict) or not cal:
+        return [["calibration peak", "not measured (no % of peak)"]]
+    rows = []
+    for key, v in cal.items():
+        if isinstance(v, dict):
+            peak = num(v.get("matmul_flops_per_s"))
+            parts = [f"{peak / 1e12:.3g} TFLOP/s" if peak else "not measured (no % of peak)"]
+            rates = [num((v.get(w) or {}).get("matmul_flops_per_s")) for w in ("start", "end")]
+            if all(rates):
+                parts.append(f"start {rates[0] / 1e12:.3g}, end {rates[1] / 1e12:.3g}")
+            if v.get("agree") is False:
+                parts.append("DISAGREE: the machine changed during the run")
+            errors = [str((v.get(w) or {}).get("error")) for w in ("start", "end") if (v.get(w) or {}).get("error")]
+            parts += errors
+            rows.append([f"matmul peak {key}", "; ".join(parts)])
+        else:  # older runs: {"cpu_matmul_flops_per_s": x}
+            f = num(v)
+            rows.append([f"calibration {key.removesuffix('_flops_per_s')} peak",
+                         f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
+    return rows
+
+
+def calibration_disagrees(cal) -> list[str]:
+    return [k for k, v in (cal or {}).items() if isinstance(v, dict) and v.get("agree") is False]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -277,7 +210,7 @@ def _lookup(flat: dict[str, str], names) -> str:
 
 
 
-def _overview(rows: list[dict], baseline: str) -> Section:
+def _overview(rows: list[Row], baseline: str) -> Section:
     sec = Section("Summary")
     counts: dict[str, int] = {}
     for r in rows:
@@ -297,38 +230,41 @@ def _overview(rows: list[dict], baseline: str) -> Section:
     else:
         sec.paragraphs.append(f"Speed-ups are relative to {baseline!r}: median time of {baseline} / median time "
                               "of the implementation (> 1 = faster than the baseline).")
-    if any(r["ok"] and r["noise"] in NOISE_MARK for r in rows):
+    if any(r.ok and r.mark for r in rows):
         sec.paragraphs.append(NOISE_NOTE)
     return sec
 
 
-def _errors_section(rows: list[dict]) -> Section:
+def _errors_section(rows: list[Row]) -> Section:
     sec = Section("Numerical error vs the float64 reference")
-    checked = [r for r in rows if r["max_abs_error"] is not None or r["error_passed"] is not None]
+    checked = [r for r in rows if r["error_passed"] is not None or any(r[x.field] is not None for x in error_metrics())]
+    shown = [x for x in error_metrics() if any(r[x.field] is not None for r in checked)]  # e.g. gradients
     if not checked:
         sec.paragraphs.append("No case recorded an error measurement.")
         return sec
-    by: dict[tuple[str, str], list[dict]] = {}
+    by: dict[tuple[str, str], list[Row]] = {}
     for r in checked:
-        by.setdefault((r["impl"], r["dtype"]), []).append(r)
+        by.setdefault((r.impl, r["dtype"]), []).append(r)
     out = []
     for (impl, dtype), rs in by.items():
-        mx = lambda k: max((r[k] for r in rs if r[k] is not None), default=None)  # noqa: E731
-        a, l2 = mx("max_abs_error"), mx("rel_l2_error")
-        passed = sum(r["error_passed"] is True for r in rs)
-        failed = sum(r["error_passed"] is False for r in rs)
-        out.append([impl, dtype, str(len(rs)), "-" if a is None else f"{a:.2e}", "-" if l2 is None else f"{l2:.2e}",
+        worst = [max((r[x.field] for r in rs if r[x.field] is not None), default=None) for x in shown]
+        passed = sum(r["error_passed"] is True and r["grad_error_passed"] is not False for r in rs)
+        failed = sum(r["error_passed"] is False or r["grad_error_passed"] is False for r in rs)
+        out.append([impl, dtype, str(len(rs)), *(x.human(w) for x, w in zip(shown, worst)),
                     str(passed), str(failed), str(len(rs) - passed - failed)])
-    rules = sorted({r["error_rule"] for r in checked if r["error_rule"]})
+    rules = sorted({r.m.error_rule for r in checked if r.m.error_rule})
+    rows_note = sorted({r.m.error_rows for r in checked if r.m.error_rows})
     note = ("Pass rules: " + "; ".join(rules)) if rules else ""
     sec.tables.append(Table("Error per implementation and dtype (worst case over its shapes)",
-                            ["impl", "dtype", "cases", "max abs error", "max rel L2 error", "passed", "failed",
-                             "not judged"], out, note))
+                            ["impl", "dtype", "cases", *(x.title for x in shown), "passed", "failed", "not judged"],
+                            out, note))
+    if rows_note:
+        sec.paragraphs.append("Query rows compared per case: " + ", ".join(map(str, rows_note)) + ".")
     return sec
 
 
-def _problems_section(rows: list[dict]) -> Section | None:
-    from harness.cli.console import case_shape
+def _problems_section(rows: list[Row]) -> Section | None:
+    from harness.case import case_shape
 
     bad = [r for r in rows if r["status"] != "ok"]
     sec = Section("Cases that did not run OK")
@@ -339,10 +275,7 @@ def _problems_section(rows: list[dict]) -> Section | None:
     skipped = [r for r in bad if r["status"] == "skipped"]
 
     def shape(r):
-        try:
-            return case_shape(Case.from_dict(r))
-        except (TypeError, ValueError):
-            return r.get("case_id") or ""
+        return case_shape(r.case)
 
     head = ["status", "impl", "grid", "case", "reason"]
     if failed:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.case import Case
+from harness.results.metrics import METRICS
 from harness.results.records import Measurement
 from harness.results.store import read_measurements, read_run_info, resolve_run_dir
 
@@ -80,9 +81,9 @@ def _benchmark(m: Measurement, budget: dict) -> dict:
     param = _shape_param(case)
     group = case.grid or "attnbench"
     name = f"{case.impl}[{param}]"
-    extra = {k: getattr(m, k) for k in ("flops", "tflops_per_s", "peak_bytes", "predicted_peak_bytes",
-                                         "max_abs_error", "rel_l2_error", "error_passed", "timing_stopped")}
-    extra.update({"case_id": case.case_id, "noise": m.noise, "spread": getattr(m.stats, "spread", None)})
+    extra = {x.field: x.value(m) for x in METRICS if x.judge != "samples"}  # the time itself is in "stats"
+    extra.update({"case_id": case.case_id, "noise": m.noise, "spread": getattr(m.stats, "spread", None),
+                  "timing_stopped": m.timing_stopped})
     return {
         "group": group,
         "name": name,

@@ -1,8 +1,9 @@
 """One group of the report (a grid combination): its figures and the tables beside them.
 
-Figures: latency, peak memory and achieved TFLOP/s against sequence length, one PNG each, a fixed
-color per implementation. Tables: the same numbers per implementation × size, the speed-up vs the
-baseline, and the scaling exponents (harness.report.fit). Nothing here times anything or reads files.
+Figures: one PNG per plotted metric of the metrics table (latency, achieved TFLOP/s, peak memory)
+against sequence length, a fixed color per implementation. Tables: the same numbers per
+implementation × size, the speed-up vs the baseline, and the scaling exponents of the metrics
+marked `fit` (harness.report.fit). Nothing here times anything or reads files.
 
 Figures are built on matplotlib's object API with an explicit Agg canvas, created inside the
 function (never at import) and without switching the process-wide pyplot backend: a report
@@ -19,29 +20,27 @@ import re
 from dataclasses import dataclass
 
 from harness.report.fit import MIN_FIT_SIZES, fit_largest
-from harness.report.build import NOISE_MARK, Group, _num
+from harness.report.groups import Group, num
 from harness.report.render import Figure, Section, Table
+from harness.results.metrics import Metric, plotted_metrics
+from harness.results.rows import Row
 
 FIGSIZE_IN = (7.0, 4.5)
 DPI = 110
-NOISY_NOTE = "hollow marker: noisy timing (IQR/median ≥ 10%)"
+NOISY_NOTE = "hollow marker: noisy (IQR/median ≥ 10%) or contended timing"
 MAX_INSIDE_LEGEND = 5  # more implementations than this: the legend goes beside the axes
 
 
 @dataclass(frozen=True)
 class Series:
-    """One implementation's points in one group; NaN where the case did not run OK."""
+    """One implementation's points in one group, in display units; NaN where the case did not run OK."""
 
     impl: str
     color: str
     marker: str
     xs: tuple[int, ...]
-    median_ms: tuple[float, ...]
-    q1_ms: tuple[float, ...]
-    q3_ms: tuple[float, ...]
     noisy: tuple[bool, ...]
-    peak_mib: tuple[float, ...]
-    tflops: tuple[float, ...]
+    values: dict  # metric field (and band fields) -> tuple of floats, one per x
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p")
@@ -57,30 +56,22 @@ def impl_styles(impls: list[str]) -> dict[str, tuple[str, str]]:
     return {name: (to_hex(cmap(i % cmap.N)), MARKERS[i % len(MARKERS)]) for i, name in enumerate(impls)}
 
 
-def plot_group(
-    series: list[Series], *, title: str, x_label: str, peak_tflops: float | None = None
-) -> dict[str, bytes]:
-    """PNG bytes keyed by "latency", "memory", "throughput"; a metric with no data is left out."""
+def plot_group(series: list[Series], metrics: tuple[Metric, ...], *, title: str, x_label: str,
+               ceilings: dict[str, float] | None = None) -> dict[str, bytes]:
+    """PNG bytes keyed by each metric's plot name; a metric with no data is left out. `ceilings`
+    maps a metric field to the measured ceiling in display units (a secondary % axis)."""
     out = {}
-    for key, draw in (("latency", _latency), ("memory", _memory), ("throughput", _throughput)):
+    for m in metrics:
         fig, ax = _figure()
-        has_data = draw(ax, series, peak_tflops)
-        if not has_data:
+        if not _draw_metric(ax, series, m, (ceilings or {}).get(m.field)):
             continue
-        ax.set_title(f"{title}\n{_TITLES[key]}", fontsize=10)
+        ax.set_title(f"{title}\n{m.plot_title or m.title}", fontsize=10)
         ax.set_xlabel(x_label)
         _x_ticks(ax, series)
         ax.grid(True, which="major", alpha=0.3)
-        _legend(ax, series, noisy_note=key != "memory")
-        out[key] = _png(fig)
+        _legend(ax, series, noisy_note=m.kind in ("timing", "rate"))
+        out[m.plot] = _png(fig)
     return out
-
-
-_TITLES = {
-    "latency": "Latency vs sequence length (median; bars = interquartile range)",
-    "memory": "Peak memory above the inputs vs sequence length",
-    "throughput": "Achieved throughput vs sequence length (from the median time)",
-}
 
 
 def _figure():
@@ -120,57 +111,43 @@ def _draw_line(ax, s: Series, pts, *, hollow_noisy: bool) -> None:
                    zorder=4)
 
 
-def _latency(ax, series: list[Series], _peak) -> bool:
+def _draw_band(ax, s: Series, m: Metric, pts) -> None:
+    """Error bars from the metric's band fields (e.g. the interquartile range of the latency)."""
+    lo_f, hi_f = m.band
+    by_x = dict(zip(s.xs, zip(s.values[lo_f], s.values[hi_f])))
+    lo, hi, xs, ys = [], [], [], []
+    for x, v, _ in pts:
+        q1, q3 = by_x[x]
+        if _ok(q1) and _ok(q3):
+            xs.append(x)
+            ys.append(v)
+            lo.append(max(v - q1, 0.0))
+            hi.append(max(q3 - v, 0.0))
+    if xs:
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=s.color, elinewidth=1, capsize=2, alpha=0.7)
+
+
+def _draw_metric(ax, series: list[Series], m: Metric, ceiling: float | None) -> bool:
     any_data = False
+    hollow = m.kind in ("timing", "rate")  # noisy timings show as hollow markers
     for s in series:
-        pts = _points(s, s.median_ms)
+        pts = _points(s, s.values[m.field])
         if not pts:
             continue
         any_data = True
-        by_x = {x: (q1, med, q3) for x, q1, med, q3 in zip(s.xs, s.q1_ms, s.median_ms, s.q3_ms)}
-        lo, hi, xs = [], [], []
-        for x, med, _ in pts:
-            q1, _, q3 = by_x[x]
-            if _ok(q1) and _ok(q3):
-                xs.append(x)
-                lo.append(max(med - q1, 0.0))
-                hi.append(max(q3 - med, 0.0))
-        if xs:
-            ys = [by_x[x][1] for x in xs]
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=s.color, elinewidth=1, capsize=2, alpha=0.7)
-        _draw_line(ax, s, pts, hollow_noisy=True)
+        if m.band:
+            _draw_band(ax, s, m, pts)
+        _draw_line(ax, s, pts, hollow_noisy=hollow)
     ax.set_xscale("log", base=2)
-    _log_y(ax)
-    ax.set_ylabel("median latency (ms, log scale)")
-    return any_data
-
-
-def _memory(ax, series: list[Series], _peak) -> bool:
-    any_data = False
-    for s in series:
-        pts = _points(s, s.peak_mib)
-        any_data |= bool(pts)
-        _draw_line(ax, s, pts, hollow_noisy=False)
-    ax.set_xscale("log", base=2)
-    _log_y(ax)
-    ax.set_ylabel("peak memory above inputs (MiB, log scale)")
-    return any_data
-
-
-def _throughput(ax, series: list[Series], peak_tflops: float | None) -> bool:
-    any_data = False
-    for s in series:
-        pts = _points(s, s.tflops)
-        any_data |= bool(pts)
-        _draw_line(ax, s, pts, hollow_noisy=True)
-    ax.set_xscale("log", base=2)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("achieved TFLOP/s")
-    if peak_tflops and peak_tflops > 0:
-        sec = ax.secondary_yaxis(
-            "right", functions=(lambda t: t / peak_tflops * 100.0, lambda p: p * peak_tflops / 100.0)
-        )
-        sec.set_ylabel(f"% of measured matmul peak ({peak_tflops:.3g} TFLOP/s)")
+    unit = f" ({m.display_unit}, log scale)" if m.log_y else (f" ({m.display_unit})" if m.display_unit else "")
+    ax.set_ylabel(f"{m.title}{unit}" if m.display_unit != m.title else m.title)
+    if m.log_y:
+        _log_y(ax)
+    else:
+        ax.set_ylim(bottom=0)
+    if ceiling and ceiling > 0:
+        sec = ax.secondary_yaxis("right", functions=(lambda t: t / ceiling * 100.0, lambda p: p * ceiling / 100.0))
+        sec.set_ylabel(f"% of measured {m.ceiling_label} ({ceiling:.3g} {m.display_unit})")
     return any_data
 
 
@@ -212,7 +189,7 @@ def _legend(ax, series: list[Series], *, noisy_note: bool) -> None:
         Line2D([], [], color=s.color, marker=s.marker, ms=5, lw=1.6, label=s.impl) for s in series if s.color in shown
     ]
     outside = len(handles) > MAX_INSIDE_LEGEND
-    if noisy_note and any(n for s in series for n, v in zip(s.noisy, s.median_ms) if _ok(v)):
+    if noisy_note and any(n for s in series for n, v in zip(s.noisy, s.values["median_s"]) if _ok(v)):
         label = NOISY_NOTE.replace(": ", ":\n", 1) if outside else NOISY_NOTE
         handles.append(Line2D([], [], ls="", marker="o", ms=6, mfc="white", mec="0.3", mew=1.4, label=label))
     if outside:
@@ -226,23 +203,23 @@ def _legend(ax, series: list[Series], *, noisy_note: bool) -> None:
 
 
 def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, plot: bool) -> Section:
-    """The section for one grid combination: figures (when `plot` and ≥ 2 sizes ran OK), tables of
-    latency / memory / TFLOP/s / speed-up (rows = implementation, columns = size), fitted exponents."""
+    """The section for one grid combination: figures (when `plot` and ≥ 2 sizes ran OK), a table per
+    plotted metric (rows = implementation, columns = size), speed-ups, fitted exponents."""
     sec = Section(f"{g.grid or '(no grid)'} · {g.label}", level=3)
-    cells: dict[tuple[str, int], dict] = {}
+    cells: dict[tuple[str, int], Row] = {}
     for r in g.rows:  # an OK record wins over a failed one for the same point
-        key = (r["impl"], int(r[g.x_col]))
-        if key not in cells or (r["ok"] and not cells[key]["ok"]):
+        key = (r.impl, int(r[g.x_col]))
+        if key not in cells or (r.ok and not cells[key].ok):
             cells[key] = r
     impls = [i for i in impl_order if any(k[0] == i for k in cells)]
     xs = g.xs
-    ok_xs = sorted({x for (_, x), r in cells.items() if r["ok"]})
+    ok_xs = sorted({x for (_, x), r in cells.items() if r.ok})
     sec.paragraphs.append(f"x-axis: {g.x_label}.")
-    peak = calibration.get(f"{g.rows[0]['device']}_matmul_flops_per_s")
-    peak = _num(peak) if _num(peak) and _num(peak) > 0 else None
-    statuses = {r["status"] for r in cells.values()}
+    metrics = plotted_metrics()
+    ceilings = _ceilings(metrics, g.rows[0].case, calibration)
+    statuses = {r.status for r in cells.values()}
     if statuses == {"skipped"}:  # e.g. a CUDA grid on a CPU machine: one line, not a table of "skipped"
-        reasons = sorted({str(r.get("message") or "no reason given") for r in cells.values()})
+        reasons = sorted({str(r.message or "no reason given") for r in cells.values()})
         sec.paragraphs.append(f"All {len(cells)} cases skipped: {'; '.join(reasons)}.")
         return sec
     if not ok_xs:
@@ -250,16 +227,14 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     elif len(ok_xs) < 2:
         sec.paragraphs.append("Only one sequence length ran OK in this group: tables only, no plots or fits.")
     elif plot:
+        fields = {f for m in metrics for f in (m.field, *(m.band or ()))}
         series = []
         for impl in impls:
-            pts = [cells.get((impl, x)) for x in xs]
-            ok = [p if p is not None and p["ok"] else None for p in pts]
-            get = lambda k, scale: tuple(p[k] * scale if p and p[k] is not None else math.nan for p in ok)  # noqa: E731
-            series.append(Series(impl, *styles[impl], tuple(xs), get("median_s", 1e3), get("q1_s", 1e3),
-                                 get("q3_s", 1e3), tuple(bool(p and p["noise"] in NOISE_MARK) for p in ok),
-                                 get("peak_bytes", 2.0**-20), get("tflops_per_s", 1.0)))
-        pngs = plot_group(series, title=f"{g.grid} · {g.label}", x_label=g.x_label,
-                          peak_tflops=peak / 1e12 if peak else None)
+            ok = [r if r is not None and r.ok else None for r in (cells.get((impl, x)) for x in xs)]
+            values = {f: tuple(_display(r, f) for r in ok) for f in fields}
+            series.append(Series(impl, *styles[impl], tuple(xs), tuple(bool(r and r.mark) for r in ok),
+                                 values))
+        pngs = plot_group(series, metrics, title=f"{g.grid} · {g.label}", x_label=g.x_label, ceilings=ceilings)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{g.grid}-{g.label}").strip("-")[:48]
         for key, png in pngs.items():
             sec.figures.append(Figure(f"{idx:02d}-{slug}-{key}.png", png, f"{key}: {g.grid} {g.label}"))
@@ -272,21 +247,9 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     if not ok_xs:  # nothing measured: one table of statuses says it all
         sec.tables.append(table("Status", lambda r: "ok"))
         return sec
-    sec.tables.append(table("Median latency (ms)",
-                            lambda r: _fmt(r["median_s"] * 1e3) + NOISE_MARK.get(r["noise"], "")))
-    sec.tables.append(table("Peak memory above the inputs (MiB)",
-                            lambda r: _fmt(r["peak_bytes"] / 2**20) if r["peak_bytes"] is not None else "-"))
-
-    def tflops(r):
-        t = r["tflops_per_s"]
-        if t is None:
-            return "-"
-        pct = f" ({t * 1e12 / peak * 100:.0f}%)" if peak else ""
-        return _fmt(t) + pct + NOISE_MARK.get(r["noise"], "")
-
-    note = (f"In parentheses: % of the measured {g.rows[0]['device']} matmul peak ({peak / 1e12:.3g} TFLOP/s)."
-            if peak else "No calibration peak for this device: no % of peak.")
-    sec.tables.append(table("Achieved TFLOP/s", tflops, note))
+    for m in metrics:
+        sec.tables.append(table(f"{m.title} ({m.display_unit})", _metric_cell(m, ceilings.get(m.field)),
+                                _ceiling_note(m, g.rows[0]["device"], ceilings.get(m.field))))
     sec.tables.extend(_speedup_table(cells, impls, xs, baseline, head, g.x_symbol, sec))
     if len(ok_xs) >= MIN_FIT_SIZES:
         sec.bullets_title = (f"Scaling exponents (least squares in log–log over the largest sizes: the top half, "
@@ -295,10 +258,54 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     return sec
 
 
-def _cell(r: dict | None, fmt) -> str:
+def _display(r: Row | None, field: str) -> float:
+    from harness.results.metrics import BY_FIELD
+
+    v = None if r is None else num(r[field])
+    if v is None:
+        return math.nan
+    m = BY_FIELD.get(field) or BY_FIELD["median_s"]  # band fields share their metric's unit
+    return v * m.display_scale
+
+
+def _ceilings(metrics, case, calibration: dict) -> dict[str, float]:
+    """Measured ceilings (run.json calibration, for the group's device, dtype and threads) in
+    each metric's display unit."""
+    from harness.measure.calibrate import ceilings_of, lookup
+
+    out = {}
+    for m in metrics:
+        if m.ceiling == "matmul_flops_per_s":
+            c = num(lookup(ceilings_of(calibration), case))
+            if c and c > 0:
+                out[m.field] = c / 1e12 if m.display_unit == "TFLOP/s" else c * m.display_scale
+    return out
+
+
+def _metric_cell(m: Metric, ceiling: float | None):
+    def cell(r: Row) -> str:
+        v = m.shown(num(r[m.field]))
+        if v is None:
+            return "-"
+        pct = f" ({v / ceiling * 100:.0f}%)" if ceiling else ""
+        mark = r.mark if m.kind in ("timing", "rate") else ""
+        return _fmt(v) + pct + mark
+
+    return cell
+
+
+def _ceiling_note(m: Metric, device: str, ceiling: float | None) -> str:
+    if not m.ceiling:
+        return ""
+    if ceiling:
+        return f"In parentheses: % of the measured {device} {m.ceiling_label} ({ceiling:.3g} {m.display_unit})."
+    return f"No calibration {m.ceiling_label} for this device: no % of it."
+
+
+def _cell(r: Row | None, fmt) -> str:
     if r is None:
         return ""
-    return fmt(r) if r["ok"] else (r["status"] or "?")
+    return fmt(r) if r.ok else (r.status or "?")
 
 
 def _fmt(v: float) -> str:
@@ -307,8 +314,8 @@ def _fmt(v: float) -> str:
 
 def _speedup_table(cells, impls, xs, baseline, head, sym, sec: Section) -> list[Table]:
     base = {x: cells.get((baseline, x)) for x in xs}
-    if not any(b is not None and b["ok"] for b in base.values()):
-        got = sorted({b["status"] for b in base.values() if b is not None})
+    if not any(b is not None and b.ok for b in base.values()):
+        got = sorted({b.status for b in base.values() if b is not None})
         sec.paragraphs.append(f"Baseline {baseline!r} did not run OK in this group"
                               f"{' (' + ', '.join(got) + ')' if got else ' (not run)'}: no speed-up table.")
         return []
@@ -317,26 +324,27 @@ def _speedup_table(cells, impls, xs, baseline, head, sym, sec: Section) -> list[
         row = [impl]
         for x in xs:
             r, b = cells.get((impl, x)), base[x]
-            if r is None or b is None or not (r["ok"] and b["ok"]):
-                row.append("-" if r is None or r["ok"] else r["status"])
+            if r is None or b is None or not (r.ok and b.ok):
+                row.append("-" if r is None or r.ok else r.status)
                 continue
-            mark = "~" if (r["noise"] in NOISE_MARK or b["noise"] in NOISE_MARK) else ""
+            mark = "~" if (r.mark or b.mark) else ""
             row.append(f"{b['median_s'] / r['median_s']:.2f}×{mark}")
         rows.append(row)
     noisy = any(c.endswith("~") for row in rows for c in row[1:])
     return [Table(f"Speed-up vs {baseline} (× faster; > 1 = faster than {baseline}), by {sym}", head, rows,
-                  "~: the implementation's or the baseline's timing is noisy." if noisy else "")]
+                  "~: the implementation's or the baseline's timing is noisy or contended." if noisy else "")]
 
 
 def _fit_lines(g: Group, impls, cells, xs) -> list[str]:
     sym = g.x_symbol
     lines = []
     for impl in impls:
-        ok = [cells[(impl, x)] for x in xs if (impl, x) in cells and cells[(impl, x)]["ok"]]
+        ok = [cells[(impl, x)] for x in xs if (impl, x) in cells and cells[(impl, x)].ok]
         ns = [r[g.x_col] for r in ok]
         parts = []
-        for what, key in (("latency", "median_s"), ("memory", "peak_bytes")):
-            f = fit_largest(ns, [r[key] for r in ok])
+        for m in (m for m in plotted_metrics() if m.fit):
+            what = m.plot
+            f = fit_largest(ns, [r[m.field] for r in ok])
             if f is not None:
                 a = round(f.exponent, 2) + 0.0  # never "-0.00"
                 parts.append(f"{what} ∝ {sym}^{a:.2f} (R² {f.r2:.3f}, {sym} {f.n_min:.0f}–{f.n_max:.0f}, "

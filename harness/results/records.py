@@ -23,6 +23,8 @@ class Measurement:
     samples_s: tuple[float, ...] = ()
     calls_per_block: int = 0
     timing_stopped: str = ""  # "spread" or "max_time"
+    contended: bool = False  # the case did not get the CPU it asked for (harness.measure.contention)
+    contention: str = ""  # why, when contended
     stats: Stats | None = None  # summary of samples_s
     flops: int | None = None
     tflops_per_s: float | None = None
@@ -36,6 +38,8 @@ class Measurement:
     error_passed: bool | None = None
     error_rule: str = ""
     error_rows: int | None = None  # query rows compared (a subset for large Nq)
+    # further metrics by field name (harness/results/metrics.py declares each)
+    metrics: dict = field(default_factory=dict)
     # bookkeeping
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)

@@ -9,7 +9,6 @@ Schema history (bump SCHEMA_VERSION on any incompatible change; readers reject u
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -131,7 +130,8 @@ def read_measurements(run_dir: str | Path) -> list[Measurement]:
 
 
 def load_results(path: str | Path):
-    """One row per case; case fields, stats and every measured field as columns."""
+    """One row per case; case fields, stats and every measured field (the metrics table's
+    included) as columns."""
     import pandas as pd
 
     rows = []
@@ -140,6 +140,7 @@ def load_results(path: str | Path):
         row = {**d.pop("case"), "case_id": d.pop("case_id")}
         stats = d.pop("stats") or {}
         row.update(stats)  # median_s, q1_s, spread, noise, ...
+        row.update(d.pop("metrics") or {})  # the metrics table's further metrics, one column each
         extra = d.pop("extra") or {}
         row.update({f"extra_{k}": v for k, v in extra.items()})
         row.update(d)

@@ -27,16 +27,21 @@ DONE, TIMEOUT, CRASHED = "done", "timeout", "crashed"
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "case" | "shape"
-    case: Case  # the case; for a shape, the reference's case
+    kind: str  # "case" | "shape" | "calibrate"
+    case: Case | None  # the case; for a shape, the reference's case; None for a calibration
     request: dict  # the JSON request the worker answers (kind and case included)
     timeout_s: float
     key: str = ""  # the caller's handle for matching replies (default: the case id)
 
     @classmethod
-    def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float) -> "Job":
-        req = {"kind": "case", "case": case.to_dict(), "budget": budget, "seed": seed}
+    def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float, ceilings: dict | None = None) -> "Job":
+        req = {"kind": "case", "case": case.to_dict(), "budget": budget, "seed": seed, "ceilings": ceilings or {}}
         return cls("case", case, req, timeout_s, case.case_id)
+
+    @classmethod
+    def for_calibration(cls, points: list[dict], timeout_s: float) -> "Job":
+        """Measure the ceilings (harness.measure.calibrate) of these {device, dtype, threads}."""
+        return cls("calibrate", None, {"kind": "calibrate", "points": points}, timeout_s, "calibrate")
 
     @classmethod
     def for_shape(cls, ref_case: Case, request: dict, timeout_s: float) -> "Job":

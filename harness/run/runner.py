@@ -31,7 +31,10 @@ from harness.results.store import (
     resolve_run_dir,
     write_run_info,
 )
+from harness.measure.calibrate import ceiling_key, ceilings_of, combine
 from harness.run.executor import DONE, Executor, Job, Reply
+
+CALIBRATION_TIMEOUT_S = 120.0
 
 
 def new_run_id(scenario_name: str, now: _dt.datetime | None = None) -> str:
@@ -105,7 +108,11 @@ def run_cases(
             if not to_run:
                 return done, interrupted
             timeout_s = float(budget.case_timeout_s)
-            jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s) for c in to_run]
+            points = calibration_points(to_run)
+            start_cal = calibrate(executor, points)
+            _store_calibration(run_dir, start_cal, None)
+            ceilings = ceilings_of(combine(start_cal, None))
+            jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s, ceilings) for c in to_run]
             started: dict[str, int] = {}
 
             def start(job: Job) -> None:
@@ -122,11 +129,48 @@ def run_cases(
                         on_progress(n, len(jobs), reply.job.case, m, reply.wall_s)
             except KeyboardInterrupt:
                 interrupted = True
+            if not interrupted:
+                _store_calibration(run_dir, start_cal, calibrate(executor, points))
     finally:
         if own:
             executor.close()
         run_lock.release(run_dir)  # the run (start_run / pending_cases took the lock) is over
     return done, interrupted
+
+
+def calibration_points(cases: list[Case]) -> list[dict]:
+    """The distinct (device, dtype, threads) the cases run with: one ceiling each."""
+    seen = {}
+    for c in cases:
+        seen.setdefault(ceiling_key(c.device, c.dtype, c.threads), {"device": c.device, "dtype": c.dtype,
+                                                                    "threads": c.threads})
+    return list(seen.values())
+
+
+def calibrate(executor: Executor, points: list[dict]) -> dict:
+    """Ceilings measured where the cases run (through the executor); a failed calibration is
+    recorded per point with the reason."""
+    if not points:
+        return {}
+    job = Job.for_calibration(points, CALIBRATION_TIMEOUT_S + 5.0 * len(points))
+    for reply in executor.run([job]):
+        if reply.status == DONE:
+            return reply.answer.get("calibration") or {}
+        return {ceiling_key(p["device"], p["dtype"], p.get("threads")): {"error": reply.message or reply.status}
+                for p in points}
+    return {}
+
+
+def _store_calibration(run_dir: Path, start: dict, end: dict | None) -> None:
+    """run.json's calibration: start and end per key, the max as the ceiling (a resumed run keeps
+    the earlier start measurements and adds its own)."""
+    info = read_run_info(run_dir)
+    old = info.get("calibration") if isinstance(info.get("calibration"), dict) else {}
+    starts = {k: v["start"] for k, v in old.items() if isinstance(v, dict) and v.get("start")}
+    starts.update({k: v for k, v in start.items() if k not in starts})
+    info["calibration"] = combine(starts, end if end is not None else
+                                  {k: v.get("end") for k, v in old.items() if isinstance(v, dict) and v.get("end")})
+    write_run_info(run_dir, info)
 
 
 def _predicted(case: Case) -> int | None:
@@ -148,8 +192,9 @@ def measurement_of(reply: Reply) -> Measurement:
     return m
 
 
-def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: bool = True) -> Path:
-    """Create results/<run-id>/ with run.json: schema version, scenario, environment, calibration."""
+def start_run(scenario, *, out_dir: Path, run_id: str | None = None) -> Path:
+    """Create results/<run-id>/ with run.json: schema version, scenario, environment (the
+    calibration is added by run_cases, measured where the cases run)."""
     from harness.measure.env import collect_environment
 
     if run_id is not None:
@@ -164,11 +209,6 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
             except (FileExistsError, run_lock.RunLockedError):
                 if n == 100:
                     raise
-    calibration = None
-    if calibrate:
-        from harness.measure.flops import matmul_calibration
-
-        calibration = {"cpu_matmul_flops_per_s": matmul_calibration("cpu")}
     info = {
         "run_id": run_id,
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -180,7 +220,7 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None, calibrate: 
             "budget": dataclasses.asdict(scenario.budget),
         },
         "environment": collect_environment(),
-        "calibration": calibration,
+        "calibration": {},
         "implementations": {
             name: {"source": registry.get(name).source, "params": registry.get(name).params}
             for name in registry.names()

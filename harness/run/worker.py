@@ -4,9 +4,15 @@ It imports torch and the catalogue, says {"ready": pid} once, then answers one J
 request line. Answers go to a private copy of stdout; fd 1 is pointed at stderr so that an
 implementation's prints cannot corrupt the protocol. Requests (built by harness/run/executor.py):
 
-    {"kind": "case",  "case": {...}, "budget": {...}, "seed": int}  -> a Measurement dict
+    {"kind": "case",  "case": {...}, "budget": {...}, "seed": int,
+     "ceilings": {...}}                                            -> a Measurement dict
     {"kind": "shape", "case": {...}, "impls": [...], ...}           -> the gate's ratios
                                                                        (harness.measure.shape_ratios)
+    {"kind": "calibrate", "points": [{device, dtype, threads}]}    -> measured ceilings
+                                                                       (harness.measure.calibrate)
+Every request starts from the same process state: global torch settings a case may change (thread
+count, grad mode, flush-denormal, matmul precision, deterministic algorithms) are restored after
+it, so one case never runs with the previous case's settings.
 The parent side (start, timeouts, crashes) is harness/run/process.py.
 """
 
@@ -23,20 +29,53 @@ from harness.run.process import MEMORY_LIMIT_ENV, PARENT_PID_ENV, PDEATHSIG_ENV
 
 def handle(req: dict) -> dict:
     kind = req.get("kind", "case")
-    if kind == "case":
-        from harness.measure.case_measure import measure_case
+    with clean_state():
+        if kind == "case":
+            from harness.measure.case_measure import measure_case
 
-        return measure_case(Case.from_dict(req["case"]), Budget.from_dict(req["budget"]), int(req["seed"])).to_dict()
-    if kind == "shape":
-        from harness.measure import shape_ratios
+            m = measure_case(Case.from_dict(req["case"]), Budget.from_dict(req["budget"]), int(req["seed"]),
+                             ceilings=req.get("ceilings") or {})
+            return m.to_dict()
+        if kind == "shape":
+            from harness.measure import shape_ratios
 
-        return shape_ratios.handle(req)
+            return shape_ratios.handle(req)
+        if kind == "calibrate":
+            from harness.measure.calibrate import calibrate
+
+            return {"calibration": calibrate(req["points"])}
     raise ValueError(f"unknown request kind {kind!r}")
 
 
+class clean_state:
+    """Snapshot the global torch settings a case may change; restore them on exit."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = (torch.get_num_threads(), torch.is_grad_enabled(), torch.get_float32_matmul_precision(),
+                      torch.are_deterministic_algorithms_enabled(), torch.get_default_dtype())
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        threads, grad, precision, deterministic, dtype = self.saved
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_default_dtype(dtype)
+        torch.set_flush_denormal(False)  # torch's default; a case that turned it on must not leak it
+        return False
+
+
 def banner(req: dict) -> str:
+    kind = req.get("kind", "case")
+    if kind == "calibrate":
+        return f"[worker {os.getpid()}] calibrate {req.get('points')}"
     case = Case.from_dict(req["case"])
-    what = case.case_id if req.get("kind", "case") == "case" else f"shape {case.case_id} {req.get('impls')}"
+    what = case.case_id if kind == "case" else f"shape {case.case_id} {req.get('impls')}"
     return f"[worker {os.getpid()}] {what}"
 
 

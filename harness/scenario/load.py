@@ -38,6 +38,8 @@ from harness import registry
 from harness.case import Case
 from harness.scenario.schema import (
     AXES,
+    DECODE_AXES,
+    PREFILL_ONLY,
     EXCLUDE_KEYS,
     GRID_KEYS,
     NAME_ALLOWED,
@@ -48,7 +50,9 @@ from harness.scenario.schema import (
     Where,
     axis_values,
     check_grid_size,
+    check_kv_lens,
     decode_scenario_text,
+    expand_kv_spec,
     did_you_mean,
     impl_names,
     is_int,
@@ -96,10 +100,19 @@ class Grid:
     threads: tuple[int | None, ...] = (None,)
     pass_kind: tuple[str, ...] = ("forward",)
     exclude: tuple[ExcludeRule, ...] = ()
+    # decode (workload = "decode"): seq_len_q holds query_tokens; kv_lens specs are ints, tuples
+    # (one length per sequence) or ("uniform", lo, hi), expanded per batch with `seed`.
+    workload: str = "prefill"
+    kv_lens: tuple = ()
+    kv_layout: tuple[str, ...] = ("contiguous",)
+    page_size: tuple[int, ...] = (0,)
+    seed: int = 0
 
     def cases(self) -> list[Case]:
         """The product of the axes minus excluded cases; implementation varies fastest, so all
         implementations of one shape run back to back (ratios between them drift least)."""
+        if self.workload == "decode":
+            return self._decode_cases()
         out = []
         for (device, dtype, pass_kind, batch, hq, hkv, nq, nk, d, causal, mask, frac, threads,
              impl) in itertools.product(
@@ -117,6 +130,25 @@ class Grid:
             if not any(rule.matches(case) for rule in self.exclude):
                 out.append(case)
         return out
+
+    def _decode_cases(self) -> list[Case]:
+        out: dict[Case, None] = {}  # contiguous x several page sizes would repeat a case
+        for (device, dtype, batch, hq, hkv, nq, d, layout, ps, spec, threads, impl) in itertools.product(
+            self.device, self.dtype, self.batch, self.heads_q, self.heads_kv, self.seq_len_q,
+            self.head_dim, self.kv_layout, self.page_size, self.kv_lens, self.threads,
+            self.implementations,
+        ):
+            lens = expand_kv_spec(spec, batch, self.seed)
+            case = Case(
+                impl=impl, batch=batch, heads_q=hq, heads_kv=hq if hkv is None else hkv,
+                seq_len_q=nq, seq_len_kv=max(lens), head_dim=d, dtype=dtype, device=device,
+                causal=True,  # decode is bottom-right causal over each sequence's length
+                threads=threads, grid=self.name, workload="decode", kv_layout=layout,
+                page_size=ps if layout == "paged" else 0, kv_lens=lens,
+            )
+            if not any(rule.matches(case) for rule in self.exclude):
+                out.setdefault(case)
+        return list(out)
 
 
 @dataclass(frozen=True)
@@ -270,7 +302,7 @@ def _parse(where: Where, path: str, raw: dict, known: tuple[str, ...]) -> Scenar
         raise where.error("grid", "missing; add at least one [[grid]] block")
     if not isinstance(grids_raw, list) or not grids_raw:
         raise where.bad("grid", grids_raw, "one or more [[grid]] blocks (an array of tables)")
-    grids = tuple(_parse_grid(where, g, i, impls, known) for i, g in enumerate(grids_raw))
+    grids = tuple(_parse_grid(where, g, i, impls, known, seed) for i, g in enumerate(grids_raw))
     names = [g.name for g in grids]
     for i, n in enumerate(names):
         if n in names[:i]:
@@ -292,32 +324,47 @@ def _parse(where: Where, path: str, raw: dict, known: tuple[str, ...]) -> Scenar
 
 
 def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
-                known: tuple[str, ...]) -> Grid:
+                known: tuple[str, ...], seed: int = 0) -> Grid:
     at = f"grid[{i}]"
     table = where.table(raw, at)
     where.check_keys(table, GRID_KEYS, at)
-    for key in REQUIRED_AXES:
+    decode = table.get("workload", "prefill")
+    if decode not in ("prefill", "decode"):
+        raise where.bad(f"{at}.workload", decode, "prefill, decode")
+    decode = decode == "decode"
+    # decode: heads_q, head_dim, kv_lens required; query_tokens (default 1), kv_layout, page_size
+    for key in PREFILL_ONLY if decode else DECODE_AXES:
+        if key in table:
+            raise where.bad(f"{at}.{key}", table[key], 'nothing with workload = "decode"; use '
+                            "query_tokens and kv_lens" if decode else
+                            'nothing unless workload = "decode"')
+    for key in (*REQUIRED_AXES, "kv_lens") if decode else REQUIRED_AXES:
         if key not in table:
             raise where.error(f"{at}.{key}", f"missing; allowed: {AXES[key].allowed}")
-    if "seq_len" in table:
+    if not decode and "seq_len" in table:
         for other in ("seq_len_q", "seq_len_kv"):
             if other in table:
                 raise where.bad(f"{at}.{other}", table[other],
                                 "nothing when seq_len is given (seq_len sets both); "
                                 "use seq_len_q with seq_len_kv instead")
-    elif "seq_len_q" not in table:
+    elif not decode and "seq_len_q" not in table:
         raise where.error(f"{at}.seq_len_q", "missing; allowed: seq_len (self-attention) or "
                                              "seq_len_q with an optional seq_len_kv")
     name = table.get("name", f"grid{i}")
     if not is_name(name):
         raise where.bad(f"{at}.name", name, NAME_ALLOWED)
     fields: dict[str, Any] = {"name": name}
+    if decode:
+        fields.update(workload="decode", seed=seed, seq_len_q=(1,))
     fields["implementations"] = (impl_names(where, table["implementations"],
                                             f"{at}.implementations", known)
                                  if "implementations" in table else impls)
     for key, axis in AXES.items():
         if key in table:
             fields[axis.field] = axis_values(where, table[key], axis, f"{at}.{key}")
+    if "paged" in fields.get("kv_layout", ()) and "page_size" not in table:
+        raise where.error(f"{at}.page_size", "missing; allowed: a positive integer (tokens per "
+                                             'page), required with kv_layout = "paged"')
     rules = table.get("exclude", [])
     if not isinstance(rules, list):
         raise where.bad(f"{at}.exclude", rules, "an array of tables ([[grid.exclude]])")
@@ -325,7 +372,8 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
                               for j, r in enumerate(rules))
     grid = Grid(**fields)
     check_grid_size(where, at, grid)
-
+    if decode:
+        check_kv_lens(where, at, table["kv_lens"], grid.kv_lens, grid.batch, grid.seq_len_q, seed)
     cases = grid.cases()
     if not cases:
         raise where.bad(f"{at}.exclude", rules, "rules that leave at least one case")

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from harness.case import DEVICES, DTYPES, MASK_KINDS, PASS_KINDS, Budget
+from harness.case import DEVICES, DTYPES, KV_LAYOUTS, MASK_KINDS, PASS_KINDS, Budget
 
 
 class ScenarioError(ValueError):
@@ -125,6 +125,9 @@ def _choice(key: str, field: str, choices: tuple[str, ...]) -> Axis:
 
 
 _POS = "a positive integer"
+KV_LENS_ALLOWED = ("a positive integer (every sequence that long), a list of positive integers "
+                   "(one per sequence, inside the axis list: [[...]]) or a table "
+                   "{uniform = [lo, hi]} with 0 < lo <= hi")
 AXES: dict[str, Axis] = {
     a.key: a
     for a in (
@@ -147,19 +150,72 @@ AXES: dict[str, Axis] = {
         Axis("threads", "threads", _upto(AXIS_MAX["threads"]),
              _pos_upto(AXIS_MAX["threads"]) + " (omit: torch's default)"),
         _choice("pass", "pass_kind", PASS_KINDS),
+        # decode (workload = "decode"): query tokens per sequence, per-sequence cache lengths
+        Axis("query_tokens", "seq_len_q", is_positive_int, _POS + " (query tokens per sequence)"),
+        Axis("kv_lens", "kv_lens", lambda v: is_kv_spec(v), KV_LENS_ALLOWED),
+        _choice("kv_layout", "kv_layout", KV_LAYOUTS),
+        Axis("page_size", "page_size", is_positive_int, _POS + " (tokens per page)"),
     )
 }
+DECODE_AXES = ("query_tokens", "kv_lens", "kv_layout", "page_size")
+PREFILL_ONLY = ("seq_len", "seq_len_q", "seq_len_kv", "causal", "mask", "mask_fraction", "pass")
+
+
+def is_kv_spec(v: Any) -> bool:
+    """One kv_lens axis value: an int > 0, a non-empty list of them, or {uniform = [lo, hi]}."""
+    if isinstance(v, dict):
+        b = v.get("uniform")
+        return (set(v) == {"uniform"} and isinstance(b, list) and len(b) == 2
+                and all(is_positive_int(x) for x in b) and b[0] <= b[1])
+    if isinstance(v, list):
+        return bool(v) and all(is_positive_int(x) for x in v)
+    return is_positive_int(v)
+
+
+def expand_kv_spec(spec: Any, batch: int, seed: int) -> tuple[int, ...]:
+    """A kv_spec_key value expanded to one length per sequence (ValueError when it cannot be)."""
+    from harness.measure.kv_cache import kv_lengths
+
+    if isinstance(spec, tuple) and spec and spec[0] == "uniform":
+        return kv_lengths({"uniform": list(spec[1:])}, batch, seed)
+    return kv_lengths(list(spec) if isinstance(spec, tuple) else spec, batch, seed)
+
+
+def check_kv_lens(where: Where, at: str, raw: Any, specs: tuple, batches: tuple, query_tokens: tuple,
+                  seed: int) -> None:
+    """Every kv_lens spec fits every batch, and no sequence is shorter than its query tokens."""
+    for j, spec in enumerate(specs):
+        for batch in batches:
+            try:
+                lens = expand_kv_spec(spec, batch, seed)
+            except ValueError as exc:
+                key = f"{at}.kv_lens[{j}]" if isinstance(raw, list) else f"{at}.kv_lens"
+                raise where.bad(key, raw[j] if isinstance(raw, list) else raw,
+                                f"{KV_LENS_ALLOWED} ({exc})") from None
+            for nq in query_tokens:
+                if nq > min(lens):
+                    raise where.bad(f"{at}.query_tokens", nq, f"a positive integer <= the shortest "
+                                    f"kv length {min(lens)} (a sequence's queries are in its cache)")
+
+
+def kv_spec_key(v: Any):
+    """A hashable form of a kv_lens spec: int, tuple of ints, or ("uniform", lo, hi)."""
+    if isinstance(v, dict):
+        return ("uniform", *v["uniform"])
+    return tuple(v) if isinstance(v, list) else v
 
 TOP_KEYS = ("name", "description", "implementations", "seed", "baseline", "reference", "budget",
             "grid")
-GRID_KEYS = ("name", "implementations", *AXES, "exclude")
-EXCLUDE_KEYS = ("impl", *AXES)
+GRID_KEYS = ("name", "implementations", *AXES, "workload", "exclude")
+EXCLUDE_KEYS = ("impl", *(a for a in AXES if a != "kv_lens"))  # exclude ragged lines by seq_len_kv
 REQUIRED_AXES = ("heads_q", "head_dim")  # plus seq_len or seq_len_q
 
 
 def axis_values(where: Where, raw: Any, axis: Axis, key: str) -> tuple:
     """A scalar or a non-empty list of acceptable values -> tuple of values, duplicates dropped."""
     items = raw if isinstance(raw, list) else [raw]
+    if axis.key == "kv_lens" and isinstance(raw, list) and raw and all(is_int(x) for x in raw):
+        items = raw  # a flat list of ints is a list of lengths, one axis value each
     if not items:
         raise where.bad(key, raw, f"a value or a non-empty list of: {axis.allowed}")
     for i, v in enumerate(items):
@@ -168,6 +224,8 @@ def axis_values(where: Where, raw: Any, axis: Axis, key: str) -> tuple:
             raise where.bad(item_key, v, axis.allowed)
     if axis.key == "mask_fraction":
         items = [float(v) for v in items]
+    if axis.key == "kv_lens":
+        items = [kv_spec_key(v) for v in items]
     return tuple(dict.fromkeys(items))
 
 

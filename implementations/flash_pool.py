@@ -1,0 +1,82 @@
+"""The worker pool behind flash's forward and backward (FA2 section 3.2 work partitioning on the
+CPU): n daemon threads whose torch ops run single-threaded, reused across calls. Split out of
+flash.py to keep modules short; see flash.py's docstring for why threads and not OpenMP."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import Future
+
+import torch
+
+
+class WorkerPool:
+    """n daemon threads whose torch ops run single-threaded (torch.set_num_threads is per thread
+    under OpenMP); `run` hands each callable to a worker and waits for all of them."""
+
+    def __init__(self, n: int):
+        self.n, self.pid = n, os.getpid()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        ready = threading.Barrier(n + 1)
+        for i in range(n):
+            threading.Thread(target=self._serve, args=(ready,), daemon=True, name=f"flash-{i}").start()
+        caller_threads = torch.get_num_threads()
+        ready.wait()
+        # The workers' set_num_threads(1) also set the default that new threads inherit; restore it.
+        torch.set_num_threads(caller_threads)
+
+    def _serve(self, ready: threading.Barrier) -> None:
+        # torch initialises a thread's OpenMP count lazily from the process default on its first
+        # query; force that now, or it would later undo set_num_threads(1).
+        torch.get_num_threads()
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            fn, fut = item
+            del item
+            try:
+                result, error = fn(), None
+            except BaseException as exc:  # re-raised in the caller by fut.result()
+                result, error = None, exc
+            # Drop the job (its closure holds the call's output, context and scratch) BEFORE
+            # waking the caller: an idle worker holding its last job kept the previous call's
+            # buffers alive until the next call (steady state ~2x the recorded peak).
+            del fn
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error)
+            del fut, result, error
+
+    def run(self, fns) -> list:
+        futures = []
+        for fn in fns:
+            fut: Future = Future()
+            self._jobs.put((fn, fut))
+            futures.append(fut)
+        fn = None  # noqa: F841 - no reference to the last job stays in this frame either
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        for _ in range(self.n):
+            self._jobs.put(None)
+
+
+_POOL: WorkerPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def get_pool(n: int) -> WorkerPool:
+    """The shared pool, rebuilt when the thread count changes or after a fork (threads are lost)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL.n != n or _POOL.pid != os.getpid():
+            if _POOL is not None and _POOL.pid == os.getpid():
+                _POOL.close()
+            _POOL = WorkerPool(n)
+        return _POOL

@@ -1,0 +1,142 @@
+"""Figures that cannot lie: contention, worker-side ceilings, clean state between cases, and
+implementations that try to fool the harness (the measurement-truth issue)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.case import Budget, Case
+from harness.measure import calibrate, contention
+from harness.measure.case_measure import measure_case
+from harness.results.store import read_measurements
+from harness.run.executor import Job, LocalExecutor
+from harness.run.runner import measurement_of
+
+REPO = Path(__file__).resolve().parents[1]
+CHEATS = Path(__file__).parent / "cheat_plugin"
+TINY = Budget(warmup_s=0.01, min_time_s=0.05, max_time_s=0.3, target_spread=0.5)
+
+
+# ------------------------------------------------------------------ contention
+
+
+def _snap(wall, own, busy, steal=0, total=None, runnable=1):
+    return contention.CpuSnapshot(wall, own, busy, steal, total if total is not None else busy + 1000, runnable)
+
+
+def test_a_busy_neighbour_is_contention_and_a_quiet_machine_is_not():
+    # 1 s of wall time on 2 CPUs at 100 ticks/s; we used 2.0 s of CPU (both threads busy).
+    quiet = contention.assess(_snap(0, 0, 0), _snap(1, 2.0, 205), threads=2, cpus=2, ticks_per_s=100)
+    assert not quiet.contended and quiet.others_cores == pytest.approx(0.05) and quiet.own_cpu_share == 1.0
+    # a neighbour took a whole core: we got 1.0 s of CPU, the machine was busy 2.0 s
+    busy = contention.assess(_snap(0, 0, 0), _snap(1, 1.0, 200), threads=2, cpus=2, ticks_per_s=100)
+    assert busy.contended and busy.others_cores == pytest.approx(1.0) and "other processes" in busy.reason
+    # a single-threaded case on 2 CPUs is not disturbed by a neighbour using the other core
+    one = contention.assess(_snap(0, 0, 0), _snap(1, 1.0, 200), threads=1, cpus=2, ticks_per_s=100)
+    assert not one.contended
+    stolen = contention.assess(_snap(0, 0, 0, 0, 0), _snap(1, 2.0, 200, 20, 220), threads=2, cpus=2,
+                               ticks_per_s=100)
+    assert stolen.contended and "stole" in stolen.reason
+
+
+def _spinners(n: int) -> list[subprocess.Popen]:
+    code = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_naive_with_a_competing_busy_process_is_flagged_contended():
+    """The audit's case: naive N=256 measured 32x slow with a tight spread and status ok."""
+    case = Case("naive", seq_len_q=256, seq_len_kv=256, heads_q=8, heads_kv=8, head_dim=64)
+    procs = _spinners(os.cpu_count() or 2)
+    try:
+        time.sleep(0.3)
+        m = measure_case(case, TINY, seed=0)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert m.status == "ok" and m.contended, (m.metrics, m.contention)
+    assert m.metrics["others_cores"] > 0.5 and "other processes" in m.contention
+
+
+# ------------------------------------------------------------------ ceilings
+
+
+def test_matmul_rate_is_plausible_and_restores_the_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    r = calibrate.matmul_rate("cpu", "float32", threads=1, min_time_s=0.05)
+    assert torch.get_num_threads() == before and r["threads"] == 1
+    assert 1e8 < r["matmul_flops_per_s"] < 1e13 and r["spread"] >= 0
+
+
+def test_start_and_end_ceilings_are_combined_and_disagreement_is_said():
+    s = {"cpu/float32/tdefault": {"matmul_flops_per_s": 100e9, "spread": 0.02}}
+    close = calibrate.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 95e9, "spread": 0.02}})
+    far = calibrate.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 40e9, "spread": 0.02}})
+    assert close["cpu/float32/tdefault"]["agree"] and close["cpu/float32/tdefault"]["matmul_flops_per_s"] == 100e9
+    assert far["cpu/float32/tdefault"]["agree"] is False
+    case = Case("naive", threads=1)
+    assert calibrate.lookup(calibrate.ceilings_of({"cpu/float32/t1": {"matmul_flops_per_s": 5.0}}), case) == 5.0
+    assert calibrate.lookup(calibrate.ceilings_of({"cpu_matmul_flops_per_s": 7.0}), case) == 7.0  # older runs
+
+
+def test_faster_than_the_ceiling_is_suspect():
+    case = Case("sdpa", seq_len_q=128, seq_len_kv=128, heads_q=2, heads_kv=2, head_dim=32, threads=1)
+    m = measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": 1e6})  # 1 MFLOP/s: nothing is that slow
+    assert m.status == "suspect" and "cannot have done the work" in m.message
+    assert measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": 1e15}).status == "ok"
+
+
+# ------------------------------------------------------------------ clean state
+
+
+def test_thread_count_does_not_leak_from_one_case_to_the_next():
+    one = Case("naive", seq_len_q=64, seq_len_kv=64, heads_q=2, heads_kv=2, head_dim=16, threads=1)
+    default = one.replace(threads=None)
+    with LocalExecutor() as ex:
+        jobs = [Job.for_case(c, TINY.to_dict(), 0, 120.0) for c in (default, one, default)]
+        got = [measurement_of(r) for r in ex.run(jobs)]
+    assert [m.status for m in got] == ["ok"] * 3
+    assert got[1].extra["threads"] == 1
+    assert got[2].extra["threads"] == got[0].extra["threads"] == (os.cpu_count() or 1) or got[0].extra["threads"] > 1
+
+
+# ------------------------------------------------------------------ cheats
+
+
+def test_cheating_implementations_are_caught(tmp_path):
+    scen = tmp_path / "cheats.toml"
+    scen.write_text("""
+name = "cheats"
+implementations = ["cheat_zero_inputs", "cheat_nan_later", "cheat_cached", "naive"]
+[budget]
+warmup_s = 0.01
+min_time_s = 0.02
+max_time_s = 0.2
+target_spread = 0.5
+[[grid]]
+name = "tiny"
+heads_q = 2
+seq_len = 64
+head_dim = 16
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHEATS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "attnbench", "run", str(scen), "--isolate", "--out", str(tmp_path),
+                        "--run-id", "r", "--no-report"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ms = {m.case.impl: m for m in read_measurements(tmp_path / "r")}
+    assert ms["naive"].status == "ok"
+    assert ms["cheat_zero_inputs"].status == "wrong" and "modified its inputs" in ms["cheat_zero_inputs"].message
+    assert ms["cheat_nan_later"].status == "wrong" and "last timed call" in ms["cheat_nan_later"].message
+    assert ms["cheat_cached"].status == "wrong" and "fresh inputs" in ms["cheat_cached"].message
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    cal = info["calibration"]["cpu/float32/tdefault"]
+    assert cal["start"]["matmul_flops_per_s"] > 0 and cal["end"]["matmul_flops_per_s"] > 0 and "agree" in cal
