@@ -524,3 +524,15 @@ def test_report_never_aims_outside_reports_for_a_hostile_run_id(tmp_path, capsys
     assert not (tmp_path / "index.html").exists() and not (tmp_path / "report.md").exists()
     rc, out, err = main_in_process(capsys, "report", run, "--out", tmp_path / "rep")
     assert rc == 0 and (tmp_path / "rep" / "index.html").exists(), err
+
+
+@pytest.mark.parametrize("axes, needle", [
+    ({"query_tokens": 10**12, "kv_lens": 64}, "grid[0].query_tokens"),
+    ({"kv_lens": 10**12}, "grid[0].kv_lens"),
+    ({"kv_lens": "{uniform = [1, 1000000000000]}"}, "grid[0].kv_lens"),
+    ({"kv_lens": 64, "kv_layout": '"paged"', "page_size": 10**12}, "grid[0].page_size"),
+])
+def test_huge_decode_axes_are_refused_quickly(tmp_path, axes, needle):
+    text = ('name = "v"\nimplementations = ["naive"]\n[[grid]]\nworkload = "decode"\nheads_q = 2\nhead_dim = 8\n'
+            + "".join(f"{k} = {v}\n" for k, v in axes.items()))
+    assert needle in _scenario_error(tmp_path, text)

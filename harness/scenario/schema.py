@@ -127,7 +127,7 @@ def _choice(key: str, field: str, choices: tuple[str, ...]) -> Axis:
 _POS = "a positive integer"
 KV_LENS_ALLOWED = ("a positive integer (every sequence that long), a list of positive integers "
                    "(one per sequence, inside the axis list: [[...]]) or a table "
-                   "{uniform = [lo, hi]} with 0 < lo <= hi")
+                   "{uniform = [lo, hi]} with 0 < lo <= hi; lengths <= 16777216")
 AXES: dict[str, Axis] = {
     a.key: a
     for a in (
@@ -151,10 +151,12 @@ AXES: dict[str, Axis] = {
              _pos_upto(AXIS_MAX["threads"]) + " (omit: torch's default)"),
         _choice("pass", "pass_kind", PASS_KINDS),
         # decode (workload = "decode"): query tokens per sequence, per-sequence cache lengths
-        Axis("query_tokens", "seq_len_q", is_positive_int, _POS + " (query tokens per sequence)"),
+        Axis("query_tokens", "seq_len_q", _upto(AXIS_MAX["seq_len"]),
+             _pos_upto(AXIS_MAX["seq_len"]) + " (query tokens per sequence)"),
         Axis("kv_lens", "kv_lens", lambda v: is_kv_spec(v), KV_LENS_ALLOWED),
         _choice("kv_layout", "kv_layout", KV_LAYOUTS),
-        Axis("page_size", "page_size", is_positive_int, _POS + " (tokens per page)"),
+        Axis("page_size", "page_size", _upto(AXIS_MAX["seq_len"]),
+             _pos_upto(AXIS_MAX["seq_len"]) + " (tokens per page)"),
     )
 }
 DECODE_AXES = ("query_tokens", "kv_lens", "kv_layout", "page_size")
@@ -166,10 +168,14 @@ def is_kv_spec(v: Any) -> bool:
     if isinstance(v, dict):
         b = v.get("uniform")
         return (set(v) == {"uniform"} and isinstance(b, list) and len(b) == 2
-                and all(is_positive_int(x) for x in b) and b[0] <= b[1])
+                and all(_kv_len_ok(x) for x in b) and b[0] <= b[1])
     if isinstance(v, list):
-        return bool(v) and all(is_positive_int(x) for x in v)
-    return is_positive_int(v)
+        return bool(v) and len(v) <= AXIS_MAX["batch"] and all(_kv_len_ok(x) for x in v)
+    return _kv_len_ok(v)
+
+
+def _kv_len_ok(x: Any) -> bool:
+    return is_positive_int(x) and x <= AXIS_MAX["seq_len"]
 
 
 def expand_kv_spec(spec: Any, batch: int, seed: int) -> tuple[int, ...]:
