@@ -49,17 +49,15 @@ from harness.scenario.schema import (
     ScenarioError,
     Where,
     axis_values,
-    check_grid_size,
     check_kv_lens,
-    decode_scenario_text,
     expand_kv_spec,
     did_you_mean,
     impl_names,
     is_int,
     is_name,
     parse_budget,
-    read_scenario_bytes,
 )
+from harness.scenario.schema import check_grid_size, read_scenario_bytes  # hostile-input guards
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -255,12 +253,7 @@ def _read(path_or_name: str | os.PathLike) -> tuple[str, bytes]:
             )
         resource = _shipped_root() / f"{text}.toml"
         return str(resource), resource.read_bytes()
-    try:
-        return text, read_scenario_bytes(Path(text))
-    except FileNotFoundError:
-        raise ScenarioError(f"{_display(text)}: no such file") from None
-    except OSError as exc:
-        raise ScenarioError(f"{_display(text)}: cannot be read: {exc.strerror or exc}") from None
+    return text, read_scenario_bytes(Path(text), _display(text))  # ScenarioError names the file
 
 
 def load_scenario(path_or_name: str | os.PathLike,
@@ -272,7 +265,7 @@ def load_scenario(path_or_name: str | os.PathLike,
     path, data = _read(path_or_name)
     where = Where(_display(path))
     try:
-        raw = tomllib.loads(decode_scenario_text(data))
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise where.error("", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:

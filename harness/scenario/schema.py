@@ -289,29 +289,29 @@ def parse_budget(where: Where, table: dict) -> Budget:
 MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few KiB of TOML; more is a mistake (or /dev/zero)
 
 
-def read_scenario_bytes(path) -> bytes:
-    """A scenario file's bytes: a regular file of at most MAX_SCENARIO_BYTES, or ScenarioError
-    (OSError passes through for the caller's "cannot be read")."""
+def read_scenario_bytes(path, shown: str) -> bytes:
+    """A scenario file's bytes (`shown`: its name in messages): a regular file of at most
+    MAX_SCENARIO_BYTES, else ScenarioError. A UTF-8 byte-order mark (some Windows editors write
+    one) is dropped rather than reported as an invalid statement at line 1."""
     import os
     import stat
 
-    where = Where(str(path))
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise where.error("", f"{kind}; allowed: a scenario .toml file")
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_SCENARIO_BYTES + 1)
+    where = Where(shown)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise where.error("", f"{kind}; allowed: a scenario .toml file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SCENARIO_BYTES + 1)
+    except FileNotFoundError:
+        raise where.error("", "no such file") from None
+    except OSError as exc:
+        raise where.error("", f"cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_SCENARIO_BYTES:
         raise where.error("", f"larger than {MAX_SCENARIO_BYTES // 1024} KiB; allowed: a scenario .toml "
                               f"file (a few KiB)")
-    return data
-
-
-def decode_scenario_text(data: bytes) -> str:
-    """UTF-8 text of a scenario; a UTF-8 byte-order mark (some Windows editors write one) is
-    dropped rather than reported as an invalid statement at line 1."""
-    return data.decode("utf-8-sig")
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
 
 
 def check_grid_size(where: Where, at: str, grid) -> None:
