@@ -36,6 +36,8 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
 
     import torch
 
+    from harness.measure import contention
+
     kind = device.split(":")[0]
     n = CUDA_SIZE if kind == "cuda" else CPU_SIZE
     t = getattr(torch, dtype)
@@ -51,6 +53,7 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
         torch.mm(a, b, out=out)  # warm-up: BLAS thread pool, page faults, kernels
         sync()
         times: list[float] = []
+        before_cpu = contention.snapshot()
         start = time.perf_counter()
         while time.perf_counter() - start < min_time_s or len(times) < 5:
             t0 = time.perf_counter()
@@ -60,8 +63,12 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
         rates = sorted(2 * n**3 / x for x in times)
         q = statistics.quantiles(rates, n=4) if len(rates) >= 2 else [rates[0]] * 3
         med = statistics.median(rates)
-        return {"matmul_flops_per_s": med, "spread": (q[2] - q[0]) / med, "threads": torch.get_num_threads(),
-                "samples": len(rates)}
+        out_ = {"matmul_flops_per_s": med, "best_flops_per_s": rates[-1], "spread": (q[2] - q[0]) / med,
+                "threads": torch.get_num_threads(), "samples": len(rates)}
+        if kind == "cpu":
+            c = contention.assess(before_cpu, contention.snapshot(), threads=torch.get_num_threads())
+            out_.update(contended=c.contended, contention=c.reason)
+        return out_
     finally:
         torch.set_num_threads(before)
 
@@ -80,19 +87,30 @@ def calibrate(points: list[dict]) -> dict:
 
 
 def combine(start: dict, end: dict | None) -> dict:
-    """run.json's calibration: per key the start and end measurements, the max as the ceiling,
-    and `agree` = whether they are within DISAGREE_FACTOR plus their spreads."""
+    """run.json's calibration: per key the start and end measurements, the max median rate as the
+    ceiling the report shows, the best uncontended call as the one `suspect` is judged against,
+    and `agree` = whether start and end are within DISAGREE_FACTOR plus their spreads."""
     out = {}
     for key, s in start.items():
         e = (end or {}).get(key)
-        rates = [x["matmul_flops_per_s"] for x in (s, e) if x and "matmul_flops_per_s" in x]
-        entry = {"start": s, "end": e, "matmul_flops_per_s": max(rates) if rates else None}
+        sides = [x for x in (s, e) if x and "matmul_flops_per_s" in x]
+        rates = [x["matmul_flops_per_s"] for x in sides]
+        quiet = [x["best_flops_per_s"] for x in sides if "best_flops_per_s" in x and not x.get("contended")]
+        entry = {"start": s, "end": e, "matmul_flops_per_s": max(rates) if rates else None,
+                 "best_uncontended_flops_per_s": max(quiet) if quiet else None}
         if len(rates) == 2:
             lo, hi = sorted(rates)
             allowed = DISAGREE_FACTOR + max(s.get("spread", 0.0), e.get("spread", 0.0))
             entry["agree"] = (hi - lo) / hi <= allowed
         out[key] = entry
     return out
+
+
+def suspect_ceilings(calibration: dict | None) -> dict[str, float]:
+    """{key: FLOP/s} a case must not beat by SUSPECT_FACTOR: the best matmul call measured
+    while nothing else was busy. A ceiling measured under contention is no bound: absent."""
+    return {k: float(v["best_uncontended_flops_per_s"]) for k, v in (calibration or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("best_uncontended_flops_per_s"), (int, float))}
 
 
 def ceilings_of(calibration: dict | None) -> dict[str, float]:
