@@ -103,13 +103,17 @@ class RayExecutor(Executor):
         self._dead: set[str] = set()  # node ids Ray reported dead during this executor's life
 
     # ------------------------------------------------------------------ connection
+    def connect(self) -> None:
+        """Join (or start) the Ray instance now; otherwise the first precheck or run does."""
+        self._connect()
+
     def _connect(self) -> None:
         if self._connected:
             return
         import ray
 
-        self._connected = True
         if ray.is_initialized():
+            self._connected = True
             return
         address = self.address
         if address is None:
@@ -127,7 +131,7 @@ class RayExecutor(Executor):
             kwargs.setdefault("runtime_env", {"env_vars": env})
         kwargs.setdefault("log_to_driver", False)
         ray.init(address=address, **kwargs)
-        self._owns_ray = True
+        self._connected = self._owns_ray = True
 
     def _nodes(self) -> dict[str, _Node]:
         import ray
