@@ -101,6 +101,7 @@ class RayExecutor(Executor):
         self._connected = False
         self._inflight: dict = {}  # ObjectRef -> _Attempt
         self._dead: set[str] = set()  # node ids Ray reported dead during this executor's life
+        self._short: dict[str, str] = {}  # node id -> its name in progress lines
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> None:
@@ -145,8 +146,8 @@ class RayExecutor(Executor):
                                        n.get("NodeManagerAddress") or "?", float(res["CPU"]),
                                        int(res.get("GPU", 0)))
         hosts = Counter(n.host for n in nodes.values())
-        for n in nodes.values():
-            n.short = n.host if hosts[n.host] == 1 else f"{n.host}/{n.node_id[:6]}"
+        for n in nodes.values():  # a node keeps the name it was first shown with
+            n.short = self._short.setdefault(n.node_id, n.host if hosts[n.host] == 1 else f"{n.host}/{n.node_id[:6]}")
         return nodes
 
     # ------------------------------------------------------------------ the seam
