@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.results.rows import Row
 
-GROUP_PARAMS = ("dtype", "device", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
+GROUP_PARAMS = ("dtype", "device", "device_model", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
                 "mask_fraction", "pass_kind", "threads", "workload", "kv_layout", "page_size")
 NOISE_MARK = {"noisy": "~", "unreliable": "~~"}
 NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%); ! contended (another "
@@ -39,6 +39,9 @@ def make_groups(rows: list[Row]) -> list[Group]:
                 combos.setdefault(tuple(r[p] for p in GROUP_PARAMS), []).append(r)
         for rs in combos.values():
             groups.extend(_split_x(grid, rs))
+    if len({r.device_model for r in rows}) > 1:  # a run over several machines: say which one
+        for g in groups:
+            g.label += f" on {g.rows[0].device_model}"
     # Groups where something was measured first (in scenario order), wholly skipped ones after:
     # on a CPU machine the CUDA grids are a footnote, not the opening of the report.
     return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
