@@ -37,7 +37,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     try:
         import torch
 
-        from harness.measure import flops, memory, stats
+        from harness.measure import flops, memory, stats, work
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
@@ -58,10 +58,11 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         last = guards.LastOutput(fn)
         t, contention = _time(last, case, budget)
         st = stats.summarize(t.samples_s)
-        n_flops = flops.attention_flops(case)
+        n_flops, n_bytes = work.flops_of(case), work.min_bytes_of(case)
         rate = flops.tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
-        metrics = {**grad_metrics, **(contention.metrics() if contention else {})}
+        metrics = {**grad_metrics, **(contention.metrics() if contention else {}), "min_bytes": n_bytes,
+                   "gbytes_per_s": n_bytes / st.median_s / 1e9, "arithmetic_intensity": n_flops / n_bytes}
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
@@ -69,7 +70,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         problem = guards.check_after_timing(impl, case, prepared, sums, last, seed)
         if problem:
             return _done(case, vocab.WRONG, problem, started, {**partial, **ok})
-        suspect = guards.too_fast(case, rate, ceilings or {})
+        suspect = guards.too_fast(case, st.median_s, n_flops, n_bytes, ceilings or {})
         if suspect:
             return _done(case, vocab.SUSPECT, suspect, started, {**partial, **ok})
         return _done(case, vocab.OK, _timing_note(t, st, budget), started, {**partial, **ok})

@@ -50,6 +50,9 @@ def make_groups(rows: list[Row]) -> list[Group]:
 def _split_x(grid: str, rs: list[Row]) -> list[Group]:
     nq = sorted({int(r["seq_len_q"]) for r in rs})
     nk = sorted({int(r["seq_len_kv"]) for r in rs})
+    if rs[0]["workload"] == "decode" and len(nq) == 1:
+        return [Group(grid, _label(rs[0], f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"), "seq_len_kv", "KV",
+                      f"KV cache length (longest sequence; {nq[0]} query token{'s' if nq[0] > 1 else ''})", rs)]
     if all(r["seq_len_q"] == r["seq_len_kv"] for r in rs):
         return [Group(grid, _label(rs[0]), "seq_len_q", "N", "sequence length N (Nq = Nk)", rs)]
     if len(nq) == 1:
@@ -78,6 +81,9 @@ def _label(r: Row, fixed: str = "") -> str:
         bits.append(r["pass_kind"])
     if r["threads"]:
         bits.append(f"{r['threads']} threads")
+    if r["workload"] == "decode":
+        bits.remove("causal")  # decode is always causal over each sequence
+        bits.append("paged " + str(r["page_size"]) if r["kv_layout"] == "paged" else "contiguous")
     return " ".join(bits)
 
 

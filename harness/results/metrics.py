@@ -43,6 +43,8 @@ class Metric:
     band: tuple[str, str] | None = None
     ceiling: str = ""
     ceiling_label: str = ""  # what the ceiling is, e.g. "matmul peak"
+    ceiling_scale: float = 1.0  # calibration unit -> this metric's unit (FLOP/s -> TFLOP/s: 1e-12)
+    workload: str = ""  # plotted only for groups of this workload ("" = every group)
     judge: str | None = None
     verdict: str = ""
     floor: float = 0.0  # "growth": changes below this (in `unit`) never count
@@ -82,7 +84,10 @@ METRICS: tuple[Metric, ...] = (
            band=("q1_s", "q3_s"), judge="samples", verdict=vocab.REGRESSED, console=True),
     Metric("tflops_per_s", "TFLOP/s", "Achieved TFLOP/s", "TFLOP/s", HIGHER, "rate", "TFLOP/s", 1.0,
            plot="throughput", plot_title="Achieved throughput vs sequence length (from the median time)",
-           ceiling="matmul_flops_per_s", ceiling_label="matmul peak", console=True),
+           ceiling="matmul_flops_per_s", ceiling_label="matmul peak", ceiling_scale=1e-12, console=True),
+    Metric("gbytes_per_s", "GB/s", "Achieved bandwidth (minimum bytes / median time)", "GB/s", HIGHER, "rate",
+           "GB/s", 1.0, plot="bandwidth", plot_title="Achieved bandwidth vs length (minimum bytes / median time)",
+           ceiling="read_bytes_per_s", ceiling_label="read bandwidth", ceiling_scale=1e-9, workload="decode"),
     Metric("peak_bytes", "peak mem", "Peak memory above the inputs", "B", LOWER, "memory", "MiB", 2.0**-20,
            plot="memory", plot_title="Peak memory above the inputs vs sequence length", fit=True, log_y=True,
            judge="growth", verdict=vocab.REGRESSED_MEMORY, floor=64 * 2**10, console=True),
@@ -93,6 +98,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("error_passed", "error check", "error check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),
+    Metric("min_bytes", "bytes", "Minimum bytes moved per call", "B", None, "info"),
+    Metric("arithmetic_intensity", "FLOP/B", "Arithmetic intensity (FLOPs / minimum bytes)", "FLOP/B", None, "info"),
     # training passes (harness/measure/grad_reference.py): every gradient checked whole
     *(Metric(f"{g}_{e}_error", f"{g} {lab}", f"{g} {title}", "", LOWER, "error", spec=".2e")
       for g in ("dq", "dk", "dv") for e, lab, title in (("max_abs", "max err", "max abs error"),
