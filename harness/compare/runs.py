@@ -242,9 +242,11 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
     if flagged and verdict != INCONCLUSIVE:
         notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
         verdict = INCONCLUSIVE
-    contended = [side for side, m in (("base", base), ("current", cur)) if m.contended]
-    if contended and verdict in (REGRESSED, IMPROVED):
-        notes.append(f"{' and '.join(contended)} contended (did not get the CPU it asked for); would be {verdict}")
+    disturbed = [f"{side} {why}" for side, m in (("base", base), ("current", cur))
+                 for why in (["contended (did not get the CPU it asked for)"] if m.contended else [])
+                 + (["throttled (GPU clocks or power)"] if (m.metrics or {}).get("throttled") else [])]
+    if disturbed and verdict in (REGRESSED, IMPROVED):
+        notes.append(f"{' and '.join(disturbed)}; would be {verdict}")
         verdict = INCONCLUSIVE
 
     # memory and other "growth" metrics: deterministic enough that the threshold alone decides,

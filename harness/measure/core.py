@@ -82,7 +82,7 @@ def prepare(case: Case, seed: int) -> Prepared:
     # the same inputs whatever the implementation, thread count or pass kind
     key = (case.replace(impl="", grid="", threads=None, pass_kind="forward").case_id, seed)
     if key not in _REFERENCE_CACHE:
-        rows = accuracy.select_rows(case.seq_len_q)
+        rows = accuracy.rows_for(case.batch, case.heads_q, case.seq_len_q, case.seq_len_kv)
         kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
         ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
         naive_errs = None

@@ -229,6 +229,7 @@ BUDGET_RULES = {
     "memory_limit_bytes": (is_positive_int, "a positive integer number of bytes"),
     "l2_flush": (lambda v: isinstance(v, bool), "true, false"),
     "cuda_graph": (lambda v: isinstance(v, bool), "true, false"),
+    "discard_throttled": (lambda v: isinstance(v, bool), "true, false"),
 }
 
 
