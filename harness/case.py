@@ -115,6 +115,7 @@ class Budget:
     memory_limit_bytes: int | None = None
     l2_flush: bool = False  # CUDA: overwrite the L2 cache before each sample (cold-cache numbers)
     cuda_graph: bool = False  # CUDA: replay the call as a CUDA graph (less launch cost)
+    discard_throttled: bool = False  # CUDA: drop samples timed while NVML saw throttling; re-measure
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

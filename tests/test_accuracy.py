@@ -208,3 +208,12 @@ def test_end_to_end_rule_on_real_outputs():
     q, k, v = qkv()
     wrong = registry.get("naive").fn(q, k, v, scale=1.0)
     assert not judge("float32", errors(wrong, reference_rows(q, k, v, torch.arange(24)))).passed
+
+
+def test_every_row_is_checked_while_affordable_and_512_spread_rows_above():
+    from harness.measure.accuracy import ALL_ROWS_MAX_PAIRS, rows_for
+
+    assert rows_for(1, 8, 2048, 2048).tolist() == list(range(2048))  # 8·2048² = 2^25 pairs: all rows
+    big = rows_for(1, 8, 4096, 4096)
+    assert big.numel() == 512 and big[0] == 0 and big[-1] == 4095
+    assert 1 * 8 * 4096 * 4096 > ALL_ROWS_MAX_PAIRS

@@ -211,3 +211,20 @@ def test_cli_usage_errors_exit_2(runs, cli_with_compare, capsys, tmp_path):
     assert cli_with_compare(["compare", str(base), str(base), "--threshold", "lots"]) == 2
     assert "--threshold" in capsys.readouterr().err
     assert cli_with_compare(["compare", str(base), str(base), "--metric", "min", "--threshold", "median:5%"]) == 2
+
+
+def test_a_case_measured_on_two_device_models_is_never_judged_on_time():
+    """Records of a cluster run name the node that measured them: a 2x slowdown between two CPU
+    models is the machines, not the code."""
+    import dataclasses
+
+    def on(m, model):
+        return dataclasses.replace(m, extra={"where": {"node_id": "n", "cpu_model": model}})
+
+    base = [on(_m(center=1.0), "AMD EPYC 9654")]
+    slow = [on(_m(center=2.0, seed=1), "Intel Xeon 8480")]
+    c = compare_measurements(base, slow, T10)
+    assert c.cases[0].verdict == INCONCLUSIVE and not c.regressions
+    assert "different devices: AMD EPYC 9654 -> Intel Xeon 8480" in c.cases[0].notes[-1]
+    same = compare_measurements(base, [on(_m(center=2.0, seed=1), "AMD EPYC 9654")], T10)
+    assert same.cases[0].verdict == REGRESSED

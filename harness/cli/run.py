@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ def add_parser(sub) -> None:
     run.add_argument("--run-id", help="name of the run folder (default: timestamp-scenario)")
     run.add_argument("--resume", metavar="RUN", help="continue a run folder: run only missing cases")
     run.add_argument("--isolate", action="store_true", help="a fresh worker process for every case")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where cases run: this machine, or a Ray cluster (docs/ray.md)")
+    run.add_argument("--address", metavar="auto|local|ray://HOST:PORT",
+                     help="with --executor ray: the cluster to join (default auto; local = a private instance)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--report-out", metavar="DIR",
                      help="write the report here (default: reports/<run-id> beside a results/ folder, "
@@ -48,6 +53,7 @@ def cmd_run(args) -> int:
     if not cases:
         raise UsageError(f"{scenario.path}: no cases left after --impl/--device filters")
     budget = scenario.budget
+    executor = _build_executor(args)  # before the run folder: a cluster we cannot reach makes none
     earlier = []
     if args.resume:
         cases, earlier = runner.pending_cases(cases, run_dir)
@@ -56,16 +62,21 @@ def cmd_run(args) -> int:
         run_dir = runner.start_run(scenario, out_dir=Path(args.out), run_id=args.run_id)
         print(f"run {run_dir}: {len(cases)} cases from {scenario.path}", file=sys.stderr)
     progress = Progress(len(cases))
-    done, interrupted = runner.run_cases(
-        cases,
-        run_dir,
-        budget=budget,
-        seed=scenario.seed,
-        fresh_per_case=args.isolate,
-        on_skipped=progress.skipped,
-        on_start=progress.start,
-        on_progress=progress.done,
-    )
+    try:
+        done, interrupted = runner.run_cases(
+            cases,
+            run_dir,
+            budget=budget,
+            seed=scenario.seed,
+            executor=executor,
+            fresh_per_case=args.isolate,
+            on_skipped=progress.skipped,
+            on_start=progress.start,
+            on_progress=progress.done,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     if interrupted:
         print(
             f"\ninterrupted: {len(earlier) + len(done)} finished cases are saved in {run_dir}; "
@@ -82,6 +93,26 @@ def cmd_run(args) -> int:
         print(f"report:  {out / 'index.html'}")
     failed = [m for m in earlier + done if m.status in FAILED_STATUSES]
     return EXIT_REGRESSION if (failed and args.fail_on_error) else EXIT_OK
+
+
+def _build_executor(args):
+    """None for the local worker (the runner builds it); a RayExecutor for --executor ray."""
+    if getattr(args, "executor", "local") != "ray":
+        if getattr(args, "address", None):
+            raise UsageError("--address needs --executor ray")
+        return None
+    if importlib.util.find_spec("ray") is None:
+        from harness.run.ray_executor import MISSING_RAY
+
+        raise UsageError(MISSING_RAY)
+    from harness.run.ray_executor import RayExecutor
+
+    executor = RayExecutor(args.address or "auto")
+    try:
+        executor.connect()
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"cannot reach the Ray cluster at {args.address or 'auto'}: {exc}") from exc
+    return executor
 
 
 def _check_names(impls, devices) -> None:

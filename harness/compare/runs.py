@@ -243,9 +243,11 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
     if flagged and verdict != INCONCLUSIVE:
         notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
         verdict = INCONCLUSIVE
-    contended = [side for side, m in (("base", base), ("current", cur)) if m.contended]
-    if contended and verdict in (REGRESSED, IMPROVED):
-        notes.append(f"{' and '.join(contended)} contended (did not get the CPU it asked for); would be {verdict}")
+    disturbed = [f"{side} {why}" for side, m in (("base", base), ("current", cur))
+                 for why in (["contended (did not get the CPU it asked for)"] if m.contended else [])
+                 + (["throttled (GPU clocks or power)"] if (m.metrics or {}).get("throttled") else [])]
+    if disturbed and verdict in (REGRESSED, IMPROVED):
+        notes.append(f"{' and '.join(disturbed)}; would be {verdict}")
         verdict = INCONCLUSIVE
 
     # memory and other "growth" metrics: deterministic enough that the threshold alone decides,
@@ -268,6 +270,21 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
 # ------------------------------------------------------------------------------------ two runs
 
 
+def _same_device(cc: CaseComparison, base, cur, base_env, cur_env) -> CaseComparison:
+    """A case measured on two different device models is never judged on its timing: the
+    verdict becomes inconclusive and the note names both models."""
+    from harness.results.devices import UNKNOWN, device_model_of
+
+    if base is None or cur is None:
+        return cc
+    a, b = device_model_of(base, base_env), device_model_of(cur, cur_env)
+    if a == b or UNKNOWN in (a, b):
+        return cc
+    note = f"measured on different devices: {a} -> {b}"
+    verdict = INCONCLUSIVE if cc.verdict in (REGRESSED, IMPROVED, UNCHANGED) else cc.verdict
+    return dataclasses.replace(cc, verdict=verdict, notes=(*cc.notes, note))
+
+
 def _by_id(measurements: Sequence[Measurement]) -> dict[str, Measurement]:
     """Last record wins: a resumed run may have re-measured a case."""
     return {m.case.case_id: m for m in measurements}
@@ -279,7 +296,8 @@ def compare_measurements(base: Sequence[Measurement], current: Sequence[Measurem
                          ) -> Comparison:
     b, c = _by_id(base), _by_id(current)
     ids = list(b) + [i for i in c if i not in b]  # base order first, then new cases
-    cases = tuple(compare_case(b.get(i), c.get(i), threshold) for i in ids)
+    cases = tuple(_same_device(compare_case(b.get(i), c.get(i), threshold), b.get(i), c.get(i),
+                               base_environment, current_environment) for i in ids)
     warnings = tuple(_environment_warnings(base_environment or {}, current_environment or {}))
     return Comparison(base_label=base_label, current_label=current_label, threshold=threshold, cases=cases,
                       warnings=warnings, base_environment=dict(base_environment or {}),

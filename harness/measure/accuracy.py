@@ -1,8 +1,8 @@
 """Numerical error of an attention output against a float64 reference, and the pass rule.
 
-At large N a full float64 reference (B·H·Nq·Nk·8 bytes of scores) does not fit, so error is
-measured on a subset of query rows (select_rows); attention rows are independent, so a row's
-reference needs only that row of q and all of k, v. The reference is computed from the
+Every query row is checked while the float64 reference is affordable (B·Hq·Nq·Nk ≤ 2^25); above
+that, 512 evenly spaced rows including the first and the last (rows_for); attention rows are
+independent, so a row's reference needs only that row of q and all of k, v. The reference is computed from the
 *same already-rounded* inputs (q.double()), so it measures the implementation's arithmetic, not
 the rounding of the inputs.
 
@@ -44,7 +44,20 @@ class Verdict:
     limit: float = math.nan
 
 
-def select_rows(seq_len_q: int, max_rows: int = 512):
+ALL_ROWS_MAX_PAIRS = 2**25  # B·Hq·Nq·Nk up to which every row is checked (~1 s of float64 on 2 cores)
+SAMPLED_ROWS = 512
+
+
+def rows_for(batch: int, heads_q: int, seq_len_q: int, seq_len_kv: int):
+    """The rows a case's output is checked on: all of them while the float64 reference is
+    affordable (B·Hq·Nq·Nk ≤ ALL_ROWS_MAX_PAIRS), else SAMPLED_ROWS evenly spaced rows including
+    the first and the last (select_rows). The record says how many (error_rows)."""
+    if batch * heads_q * seq_len_q * seq_len_kv <= ALL_ROWS_MAX_PAIRS:
+        return select_rows(seq_len_q, max_rows=max(seq_len_q, 2))
+    return select_rows(seq_len_q, max_rows=SAMPLED_ROWS)
+
+
+def select_rows(seq_len_q: int, max_rows: int = SAMPLED_ROWS):
     """Query row indices to check: all rows when Nq ≤ max_rows, else max_rows evenly spaced
     rows including the first and the last (floor(i·(Nq−1)/(max_rows−1)), strictly increasing)."""
     import torch

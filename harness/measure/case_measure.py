@@ -40,7 +40,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     try:
         import torch
 
-        from harness.measure import flops, memory, stats
+        from harness.measure import flops, memory, stats, work
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
@@ -59,12 +59,15 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         fn = core.build_callable(impl, prepared, case)
         partial["peak_bytes"] = memory.measure_peak_bytes(fn, case.device)
         last = guards.LastOutput(fn)
-        t, contention = _time(last, case, budget)
+        n_flops, n_bytes = work.flops_of(case), work.min_bytes_of(case)
+        t, contention, gpu_metrics, gpu_extra = _time(last, case, budget, n_flops, n_bytes)
         st = stats.summarize(t.samples_s)
-        n_flops = flops.attention_flops(case)
         rate = flops.tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
-        metrics = {**grad_metrics, **(contention.metrics() if contention else {})}
+        extra.update(gpu_extra)
+        metrics = {**grad_metrics, **(contention.metrics() if contention else {}), **gpu_metrics,
+                   "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
+                   "arithmetic_intensity": n_flops / n_bytes}
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
@@ -72,7 +75,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         problem = guards.check_after_timing(impl, case, prepared, sums, last, seed)
         if problem:
             return _done(case, vocab.WRONG, problem, started, {**partial, **ok})
-        suspect = guards.too_fast(case, rate, ceilings or {})
+        suspect = guards.too_fast(case, st.median_s, n_flops, n_bytes, ceilings or {})
         if suspect:
             return _done(case, vocab.SUSPECT, suspect, started, {**partial, **ok})
         return _done(case, vocab.OK, _timing_note(t, st, budget), started, {**partial, **ok})
@@ -95,15 +98,19 @@ def _timing_note(t, st, budget: Budget) -> str:
     return ""
 
 
-def _time(fn, case: Case, budget: Budget):
+def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
+    """(Timing, CPU contention or None, GPU telemetry metrics, extra fields)."""
     from harness.measure import contention, timing
+
+    if case.device.startswith("cuda"):
+        from harness.measure.gpu_timing import time_cuda_with_telemetry
+
+        t, metrics, extra = time_cuda_with_telemetry(fn, case, budget, n_flops, n_bytes)
+        return t, None, metrics, extra
+    import torch
 
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_spread=budget.target_spread)
-    if case.device.startswith("cuda"):
-        return timing.time_cuda(fn, l2_flush=budget.l2_flush, cuda_graph=budget.cuda_graph, **kw), None
-    import torch
-
     before = contention.snapshot()
     t = timing.time_cpu(fn, **kw)
-    return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads())
+    return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

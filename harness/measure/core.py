@@ -76,26 +76,62 @@ def prepare(case: Case, seed: int) -> Prepared:
     from harness.measure import accuracy, grad_reference
     from harness.measure.inputs import make_inputs
 
+    if case.is_decode:
+        return _prepare_decode(case, seed)
     inputs = make_inputs(case, seed)
-    key = (case.replace(impl="", grid="", threads=None).case_id, seed)
+    # the same inputs whatever the implementation, thread count or pass kind
+    key = (case.replace(impl="", grid="", threads=None, pass_kind="forward").case_id, seed)
     if key not in _REFERENCE_CACHE:
-        rows = accuracy.select_rows(case.seq_len_q)
+        rows = accuracy.rows_for(case.batch, case.heads_q, case.seq_len_q, case.seq_len_kv)
         kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
         ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
         naive_errs = None
         if case.dtype in ("float16", "bfloat16"):
             naive_errs = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kw), ref)
-        grads = {}
-        if case.pass_kind != "forward":
-            g = grad_reference.upstream_grad(case, seed, like=inputs.q)
-            gkw = dict(causal=case.causal, attn_mask=inputs.attn_mask)
-            grads = {"grad_out": g, "ref_grads": grad_reference.reference_grads(inputs.q, inputs.k, inputs.v, g, **gkw)}
-            if case.dtype in ("float16", "bfloat16"):
-                grads["naive_grads"] = grad_reference.naive_grads(inputs.q, inputs.k, inputs.v, g, **gkw)
         _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = (rows, ref, naive_errs, grads)
+        _REFERENCE_CACHE[key] = (rows, ref, naive_errs, {})
     rows, ref, naive_errs, grads = _REFERENCE_CACHE[key]
+    if case.pass_kind != "forward" and not grads:
+        g = grad_reference.upstream_grad(case, seed, like=inputs.q)
+        gkw = dict(causal=case.causal, attn_mask=inputs.attn_mask)
+        grads.update(grad_out=g, ref_grads=grad_reference.reference_grads(inputs.q, inputs.k, inputs.v, g, **gkw))
+        if case.dtype in ("float16", "bfloat16"):
+            grads["naive_grads"] = grad_reference.naive_grads(inputs.q, inputs.k, inputs.v, g, **gkw)
+    if case.pass_kind == "forward":
+        grads = {}
     return Prepared(case, inputs, rows, ref, naive_errs, **grads)
+
+
+def _prepare_decode(case: Case, seed: int) -> Prepared:
+    """Decode against a KV cache (harness.measure.kv_cache): the reference is every query row,
+    per sequence from its gathered cache; the low-precision baseline is the registry's `naive`
+    decode path in the same dtype."""
+    import torch
+
+    from harness import registry
+    from harness.measure import accuracy
+    from harness.measure.kv_cache import make_decode_inputs, reference_decode
+
+    inputs = make_decode_inputs(case, seed)
+    key = (case.replace(impl="", grid="", threads=None).case_id, seed)
+    if key not in _REFERENCE_CACHE:
+        ref = reference_decode(inputs)  # (B, Hq, Nq, D) float64
+        naive_errs = None
+        if case.dtype in ("float16", "bfloat16"):
+            with torch.no_grad():
+                naive = registry.get("naive").entry(case)(*inputs.args(), **inputs.kwargs())
+            naive_errs = accuracy.errors(naive, ref)
+        _REFERENCE_CACHE.clear()
+        _REFERENCE_CACHE[key] = (torch.arange(case.seq_len_q), ref, naive_errs, {})
+    rows, ref, naive_errs, _ = _REFERENCE_CACHE[key]
+    return Prepared(case, inputs, rows, ref, naive_errs)
+
+
+def call(impl, case: Case, inputs):
+    """One call of the implementation's function for this case's workload."""
+    if case.is_decode:
+        return impl.entry(case)(*inputs.args(), **inputs.kwargs())
+    return impl.entry(case)(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())
 
 
 def check_output(out, prepared: Prepared, dtype: str) -> Accuracy:
@@ -127,9 +163,8 @@ def check_impl(impl, prepared: Prepared, case: Case) -> Accuracy:
     """One forward call of `impl` on the prepared inputs, judged."""
     import torch
 
-    inputs = prepared.inputs
     with torch.no_grad():
-        out = impl.entry(case)(inputs.q, inputs.k, inputs.v, **inputs.call_kwargs())
+        out = call(impl, case, prepared.inputs)
     return check_output(out, prepared, case.dtype)
 
 
@@ -155,6 +190,14 @@ def build_callable(impl, prepared: Prepared, case: Case) -> Callable[[], object]
 
     fn = impl.entry(case)
     inputs = prepared.inputs
+    if case.is_decode:
+        args, kw = inputs.args(), inputs.kwargs()
+
+        def decode():
+            with torch.no_grad():
+                return fn(*args, **kw)
+
+        return decode
     kwargs = inputs.call_kwargs()
     q, k, v = inputs.q, inputs.k, inputs.v
     if case.pass_kind == "forward":

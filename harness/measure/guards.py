@@ -7,8 +7,9 @@ returns zeros pass with error 0.0, and one that is right once and returns NaN af
 - the output of the LAST timed call is checked against the reference, like the first;
 - one call on fresh inputs (another seed, same shape) is checked against its own reference, so
   an output cached from an earlier call is caught;
-- a median faster than the measured matmul ceiling allows (calibrate.SUSPECT_FACTOR × it) is
-  `suspect`: the work cannot have been done.
+- a median faster than the roofline of the measured ceilings allows (max of FLOPs / matmul peak
+  and bytes / read bandwidth, with calibrate.SUSPECT_FACTOR of headroom) is `suspect`: the work
+  cannot have been done.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from harness.case import Case
 def checksums(inputs) -> dict[str, str]:
     """A digest of every input tensor's bytes (copied to the host once)."""
     out = {}
-    for name in ("q", "k", "v", "attn_mask"):
+    names = ("q", "k_cache", "v_cache", "kv_lens", "block_table") if hasattr(inputs, "k_cache") else \
+        ("q", "k", "v", "attn_mask")
+    for name in names:
         t = getattr(inputs, name, None)
         if t is None:
             continue
@@ -75,12 +78,21 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
     return ""
 
 
-def too_fast(case: Case, tflops_per_s: float, ceilings: dict) -> str:
-    """Why the achieved rate is physically implausible, or ""."""
+def too_fast(case: Case, median_s: float, flops: float, nbytes: float, ceilings: dict) -> str:
+    """Why the measured time is physically implausible, or "": faster than SUSPECT_FACTOR x the
+    roofline of the best uncontended ceilings (calibrate.suspect_ceilings)."""
     from harness.measure.calibrate import SUSPECT_FACTOR, lookup
 
-    ceiling = lookup(ceilings, case)
-    if not ceiling or tflops_per_s * 1e12 <= SUSPECT_FACTOR * ceiling:
+    c = lookup(ceilings, case) or {}
+    bounds = []
+    if c.get("flops_per_s"):
+        bounds.append((flops / c["flops_per_s"], f"{flops / 1e9:.3g} GFLOP at {c['flops_per_s'] / 1e9:.3g} GFLOP/s"))
+    if c.get("bytes_per_s"):
+        bounds.append((nbytes / c["bytes_per_s"], f"{nbytes / 2**20:.3g} MiB at {c['bytes_per_s'] / 1e9:.3g} GB/s"))
+    if not bounds:
         return ""
-    return (f"achieved {tflops_per_s * 1e3:.3g} GFLOP/s, more than {SUSPECT_FACTOR:g}x the measured matmul "
-            f"ceiling ({ceiling / 1e9:.3g} GFLOP/s): it cannot have done the work")
+    least_s, what = max(bounds)
+    if median_s * SUSPECT_FACTOR >= least_s:
+        return ""
+    return (f"median {median_s * 1e6:.3g} us is more than {SUSPECT_FACTOR:g}x faster than the roofline "
+            f"({least_s * 1e6:.3g} us: {what}, measured ceilings): it cannot have done the work")

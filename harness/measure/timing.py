@@ -241,8 +241,15 @@ def time_cuda(
     device=None,
     min_block_s: float = 0.0,
     check_every_s: float = 0.05,
+    block_times: list | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> Timing:
     """Time fn on a CUDA device with CUDA events around each sample.
+
+    block_times: a list that receives each sample's host-clock (start, end), for matching
+    samples with NVML telemetry (harness.measure.telemetry_blocks). until: an extra condition
+    the timing must also meet before stopping on its spread (e.g. the energy counter advanced
+    enough), never beyond max_time_s.
 
     Warm-up: calls in doubling batches, each batch synchronised, until ≥ warmup_s of wall time
     (≥ 100 ms recommended: clocks ramp up and lazy init finishes). Samples are enqueued in
@@ -315,9 +322,15 @@ def time_cuda(
                 events.append((begin, end))
             torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
+            if block_times is not None:
+                from harness.measure.telemetry_blocks import cuda_block_times
+
+                block_times.extend(cuda_block_times(events, time.perf_counter()))
             for begin, end in events:
                 samples.append(begin.elapsed_time(end) / 1e3 / calls)  # elapsed_time is in ms
             stopped = _should_stop(samples, elapsed, min_time_s, max_time_s, target_spread)
+            if stopped == "spread" and until is not None and not until() and elapsed < max_time_s:
+                stopped = None  # e.g. the energy counter has not advanced enough yet
         total_s = time.perf_counter() - start
         del flush_buf, graph
     return Timing(

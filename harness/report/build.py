@@ -26,7 +26,7 @@ from harness.results.store import read_run_info, resolve_run_dir
 
 DEFAULT_BASELINE = "sdpa"
 MAX_PLOTTED_GROUPS = 24  # bounds the PNG count (3 per group) on huge sweeps; tables still cover all
-_PNG_NAME = re.compile(r"^\d{2,3}-[A-Za-z0-9_.-]*-(latency|memory|throughput)\.png$")
+_PNG_NAME = re.compile(r"^\d{2,3}-[A-Za-z0-9_.-]*\.png$")  # the names this module writes
 
 
 # ---------------------------------------------------------------- entry point
@@ -95,6 +95,10 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
         if omitted:
             sections[1].paragraphs.append(f"Plots are drawn for the first {MAX_PLOTTED_GROUPS} groups only "
                                           f"({omitted} more left out); the tables cover every group.")
+    from harness.report.plots import impl_styles
+    from harness.report.roofline import roofline_section
+
+    sections.append(roofline_section(rows, calibration, impl_styles(impls)))
     sections.append(_errors_section(rows))
     sections.append(_problems_section(rows))
     title = f"attnbench report: {info.get('run_id') or run_dir.name}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from harness.results.rows import Row
 
-GROUP_PARAMS = ("dtype", "device", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
+GROUP_PARAMS = ("dtype", "device", "device_model", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
                 "mask_fraction", "pass_kind", "threads", "workload", "kv_layout", "page_size")
 NOISE_MARK = {"noisy": "~", "unreliable": "~~"}
 NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%); ! contended (another "
@@ -39,6 +39,9 @@ def make_groups(rows: list[Row]) -> list[Group]:
                 combos.setdefault(tuple(r[p] for p in GROUP_PARAMS), []).append(r)
         for rs in combos.values():
             groups.extend(_split_x(grid, rs))
+    if len({r.device_model for r in rows}) > 1:  # a run over several machines: say which one
+        for g in groups:
+            g.label += f" on {g.rows[0].device_model}"
     # Groups where something was measured first (in scenario order), wholly skipped ones after:
     # on a CPU machine the CUDA grids are a footnote, not the opening of the report.
     return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
@@ -47,6 +50,9 @@ def make_groups(rows: list[Row]) -> list[Group]:
 def _split_x(grid: str, rs: list[Row]) -> list[Group]:
     nq = sorted({int(r["seq_len_q"]) for r in rs})
     nk = sorted({int(r["seq_len_kv"]) for r in rs})
+    if rs[0]["workload"] == "decode" and len(nq) == 1:
+        return [Group(grid, _label(rs[0], f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"), "seq_len_kv", "KV",
+                      f"KV cache length (longest sequence; {nq[0]} query token{'s' if nq[0] > 1 else ''})", rs)]
     if all(r["seq_len_q"] == r["seq_len_kv"] for r in rs):
         return [Group(grid, _label(rs[0]), "seq_len_q", "N", "sequence length N (Nq = Nk)", rs)]
     if len(nq) == 1:
@@ -75,6 +81,9 @@ def _label(r: Row, fixed: str = "") -> str:
         bits.append(r["pass_kind"])
     if r["threads"]:
         bits.append(f"{r['threads']} threads")
+    if r["workload"] == "decode":
+        bits.remove("causal")  # decode is always causal over each sequence
+        bits.append("paged " + str(r["page_size"]) if r["kv_layout"] == "paged" else "contiguous")
     return " ".join(bits)
 
 

@@ -215,7 +215,8 @@ def group_section(idx, g: Group, impl_order, styles, baseline, calibration, *, p
     xs = g.xs
     ok_xs = sorted({x for (_, x), r in cells.items() if r.ok})
     sec.paragraphs.append(f"x-axis: {g.x_label}.")
-    metrics = plotted_metrics()
+    workload = g.rows[0]["workload"]
+    metrics = tuple(m for m in plotted_metrics() if not m.workload or m.workload == workload)
     ceilings = _ceilings(metrics, g.rows[0].case, calibration)
     statuses = {r.status for r in cells.values()}
     if statuses == {"skipped"}:  # e.g. a CUDA grid on a CPU machine: one line, not a table of "skipped"
@@ -270,15 +271,15 @@ def _display(r: Row | None, field: str) -> float:
 
 def _ceilings(metrics, case, calibration: dict) -> dict[str, float]:
     """Measured ceilings (run.json calibration, for the group's device, dtype and threads) in
-    each metric's display unit."""
+    each metric's unit."""
     from harness.measure.calibrate import ceilings_of, lookup
 
     out = {}
     for m in metrics:
-        if m.ceiling == "matmul_flops_per_s":
-            c = num(lookup(ceilings_of(calibration), case))
+        if m.ceiling:
+            c = num(lookup(ceilings_of(calibration, m.ceiling), case))
             if c and c > 0:
-                out[m.field] = c / 1e12 if m.display_unit == "TFLOP/s" else c * m.display_scale
+                out[m.field] = c * m.ceiling_scale * m.display_scale
     return out
 
 

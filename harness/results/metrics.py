@@ -43,6 +43,8 @@ class Metric:
     band: tuple[str, str] | None = None
     ceiling: str = ""
     ceiling_label: str = ""  # what the ceiling is, e.g. "matmul peak"
+    ceiling_scale: float = 1.0  # calibration unit -> this metric's unit (FLOP/s -> TFLOP/s: 1e-12)
+    workload: str = ""  # plotted only for groups of this workload ("" = every group)
     judge: str | None = None
     verdict: str = ""
     floor: float = 0.0  # "growth": changes below this (in `unit`) never count
@@ -82,7 +84,10 @@ METRICS: tuple[Metric, ...] = (
            band=("q1_s", "q3_s"), judge="samples", verdict=vocab.REGRESSED, console=True),
     Metric("tflops_per_s", "TFLOP/s", "Achieved TFLOP/s", "TFLOP/s", HIGHER, "rate", "TFLOP/s", 1.0,
            plot="throughput", plot_title="Achieved throughput vs sequence length (from the median time)",
-           ceiling="matmul_flops_per_s", ceiling_label="matmul peak", console=True),
+           ceiling="matmul_flops_per_s", ceiling_label="matmul peak", ceiling_scale=1e-12, console=True),
+    Metric("gbytes_per_s", "GB/s", "Achieved bandwidth (minimum bytes / median time)", "GB/s", HIGHER, "rate",
+           "GB/s", 1.0, plot="bandwidth", plot_title="Achieved bandwidth vs length (minimum bytes / median time)",
+           ceiling="read_bytes_per_s", ceiling_label="read bandwidth", ceiling_scale=1e-9, workload="decode"),
     Metric("peak_bytes", "peak mem", "Peak memory above the inputs", "B", LOWER, "memory", "MiB", 2.0**-20,
            plot="memory", plot_title="Peak memory above the inputs vs sequence length", fit=True, log_y=True,
            judge="growth", verdict=vocab.REGRESSED_MEMORY, floor=64 * 2**10, console=True),
@@ -93,12 +98,26 @@ METRICS: tuple[Metric, ...] = (
     Metric("error_passed", "error check", "error check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),
+    Metric("min_bytes", "bytes", "Minimum bytes moved per call", "B", None, "info"),
+    Metric("arithmetic_intensity", "FLOP/B", "Arithmetic intensity (FLOPs / minimum bytes)", "FLOP/B", None, "info"),
     # training passes (harness/measure/grad_reference.py): every gradient checked whole
     *(Metric(f"{g}_{e}_error", f"{g} {lab}", f"{g} {title}", "", LOWER, "error", spec=".2e")
       for g in ("dq", "dk", "dv") for e, lab, title in (("max_abs", "max err", "max abs error"),
                                                          ("rel_l2", "rel L2", "max rel L2 error"))),
     Metric("grad_error_passed", "grad check", "gradient check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
+    # NVML telemetry of CUDA cases (harness/measure/gpu_timing.py)
+    Metric("energy_per_call_j", "energy", "Energy per call", "J", LOWER, "energy", "mJ", 1e3, plot="energy",
+           plot_title="Energy per call vs sequence length (NVML)", log_y=True),
+    Metric("tflops_per_w", "TFLOP/s/W", "Compute efficiency", "TFLOP/s/W", HIGHER, "rate", "TFLOP/s/W"),
+    Metric("gbytes_per_s_per_w", "GB/s/W", "Bandwidth efficiency", "GB/s/W", HIGHER, "rate", "GB/s/W"),
+    Metric("mean_power_w", "power", "Mean power", "W", None, "info", "W"),
+    Metric("sm_clock_median_mhz", "SM clock", "SM clock (median)", "MHz", None, "info", "MHz", spec=".0f"),
+    Metric("sm_clock_min_mhz", "SM clock min", "SM clock (min)", "MHz", None, "info", "MHz", spec=".0f"),
+    Metric("sm_clock_max_mhz", "SM clock max", "SM clock (device max)", "MHz", None, "info", "MHz", spec=".0f"),
+    Metric("mem_clock_median_mhz", "mem clock", "Memory clock (median)", "MHz", None, "info", "MHz", spec=".0f"),
+    Metric("max_temperature_c", "temp", "Max temperature", "°C", None, "info", "°C", spec=".0f"),
+    Metric("throttled", "throttled", "SM clock < 75% of max or a thermal/power throttle", "", None, "info"),
     # contention around the timed region (harness/measure/contention.py)
     Metric("cpu_share", "CPU share", "own CPU time / (wall × threads)", "", HIGHER, "info", spec=".2f"),
     Metric("others_cores", "others' CPUs", "CPUs used by other processes while timed", "CPU", LOWER, "info",

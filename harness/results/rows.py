@@ -19,6 +19,7 @@ _CASE_FIELDS = frozenset(f.name for f in fields(Case))
 @dataclass(frozen=True)
 class Row:
     m: Measurement
+    device_model: str = ""  # the GPU or CPU model that measured it (harness.results.devices)
 
     @property
     def case(self) -> Case:
@@ -69,20 +70,23 @@ class Row:
             return BY_FIELD[name].value(self.m)
         if name in STAT_FIELDS:
             return getattr(self.m.stats, name, None)
-        if name in ("status", "message", "noise", "impl", "grid", "ok"):
+        if name in ("status", "message", "noise", "impl", "grid", "ok", "device_model"):
             return getattr(self, name)
         raise KeyError(f"row has no field {name!r}")
 
 
-def rows_of(measurements) -> list[Row]:
+def rows_of(measurements, environment: dict | None = None) -> list[Row]:
     """Last record wins for a case measured twice (a resumed run), in first-seen order."""
+    from harness.results.devices import device_model_of
+
     by_id: dict[str, Measurement] = {}
     for m in measurements:
         by_id[m.case.case_id] = m
-    return [Row(m) for m in by_id.values()]
+    return [Row(m, device_model_of(m, environment)) for m in by_id.values()]
 
 
 def read_rows(run_dir: str | Path) -> list[Row]:
-    from harness.results.store import read_measurements
+    from harness.results.store import read_measurements, read_run_info
 
-    return rows_of(read_measurements(run_dir))
+    env = read_run_info(run_dir).get("environment")
+    return rows_of(read_measurements(run_dir), env if isinstance(env, dict) else None)

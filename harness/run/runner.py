@@ -31,7 +31,7 @@ from harness.results.store import (
     resolve_run_dir,
     write_run_info,
 )
-from harness.measure.calibrate import ceiling_key, ceilings_of, combine
+from harness.measure.calibrate import ceiling_key, combine, suspect_ceilings
 from harness.run.executor import DONE, Executor, Job, Reply
 
 CALIBRATION_TIMEOUT_S = 120.0
@@ -111,7 +111,7 @@ def run_cases(
             points = calibration_points(to_run)
             start_cal = calibrate(executor, points)
             _store_calibration(run_dir, start_cal, None)
-            ceilings = ceilings_of(combine(start_cal, None))
+            ceilings = suspect_ceilings(combine(start_cal, None))
             jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s, ceilings) for c in to_run]
             started: dict[str, int] = {}
 

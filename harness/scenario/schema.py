@@ -263,6 +263,7 @@ BUDGET_RULES = {
                            f"process needs that much address space for Python and torch)"),
     "l2_flush": (lambda v: isinstance(v, bool), "true, false"),
     "cuda_graph": (lambda v: isinstance(v, bool), "true, false"),
+    "discard_throttled": (lambda v: isinstance(v, bool), "true, false"),
 }
 
 
