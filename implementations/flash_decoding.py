@@ -133,7 +133,7 @@ class _Scratch:
     """One worker's buffers; a shorter partition uses a prefix view."""
 
     def __init__(self, ctx: _Ctx, upcast: bool, acc):
-        B, Hkv, GN, D = ctx.q.shape
+        _, Hkv, GN, D = ctx.q.shape
         dev = ctx.q.device
         self.q = torch.empty(Hkv, GN, D, dtype=acc, device=dev)  # q of one sequence · scale·log2(e)
         self.s = torch.empty(Hkv * GN * ctx.part, dtype=acc, device=dev)  # scores (Hkv, n, G·Nq)
@@ -180,9 +180,8 @@ def _partition(ctx: _Ctx, scr: _Scratch, b: int, p: int) -> None:
             torch.add(ctx.bag_base[b, :, p0:p1].unsqueeze(-1), ctx.slots, out=tok)
             k = F.embedding_bag(tok.view(-1), ctx.k_tok, ctx.ones[: Hkv * np_ * ctx.ps], mode="sum")
             k = k.view(Hkv, np_ * ctx.ps, D)[:, :n]
-        else:
+        else:  # V is a matmul operand too: gather both
             k = _gather(ctx.k_rows, ctx, scr.pages[0], b, p0, p1, n)  # (Hkv, n, D)
-        if not bag:
             v = _gather(ctx.v_rows, ctx, scr.pages[1], b, p0, p1, n)
     else:
         k = ctx.k_cache[b, :, j0:j1]  # (Hkv, n, D), a view
