@@ -2,10 +2,19 @@
 B=8, Hq=32, Hkv=8, D=128, KV=8192, one query token. Targets: flash_decoding >= 2x sdpa (decode
 path) and >= 40% of an in-run streaming-read bandwidth (sum of a 256 MiB tensor, > 4x the LLC);
 paged (page 16) >= 0.8x its own contiguous speed; a ragged batch (KV uniform 512..16384) costs
-about its total tokens, not batch x longest."""
+about its total tokens, not batch x longest.
+
+The assertions use the best of ROUNDS interleaved rounds. Printed besides (never asserted): the
+median of the per-round ratios, each callable's process CPU time per wall second (its share of the
+2 cores; the machine is shared), bytes per CPU-second (what the code costs, whatever the load), the
+load average, and a ceiling: the two skinny matmuls a decode step cannot avoid (K·qᵀ and p·V for
+the G query heads of each kv head) as plain torch.bmm over the same contiguous cache."""
 
 from __future__ import annotations
 
+import os
+import resource
+import statistics
 import time
 
 import pytest
@@ -24,17 +33,57 @@ def _case(layout="contiguous", ps=0, lens=(8192,) * 8):
     return Case("x", **SHAPE, seq_len_kv=max(lens), kv_layout=layout, page_size=ps, kv_lens=tuple(lens))
 
 
-def _interleaved(fns: dict) -> dict:
-    """Best-of-ROUNDS seconds per callable, the callables taking turns in every round."""
-    best = {k: float("inf") for k in fns}
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return r.ru_utime + r.ru_stime
+
+
+def _rounds(fns: dict) -> dict:
+    """(wall s, process CPU s) of each of ROUNDS calls per callable, taking turns in every round."""
+    runs = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
     for _ in range(ROUNDS):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(), time.perf_counter()
             f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            runs[k].append((time.perf_counter() - t0, _cpu() - c0))
+    return runs
+
+
+def _interleaved(fns: dict) -> dict:
+    """Best-of-ROUNDS seconds per callable, the callables taking turns in every round."""
+    return {k: min(w for w, _ in r) for k, r in _rounds(fns).items()}
+
+
+def _median_ratio(runs, a, b) -> float:
+    """Median over rounds of wall(a) / wall(b), a and b measured in the same round."""
+    return statistics.median(x[0] / y[0] for x, y in zip(runs[a], runs[b]))
+
+
+def _share(runs, k) -> float:
+    """Median process CPU seconds per wall second of callable k (2.0 = both cores)."""
+    return statistics.median(c / w for w, c in runs[k])
+
+
+def _per_cpu(runs, k, nbytes) -> float:
+    """Bytes per CPU-second of callable k, best round."""
+    return nbytes / min(c for _, c in runs[k])
+
+
+def _matmul_ceiling(inp):
+    """K·qᵀ then p·V as two plain torch.bmm over the contiguous cache, the G query heads of a kv
+    head as the rows (what Flash-Decoding's matmuls do, without softmax, partitions or merge)."""
+    q, k, v = inp.q, inp.k_cache, inp.v_cache
+    B, Hq, _, D = q.shape
+    Hkv, N = k.shape[1], k.shape[2]
+    qg = q.reshape(B * Hkv, Hq // Hkv, D)
+    kf, vf = k.reshape(B * Hkv, N, D), v.reshape(B * Hkv, N, D)
+
+    def run():
+        s = torch.bmm(kf, qg.transpose(1, 2))  # (B·Hkv, N, G)
+        return torch.bmm(s.transpose(1, 2), vf)  # (B·Hkv, G, D)
+    return run
 
 
 def _call(name, case, inp):
@@ -55,17 +104,31 @@ def test_decode_targets():
     big = torch.randn(64 * 2**20)  # 256 MiB fp32, streamed by a 2-thread sum
     cont, paged = _case(), _case("paged", 16)
     ci, pi = make_decode_inputs(cont, 0), make_decode_inputs(paged, 0)
-    t = _interleaved({
+    load0 = os.getloadavg()[0]
+    runs = _rounds({
         "sum": lambda: big.sum(),
         "sdpa": _call("sdpa", cont, ci),
         "flash": _call("flash_decoding", cont, ci),
         "flash_paged": _call("flash_decoding", paged, pi),
+        "bmm": _matmul_ceiling(ci),
     })
-    bw = big.numel() * 4 / t["sum"]
-    fd_bw = decode_min_bytes(cont) / t["flash"]
+    t = {k: min(w for w, _ in r) for k, r in runs.items()}
+    nb, kv = big.numel() * 4, decode_min_bytes(cont)
+    bw = nb / t["sum"]
+    fd_bw = kv / t["flash"]
     print(f"\nstream {bw/1e9:.1f} GB/s; sdpa {t['sdpa']*1e3:.1f} ms; flash_decoding {t['flash']*1e3:.1f} ms "
           f"({fd_bw/1e9:.1f} GB/s = {fd_bw/bw:.0%} of stream), x{t['sdpa']/t['flash']:.2f} vs sdpa; "
           f"paged16 {t['flash_paged']*1e3:.1f} ms = {t['flash']/t['flash_paged']:.2f}x contiguous speed")
+    print(f"  medians of per-round ratios: sdpa/flash x{_median_ratio(runs, 'sdpa', 'flash'):.2f}, "
+          f"flash/stream {kv / nb * _median_ratio(runs, 'sum', 'flash'):.0%}, "
+          f"paged speed {_median_ratio(runs, 'flash', 'flash_paged'):.2f}x contiguous")
+    print(f"  plain bmm K·qT + p·V over the same bytes (ceiling of the matmuls): {t['bmm']*1e3:.1f} ms = "
+          f"{kv / t['bmm'] / bw:.0%} of stream")
+    print("  CPU share (process CPU s per wall s): " + ", ".join(f"{k} {_share(runs, k):.2f}" for k in runs)
+          + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"  per CPU-second: stream {_per_cpu(runs, 'sum', nb)/1e9:.1f} GB/s, flash_decoding "
+          f"{_per_cpu(runs, 'flash', kv)/1e9:.1f} GB/s, paged16 {_per_cpu(runs, 'flash_paged', kv)/1e9:.1f}, "
+          f"plain bmm {_per_cpu(runs, 'bmm', kv)/1e9:.1f}")
     assert t["sdpa"] / t["flash"] >= 2.0
     assert fd_bw >= 0.4 * bw
     assert t["flash"] / t["flash_paged"] >= 0.8

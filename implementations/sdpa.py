@@ -163,6 +163,12 @@ def _math_model(case) -> int:
         held += (acc + 2) * case.batch * case.seq_len_q * case.seq_len_kv  # float bias + bool tril
     elif case.mask != "none":
         held += acc * case.batch * case.seq_len_kv
+    # Training: `backward` (its graph built beforehand) allocates the gradients of the probabilities
+    # and of the scores; forward+backward holds the forward's tensors and one of those at a time.
+    if case.pass_kind == "backward":
+        return 2 * acc * pairs + _grad_bytes(case)
+    if case.pass_kind == "forward_backward":
+        return _common_bytes(case) + held + acc * pairs + _grad_bytes(case)
     return _common_bytes(case) + held
 
 
@@ -182,9 +188,20 @@ def _fused_model(backend: str):
                 extra += threads * case.element_bytes * qs * ks  # probabilities cast for the PV gemm
         elif backend in _NO_GQA and case.heads_q != case.heads_kv:
             extra = 2 * case.element_bytes * case.batch * case.heads_q * case.seq_len_kv * case.head_dim
-        return _common_bytes(case) + lse + extra
+        return _common_bytes(case) + lse + extra + _grad_bytes(case)
 
     return model
+
+
+def _grad_bytes(case) -> int:
+    """Training passes: dq, dk, dv and, per query row, the float32 rowsum(dO∘O) of the fused
+    backward; forward+backward also holds the forward's output through it (already counted)."""
+    if case.pass_kind == "forward":
+        return 0
+    e = case.element_bytes
+    grads = e * case.batch * case.head_dim * (case.heads_q * case.seq_len_q + 2 * case.heads_kv * case.seq_len_kv)
+    held = _common_bytes(case) if case.pass_kind == "forward_backward" else 0  # the output, through the backward
+    return grads + 4 * case.batch * case.heads_q * case.seq_len_q + held
 
 
 def _auto_model(case) -> int:

@@ -119,3 +119,20 @@ def test_cuda_peak_excludes_inputs():
     peak = measure_peak_bytes(fn, "cuda")
     assert 32 * MiB <= peak <= 33 * MiB
     assert device_memory_bytes("cuda") > device_memory_bytes("cuda", available=True) > 0
+
+
+@pytest.mark.parametrize("pass_kind", ["forward", "backward", "forward_backward"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_naive_memory_model_matches_the_measured_peak_of_every_pass(pass_kind, causal):
+    """The analytic model (what autograd keeps for naive) within 15% of the allocator's peak, as
+    measured by the harness: the graph of `backward` is built outside the measured call."""
+    from harness import registry
+    from harness.measure.core import build_callable, prepare
+    from harness.measure.memory import measure_peak_bytes
+
+    case = Case("naive", heads_q=4, heads_kv=4, seq_len_q=384, seq_len_kv=384, head_dim=32, causal=causal,
+                pass_kind=pass_kind, threads=1)
+    impl = registry.get("naive")
+    measured = measure_peak_bytes(build_callable(impl, prepare(case, 0), case))
+    predicted = impl.predicted_peak_bytes(case)
+    assert abs(measured - predicted) <= 0.15 * predicted, (measured, predicted)

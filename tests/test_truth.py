@@ -90,9 +90,20 @@ def test_start_and_end_ceilings_are_combined_and_disagreement_is_said():
 
 def test_faster_than_the_ceiling_is_suspect():
     case = Case("sdpa", seq_len_q=128, seq_len_kv=128, heads_q=2, heads_kv=2, head_dim=32, threads=1)
-    m = measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": 1e6})  # 1 MFLOP/s: nothing is that slow
+    m = measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": {"flops_per_s": 1e6}})  # nothing is that slow
     assert m.status == "suspect" and "cannot have done the work" in m.message
-    assert measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": 1e15}).status == "ok"
+    assert measure_case(case, TINY, seed=0, ceilings={"cpu/float32/t1": {"flops_per_s": 1e15, "bytes_per_s": 1e15}}).status == "ok"
+
+
+def test_the_roofline_bound_uses_whichever_ceiling_binds():
+    from harness.measure.guards import too_fast
+
+    case = Case("x", threads=1)
+    ceil = {"cpu/float32/t1": {"flops_per_s": 1e12, "bytes_per_s": 1e10}}
+    # 1 GFLOP and 1 GB: the bytes bind (0.1 s); 0.05 s is within the 1.5x headroom? no: 0.05 * 1.5 < 0.1
+    assert "faster than the roofline" in too_fast(case, 0.05, 1e9, 1e9, ceil)
+    assert too_fast(case, 0.08, 1e9, 1e9, ceil) == ""  # 0.08 * 1.5 >= 0.1
+    assert too_fast(case, 1e-9, 1e9, 1e9, {}) == ""  # no ceiling measured: nothing to judge against
 
 
 # ------------------------------------------------------------------ clean state
@@ -140,3 +151,4 @@ head_dim = 16
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     cal = info["calibration"]["cpu/float32/tdefault"]
     assert cal["start"]["matmul_flops_per_s"] > 0 and cal["end"]["matmul_flops_per_s"] > 0 and "agree" in cal
+    assert cal["start"]["read_bytes_per_s"] > 1e8 and cal["read_bytes_per_s"] >= cal["start"]["read_bytes_per_s"]

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--scenario", default="ci", metavar="TOML", help="scenario name or path (default: ci)")
     p.add_argument("--baseline", metavar="FILE", help="baseline file (default: results/baselines/<device_key>.json)")
     p.add_argument("--update-baseline", action="store_true", help="measure and (re)write the baseline, then exit")
+    p.add_argument("--against", metavar="REF",
+                   help="A/B mode: measure git revision REF (e.g. origin/main, HEAD~1) and the current tree "
+                        "side by side on this machine; no baseline file needed")
     p.add_argument("--threshold", default=gate.DEFAULT_THRESHOLD, metavar="T",
                    help="allowed growth of a ratio, e.g. 15%% or 0.15 (default: %(default)s)")
     p.add_argument("--reference", metavar="IMPL", help="reference implementation (default: the scenario's)")
@@ -79,6 +82,17 @@ def cmd_check(args) -> int:
     if slowdown:
         print(f"gate: TESTING HOOK {SLOWDOWN_ENV} active: {slowdown}", file=sys.stderr)
 
+    if args.against:
+        if args.update_baseline or args.baseline:
+            raise UsageError("--against measures the base revision itself: drop --baseline / --update-baseline")
+        from harness.compare import ab
+
+        outcome = ab.run_ab_gate(cases, reference=reference, threshold=threshold, settings=settings,
+                                 ref=args.against, repo=Path.cwd(), current_slowdown=os.environ.get(SLOWDOWN_ENV))
+        print(format_outcome(outcome))
+        if args.json:
+            _write_json(args.json, outcome)
+        return outcome.exit_code
     if args.update_baseline:
         return _update(cases, reference, threshold, settings, env, key, path)
     baseline = gate.read_baseline(path) if (args.baseline or path.exists()) else None

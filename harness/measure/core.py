@@ -65,7 +65,16 @@ class Failure:
     traceback: str
 
 
-_REFERENCE_CACHE: dict = {}  # one shape's reference: a sweep measures several implementations in a row
+# The last shapes' references: a sweep measures several implementations of a shape in a row, each
+# checked on the shape's inputs and on one set of fresh inputs (harness.measure.guards).
+_REFERENCE_CACHE: dict = {}
+_CACHE_ENTRIES = 2
+
+
+def _remember(key, value) -> None:
+    while len(_REFERENCE_CACHE) >= _CACHE_ENTRIES:
+        _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))  # the oldest
+    _REFERENCE_CACHE[key] = value
 
 
 def prepare(case: Case, seed: int) -> Prepared:
@@ -88,8 +97,7 @@ def prepare(case: Case, seed: int) -> Prepared:
         naive_errs = None
         if case.dtype in ("float16", "bfloat16"):
             naive_errs = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kw), ref)
-        _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = (rows, ref, naive_errs, {})
+        _remember(key, (rows, ref, naive_errs, {}))
     rows, ref, naive_errs, grads = _REFERENCE_CACHE[key]
     if case.pass_kind != "forward" and not grads:
         g = grad_reference.upstream_grad(case, seed, like=inputs.q)
@@ -121,8 +129,7 @@ def _prepare_decode(case: Case, seed: int) -> Prepared:
             with torch.no_grad():
                 naive = registry.get("naive").entry(case)(*inputs.args(), **inputs.kwargs())
             naive_errs = accuracy.errors(naive, ref)
-        _REFERENCE_CACHE.clear()
-        _REFERENCE_CACHE[key] = (torch.arange(case.seq_len_q), ref, naive_errs, {})
+        _remember(key, (torch.arange(case.seq_len_q), ref, naive_errs, {}))
     rows, ref, naive_errs, _ = _REFERENCE_CACHE[key]
     return Prepared(case, inputs, rows, ref, naive_errs)
 

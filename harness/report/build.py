@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from harness.report.groups import NOISE_NOTE, make_groups, num
-from harness.report.render import Report, Section, Table, render_html, render_markdown
+from harness.report.render import Report, Section, Table, write_documents
 from harness.results.metrics import error_metrics
 from harness.results.rows import Row, read_rows
 from harness.results.store import read_run_info, resolve_run_dir
@@ -42,11 +42,7 @@ def write_report(run_dir, out_dir=None, baseline: str | None = None) -> Path:
     for old in out.glob("*.png"):  # a previous report's figures, never anyone else's files
         if _PNG_NAME.match(old.name):
             old.unlink()
-    for sec in report.sections:
-        for fig in sec.figures:
-            (out / fig.file).write_bytes(fig.png)
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    (out / "index.html").write_text(render_html(report), encoding="utf-8")
+    write_documents(report, out)
     return out
 
 

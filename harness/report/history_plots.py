@@ -10,33 +10,17 @@ the process-wide pyplot backend. Nothing here reads results or finds change poin
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
 from harness.compare.history import History, Trend, segments
-from harness.report.render import Figure, Report, Section, Table, render_html, render_markdown
+from harness.report.figures import new_figure, png_bytes
+from harness.report.render import Figure, Report, Section, Table, write_documents
 
 FIGSIZE_IN = (8.0, 4.2)
-DPI = 110
 MAX_STABLE_PLOTS = 3
 MAX_CHANGE_PLOTS = 40  # bounds the PNG count on huge sweeps; the table still lists every change point
 LINE_COLOR, CHANGE_COLOR, LEVEL_COLOR = "#1f77b4", "#d62728", "#555555"
-
-
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    fig = MplFigure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version: stable bytes
-    return buf.getvalue()
 
 
 def _unit(trend: Trend) -> tuple[float, str]:
@@ -47,7 +31,7 @@ def _unit(trend: Trend) -> tuple[float, str]:
 def plot_trend(history: History, trend: Trend) -> bytes:
     """PNG of one trend: medians with CI bars, levels, change points."""
     scale, unit = _unit(trend)
-    fig, ax = _figure()
+    fig, ax = new_figure(FIGSIZE_IN)
     xs = list(range(len(trend.points)))
     ys = [p.median_s * scale for p in trend.points]
     lo = [max(p.median_s - (p.ci_low_s or p.median_s), 0.0) * scale for p in trend.points]
@@ -71,7 +55,7 @@ def plot_trend(history: History, trend: Trend) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{trend.case_id}\n{trend.environment}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _slug(text: str) -> str:
@@ -120,11 +104,5 @@ def history_sections(history: History, fmt_time=None) -> list[Section]:
 def write_history_report(history: History, out_dir: str | Path, fmt_time=None) -> Path:
     """DIR/index.html (self-contained), DIR/report.md and the PNGs; returns DIR."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = Report(title="attnbench history", sections=history_sections(history, fmt_time))
-    for sec in report.sections:
-        for fig in sec.figures:
-            (out / fig.file).write_bytes(fig.png)
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    (out / "index.html").write_text(render_html(report), encoding="utf-8")
+    write_documents(Report(title="attnbench history", sections=history_sections(history, fmt_time)), out)
     return out

@@ -5,28 +5,24 @@ against sequence length, a fixed color per implementation. Tables: the same numb
 implementation × size, the speed-up vs the baseline, and the scaling exponents of the metrics
 marked `fit` (harness.report.fit). Nothing here times anything or reads files.
 
-Figures are built on matplotlib's object API with an explicit Agg canvas, created inside the
-function (never at import) and without switching the process-wide pyplot backend: a report
-renders on a machine with no display and leaves a notebook's own backend alone.
+Figures: harness/report/figures.py (Agg canvas, no pyplot backend switch).
 Noisy timings (IQR/median ≥ 10%) are drawn as hollow markers; a marker shape per implementation
 keeps overlapping lines apart.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
 
+from harness.report.figures import FIGSIZE_IN, new_figure, png_bytes
 from harness.report.fit import MIN_FIT_SIZES, fit_largest
 from harness.report.groups import Group, num
 from harness.report.render import Figure, Section, Table
 from harness.results.metrics import Metric, plotted_metrics
 from harness.results.rows import Row
 
-FIGSIZE_IN = (7.0, 4.5)
-DPI = 110
 NOISY_NOTE = "hollow marker: noisy (IQR/median ≥ 10%) or contended timing"
 MAX_INSIDE_LEGEND = 5  # more implementations than this: the legend goes beside the axes
 
@@ -62,7 +58,7 @@ def plot_group(series: list[Series], metrics: tuple[Metric, ...], *, title: str,
     maps a metric field to the measured ceiling in display units (a secondary % axis)."""
     out = {}
     for m in metrics:
-        fig, ax = _figure()
+        fig, ax = new_figure()
         if not _draw_metric(ax, series, m, (ceilings or {}).get(m.field)):
             continue
         ax.set_title(f"{title}\n{m.plot_title or m.title}", fontsize=10)
@@ -70,23 +66,8 @@ def plot_group(series: list[Series], metrics: tuple[Metric, ...], *, title: str,
         _x_ticks(ax, series)
         ax.grid(True, which="major", alpha=0.3)
         _legend(ax, series, noisy_note=m.kind in ("timing", "rate"))
-        out[m.plot] = _png(fig)
+        out[m.plot] = png_bytes(fig)
     return out
-
-
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version: stable bytes
-    return buf.getvalue()
 
 
 def _ok(v: float) -> bool:

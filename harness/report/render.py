@@ -171,3 +171,16 @@ def _md(s) -> str:
                  ("`", "\\`"), ("[", "\\["), ("]", "\\]")):
         s = s.replace(a, b)
     return s
+
+
+def write_documents(report: Report, out) -> None:
+    """The report's PNGs, report.md and a self-contained index.html into the folder `out`."""
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sec in report.sections:
+        for fig in sec.figures:
+            (out / fig.file).write_bytes(fig.png)
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (out / "index.html").write_text(render_html(report), encoding="utf-8")

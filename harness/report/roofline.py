@@ -11,6 +11,7 @@ import re
 
 from harness.measure.calibrate import ceilings_of, lookup
 from harness.measure.work import bound, roofline_s
+from harness.report.figures import new_figure, png_bytes
 from harness.report.groups import num
 from harness.report.render import Figure, Section, Table
 from harness.results.rows import Row
@@ -38,9 +39,7 @@ def roofline_section(rows: list[Row], calibration: dict, styles: dict) -> Sectio
 
 
 def _plot(pts: list[Row], device: str, peak: float | None, bw: float | None, styles: dict) -> bytes:
-    from harness.report.plots import _figure, _png
-
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ais = [float(r["arithmetic_intensity"]) for r in pts]
     lo, hi = min(ais) / 2, max(ais) * 2
     if peak and bw:
@@ -61,7 +60,7 @@ def _plot(pts: list[Row], device: str, peak: float | None, bw: float | None, sty
     ax.set_title(f"Roofline: {device}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _table(pts: list[Row], peaks: dict, bws: dict, device: str) -> Table:

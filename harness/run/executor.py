@@ -33,6 +33,14 @@ class Job:
     timeout_s: float
     key: str = ""  # the caller's handle for matching replies (default: the case id)
 
+    @property
+    def device(self) -> str:
+        """The device kind the job needs: its case's, or for a calibration "cuda" if any point is."""
+        if self.case is not None:
+            return self.case.device
+        points = self.request.get("points") or []
+        return "cuda" if any(str(p.get("device", "")).startswith("cuda") for p in points) else "cpu"
+
     @classmethod
     def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float, ceilings: dict | None = None) -> "Job":
         req = {"kind": "case", "case": case.to_dict(), "budget": budget, "seed": seed, "ceilings": ceilings or {}}
@@ -90,7 +98,8 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, log_path: Path | None = None, *, memory_limit_bytes: int | None = None,
-                 fresh_per_case: bool = False, env_defaults: dict[str, str] | None = None):
+                 fresh_per_case: bool = False, env_defaults: dict[str, str] | None = None,
+                 env_overrides: dict[str, str] | None = None, cwd: str | Path | None = None):
         from harness.run.process import Worker
 
         self._tmp = None
@@ -98,7 +107,8 @@ class LocalExecutor(Executor):
             self._tmp = tempfile.TemporaryDirectory(prefix="attnbench-worker-")
             log_path = Path(self._tmp.name) / "worker.log"
         self.fresh_per_case = fresh_per_case
-        self.worker = Worker(Path(log_path), memory_limit_bytes=memory_limit_bytes, env_defaults=env_defaults)
+        self.worker = Worker(Path(log_path), memory_limit_bytes=memory_limit_bytes, env_defaults=env_defaults,
+                             env_overrides=env_overrides, cwd=cwd)
 
     def precheck(self, case: Case) -> str:
         from harness import registry

@@ -52,16 +52,20 @@ class Worker:
         memory_limit_bytes: int | None = None,
         *,
         env_defaults: dict[str, str] | None = None,
+        env_overrides: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
     ):
         self.log_path = Path(log_path)
         self.memory_limit_bytes = memory_limit_bytes
         self.env_defaults = dict(env_defaults or {})  # the caller's environment wins over these
+        self.env_overrides = dict(env_overrides or {})  # ... and these win over the caller's
+        self.cwd = cwd  # `python -m` imports the harness found here first (the A/B gate's base tree)
         self.name = "measurement worker"
         self.proc: subprocess.Popen | None = None
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        env = {**self.env_defaults, **os.environ}
+        env = {**self.env_defaults, **os.environ, **self.env_overrides}
         if self.memory_limit_bytes:
             env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
         env[PARENT_PID_ENV] = str(os.getpid())
@@ -74,6 +78,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=env,
+            cwd=self.cwd,
             start_new_session=True,  # Ctrl-C reaches the parent only; the parent ends the worker
         )
         # The worker imports torch and the catalogue, then says it is ready: start-up time is

@@ -48,8 +48,8 @@ RETRIES_ON_NODE_LOSS = 1
 MISSING_RAY = "the ray executor needs Ray: pip install 'attnbench[ray]'"
 
 
-def _is_gpu(case: Case) -> bool:
-    return case.device.startswith("cuda")
+def _is_gpu(job: Job) -> bool:
+    return job.device.startswith("cuda")
 
 
 @dataclass
@@ -155,7 +155,7 @@ class RayExecutor(Executor):
         """Only what needs no particular machine: a CUDA case needs a GPU somewhere in the cluster
         (else Ray would wait for one forever); each CUDA case is given one GPU, so it must name
         device "cuda" (cuda:0). Support and memory fit are decided on the node (the worker)."""
-        if not _is_gpu(case):
+        if not case.device.startswith("cuda"):
             return ""
         if case.device not in ("cuda", "cuda:0"):
             return f"on a Ray cluster each CUDA case gets one GPU, seen as cuda:0; {case.device!r} is not there"
@@ -182,7 +182,7 @@ class RayExecutor(Executor):
                 for a in self._inflight.values():  # re-point attempts at the refreshed nodes
                     a.node = nodes.get(a.node.node_id, a.node)
                 for job in list(pending):
-                    gpu = _is_gpu(job.case)
+                    gpu = _is_gpu(job)
                     bad = excluded.get(id(job), set())
                     able = [n for n in nodes.values() if n.node_id not in bad and (n.gpus or not gpu)]
                     if not able:  # nowhere left to run it
@@ -251,7 +251,7 @@ class RayExecutor(Executor):
     def _submit(self, job: Job, node: _Node) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        gpu = _is_gpu(job.case)
+        gpu = _is_gpu(job)
         if gpu:
             node.gpu_busy += 1
         else:
@@ -269,7 +269,7 @@ class RayExecutor(Executor):
 
     @staticmethod
     def _release(a: _Attempt) -> None:
-        if _is_gpu(a.job.case):
+        if _is_gpu(a.job):
             a.node.gpu_busy = max(0, a.node.gpu_busy - 1)
         else:
             a.node.cpu_busy = False

@@ -43,14 +43,17 @@ def new_run_id(scenario_name: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{slug}"
 
 
-def default_executor(run_dir: Path, budget: Budget, *, fresh_per_case: bool = False) -> Executor:
+def default_executor(run_dir: Path, budget: Budget, *, fresh_per_case: bool = False,
+                     cuda: bool = False) -> Executor:
     """The local worker process, capped at the budget's memory limit (default: the share of this
-    machine's memory that a case may use)."""
+    machine's memory that a case may use). With CUDA cases there is no default cap: a CUDA
+    context reserves far more virtual address space than the host has memory, so an address-space
+    limit would make CUDA fail to initialise."""
     from harness.measure.capacity import MEMORY_HEADROOM
     from harness.measure.memory import device_memory_bytes
     from harness.run.executor import LocalExecutor
 
-    limit = budget.memory_limit_bytes or int(device_memory_bytes("cpu") * MEMORY_HEADROOM)
+    limit = budget.memory_limit_bytes or (None if cuda else int(device_memory_bytes("cpu") * MEMORY_HEADROOM))
     return LocalExecutor(Path(run_dir) / "worker.log", memory_limit_bytes=limit, fresh_per_case=fresh_per_case)
 
 
@@ -79,7 +82,8 @@ def run_cases(
     locked_here = run_lock.acquire(run_dir)  # one writer per run directory (RunLockedError)
     own = executor is None
     try:
-        executor = executor or default_executor(run_dir, budget, fresh_per_case=fresh_per_case)
+        executor = executor or default_executor(run_dir, budget, fresh_per_case=fresh_per_case,
+                                                cuda=any(c.device.startswith("cuda") for c in cases))
     except BaseException:
         if locked_here:
             run_lock.release(run_dir)

@@ -1,0 +1,83 @@
+"""The A/B gate (`attnbench check --against REF`): a git revision and the current tree measured
+side by side, no baseline file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.case import Case
+from harness.compare import ab, gate
+from harness.compare.runs import Threshold
+from harness.vocab import INCONCLUSIVE, NEW, NOT_CONFIRMED, REGRESSED, UNCHANGED
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(batch=1, heads_q=2, heads_kv=2, seq_len_q=64, seq_len_kv=64, head_dim=16, threads=1)
+T = Threshold.parse("12%")
+
+
+def _git(*args):
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+needs_git = pytest.mark.skipif(_git("rev-parse", "HEAD").returncode != 0, reason="not a git checkout")
+
+
+def _fake(ratios_by_impl, again=None):
+    calls = []
+
+    def measure(cases, reference, settings, pairs=ab.BLOCK_PAIRS):
+        calls.append(pairs)
+        table = ratios_by_impl if len(calls) == 1 else (again or ratios_by_impl)
+        return [gate.ImplResult(c, "ok", "", tuple(table[c.impl])) if c.impl in table
+                else gate.ImplResult(c, NEW, "not in the base revision") for c in cases]
+
+    return measure, calls
+
+
+@needs_git
+def test_ab_verdicts_from_ratios_of_ratios():
+    cases = [Case(i, **SHAPE) for i in ("naive", "flash", "chunked", "plugin_x")]
+    flat = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]
+    measure, calls = _fake({"naive": flat, "flash": [1.3, 1.28, 1.31, 1.27, 1.3, 1.29], "chunked": [1.0, 1.4, 0.7, 1.3, 0.8, 1.2]})
+    o = ab.run_ab_gate(cases, reference="sdpa", threshold=T, settings=gate.GateSettings(), ref="HEAD", repo=ROOT,
+                       measure=measure)
+    v = {r.case.impl: r.verdict for r in o.rows}
+    assert v["naive"] == UNCHANGED and v["flash"] == REGRESSED and v["plugin_x"] == NEW
+    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [ab.BLOCK_PAIRS, 2 * ab.BLOCK_PAIRS]
+    assert o.exit_code == 1 and [r.case.impl for r in o.failures] == ["flash"]
+    # a suspect the fresh re-measurement does not confirm passes
+    measure, _ = _fake({"naive": [1.3] * 6}, again={"naive": flat * 2})
+    o = ab.run_ab_gate(cases[:1], reference="sdpa", threshold=T, settings=gate.GateSettings(), ref="HEAD",
+                       repo=ROOT, measure=measure)
+    assert o.rows[0].verdict == NOT_CONFIRMED and o.exit_code == 0
+
+
+def _check(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "attnbench", "check", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@needs_git
+def test_bad_revisions_are_one_line_and_exit_2():
+    p = _check("--against", "no-such-revision-xyz")
+    assert p.returncode == 2 and "not a revision" in p.stderr and "Traceback" not in p.stderr
+    root = _git("rev-list", "--max-parents=0", "HEAD").stdout.split()[0]
+    p = _check("--against", root)
+    assert p.returncode == 2 and "predates the A/B gate" in p.stderr and "Traceback" not in p.stderr
+
+
+@needs_git
+@pytest.mark.slow
+def test_real_ab_against_head_on_a_tiny_scenario(tmp_path):
+    """Two real worker processes, one in an exported HEAD tree: unchanged code passes; the testing
+    hook slowing flash by 2x on the current side only is caught."""
+    scen = tmp_path / "tiny.toml"
+    scen.write_text('name = "tiny"\nimplementations = ["flash", "sdpa"]\nreference = "sdpa"\n'
+                    '[[grid]]\nname = "g"\nheads_q = 2\nseq_len = 256\nhead_dim = 32\nthreads = 1\n')
+    p = _check("--scenario", str(scen), "--against", "HEAD")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = _check("--scenario", str(scen), "--against", "HEAD", env={"ATTNBENCH_SLOWDOWN": "flash=2"})
+    assert p.returncode == 1 and "REGRESSED" in p.stdout.upper(), p.stdout + p.stderr
