@@ -160,6 +160,12 @@ def check_sweep(outdir: Path) -> None:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         bad = [f"{r['case_id']}={r['status']}: {r['message'][:80]}" for r in rows if r["status"] in FAILED]
         detail = f"{dict(sorted(counts.items()))} in {time.perf_counter() - t0:.0f} s"
+        ok = [r for r in rows if r["status"] == "ok"]
+        energy = [r for r in ok if (r.get("metrics") or {}).get("energy_per_call_j")]
+        no_nvml = {(r.get("extra") or {}).get("telemetry_reason") for r in ok} - {None}
+        detail += f"; energy per call recorded for {len(energy)}/{len(ok)} ok cases"
+        if no_nvml:
+            detail += f" (no telemetry: {'; '.join(sorted(no_nvml))[:120]})"
         if rc != 0 or bad or not counts.get("ok"):
             say("FAIL", name, f"rc={rc} {detail}; " + "; ".join(bad[:3]) + f" (log {log})")
         else:

@@ -32,8 +32,8 @@ from implementations.flash_forward import (
     flash_forward,
     forward_memory_model,
     mask_bias_numel,
-    run_parallel,
 )
+from implementations.flash_pool import run_parallel
 
 
 class FlashFunction(torch.autograd.Function):

@@ -35,9 +35,6 @@ contiguous speed per CPU-second, short of 0.8x.
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +43,7 @@ import torch.nn.functional as F
 from harness.registry import register_decode
 from implementations._common import LOG2E, compute_dtype, default_scale
 from implementations._decode import check_decode_args
+from implementations.flash_pool import run_parallel
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
 # fp32 at Hkv=8, D=128), so its ~10 Python-level ops cost a few % of its streaming time; the score
@@ -299,30 +297,9 @@ def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None
                    key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
     n_workers = _workers(q.device, len(items))
     scratch = [_Scratch(ctx, q.dtype != acc, acc) for _ in range(n_workers)]  # caller allocates
-    if n_workers == 1:
-        for b, p in items:
-            _partition(ctx, scratch[0], b, p)
-        for b in range(B):
-            _merge(ctx, b)
-    else:
-        pool = _pool(torch.get_num_threads())
-        for phase in (items, range(B)):  # the partitions, then the merge of each sequence
-            todo = iter(phase)
-            lock = threading.Lock()
-
-            def worker(scr, todo=todo, lock=lock, merge=phase is not items):
-                with torch.no_grad():
-                    while True:
-                        with lock:
-                            item = next(todo, None)
-                        if item is None:
-                            return
-                        if merge:
-                            _merge(ctx, item)
-                        else:
-                            _partition(ctx, scr, *item)
-
-            pool.run([lambda s=s, w=worker: w(s) for s in scratch])
+    # the partitions, then the merge of each sequence (flash_pool.run_parallel: inline for one worker)
+    run_parallel(items, scratch, lambda scr, item: _partition(ctx, scr, *item))
+    run_parallel(range(B), scratch, lambda scr, b: _merge(ctx, b))
     return ctx.out.view(B, Hq, Nq, D)
 
 
@@ -343,62 +320,3 @@ def _row_index(block_table, Hkv: int):
     pages = block_table.long().clamp_min(0).unsqueeze(1)  # (B, 1, P)
     heads = torch.arange(Hkv, device=block_table.device).view(1, Hkv, 1)  # (1, Hkv, 1)
     return pages * Hkv + heads  # (B, Hkv, P)
-
-
-class _WorkerPool:
-    """n daemon threads whose torch ops run single-threaded (set_num_threads is per thread under
-    OpenMP); `run` hands each callable to a worker and waits for all (as in flash.py)."""
-
-    def __init__(self, n: int):
-        self.n, self.pid = n, os.getpid()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        ready = threading.Barrier(n + 1)
-        for i in range(n):
-            threading.Thread(target=self._serve, args=(ready,), daemon=True, name=f"fdec-{i}").start()
-        caller_threads = torch.get_num_threads()
-        ready.wait()
-        torch.set_num_threads(caller_threads)  # the workers' set_num_threads(1) changed the default
-
-    def _serve(self, ready: threading.Barrier) -> None:
-        torch.get_num_threads()  # initialise this thread's OpenMP count before overriding it
-        torch.set_num_threads(1)
-        ready.wait()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
-
-    def run(self, fns) -> list:
-        futures = []
-        for fn in fns:
-            fut: Future = Future()
-
-            def job(fn=fn, fut=fut):
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # re-raised in the caller by fut.result()
-                    fut.set_exception(exc)
-
-            self._jobs.put(job)
-            futures.append(fut)
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        for _ in range(self.n):
-            self._jobs.put(None)
-
-
-_POOL: _WorkerPool | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(n: int) -> _WorkerPool:
-    """The shared pool, rebuilt when the thread count changes or after a fork (threads are lost)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL.n != n or _POOL.pid != os.getpid():
-            if _POOL is not None and _POOL.pid == os.getpid():
-                _POOL.close()
-            _POOL = _WorkerPool(n)
-        return _POOL

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from dataclasses import dataclass
 
 import torch
 
-from implementations.flash_pool import get_pool
+from implementations.flash_pool import run_parallel
 from implementations._common import (
     LOG2E,
     compute_dtype,
@@ -114,29 +113,6 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
     scratch = [_Scratch(B * Hkv, G * bq, bk, D, copy_q, upcast, n_bias, **opts) for _ in range(n_workers)]
     run_parallel(starts, scratch, lambda s, i0: _query_block(ctx, s, i0))
     return out, lse
-
-
-def run_parallel(items, scratch, body) -> None:
-    """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
-    (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
-    pool drops each job before signalling its end (flash_pool.WorkerPool._serve)."""
-    if len(scratch) == 1:
-        for item in items:
-            body(scratch[0], item)
-        return
-    todo = iter(items)
-    lock = threading.Lock()
-
-    def worker(s):
-        with torch.no_grad():
-            while True:
-                with lock:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                body(s, item)
-
-    get_pool(torch.get_num_threads()).run([functools.partial(worker, s) for s in scratch])
 
 
 @functools.lru_cache(maxsize=16)
