@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from dataclasses import dataclass
 
 import torch
 
 from harness.registry import YES, Support, no, register
-from implementations.flash_pool import get_pool
+from implementations import _variants
+from implementations.flash_pool import run_parallel  # noqa: F401  (flash_backward imports it from here)
 from implementations._common import (
     LOG2E,
     check_args,
@@ -91,7 +91,7 @@ def _memory_model(case, block_q: int | None = None, block_k: int = BLOCK_K) -> i
 def _supports(case) -> Support:
     if case.pass_kind not in ("forward", "backward", "forward_backward"):
         return no(f"flash has no pass kind {case.pass_kind!r}")
-    return YES  # backward: FA2 Algorithm 2 in flash_backward.py
+    return _variants.forward_only(case, "flash")  # backward: FA2 Algorithm 2 in flash_backward.py
 
 
 @register(
@@ -101,26 +101,32 @@ def _supports(case) -> Support:
     memory_model=_memory_model,
     supports=_supports,
     description="FlashAttention-2 tiling in PyTorch: online softmax over key blocks, one final normalisation",
-    params={"block_q": BLOCK_Q, "block_q_causal": BLOCK_Q_CAUSAL, "block_k": BLOCK_K},
+    params={"block_q": BLOCK_Q, "block_q_causal": BLOCK_Q_CAUSAL, "block_k": BLOCK_K, "variants": _variants.ALL},
 )
 def flash_attention(
-    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K
+    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K,
+    window=0, softcap=0.0, alibi=False, doc_ids=None,
 ):
-    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal."""
+    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal. Variants (implementations/_variants.py):
+    key blocks a window or the documents hide from a whole query block are never visited."""
     dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    causal = causal or (var is not None and var.masks)  # a window and documents are causal
     if block_q is None:
         block_q = BLOCK_Q_CAUSAL if causal else BLOCK_Q
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if var is not None:
+            raise NotImplementedError("flash implements the attention variants in the forward pass only")
         # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
         from implementations.flash_backward import FlashFunction
 
         return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
-    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)[0]
+    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, var=var)[0]
 
 
-def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=False):
+def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=False, var=None):
     """The tiled forward. Returns (out, lse2): lse2 (B, Hq, Nq) fp32 is the base-2 log-sum-exp of
     the scaled scores, log2 Σ_j exp2(c·q·k_j) with c = scale·log2(e) (= lse·log2(e)), +inf for rows
     that see no key; None unless want_lse (the backward's only saved statistic, FA2 Algorithm 1
@@ -159,6 +165,7 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
         bq=bq,
         bk=bk,
         Nk=Nk,
+        var=var,
     )
     starts = list(range(0, Nq, bq))
     if causal:
@@ -173,29 +180,6 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
     scratch = [_Scratch(B * Hkv, G * bq, bk, D, copy_q, upcast, n_bias, **opts) for _ in range(n_workers)]
     run_parallel(starts, scratch, lambda s, i0: _query_block(ctx, s, i0))
     return out, lse
-
-
-def run_parallel(items, scratch, body) -> None:
-    """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
-    (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
-    pool drops each job before signalling its end (flash_pool.WorkerPool._serve)."""
-    if len(scratch) == 1:
-        for item in items:
-            body(scratch[0], item)
-        return
-    todo = iter(items)
-    lock = threading.Lock()
-
-    def worker(s):
-        with torch.no_grad():
-            while True:
-                with lock:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                body(s, item)
-
-    get_pool(torch.get_num_threads()).run([functools.partial(worker, s) for s in scratch])
 
 
 @functools.lru_cache(maxsize=16)
@@ -244,6 +228,7 @@ class _Ctx:
     bq: int
     bk: int
     Nk: int
+    var: "_variants.Variants | None" = None  # window / softcap / alibi / documents
 
 
 class _Scratch:
@@ -262,19 +247,21 @@ class _Scratch:
 def _query_block(ctx: _Ctx, s: _Scratch, i0: int) -> None:
     """FA2 Algorithm 1, lines 3-15, for the query rows [i0, i0 + bq) of every head."""
     i1 = min(i0 + ctx.bq, ctx.q5.shape[3])
-    k_stop = ctx.Nk
+    k_start, k_stop = 0, ctx.Nk
     if ctx.offset is not None:
         k_stop = min(ctx.Nk, i1 + ctx.offset)  # keys the block's last row can see
-    if k_stop <= 0:  # causality hides every key from every row of this block
+    if ctx.var is not None:  # a window / documents: keys before k_start are hidden from every row
+        k_start, k_stop = ctx.var.key_range(i0, i1, ctx.Nk)
+    if k_stop <= k_start:  # causality hides every key from every row of this block
         ctx.out5[:, :, :, i0:i1].zero_()
         if ctx.lse4 is not None:
             ctx.lse4[:, :, :, i0:i1].fill_(math.inf)  # no key: P = exp2(s - inf) = 0 in backward
         return
-    if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True):
-        _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False)
+    if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True, k_start=k_start):
+        _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False, k_start=k_start)
 
 
-def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: bool) -> bool:
+def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: bool, k_start: int = 0) -> bool:
     """The inner loop over key blocks for queries [i0, i1); writes the output rows and returns
     True, or returns False when lazy rescaling overflowed (the caller redoes it with lazy=False).
 
@@ -303,10 +290,14 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     masked = ctx.band is not None or ctx.visible is not None
     may_be_empty = False  # might a row have seen only hidden keys so far (m = −inf)?
     frozen = False  # is m frozen into the matmul (lazy rescaling)?
+    var, seen = ctx.var, False
+    mods = var is not None and var.mods
 
     for j0, j1, kT, vb in ctx.tiles:
         if j0 >= k_stop:
             break
+        if j1 <= k_start:  # hidden from the whole query block by a window or documents
+            continue
         w = j1 - j0
         st, sh_e = st_full, shift_full
         if j1 > k_stop or w < ctx.bk:  # an edge tile: narrower views
@@ -319,9 +310,15 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             kT = s.kv[0, : BH * w * D].view(BH, D, w).copy_(kT)  # (B·Hkv, D, w)
             vb = s.kv[1, : BH * w * D].view(BH, w, D).copy_(vb)  # (B·Hkv, w, D)
         if frozen:
-            torch.baddbmm(sh_e, qb, kT, alpha=c, out=st)  # st = c·q·kᵀ − m, (B·Hkv, G·nb, w)
+            if mods:  # ALiBi / soft cap act on the scores before −m
+                torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)
+                var.mod_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, LOG2E).add_(sh_e.view(B, Hkv, G, nb, w))
+            else:
+                torch.baddbmm(sh_e, qb, kT, alpha=c, out=st)  # st = c·q·kᵀ − m, (B·Hkv, G·nb, w)
             if masked:
                 _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias)
+            if var is not None:
+                var.hide_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1)
             st.exp2_()  # p = exp2(s − m), possibly > 1
             torch.sum(st, dim=-1, keepdim=True, out=l_blk)  # (B·Hkv, G·nb, 1)
             l.add_(l_blk)
@@ -329,9 +326,13 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             continue
         # st = c·q·kᵀ: scale·log2(e) is applied by the matmul's alpha, not by a separate pass
         torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)  # (B·Hkv, G·nb, w)
+        if mods:
+            var.mod_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, LOG2E)
         if masked and _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias):
             may_be_empty = True
-        first = j0 == 0
+        if var is not None and var.hide_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1):
+            may_be_empty = True
+        first, seen = not seen, True
         torch.amax(st, dim=-1, keepdim=True, out=m if first else m_new)  # (B·Hkv, G·nb, 1)
         if not first:
             torch.maximum(m, m_new, out=m_new)
@@ -392,3 +393,4 @@ def _hide_(ctx, st5: torch.Tensor, i0: int, i1: int, j0: int, j1: int, bias: tor
             torch.where(m, st5, ninf, out=st5)
         hid = True
     return hid
+

@@ -4,6 +4,7 @@ flash.py to keep modules short; see flash.py's docstring for why threads and not
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -80,3 +81,26 @@ def get_pool(n: int) -> WorkerPool:
                 _POOL.close()
             _POOL = WorkerPool(n)
         return _POOL
+
+
+def run_parallel(items, scratch, body) -> None:
+    """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
+    (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
+    pool drops each job before signalling its end (flash_pool.WorkerPool._serve)."""
+    if len(scratch) == 1:
+        for item in items:
+            body(scratch[0], item)
+        return
+    todo = iter(items)
+    lock = threading.Lock()
+
+    def worker(s):
+        with torch.no_grad():
+            while True:
+                with lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                body(s, item)
+
+    get_pool(torch.get_num_threads()).run([functools.partial(worker, s) for s in scratch])

@@ -68,7 +68,7 @@ def prepare(case: Case, seed: int) -> Prepared:
 
     inputs = make_inputs(case, seed)
     rows = accuracy.select_rows(case.seq_len_q)
-    kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
+    kw = dict(causal=inputs.causal, attn_mask=inputs.attn_mask, scale=None, **inputs.variant_kwargs())
     ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
     naive_errs = None
     if case.dtype in ("float16", "bfloat16"):
