@@ -41,6 +41,9 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
+        from harness.measure import compiled, kernels
+
+        compile_start = compiled.start(impl)  # compile time is recorded apart from latency
         prepared = core.prepare(case, seed)
         sums = guards.checksums(prepared.inputs)  # before any call of the implementation
         acc = core.check_impl(impl, prepared, case)
@@ -56,6 +59,8 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         rate = flops.tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
         metrics = contention.metrics() if contention else {}
+        metrics.update(compiled.metrics(impl, compile_start))
+        extra.update(kernels.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),

@@ -95,6 +95,9 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
         if omitted:
             sections[1].paragraphs.append(f"Plots are drawn for the first {MAX_PLOTTED_GROUPS} groups only "
                                           f"({omitted} more left out); the tables cover every group.")
+    from harness.report.kernels_section import kernels_section
+
+    sections.append(kernels_section(rows))  # which kernels ran, compile time (None: nothing recorded)
     sections.append(_errors_section(rows))
     sections.append(_problems_section(rows))
     title = f"attnbench report: {info.get('run_id') or run_dir.name}"

@@ -93,6 +93,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("error_passed", "error check", "error check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),
+    Metric("compile_s", "compile", "Compile time (torch.compile; not in the latency)", "s", LOWER, "info"),
 )
 
 BY_FIELD = {m.field: m for m in METRICS}
