@@ -71,9 +71,9 @@ def test_sdpa_records_the_kernel_that_ran():
 @pytest.mark.parametrize("name", ["flex", "compiled_naive"])
 def test_compiled_matches_reference_and_compiles_once_per_family(name):
     impl = _runnable(name)
-    shapes = [(37, 37, 4, 2), (70, 70, 4, 2)]  # one family (GQA, fp32, every variant); N is dynamic
-    for dtype in ("float32", "bfloat16"):
-        for nq, nk, hq, hkv in shapes:
+    shapes = [(37, 37, 4, 2), (70, 70, 4, 2)]  # one family (GQA, every variant); N is dynamic
+    for dtype in ("float32", "bfloat16"):  # bfloat16 is a family of its own: one shape only
+        for nq, nk, hq, hkv in shapes if dtype == "float32" else shapes[:1]:
             case = Case(impl=name, heads_q=hq, heads_kv=hkv, seq_len_q=nq, seq_len_kv=nk, head_dim=16, dtype=dtype,
                         causal=True, **ALL_VARIANTS)
             acc = core.check_impl(impl, core.prepare(case, 0), case)
