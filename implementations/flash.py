@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import YES, Support, no, register
+from harness.registry import Support, no, register
 from implementations import _variants
 from implementations.flash_pool import run_parallel  # noqa: F401  (flash_backward imports it from here)
 from implementations._common import (
