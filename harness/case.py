@@ -16,6 +16,7 @@ MASK_KINDS = ("none", "key_padding")
 PASS_KINDS = ("forward", "backward", "forward_backward")
 WORKLOADS = ("prefill", "decode")  # decode: a few query tokens per sequence against a KV cache
 KV_LAYOUTS = ("contiguous", "paged")
+VARIANTS = ("window", "softcap", "alibi", "document")
 ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -43,6 +44,24 @@ class Case:
     kv_layout: str = "contiguous"
     page_size: int = 0
     kv_lens: tuple[int, ...] = ()
+    # attention variants (prefill; README "Variants"): a sliding window of `window` keys (bottom-right
+    # aligned, implies causal), scores soft-capped at `softcap`, ALiBi biases, `documents` packed
+    # documents (a seeded split of N; causal within each document). 0 / False = off.
+    window: int = 0
+    softcap: float = 0.0
+    alibi: bool = False
+    documents: int = 0
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The active variants, by name (VARIANTS order); () for plain attention."""
+        on = (self.window > 0, self.softcap > 0, self.alibi, self.documents > 0)
+        return tuple(name for name, active in zip(VARIANTS, on) if active)
+
+    @property
+    def effective_causal(self) -> bool:
+        """A sliding window and packed documents are causal whatever `causal` says."""
+        return self.causal or self.window > 0 or self.documents > 0
 
     @property
     def element_bytes(self) -> int:
@@ -73,6 +92,7 @@ class Case:
         if self.workload != "prefill":  # prefill ids stay as they were before decode existed
             layout = self.kv_layout if self.kv_layout == "contiguous" else f"{self.kv_layout}{self.page_size}"
             parts += [self.workload, layout, _kv_label(self.kv_lens)]
+        parts += _variant_bits(self)  # only active variants: ids of plain cases do not change
         return "/".join(parts)
 
     @property
@@ -150,6 +170,15 @@ def case_shape(case: Case) -> str:
         bits.append(case.pass_kind)
     if case.threads:
         bits.append(f"t{case.threads}")
+    bits += _variant_bits(case)
     if case.is_decode:
         bits.append(f"decode {case.kv_layout}" + (f"/{case.page_size}" if case.kv_layout == "paged" else ""))
     return " ".join(bits)
+
+
+def _variant_bits(case: Case) -> list[str]:
+    """`w256`, `cap30`, `alibi`, `docs8` for the active variants, in that order."""
+    bits = [f"w{case.window}"] if case.window > 0 else []
+    bits += [f"cap{case.softcap:g}"] if case.softcap > 0 else []
+    bits += ["alibi"] if case.alibi else []
+    return bits + ([f"docs{case.documents}"] if case.documents > 0 else [])

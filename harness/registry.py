@@ -89,6 +89,11 @@ class Implementation:
             return no(f"{self.name} is decode-only")
         if case.dtype not in self.dtypes:
             return no(f"{self.name} supports dtypes {', '.join(self.dtypes)}, not {case.dtype}")
+        # Variants (window, softcap, alibi, document) are opt-in: params={"variants": (...)}.
+        missing = [x for x in case.variants if x not in self.params.get("variants", ())]
+        if missing:
+            return no(f"{self.name} does not implement the {', '.join(missing)} variant"
+                      f"{'s' if len(missing) > 1 else ''} (declared: {', '.join(self.params.get('variants', ())) or 'none'})")
         if self.supports_fn is not None:
             return _support_from_hook(self, "supports", self.supports_fn, case)
         return YES

@@ -18,6 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register
+from implementations import _variants
 from implementations._common import (
     check_args,
     compute_dtype,
@@ -70,10 +71,15 @@ def _memory_model(case, block_q: int = BLOCK_Q) -> int:
     dtypes=("float32", "float16", "bfloat16"),
     memory_model=_memory_model,
     description="Query chunks, full softmax over all keys per chunk: memory O(chunk·Nk)",
-    params={"block_q": BLOCK_Q},
+    params={"block_q": BLOCK_Q, "variants": _variants.ALL},
 )
-def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int = BLOCK_Q):
+def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int = BLOCK_Q,
+                      window=0, softcap=0.0, alibi=False, doc_ids=None):
+    """Variants (implementations/_variants.py): each chunk visits only the keys its window and
+    documents allow; ALiBi and the soft cap act on the chunk's scores (autograd sees them)."""
     dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    causal = causal or (var is not None and var.masks)
     if block_q < 1:
         raise ValueError(f"block_q must be positive, got {block_q}")
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
@@ -94,11 +100,16 @@ def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, bloc
     for i0 in range(0, Nq, block_q):
         i1 = min(i0 + block_q, Nq)
         k_stop = Nk if offset is None else max(0, min(Nk, i1 + offset))  # keys the chunk may see
-        if k_stop == 0:  # causality hides every key from this chunk
+        k0 = 0 if var is None else var.key_range(i0, i1, Nk)[0]  # a window / documents: first key
+        if k_stop <= k0:  # causality (or the window) hides every key from this chunk
             out5[:, :, :, i0:i1] = 0
             continue
-        visible = tile_visible(mask5, offset, i0, i1, 0, k_stop, q.device)  # broadcastable or None
-        args = (q5[:, :, :, i0:i1], kT[..., :k_stop], v[:, :, :k_stop], visible, scale, acc)
+        visible = tile_visible(mask5, offset, i0, i1, k0, k_stop, q.device)  # broadcastable or None
+        if var is not None:
+            more = var.tile_visible(i0, i1, k0, k_stop, q.device)  # (nb, nk) or None
+            visible = more if visible is None else (visible if more is None else visible & more)
+        tile = None if var is None or not var.mods else (var, i0, i1, k0, k_stop)
+        args = (q5[:, :, :, i0:i1], kT[..., k0:k_stop], v[:, :, k0:k_stop], visible, scale, acc, tile)
         if grad:
             chunk = checkpoint(_chunk, *args, use_reentrant=False)  # (B, Hkv, G, nb, D)
         else:
@@ -107,7 +118,7 @@ def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, bloc
     return out
 
 
-def _chunk(qc5, kT, v, visible, scale: float, acc: torch.dtype) -> torch.Tensor:
+def _chunk(qc5, kT, v, visible, scale: float, acc: torch.dtype, tile=None) -> torch.Tensor:
     """One query chunk against the keys it may see: (B, Hkv, G, nb, D) -> (B, Hkv, G, nb, D).
     kT (B, Hkv, D, nk), v (B, Hkv, nk, D); visible broadcastable to (B, Hkv, G, nb, nk) or None."""
     B, Hkv, G, nb, D = qc5.shape
@@ -119,6 +130,8 @@ def _chunk(qc5, kT, v, visible, scale: float, acc: torch.dtype) -> torch.Tensor:
     qc = qc5.reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D); copies if G > 1
     scores = torch.matmul(qc, kT).to(acc)  # (B, Hkv, G·nb, nk)
     scores = scores.view(B, Hkv, G, nb, nk).mul_(scale)  # (B, Hkv, G, nb, nk)
+    if tile is not None:  # (variants, i0, i1, j0, j1): ALiBi / soft cap, out of place for autograd
+        scores = tile[0].mod_(scores, *tile[1:], inplace=not torch.is_grad_enabled())
     if visible is not None:
         scores.masked_fill_(visible.logical_not(), lowest)
     probs = torch.softmax(scores, dim=-1).to(v.dtype)  # (B, Hkv, G, nb, nk)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import YES, Support, no, register
+from harness.registry import Support, no, register
+from implementations import _variants
 from implementations._common import check_args
 from implementations.flash_backward import FlashFunction, backward_memory_model
 from implementations.flash_forward import BLOCK_K, BLOCK_Q, BLOCK_Q_CAUSAL, flash_forward, forward_memory_model
@@ -45,7 +46,7 @@ def _memory_model(case, block_q: int | None = None, block_k: int = BLOCK_K) -> i
 def _supports(case) -> Support:
     if case.pass_kind not in ("forward", "backward", "forward_backward"):
         return no(f"flash has no pass kind {case.pass_kind!r}")
-    return YES  # backward: FA2 Algorithm 2 in flash_backward.py
+    return _variants.forward_only(case, "flash")  # backward: FA2 Algorithm 2 in flash_backward.py
 
 
 @register(
@@ -55,18 +56,24 @@ def _supports(case) -> Support:
     memory_model=_memory_model,
     supports=_supports,
     description="FlashAttention-2 tiling in PyTorch: online softmax over key blocks, one final normalisation",
-    params={"block_q": BLOCK_Q, "block_q_causal": BLOCK_Q_CAUSAL, "block_k": BLOCK_K},
+    params={"block_q": BLOCK_Q, "block_q_causal": BLOCK_Q_CAUSAL, "block_k": BLOCK_K, "variants": _variants.ALL},
 )
 def flash_attention(
-    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K
+    q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K,
+    window=0, softcap=0.0, alibi=False, doc_ids=None,
 ):
-    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal."""
+    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal. Variants (implementations/_variants.py):
+    key blocks a window or the documents hide from a whole query block are never visited."""
     dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    causal = causal or (var is not None and var.masks)  # a window and documents are causal
     if block_q is None:
         block_q = BLOCK_Q_CAUSAL if causal else BLOCK_Q
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q and block_k must be positive, got {block_q}, {block_k}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if var is not None:
+            raise NotImplementedError("flash implements the attention variants in the forward pass only")
         # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
         return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
-    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)[0]
+    return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, var=var)[0]

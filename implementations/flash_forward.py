@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from implementations import _variants  # noqa: F401  (the _Ctx annotation)
 from implementations.flash_pool import run_parallel
 from implementations._common import (
     LOG2E,
@@ -60,7 +61,7 @@ def forward_memory_model(case, block_q: int, block_k: int = BLOCK_K) -> int:
     return shared + workers * per_worker
 
 
-def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=False):
+def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, want_lse=False, var=None):
     """The tiled forward. Returns (out, lse2): lse2 (B, Hq, Nq) fp32 is the base-2 log-sum-exp of
     the scaled scores, log2 Σ_j exp2(c·q·k_j) with c = scale·log2(e) (= lse·log2(e)), +inf for rows
     that see no key; None unless want_lse (the backward's only saved statistic, FA2 Algorithm 1
@@ -99,6 +100,7 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
         bq=bq,
         bk=bk,
         Nk=Nk,
+        var=var,
     )
     starts = list(range(0, Nq, bq))
     if causal:
@@ -161,6 +163,7 @@ class _Ctx:
     bq: int
     bk: int
     Nk: int
+    var: "_variants.Variants | None" = None  # window / softcap / alibi / documents
 
 
 class _Scratch:
@@ -179,19 +182,21 @@ class _Scratch:
 def _query_block(ctx: _Ctx, s: _Scratch, i0: int) -> None:
     """FA2 Algorithm 1, lines 3-15, for the query rows [i0, i0 + bq) of every head."""
     i1 = min(i0 + ctx.bq, ctx.q5.shape[3])
-    k_stop = ctx.Nk
+    k_start, k_stop = 0, ctx.Nk
     if ctx.offset is not None:
         k_stop = min(ctx.Nk, i1 + ctx.offset)  # keys the block's last row can see
-    if k_stop <= 0:  # causality hides every key from every row of this block
+    if ctx.var is not None:  # a window / documents: keys before k_start are hidden from every row
+        k_start, k_stop = ctx.var.key_range(i0, i1, ctx.Nk)
+    if k_stop <= k_start:  # causality hides every key from every row of this block
         ctx.out5[:, :, :, i0:i1].zero_()
         if ctx.lse4 is not None:
             ctx.lse4[:, :, :, i0:i1].fill_(math.inf)  # no key: P = exp2(s - inf) = 0 in backward
         return
-    if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True):
-        _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False)
+    if not _sweep_keys(ctx, s, i0, i1, k_stop, lazy=True, k_start=k_start):
+        _sweep_keys(ctx, s, i0, i1, k_stop, lazy=False, k_start=k_start)
 
 
-def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: bool) -> bool:
+def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: bool, k_start: int = 0) -> bool:
     """The inner loop over key blocks for queries [i0, i1); writes the output rows and returns
     True, or returns False when lazy rescaling overflowed (the caller redoes it with lazy=False).
 
@@ -220,10 +225,14 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     masked = ctx.band is not None or ctx.visible is not None
     may_be_empty = False  # might a row have seen only hidden keys so far (m = −inf)?
     frozen = False  # is m frozen into the matmul (lazy rescaling)?
+    var, seen = ctx.var, False
+    mods = var is not None and var.mods
 
     for j0, j1, kT, vb in ctx.tiles:
         if j0 >= k_stop:
             break
+        if j1 <= k_start:  # hidden from the whole query block by a window or documents
+            continue
         w = j1 - j0
         st, sh_e = st_full, shift_full
         if j1 > k_stop or w < ctx.bk:  # an edge tile: narrower views
@@ -236,9 +245,15 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             kT = s.kv[0, : BH * w * D].view(BH, D, w).copy_(kT)  # (B·Hkv, D, w)
             vb = s.kv[1, : BH * w * D].view(BH, w, D).copy_(vb)  # (B·Hkv, w, D)
         if frozen:
-            torch.baddbmm(sh_e, qb, kT, alpha=c, out=st)  # st = c·q·kᵀ − m, (B·Hkv, G·nb, w)
+            if mods:  # ALiBi / soft cap act on the scores before −m
+                torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)
+                var.mod_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, LOG2E).add_(sh_e.view(B, Hkv, G, nb, w))
+            else:
+                torch.baddbmm(sh_e, qb, kT, alpha=c, out=st)  # st = c·q·kᵀ − m, (B·Hkv, G·nb, w)
             if masked:
                 _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias)
+            if var is not None:
+                var.hide_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1)
             st.exp2_()  # p = exp2(s − m), possibly > 1
             torch.sum(st, dim=-1, keepdim=True, out=l_blk)  # (B·Hkv, G·nb, 1)
             l.add_(l_blk)
@@ -246,9 +261,13 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             continue
         # st = c·q·kᵀ: scale·log2(e) is applied by the matmul's alpha, not by a separate pass
         torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)  # (B·Hkv, G·nb, w)
+        if mods:
+            var.mod_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, LOG2E)
         if masked and _hide_(ctx, st.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias):
             may_be_empty = True
-        first = j0 == 0
+        if var is not None and var.hide_(st.view(B, Hkv, G, nb, w), i0, i1, j0, j1):
+            may_be_empty = True
+        first, seen = not seen, True
         torch.amax(st, dim=-1, keepdim=True, out=m if first else m_new)  # (B·Hkv, G·nb, 1)
         if not first:
             torch.maximum(m, m_new, out=m_new)
@@ -309,3 +328,4 @@ def _hide_(ctx, st5: torch.Tensor, i0: int, i1: int, j0: int, j1: int, bias: tor
             torch.where(m, st5, ninf, out=st5)
         hid = True
     return hid
+

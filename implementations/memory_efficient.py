@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.registry import YES, Support, register
+from harness.registry import Support, register
+from implementations import _variants
 from implementations._common import (
     check_args,
     compute_dtype,
@@ -83,7 +84,8 @@ def _memory_model(case, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K) ->
 
 
 def _supports(case) -> Support:
-    return YES  # forward and backward (its own autograd.Function), every dtype, mask and shape
+    # forward and backward (its own autograd.Function), every dtype, mask and shape; variants forward only
+    return _variants.forward_only(case, "memory_efficient")
 
 
 @register(
@@ -93,19 +95,27 @@ def _supports(case) -> Support:
     memory_model=_memory_model,
     supports=_supports,
     description="Rabe & Staats 2021: query and key chunks merged by log-sum-exp; memory independent of Nk",
-    params={"query_chunk": BLOCK_Q, "key_chunk": BLOCK_K},
+    params={"query_chunk": BLOCK_Q, "key_chunk": BLOCK_K, "variants": _variants.ALL},
 )
 def memory_efficient_attention(
-    q, k, v, *, causal=False, attn_mask=None, scale=None, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K
+    q, k, v, *, causal=False, attn_mask=None, scale=None, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K,
+    window=0, softcap=0.0, alibi=False, doc_ids=None,
 ):
+    """Variants (forward only, implementations/_variants.py): key chunks before the first key a
+    query chunk's window / documents allow are never visited."""
     dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    causal = causal or (var is not None and var.masks)
     if query_chunk < 1 or key_chunk < 1:
         raise ValueError(f"query_chunk and key_chunk must be positive, got {query_chunk}, {key_chunk}")
     scale = default_scale(dims.head_dim, scale)
     # bottom-right causal: query i sees key j iff j <= i + offset, offset = Nk − Nq
     offset = dims.seq_len_kv - dims.seq_len_q if causal else None
     cfg = _Config(dims, offset, scale, query_chunk, key_chunk)
+    cfg.var = var
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        if var is not None:
+            raise NotImplementedError("memory_efficient implements the attention variants in the forward pass only")
         return _MemoryEfficientAttention.apply(q, k, v, attn_mask, cfg)
     out, _ = _forward(q, k, v, attn_mask, cfg, want_lse=False)
     return out
@@ -143,6 +153,7 @@ def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
     Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
     acc = compute_dtype(q.dtype)
+    var = getattr(cfg, "var", None)
     mask5 = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk) or None
     # A chunk row with no visible key has max −inf; clamping maxima to the lowest finite float
     # keeps exp(−inf − m) = 0 and exp(m_c − m) finite, so nothing is ever NaN.
@@ -156,19 +167,25 @@ def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
         i1 = min(i0 + query_chunk, Nq)
         nb = i1 - i0
         k_stop = Nk if offset is None else max(0, min(Nk, i1 + offset))
-        if k_stop == 0:  # causality hides every key from this query chunk
+        k0 = 0 if var is None else var.key_range(i0, i1, Nk)[0]  # a window / documents: first key
+        if k_stop <= k0:  # causality (or the window) hides every key from this query chunk
             out5[:, :, :, i0:i1].zero_()
             continue
         qc = (q5[:, :, :, i0:i1].to(acc) * scale).reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D)
         m = l = values = None  # merged summary: running max, weight sum, weighted values
 
-        for j0 in range(0, k_stop, key_chunk):
+        for j0 in range(k0, k_stop, key_chunk):
             j1 = min(j0 + key_chunk, k_stop)
             kc = k[:, :, j0:j1].to(acc)  # (B, Hkv, w, D), a view for float32
             vc = v[:, :, j0:j1].to(acc)  # (B, Hkv, w, D)
             # summarize_chunk: local max, exp, weighted values, weight sum
             s = torch.matmul(qc, kc.transpose(-1, -2))  # (B, Hkv, G·nb, w)
+            if var is not None and var.mods:
+                var.mod_(s.view(B, Hkv, G, nb, j1 - j0), i0, i1, j0, j1)
             visible = tile_visible(mask5, offset, i0, i1, j0, j1, q.device)
+            if var is not None:
+                more = var.tile_visible(i0, i1, j0, j1, q.device)  # (nb, w) or None
+                visible = more if visible is None else (visible if more is None else visible & more)
             if visible is not None:
                 s.view(B, Hkv, G, nb, j1 - j0).masked_fill_(visible.logical_not(), float("-inf"))
             m_c = s.amax(dim=-1, keepdim=True).clamp_min_(lowest)  # (B, Hkv, G·nb, 1)

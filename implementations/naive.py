@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from harness.registry import register
+from implementations import _variants
 from implementations._common import (
     causal_visible,
     check_args,
@@ -51,9 +52,12 @@ def _memory_model(case) -> int:
     dtypes=("float32", "float16", "bfloat16"),
     memory_model=_memory_model,
     description="Full score matrix, softmax, weighted sum of V (textbook baseline)",
+    params={"variants": _variants.ALL},
 )
-def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None):
+def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window=0, softcap=0.0, alibi=False,
+                    doc_ids=None):
     dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
     scale = default_scale(dims.head_dim, scale)
     acc = compute_dtype(q.dtype)
     # GQA: stack the query heads that share a kv head, one matmul per kv head, no k/v copies.
@@ -61,8 +65,12 @@ def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None):
     scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Hkv, G*Nq, Nk)
     scores = ungroup(scores, dims).to(acc)  # (B, Hq, Nq, Nk), float32 for low precision
     scores.mul_(scale)
-    visible = None
-    if causal:
+    if var is not None and var.slopes is not None:
+        scores = scores + _variants.alibi_bias(var, dims.seq_len_q, dims.seq_len_kv, acc, q.device)
+    if var is not None and var.softcap > 0:
+        scores = torch.tanh(scores / var.softcap) * var.softcap
+    visible = _variants.dense_visible(var, dims.seq_len_q, dims.seq_len_kv, q.device)  # (Nq, Nk) or None
+    if causal and visible is None:
         offset = dims.seq_len_kv - dims.seq_len_q
         visible = causal_visible(0, dims.seq_len_q, 0, dims.seq_len_kv, offset, q.device)  # (Nq, Nk)
     if attn_mask is not None:

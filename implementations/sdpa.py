@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import YES, Support, no, register
+from implementations import _variants
 from implementations._common import causal_visible, check_args, mask_4d
+
+VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
 # What torch documents for the CUDA backends (the CPU flash kernel takes every case).
 _HALF_ONLY = ("flash", "cudnn")  # no float32 on CUDA
@@ -40,11 +43,17 @@ def _backend(kind: str):
     }[kind]
 
 
-def _attention(q, k, v, causal, attn_mask, scale, backend: str | None):
+def _attention(q, k, v, causal, attn_mask, scale, backend: str | None, variants: dict | None = None):
     dims = check_args(q, k, v, attn_mask, scale)
     Nq, Nk = dims.seq_len_q, dims.seq_len_kv
     mask = mask_4d(attn_mask)  # (b, h, nq, nk) or None
     is_causal = False
+    var = _variants.variants(dims, **(variants or {}))
+    if var is not None and var.softcap > 0:
+        raise NotImplementedError("scaled_dot_product_attention has no soft cap (softcap)")
+    if var is not None and var.masks:  # the window / documents as a dense (Nq, Nk) boolean mask
+        dense = _variants.dense_visible(var, Nq, Nk, q.device)  # causal included
+        mask, causal = (dense if mask is None else mask & dense), False
     # Bottom-right causal with Nq == 1 sees every key: nothing to mask.
     if causal and Nq > 1:
         if Nq == Nk and mask is None:
@@ -52,6 +61,13 @@ def _attention(q, k, v, causal, attn_mask, scale, backend: str | None):
         else:
             visible = causal_visible(0, Nq, 0, Nk, Nk - Nq, q.device)  # (Nq, Nk)
             mask = visible if mask is None else (mask & visible)
+    sdpa_mask = mask
+    if var is not None and var.slopes is not None:  # ALiBi as an additive float bias (−inf = hidden)
+        if is_causal:  # SDPA takes no attn_mask together with is_causal
+            is_causal, mask = False, causal_visible(0, Nq, 0, Nk, 0, q.device)  # (Nq, Nk)
+        sdpa_mask = _variants.alibi_bias(var, Nq, Nk, q.dtype, q.device)  # (1, Hq, Nq, Nk)
+        if mask is not None:
+            sdpa_mask = sdpa_mask.masked_fill(mask.logical_not(), float("-inf"))
     gqa = dims.group > 1
     if gqa and backend in _NO_GQA:
         k = k.repeat_interleave(dims.group, dim=1)  # (B, Hq, Nk, D)
@@ -64,7 +80,7 @@ def _attention(q, k, v, causal, attn_mask, scale, backend: str | None):
         ctx = sdpa_kernel(_backend(backend))
     with ctx:
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+            q, k, v, attn_mask=sdpa_mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
         )  # (B, Hq, Nq, D)
     if mask is not None:
         empty = mask.any(dim=-1, keepdim=True).logical_not_()  # (b, h, Nq, 1)
@@ -109,6 +125,8 @@ def _supports_for(backend: str | None):
     """Documented CUDA constraints (torch 2.x sdp_utils); the CPU kernels take every case."""
 
     def supports(case) -> Support:
+        if case.variants and backend in _NO_MASK and case.device != "cpu":
+            return no(f"SDPA {backend} on CUDA takes no attn_mask, which the {', '.join(case.variants)} variant needs")
         if backend is None or backend == "math" or case.device == "cpu":
             return YES  # math and the CPU flash kernel take masks, GQA and all three dtypes
         d = case.head_dim
@@ -214,8 +232,8 @@ def _auto_model(case) -> int:
 
 
 def _make(backend: str | None):
-    def fn(q, k, v, *, causal=False, attn_mask=None, scale=None):
-        return _attention(q, k, v, causal, attn_mask, scale, backend)
+    def fn(q, k, v, *, causal=False, attn_mask=None, scale=None, **variants):
+        return _attention(q, k, v, causal, attn_mask, scale, backend, variants)
 
     fn.__name__ = f"sdpa_{backend}" if backend else "sdpa"
     fn.__qualname__ = fn.__name__
@@ -227,6 +245,7 @@ sdpa = register(
     devices=("cpu", "cuda"),
     memory_model=_auto_model,
     description="torch scaled_dot_product_attention, backend chosen by torch",
+    params={"variants": VARIANTS, "report_kernels": True},
 )(_make(None))
 
 sdpa_math = register(
@@ -234,6 +253,7 @@ sdpa_math = register(
     devices=("cpu", "cuda"),
     available=_available_for("math"),
     supports=_supports_for("math"),
+    params={"variants": VARIANTS, "report_kernels": True},
     memory_model=_math_model,
     description="torch SDPA, MATH backend forced (materialises the score matrix)",
 )(_make("math"))
@@ -243,6 +263,7 @@ sdpa_flash = register(
     devices=("cpu", "cuda"),
     available=_available_for("flash"),
     supports=_supports_for("flash"),
+    params={"variants": VARIANTS, "report_kernels": True},
     memory_model=_fused_model("flash"),
     description="torch SDPA, FLASH_ATTENTION backend forced (CPU flash kernel or FlashAttention-2 on CUDA)",
 )(_make("flash"))
@@ -252,6 +273,7 @@ sdpa_efficient = register(
     devices=("cpu", "cuda"),
     available=_available_for("efficient"),
     supports=_supports_for("efficient"),
+    params={"variants": VARIANTS, "report_kernels": True},
     memory_model=_fused_model("efficient"),
     description="torch SDPA, EFFICIENT_ATTENTION backend forced (xformers memory-efficient kernel)",
 )(_make("efficient"))
@@ -261,6 +283,7 @@ sdpa_cudnn = register(
     devices=("cpu", "cuda"),
     available=_available_for("cudnn"),
     supports=_supports_for("cudnn"),
+    params={"variants": VARIANTS, "report_kernels": True},
     memory_model=_fused_model("cudnn"),
     description="torch SDPA, CUDNN_ATTENTION backend forced",
 )(_make("cudnn"))

@@ -14,7 +14,10 @@ from harness import registry
 from harness.case import Case
 
 CORE = ("naive", "chunked", "memory_efficient", "flash", "sdpa", "sdpa_math")
-IMPLS = registry.names()
+# torch.compile'd implementations compile per shape family (seconds each): they get a few small
+# tests of their own (tests/test_compiled.py) instead of every matrix over IMPLS.
+COMPILED = tuple(n for n in registry.names() if registry.get(n).params.get("compiled"))
+IMPLS = [n for n in registry.names() if n not in COMPILED]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FP32_MAX_REL_L2 = 1e-5

@@ -8,7 +8,7 @@ import pytest
 
 from harness import registry
 from harness.scenario.load import load_scenario, shipped_scenarios
-from scenario_helpers import DECODE_ONLY, PLANNED
+from scenario_helpers import COMPILED, DECODE_ONLY, PLANNED
 
 
 # --- shipped files -------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_shipped_budgets_fit_the_time_available():
                                                 "sdpa"}
     default = load_scenario("default", known_impls=PLANNED)
     assert len(default.cases(devices="cpu")) <= 45
-    assert set(default.all_implementations()) == set(PLANNED) - set(DECODE_ONLY)
+    assert set(default.all_implementations()) == set(PLANNED) - set(DECODE_ONLY) - set(COMPILED)
     assert max(c.seq_len_q for c in load_scenario("long_context", known_impls=PLANNED).cases()) \
         == 65536
     gqa = load_scenario("gqa", known_impls=PLANNED).cases()

@@ -70,14 +70,22 @@ def select_rows(seq_len_q: int, max_rows: int = SAMPLED_ROWS):
     return i * (seq_len_q - 1) // (max_rows - 1)  # (max_rows,)
 
 
-def _visible(rows, seq_len_q: int, seq_len_kv: int, causal: bool, attn_mask, kv_heads: int, group: int):
-    """Boolean visibility broadcastable to (B, Hkv, G, R, Nk) for absolute query `rows`, or None."""
+def _visible(rows, seq_len_q: int, seq_len_kv: int, causal: bool, attn_mask, kv_heads: int, group: int,
+             window: int = 0, doc_ids=None):
+    """Boolean visibility broadcastable to (B, Hkv, G, R, Nk) for absolute query `rows`, or None.
+    A window or documents imply causal (harness/measure/variants.py)."""
     import torch
 
     visible = None
-    if causal:
-        j = torch.arange(seq_len_kv, device=rows.device).unsqueeze(0)  # (1, Nk)
-        visible = j <= rows.unsqueeze(1) + (seq_len_kv - seq_len_q)  # (R, Nk)
+    j = torch.arange(seq_len_kv, device=rows.device).unsqueeze(0)  # (1, Nk)
+    t = rows.unsqueeze(1) + (seq_len_kv - seq_len_q)  # (R, 1): i + offset
+    if causal or window or doc_ids is not None:
+        visible = j <= t  # (R, Nk)
+    if window:
+        visible = visible & (j > t - window)
+    if doc_ids is not None:
+        d = doc_ids.to(rows.device)
+        visible = visible & (d[rows].unsqueeze(1) == d.unsqueeze(0))  # same document (Nq == Nk)
     if attn_mask is not None:
         m = attn_mask.to(rows.device)
         while m.dim() < 4:
@@ -91,6 +99,23 @@ def _visible(rows, seq_len_q: int, seq_len_kv: int, causal: bool, attn_mask, kv_
             m = m.reshape(b, kv_heads, group, r, nk)  # query head h = kv head h // G, slot h % G
         visible = m if visible is None else (m & visible)
     return visible
+
+
+def _score_mod(s, rows, seq_len_q: int, seq_len_kv: int, softcap: float, alibi: bool):
+    """ALiBi bias, then the soft cap, on scaled scores (B, Hkv, G, R, Nk); in place where possible."""
+    import torch
+
+    if alibi:
+        from harness.measure.variants import alibi_slopes
+
+        Hkv, G = s.shape[1], s.shape[2]
+        m = torch.tensor(alibi_slopes(Hkv * G), dtype=s.dtype, device=s.device).view(1, Hkv, G, 1, 1)
+        j = torch.arange(seq_len_kv, device=s.device, dtype=s.dtype)  # (Nk,)
+        dist = rows.to(s.device, s.dtype).unsqueeze(1) + (seq_len_kv - seq_len_q) - j  # (R, Nk)
+        s = s - m * dist  # (B, Hkv, G, R, Nk)
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    return s
 
 
 def _check(q, k, v, rows):
@@ -108,12 +133,14 @@ def _chunk_rows(q, k) -> int:
     return max(1, CHUNK_BYTES // max(per_row, 1))
 
 
-def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None):
+def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
+                   window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
     """Exact-as-possible attention for query `rows`, float64 on CPU: (B, Hq, R, D).
 
     Bottom-right causal with absolute row indices (query i sees key j ≤ i + Nk − Nq); GQA (query
     head h uses kv head h // G); masks broadcast, with the mask's query dim indexed by absolute
-    row when it is not 1; a row with no visible key is zeros. Computed in row chunks.
+    row when it is not 1; a row with no visible key is zeros. Computed in row chunks. Variants
+    (window, softcap, alibi, doc_ids) as defined in harness/measure/variants.py.
     """
     import torch
 
@@ -136,7 +163,8 @@ def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale
         # GQA: the G query heads of one kv head stacked along rows, so k/v are never copied G times.
         qc = q64[:, :, start : start + step].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D)
         s = torch.matmul(qc, k64.transpose(-1, -2)).view(B, Hkv, G, R, Nk) * scale  # (B, Hkv, G, R, Nk)
-        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G)
+        s = _score_mod(s, r, Nq, Nk, softcap, alibi)
+        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G, window, doc_ids)
         if vis is not None:
             s = s.masked_fill(~vis, float("-inf"))
         m = s.amax(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
@@ -151,7 +179,8 @@ def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale
     return torch.cat(outs, dim=2)  # (B, Hq, R, D)
 
 
-def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None):
+def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
+               window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
     """The same rows computed the way implementations/naive.py does, in the inputs' dtype and on
     their device: Q·Kᵀ in the input dtype, scale/mask/softmax in float32, probabilities cast to
     the input dtype, P·V in the input dtype. Its error is the low-precision baseline for judge().
@@ -176,7 +205,8 @@ def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: fl
         qc = q.detach()[:, :, r].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D), as naive groups heads
         s = torch.matmul(qc, kk.transpose(-1, -2)).to(acc).view(B, Hkv, G, R, Nk)  # (B, Hkv, G, R, Nk)
         s.mul_(scale)
-        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G)
+        s = _score_mod(s, r, Nq, Nk, softcap, alibi)
+        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G, window, doc_ids)
         if vis is not None:
             s.masked_fill_(~vis, float("-inf"))
         p = torch.softmax(s, dim=-1)  # (B, Hkv, G, R, Nk)

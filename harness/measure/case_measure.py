@@ -30,6 +30,9 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         support = impl.supports(case)
         if not support:
             return Measurement(case, vocab.SKIPPED, support.reason)
+        if case.pass_kind != "forward" and case.variants:
+            return Measurement(case, vocab.SKIPPED, f"no float64 gradient reference for {', '.join(case.variants)} "
+                                                    f"yet: variants are measured forward only")
         predicted = impl.predicted_peak_bytes(case)
     except registry.HookError as exc:  # a plugin's hook failed: this case's record, not the worker's
         return Measurement(case, vocab.ERROR, str(exc), wall_s=time.perf_counter() - started)
@@ -44,6 +47,9 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
 
         if case.threads and case.device == "cpu":
             torch.set_num_threads(case.threads)
+        from harness.measure import compiled, kernels
+
+        compile_start = compiled.start(impl)  # compile time is recorded apart from latency
         prepared = core.prepare(case, seed)
         sums = guards.checksums(prepared.inputs)  # before any call of the implementation
         acc = core.check_impl(impl, prepared, case)
@@ -68,6 +74,8 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         metrics = {**grad_metrics, **(contention.metrics() if contention else {}), **gpu_metrics,
                    "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
                    "arithmetic_intensity": n_flops / n_bytes}
+        metrics.update(compiled.metrics(impl, compile_start))
+        extra.update(kernels.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),

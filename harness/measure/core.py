@@ -92,7 +92,7 @@ def prepare(case: Case, seed: int) -> Prepared:
     key = (case.replace(impl="", grid="", threads=None, pass_kind="forward").case_id, seed)
     if key not in _REFERENCE_CACHE:
         rows = accuracy.rows_for(case.batch, case.heads_q, case.seq_len_q, case.seq_len_kv)
-        kw = dict(causal=case.causal, attn_mask=inputs.attn_mask, scale=None)
+        kw = dict(causal=inputs.causal, attn_mask=inputs.attn_mask, scale=None, **inputs.variant_kwargs())
         ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kw)  # (B, Hq, R, D) float64
         naive_errs = None
         if case.dtype in ("float16", "bfloat16"):
@@ -101,7 +101,7 @@ def prepare(case: Case, seed: int) -> Prepared:
     rows, ref, naive_errs, grads = _REFERENCE_CACHE[key]
     if case.pass_kind != "forward" and not grads:
         g = grad_reference.upstream_grad(case, seed, like=inputs.q)
-        gkw = dict(causal=case.causal, attn_mask=inputs.attn_mask)
+        gkw = dict(causal=inputs.causal, attn_mask=inputs.attn_mask)
         grads.update(grad_out=g, ref_grads=grad_reference.reference_grads(inputs.q, inputs.k, inputs.v, g, **gkw))
         if case.dtype in ("float16", "bfloat16"):
             grads["naive_grads"] = grad_reference.naive_grads(inputs.q, inputs.k, inputs.v, g, **gkw)

@@ -25,11 +25,27 @@ class Inputs:
     k: "torch.Tensor"  # (B, Hkv, Nk, D)
     v: "torch.Tensor"  # (B, Hkv, Nk, D)
     attn_mask: "torch.Tensor | None"  # (B, 1, 1, Nk) bool, True = may attend; None = no mask
-    causal: bool
+    causal: bool  # True also for a window or documents (they are causal)
+    window: int = 0  # variants (harness/measure/variants.py): 0 / False / None = off
+    softcap: float = 0.0
+    alibi: bool = False
+    doc_ids: "torch.Tensor | None" = None  # (Nk,) int64 document index per position
+
+    def variant_kwargs(self) -> dict:
+        """window=, softcap=, alibi=, doc_ids= -- only those that are active, so an implementation
+        that knows no variant is called exactly as before."""
+        kw: dict = {"window": self.window} if self.window > 0 else {}
+        if self.softcap > 0:
+            kw["softcap"] = self.softcap
+        if self.alibi:
+            kw["alibi"] = True
+        if self.doc_ids is not None:
+            kw["doc_ids"] = self.doc_ids
+        return kw
 
     def call_kwargs(self) -> dict:
         """Keyword arguments for an implementation call: fn(q, k, v, **inputs.call_kwargs())."""
-        return {"causal": self.causal, "attn_mask": self.attn_mask}
+        return {"causal": self.causal, "attn_mask": self.attn_mask, **self.variant_kwargs()}
 
     def tensors(self) -> tuple:
         return (self.q, self.k, self.v)
@@ -103,4 +119,10 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
     mask = None
     if case.mask == "key_padding":
         mask = key_padding_mask(B, Nk, case.mask_fraction, device=case.device)  # (B, 1, 1, Nk)
-    return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.causal)
+    doc_ids = None
+    if case.documents > 0:  # a seeded split depending on (N, documents) only: variants.py
+        from harness.measure.variants import document_ids
+
+        doc_ids = torch.tensor(document_ids(Nk, case.documents), dtype=torch.long, device=case.device)
+    return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.effective_causal, window=case.window,
+                  softcap=float(case.softcap), alibi=case.alibi, doc_ids=doc_ids)

@@ -95,6 +95,9 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
     from harness.report.roofline import roofline_section
 
     sections.append(roofline_section(rows, calibration, impl_styles(impls)))
+    from harness.report.kernels_section import kernels_section
+
+    sections.append(kernels_section(rows))  # which kernels ran, compile time (None: nothing recorded)
     sections.append(_errors_section(rows))
     sections.append(_problems_section(rows))
     title = f"attnbench report: {info.get('run_id') or run_dir.name}"

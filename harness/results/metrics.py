@@ -123,6 +123,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("others_cores", "others' CPUs", "CPUs used by other processes while timed", "CPU", LOWER, "info",
            spec=".2f"),
     Metric("steal_share", "steal", "CPU time stolen by the hypervisor", "", LOWER, "info", spec=".1%"),
+    Metric("compile_s", "compile", "Compile time (torch.compile; not in the latency)", "s", LOWER, "info"),
 )
 
 BY_FIELD = {m.field: m for m in METRICS}

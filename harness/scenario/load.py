@@ -7,17 +7,11 @@ runner records them as skipped, with the reason, so a report shows what was not 
 
     name = "smoke"
     implementations = ["naive", "sdpa"]
-    [budget]
-    max_time_s = 0.5
     [[grid]]
-    name = "self"
     heads_q = 4
     seq_len = [128, 256]          # shorthand: seq_len_q = seq_len_kv (self-attention)
     head_dim = 64
     causal = [false, true]
-    [[grid.exclude]]
-    impl = "naive"
-    seq_len = 256
 
 Every problem raises ScenarioError with one line: file, dotted key (grid[1].seq_len_q), value, and
 what is allowed. Values are only ever read as TOML data, never evaluated.
@@ -50,6 +44,7 @@ from harness.scenario.schema import (
     Where,
     axis_values,
     check_kv_lens,
+    check_variant_case,
     expand_kv_spec,
     did_you_mean,
     impl_names,
@@ -105,6 +100,10 @@ class Grid:
     kv_layout: tuple[str, ...] = ("contiguous",)
     page_size: tuple[int, ...] = (0,)
     seed: int = 0
+    window: tuple[int, ...] = (0,)  # variants; a window or documents make a case causal
+    softcap: tuple[float, ...] = (0.0,)
+    alibi: tuple[bool, ...] = (False,)
+    documents: tuple[int, ...] = (0,)
 
     def cases(self) -> list[Case]:
         """The product of the axes minus excluded cases; implementation varies fastest, so all
@@ -112,16 +111,16 @@ class Grid:
         if self.workload == "decode":
             return self._decode_cases()
         out = []
-        for (device, dtype, pass_kind, batch, hq, hkv, nq, nk, d, causal, mask, frac, threads,
-             impl) in itertools.product(
+        for (device, dtype, pass_kind, batch, hq, hkv, nq, nk, d, causal, mask, frac, threads, window, cap,
+             alibi, docs, impl) in itertools.product(
             self.device, self.dtype, self.pass_kind, self.batch, self.heads_q, self.heads_kv,
-            self.seq_len_q, self.seq_len_kv, self.head_dim, self.causal, self.mask,
-            self.mask_fraction, self.threads, self.implementations,
+            self.seq_len_q, self.seq_len_kv, self.head_dim, self.causal, self.mask, self.mask_fraction,
+            self.threads, self.window, self.softcap, self.alibi, self.documents, self.implementations,
         ):
-            case = Case(
+            case = Case(window=window, softcap=float(cap), alibi=alibi, documents=docs,
                 impl=impl, batch=batch, heads_q=hq, heads_kv=hq if hkv is None else hkv,
                 seq_len_q=nq, seq_len_kv=nq if nk is None else nk, head_dim=d, dtype=dtype,
-                device=device, causal=causal, mask=mask,
+                device=device, causal=causal or window > 0 or docs > 0, mask=mask,
                 mask_fraction=frac if mask != "none" else 0.0,  # no mask: the fraction is moot
                 pass_kind=pass_kind, threads=threads, grid=self.name,
             )
@@ -376,6 +375,7 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
             raise where.bad(f"{at}.heads_kv", case.heads_kv,
                             f"a divisor of heads_q {case.heads_q} "
                             f"({', '.join(map(str, divisors))}); or exclude the pair")
+        check_variant_case(where, at, case)
     return grid
 
 

@@ -157,10 +157,18 @@ AXES: dict[str, Axis] = {
         _choice("kv_layout", "kv_layout", KV_LAYOUTS),
         Axis("page_size", "page_size", _upto(AXIS_MAX["seq_len"]),
              _pos_upto(AXIS_MAX["seq_len"]) + " (tokens per page)"),
+        # attention variants (harness/measure/variants.py); 0 / false = off
+        Axis("window", "window", lambda v: is_int(v) and v >= 0, "an integer >= 0 (keys in the sliding window; 0 = none)"),
+        Axis("softcap", "softcap", lambda v: is_number(v) and v >= 0 and v != float("inf"),
+             "a finite number >= 0 (the soft cap of the scores; 0 = none)"),
+        Axis("alibi", "alibi", lambda v: isinstance(v, bool), "true, false"),
+        Axis("documents", "documents", lambda v: is_int(v) and v >= 0,
+             "an integer >= 0 (packed documents per sequence, self-attention only; 0 = none)"),
     )
 }
+VARIANT_AXES = ("window", "softcap", "alibi", "documents")
 DECODE_AXES = ("query_tokens", "kv_lens", "kv_layout", "page_size")
-PREFILL_ONLY = ("seq_len", "seq_len_q", "seq_len_kv", "causal", "mask", "mask_fraction", "pass")
+PREFILL_ONLY = ("seq_len", "seq_len_q", "seq_len_kv", "causal", "mask", "mask_fraction", "pass", *VARIANT_AXES)
 
 
 def is_kv_spec(v: Any) -> bool:
@@ -332,3 +340,13 @@ def check_grid_size(where: Where, at: str, grid) -> None:
     if total > MAX_SCENARIO_CASES:
         raise where.error(at, f"the grids up to here expand to {total} cases; allowed: at most "
                               f"{MAX_SCENARIO_CASES} in one scenario (split it into several files)")
+
+
+def check_variant_case(where: Where, at: str, case) -> None:
+    """A case's variants fit its shape: documents need self-attention and at most N documents."""
+    if case.documents and case.seq_len_q != case.seq_len_kv:
+        raise where.bad(f"{at}.documents", case.documents, "0 with cross-attention (seq_len_q "
+                        f"{case.seq_len_q} != seq_len_kv {case.seq_len_kv}); documents pack self-attention")
+    if case.documents > case.seq_len_kv:
+        raise where.bad(f"{at}.documents", case.documents,
+                        f"an integer <= the sequence length {case.seq_len_kv} (one token per document at most)")

@@ -1,0 +1,54 @@
+"""Which kernels actually ran: a short torch.profiler pass over a few calls of a case's callable,
+keeping the names of the dispatched attention / matmul ATen ops and of compiled (Inductor C++ or
+Triton) kernels. Recorded for implementations registered with params={"report_kernels": True}
+(the sdpa family, flex, compiled_naive) as Measurement.extra["kernels"], shown in the report.
+
+SDPA picks its backend at run time (e.g. aten::_scaled_dot_product_flash_attention_for_cpu vs the
+math fallback aten::_scaled_dot_product_attention_math), and a compiled function may fall back to
+eager code; the names say which happened on this machine.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+CALLS = 3
+MAX_NAMES = 12
+# Substrings that make a profiler event worth reporting (lower case).
+KEEP = ("attention", "flash", "sdpa", "flex", "triton", "cpp_fused", "cpp_flex", "compiled",
+        "aten::bmm", "aten::mm", "aten::baddbmm", "aten::matmul", "aten::_softmax", "aten::softmax")
+
+
+def wanted(impl) -> bool:
+    return bool(getattr(impl, "params", {}).get("report_kernels"))
+
+
+def dispatched_kernels(fn: Callable[[], object], calls: int = CALLS) -> list[str]:
+    """Names of the interesting ops run by `calls` calls of fn (first-seen order, at most
+    MAX_NAMES; the most specific first: attention / compiled kernels before matmuls)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    names = list(dict.fromkeys(e.name for e in prof.events()))
+    keep = [n for n in names if any(k in n.lower() for k in KEEP)]
+    specific = [n for n in keep if not n.startswith(("aten::bmm", "aten::mm", "aten::baddbmm", "aten::matmul"))]
+    return (specific + [n for n in keep if n not in specific])[:MAX_NAMES]
+
+
+def record(impl, fn: Callable[[], object]) -> dict:
+    """{"kernels": [...]} for implementations that asked for it, else {}; a profiler failure is
+    recorded as the reason, never raised."""
+    if not wanted(impl):
+        return {}
+    try:
+        return {"kernels": dispatched_kernels(fn)}
+    except Exception as exc:  # the profiler is a diagnostic: it must not fail the case
+        return {"kernels": [], "kernels_error": f"{type(exc).__name__}: {exc}"[:300]}

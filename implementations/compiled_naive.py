@@ -1,0 +1,93 @@
+"""torch.compile of textbook attention: what the compiler makes of the code a user would write.
+
+The function below is the naive algorithm as one writes it without thinking about kernels: repeat
+k / v for GQA, one matmul for the scores, the variants as dense tensors, a boolean mask with −inf,
+softmax, one matmul with V. Compiled once (module level, dynamic shapes) and reused across cases:
+Dynamo recompiles only for what its guards see change (dtype, device, which branches run).
+Compile time is kept out of the latency (implementations/_compiled.py; metrics["compile_s"]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.registry import Support, no, register
+from implementations import _compiled, _variants
+from implementations._common import check_args, default_scale, mask_4d
+
+CLOCK = _compiled.CompileClock()
+_COMPILED = None
+
+
+def textbook_attention(q, k, v, scale: float, causal: bool, attn_mask, window: int, softcap: float, slopes,
+                       doc_ids):
+    """softmax(Q·Kᵀ·scale + bias) · V with every mask spelled out densely."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    nq, nk = q.shape[2], k.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, Hq, Nq, Nk)
+    i = torch.arange(nq, device=q.device).view(-1, 1) + (nk - nq)  # (Nq, 1): bottom-right aligned
+    j = torch.arange(nk, device=q.device).view(1, -1)  # (1, Nk)
+    if slopes is not None:
+        scores = scores - slopes.view(1, -1, 1, 1) * (i - j)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    visible = torch.ones(nq, nk, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible & (j <= i)
+    if window > 0:
+        visible = visible & (j > i - window)
+    if doc_ids is not None:
+        visible = visible & (doc_ids.view(-1, 1) == doc_ids.view(1, -1))
+    if attn_mask is not None:
+        visible = visible & attn_mask
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.where(visible.any(dim=-1, keepdim=True), probs, 0.0)  # no visible key: zeros, not NaN
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def _available(device: str) -> Support:
+    return _compiled.compiler_available(str(device).split(":")[0])
+
+
+def _supports(case) -> Support:
+    if case.pass_kind != "forward":
+        return no("compiled_naive is benchmarked in the forward pass only here")
+    return Support(True)
+
+
+def _memory_model(case) -> int:
+    """About naive's: the float32 scores and probabilities (Inductor fuses some of the rest)."""
+    pairs = case.batch * case.heads_q * case.seq_len_q * case.seq_len_kv
+    out = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    return 2 * 4 * pairs + out
+
+
+@register(
+    "compiled_naive",
+    devices=("cpu", "cuda"),
+    dtypes=("float32", "float16", "bfloat16"),
+    available=_available,
+    supports=_supports,
+    memory_model=_memory_model,
+    description="torch.compile of the textbook attention a user would write (dense masks, softmax)",
+    params={"variants": _variants.ALL, "compiled": True, "report_kernels": True},
+)
+def compiled_naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window=0, softcap=0.0,
+                             alibi=False, doc_ids=None):
+    global _COMPILED
+    dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)
+    causal = causal or (var is not None and var.masks)
+    if _COMPILED is None:
+        _compiled.allow_recompiles()
+        _COMPILED = torch.compile(textbook_attention, dynamic=True)
+    slopes = var.slopes.to(q.device, torch.float32) if var is not None and var.slopes is not None else None
+    return CLOCK.timed_call(_COMPILED, q, k, v, default_scale(dims.head_dim, scale), causal, mask_4d(attn_mask),
+                            int(window), float(softcap), slopes, doc_ids)
+
+
+compiled_naive_attention.compile_seconds = CLOCK  # read by harness/measure/compiled.py

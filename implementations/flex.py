@@ -1,0 +1,151 @@
+"""FlexAttention (torch.nn.attention.flex_attention): the mask as a `mask_mod` turned into a block
+mask by create_block_mask (blocks every query of which is hidden from every key are skipped by the
+kernel), ALiBi and the soft cap as a `score_mod`, compiled by torch.compile into one fused kernel.
+
+Compiled once per shape family, reused across cases: one torch.compile(flex_attention,
+dynamic=True) per key of what forces a new graph -- device, dtype, head dim, GQA or not, which
+score and mask pieces exist (_family). Everything that varies within a family is a tensor the mods
+capture (offset Nk − Nq, window, soft cap, slopes, doc ids, the padding mask), never a Python
+number, so Dynamo guards on its shape, not its value. Sequence lengths are dynamic. The block mask
+of a (mask, shape) is built once and reused (as a model does across its layers), keyed by the
+mask's content. Compile time is recorded apart from latency (implementations/_compiled.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import torch
+
+from harness.registry import Support, no, register
+from implementations import _compiled, _variants
+from implementations._common import check_args, default_scale, mask_4d
+
+_FAMILIES: dict = {}  # _family key -> compiled flex_attention
+_BLOCK_MASKS: OrderedDict = OrderedDict()  # (mask key) -> BlockMask, most recent last
+MAX_BLOCK_MASKS = 8
+CLOCK = _compiled.CompileClock()
+
+
+def _available(device: str) -> Support:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except Exception as exc:
+        return no(f"torch {torch.__version__} has no FlexAttention: {exc}")
+    return _compiled.compiler_available(str(device).split(":")[0])
+
+
+def _supports(case) -> Support:
+    if case.pass_kind != "forward":
+        return no("flex is benchmarked in the forward pass only here")
+    return _variants.forward_only(case, "flex")
+
+
+def _compiled_flex(family: tuple):
+    fn = _FAMILIES.get(family)
+    if fn is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled.allow_recompiles()
+        fn = _FAMILIES[family] = torch.compile(flex_attention, dynamic=True)
+    return fn
+
+
+def _mask_mod(offset, window, doc_ids, pad, causal: bool):
+    """mask_mod(b, h, q, kv) -> bool from the captured tensors; None when nothing is hidden."""
+    if not causal and pad is None:
+        return None
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = kv_idx >= 0
+        if causal:
+            keep = keep & (kv_idx <= q_idx + offset)
+        if window is not None:
+            keep = keep & (kv_idx > q_idx + offset - window)
+        if doc_ids is not None:
+            keep = keep & (doc_ids[q_idx] == doc_ids[kv_idx])
+        if pad is not None:  # (b, h, nq, nk) with size-1 dims broadcast by index 0
+            keep = keep & pad[b if pad.shape[0] > 1 else 0, h if pad.shape[1] > 1 else 0,
+                              q_idx if pad.shape[2] > 1 else 0, kv_idx]
+        return keep
+
+    return mask_mod
+
+
+def _score_mod(offset, slopes, cap):
+    if slopes is None and cap is None:
+        return None
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if slopes is not None:
+            score = score - slopes[h] * (q_idx + offset - kv_idx).to(slopes.dtype)
+        if cap is not None:
+            score = cap * torch.tanh(score / cap)
+        return score
+
+    return score_mod
+
+
+def _block_mask(mask_mod, key: tuple, B, H, Nq, Nk, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    bm = _BLOCK_MASKS.get(key)
+    if bm is None:
+        bm = create_block_mask(mask_mod, B, H, Nq, Nk, device=device)
+        _BLOCK_MASKS[key] = bm
+        while len(_BLOCK_MASKS) > MAX_BLOCK_MASKS:
+            _BLOCK_MASKS.popitem(last=False)
+    else:
+        _BLOCK_MASKS.move_to_end(key)
+    return bm
+
+
+def _digest(t: torch.Tensor | None):
+    if t is None:
+        return None
+    return (tuple(t.shape), hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest())
+
+
+@register(
+    "flex",
+    devices=("cpu", "cuda"),
+    dtypes=("float32", "float16", "bfloat16"),
+    available=_available,
+    supports=_supports,
+    description="torch FlexAttention (mask_mod + block mask, score_mod), torch.compile'd once per shape family",
+    params={"variants": _variants.ALL, "compiled": True, "report_kernels": True},
+)
+def flex_attention_impl(q, k, v, *, causal=False, attn_mask=None, scale=None, window=0, softcap=0.0,
+                        alibi=False, doc_ids=None):
+    dims = check_args(q, k, v, attn_mask, scale)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids)
+    causal = causal or (var is not None and var.masks)
+    B, Hq, Nq, Nk = dims.batch, dims.heads_q, dims.seq_len_q, dims.seq_len_kv
+    dev = q.device
+    offset = torch.tensor(Nk - Nq, device=dev)
+    win = torch.tensor(var.window, device=dev) if var is not None and var.window else None
+    docs = var.doc_ids.to(dev) if var is not None and var.doc_ids is not None else None
+    pad = mask_4d(attn_mask)
+    mask_mod = _mask_mod(offset, win, docs, pad, causal)
+    block_mask = None
+    if mask_mod is not None:
+        mb = 1 if pad is None else pad.shape[0]
+        mh = 1 if pad is None or pad.shape[1] == 1 else Hq
+        key = (str(dev), B, Hq, Nq, Nk, causal, var.window if win is not None else 0,
+               _digest(docs), _digest(pad))
+        block_mask = _block_mask(mask_mod, key, None if mb == 1 else B, None if mh == 1 else Hq, Nq, Nk, dev)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    slopes = var.slopes.to(dev, acc) if var is not None and var.slopes is not None else None
+    cap = torch.tensor(var.softcap, device=dev, dtype=acc) if var is not None and var.softcap else None
+    score_mod = _score_mod(offset, slopes, cap)
+    family = (str(dev), q.dtype, dims.head_dim, dims.group > 1, mask_mod is not None, causal, win is not None,
+              docs is not None, None if pad is None else tuple(s > 1 for s in pad.shape), slopes is not None,
+              cap is not None)
+    fn = _compiled_flex(family)
+    out = CLOCK.timed_call(fn, q, k, v, score_mod=score_mod, block_mask=block_mask,
+                           scale=default_scale(dims.head_dim, scale), enable_gqa=dims.group > 1)
+    return out  # a row that sees no key is already zeros (FlexAttention's l = 0 rows)
+
+
+flex_attention_impl.compile_seconds = CLOCK  # read by harness/measure/compiled.py
