@@ -16,7 +16,6 @@ from harness.measure.telemetry_blocks import (
     throttled_spans,
 )
 from harness.measure.telemetry_energy import COUNTER_MODULUS, estimate_energy, gbytes_per_s_per_watt, tflops_per_watt
-from harness.measure.telemetry_metrics import TELEMETRY_METRICS
 
 
 class NVMLError_NotSupported(Exception):
@@ -340,15 +339,17 @@ def test_efficiency_helpers():
     assert tflops_per_watt(1e12, 0.0, 100.0) is None and gbytes_per_s_per_watt(1e9, 1.0, None) is None
 
 
-def test_metric_declarations_name_summary_fields():
+def test_the_metrics_table_rows_name_summary_fields_the_gpu_timing_records():
+    """Every telemetry field the CUDA timing stores (harness/measure/gpu_timing.py) is a row of the
+    metrics table, so console, report, export and compare show it."""
+    from harness.measure.gpu_timing import NUMERIC_FIELDS
     from harness.measure.telemetry import TelemetrySummary
+    from harness.results.metrics import BY_FIELD, HIGHER, LOWER
 
-    fields = TelemetrySummary.__dataclass_fields__
-    for row in TELEMETRY_METRICS:
-        assert set(row) == {"field", "label", "unit", "better", "plot"}
-        assert row["field"] in fields and row["better"] in ("lower", "higher", None)
-    better = {r["field"]: r["better"] for r in TELEMETRY_METRICS}
-    assert better["energy_per_call_j"] == "lower" and better["tflops_per_w"] == "higher"
+    for f in NUMERIC_FIELDS:
+        assert f in TelemetrySummary.__dataclass_fields__ and f in BY_FIELD, f
+    assert BY_FIELD["energy_per_call_j"].better == LOWER and BY_FIELD["tflops_per_w"].better == HIGHER
+    assert "throttled" in BY_FIELD
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (exercises the real NVML path)")
