@@ -51,7 +51,9 @@ def default_report_dir(run_dir: Path, info: dict | None = None) -> Path:
     folder that holds the run (results/X -> reports/X, wherever that tree is), else a report/
     folder inside the run directory (a run written with --out DIR keeps its report with it)."""
     run_dir = Path(run_dir).resolve()
-    run_id = Path(str((info or {}).get("run_id") or run_dir.name)).name or run_dir.name  # never a path elsewhere
+    run_id = Path(str((info or {}).get("run_id") or run_dir.name)).name
+    if run_id in ("", ".", ".."):  # never a path elsewhere, whatever run.json says
+        run_id = run_dir.name
     if run_dir.parent.name == "results":
         return run_dir.parent.parent / "reports" / run_id
     return run_dir / "report"
