@@ -117,6 +117,10 @@ def test_thread_count_does_not_leak_from_one_case_to_the_next():
         got = [measurement_of(r) for r in ex.run(jobs)]
     assert [m.status for m in got] == ["ok"] * 3
     assert got[1].extra["threads"] == 1
+    pids = [m.extra["where"]["worker_pid"] for m in got]
+    # set_num_threads changes torch's state for good (small ops ~45% slower after it), so the
+    # worker that ran the threads=1 case is replaced; the one before it had never called it
+    assert pids[0] == pids[1] != pids[2]
     assert got[2].extra["threads"] == got[0].extra["threads"] == (os.cpu_count() or 1) or got[0].extra["threads"] > 1
 
 

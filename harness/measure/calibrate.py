@@ -44,7 +44,8 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
     t = getattr(torch, dtype)
     before = torch.get_num_threads()
     if threads and kind == "cpu":
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:  # never called needlessly (run/worker.py)
+            torch.set_num_threads(threads)
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
         a = torch.randn((n, n), generator=gen).to(device=device, dtype=t)  # (n, n)
@@ -74,7 +75,8 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
             out_.update(contended=c.contended, contention=c.reason)
         return out_
     finally:
-        torch.set_num_threads(before)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _read_bandwidth(device: str, sync, min_time_s: float) -> tuple[float, float]:

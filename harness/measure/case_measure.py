@@ -46,7 +46,8 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         from harness.measure import flops, memory, stats, work
 
         if case.threads and case.device == "cpu":
-            torch.set_num_threads(case.threads)
+            if torch.get_num_threads() != case.threads:  # never called needlessly (run/worker.py)
+                torch.set_num_threads(case.threads)
         from harness.measure import compiled, kernels
 
         compile_start = compiled.start(impl)  # compile time is recorded apart from latency

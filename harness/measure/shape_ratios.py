@@ -132,7 +132,8 @@ def measure_shape(req: dict) -> dict:
     reference = req["reference"]
     names = [reference] + [n for n in req["impls"] if n != reference]
     if ref_case.threads and ref_case.device == "cpu":
-        torch.set_num_threads(ref_case.threads)
+        if torch.get_num_threads() != ref_case.threads:
+            torch.set_num_threads(ref_case.threads)
     is_cuda = ref_case.device.startswith("cuda")
     sync = torch.cuda.synchronize if is_cuda else (lambda: None)
     slowdown = parse_slowdown(os.environ.get(SLOWDOWN_ENV))

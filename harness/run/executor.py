@@ -41,6 +41,14 @@ class Job:
         points = self.request.get("points") or []
         return "cuda" if any(str(p.get("device", "")).startswith("cuda") for p in points) else "cpu"
 
+    @property
+    def sets_threads(self) -> bool:
+        """Does the worker call torch.set_num_threads for this job? (It changes the process state
+        for later jobs: harness/run/worker.py.)"""
+        if self.case is not None:
+            return bool(self.case.threads) and self.case.device.startswith("cpu")
+        return any(p.get("threads") for p in self.request.get("points") or [])
+
     @classmethod
     def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float, ceilings: dict | None = None) -> "Job":
         req = {"kind": "case", "case": case.to_dict(), "budget": budget, "seed": seed, "ceilings": ceilings or {}}
@@ -139,7 +147,7 @@ class LocalExecutor(Executor):
                 yield Reply(job, CRASHED, None, str(exc), time.perf_counter() - t0, {"executor": self.name})
                 continue
             pid = self.worker.proc.pid if self.worker.proc is not None else None
-            if self.fresh_per_case:
+            if self.fresh_per_case or job.sets_threads:  # a pristine process for the next job
                 self.worker.stop()
             where = {"executor": self.name, "host": socket.gethostname(), "worker_pid": pid, "driver_pid": os.getpid()}
             yield Reply(job, r.status, r.record, r.message, time.perf_counter() - t0, where)
