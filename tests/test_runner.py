@@ -90,7 +90,7 @@ def test_every_fault_costs_only_its_own_case(tmp_path):
 
 @pytest.mark.slow
 def test_kill_then_resume_runs_only_missing_cases(tmp_path):
-    scen = _write(tmp_path, ["naive", "flash", "chunked"], seq_len="[16, 24, 32, 40]", timeout=30)
+    scen = _write(tmp_path, ["naive", "flash", "chunked"], seq_len="[16, 24, 32, 40, 48, 56, 64, 72]", timeout=30)
     out = tmp_path / "res"
     p = subprocess.Popen(
         [sys.executable, "-m", "attnbench", "run", str(scen), "--out", str(out), "--run-id", "r",
@@ -100,7 +100,7 @@ def test_kill_then_resume_runs_only_missing_cases(tmp_path):
     results = out / "r" / "results.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        if results.exists() and results.read_text().count("\n") >= 3:
+        if results.exists() and results.read_text().count("\n") >= 1:  # tiny cases: the rest go fast
             break
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)  # Ctrl-C
@@ -108,13 +108,13 @@ def test_kill_then_resume_runs_only_missing_cases(tmp_path):
     assert p.returncode == 130, err
     assert f"--resume {(out / 'r').absolute()}" in err  # absolute: the hint works from anywhere
     first = read_measurements(out / "r")
-    assert 3 <= len(first) < 12
+    assert 1 <= len(first) < 24
     r = _attnbench("run", "--resume", str(out / "r"), "--no-report")
     assert r.returncode == 0, r.stderr
-    assert f"{len(first)} cases done, {12 - len(first)} to run" in r.stderr
+    assert f"{len(first)} cases done, {24 - len(first)} to run" in r.stderr
     final = read_measurements(out / "r")
     ids = [m.case.case_id for m in final]
-    assert len(ids) == 12 and len(set(ids)) == 12
+    assert len(ids) == 24 and len(set(ids)) == 24
     assert final[: len(first)] == first, "finished cases are kept as they were"
 
 

@@ -111,30 +111,29 @@ def run_cases(
                 on_skipped(skipped)
             if not to_run:
                 return done, interrupted
-            timeout_s = float(budget.case_timeout_s)
-            points = calibration_points(to_run)
-            start_cal = calibrate(executor, points)
-            _store_calibration(run_dir, start_cal, None)
-            ceilings = suspect_ceilings(combine(start_cal, None))
-            jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s, ceilings) for c in to_run]
-            started: dict[str, int] = {}
-
-            def start(job: Job) -> None:
-                started[job.key] = len(started) + 1
-                if on_start:
-                    on_start(started[job.key], len(jobs), job.case)
-
             try:
+                timeout_s = float(budget.case_timeout_s)
+                points = calibration_points(to_run)
+                start_cal = calibrate(executor, points)
+                _store_calibration(run_dir, start_cal, None)
+                ceilings = suspect_ceilings(combine(start_cal, None))
+                jobs = [Job.for_case(c, budget.to_dict(), seed, timeout_s, ceilings) for c in to_run]
+                started: dict[str, int] = {}
+
+                def start(job: Job) -> None:
+                    started[job.key] = len(started) + 1
+                    if on_start:
+                        on_start(started[job.key], len(jobs), job.case)
+
                 for n, reply in enumerate(executor.run(jobs, on_start=start), 1):
                     m = measurement_of(reply)
                     writer.append(m)
                     done.append(m)
                     if on_progress:
                         on_progress(n, len(jobs), reply.job.case, m, reply.wall_s)
-            except KeyboardInterrupt:
-                interrupted = True
-            if not interrupted:
                 _store_calibration(run_dir, start_cal, calibrate(executor, points))
+            except KeyboardInterrupt:  # also during a calibration: what finished is on disk
+                interrupted = True
     finally:
         if own:
             executor.close()
