@@ -96,6 +96,9 @@ def test_kill_then_resume_runs_only_missing_cases(tmp_path):
         [sys.executable, "-m", "attnbench", "run", str(scen), "--out", str(out), "--run-id", "r",
          "--no-report"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell that starts this suite in the background (CI runners do) ignores SIGINT in its
+        # children, and Python keeps an inherited SIG_IGN: give the run a real Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = out / "r" / "results.jsonl"
     deadline = time.monotonic() + 240
