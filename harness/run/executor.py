@@ -42,12 +42,14 @@ class Job:
         return "cuda" if any(str(p.get("device", "")).startswith("cuda") for p in points) else "cpu"
 
     @property
-    def sets_threads(self) -> bool:
-        """Does the worker call torch.set_num_threads for this job? (It changes the process state
-        for later jobs: harness/run/worker.py.)"""
+    def thread_setting(self):
+        """The thread count the worker sets for this job (torch.set_num_threads changes the
+        process for later jobs: harness/run/worker.py): None when it sets none, "mixed" for a
+        calibration of several counts."""
         if self.case is not None:
-            return bool(self.case.threads) and self.case.device.startswith("cpu")
-        return any(p.get("threads") for p in self.request.get("points") or [])
+            return self.case.threads if (self.case.threads and self.case.device.startswith("cpu")) else None
+        counts = {p.get("threads") for p in self.request.get("points") or []} - {None}
+        return None if not counts else (counts.pop() if len(counts) == 1 else "mixed")
 
     @classmethod
     def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float, ceilings: dict | None = None) -> "Job":
@@ -115,6 +117,7 @@ class LocalExecutor(Executor):
             self._tmp = tempfile.TemporaryDirectory(prefix="attnbench-worker-")
             log_path = Path(self._tmp.name) / "worker.log"
         self.fresh_per_case = fresh_per_case
+        self._threads_set = None  # the thread count the live worker has set (None: never called)
         self.worker = Worker(Path(log_path), memory_limit_bytes=memory_limit_bytes, env_defaults=env_defaults,
                              env_overrides=env_overrides, cwd=cwd)
 
@@ -138,6 +141,11 @@ class LocalExecutor(Executor):
         import time
 
         for job in jobs:
+            want = job.thread_setting
+            if self._threads_set is not None and want != self._threads_set:
+                self.worker.stop()  # it called set_num_threads for other jobs: a pristine process for this one
+            if not self.worker.alive:
+                self._threads_set = None
             if on_start:
                 on_start(job)
             t0 = time.perf_counter()
@@ -147,7 +155,8 @@ class LocalExecutor(Executor):
                 yield Reply(job, CRASHED, None, str(exc), time.perf_counter() - t0, {"executor": self.name})
                 continue
             pid = self.worker.proc.pid if self.worker.proc is not None else None
-            if self.fresh_per_case or job.sets_threads:  # a pristine process for the next job
+            self._threads_set = want if (r.status == DONE and want != "mixed") else None
+            if self.fresh_per_case or want == "mixed" or r.status != DONE:
                 self.worker.stop()
             where = {"executor": self.name, "host": socket.gethostname(), "worker_pid": pid, "driver_pid": os.getpid()}
             yield Reply(job, r.status, r.record, r.message, time.perf_counter() - t0, where)

@@ -15,7 +15,8 @@ count, grad mode, flush-denormal, matmul precision, deterministic algorithms) ar
 it, so one case never runs with the previous case's settings. The thread count is special: calling
 torch.set_num_threads at all -- even with the current value -- made small ops ~45% slower for the
 rest of the process (sdpa at N=64: 29 -> 42 us, torch 2.13 CPU), so it is called only when a case
-asks for a count, and the executor replaces a worker after such a request (Job.sets_threads).
+asks for a count, and the executor gives a job a fresh worker when the live one has set another count
+(Job.thread_setting).
 The parent side (start, timeouts, crashes) is harness/run/process.py.
 """
 
