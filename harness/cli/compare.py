@@ -6,12 +6,11 @@ one regression, 2 usage or file errors (one line on stderr, via harness.cli.main
 
 from __future__ import annotations
 
-import html
 import json
 import sys
 
 from harness.case import case_shape
-from harness.cli.console import table
+from harness.cli.console import md_cell, md_table, table
 from harness.cli.errors import UsageError
 from harness.compare.runs import Comparison, Threshold, compare_runs
 from harness.results.units import fmt_bytes, fmt_time_s
@@ -108,20 +107,12 @@ def format_text(c: Comparison) -> str:
     return "\n".join(lines)
 
 
-def _md_cell(s: str) -> str:
-    """Plain text in a Markdown cell: HTML escaped (names come from plugins), no table breaks."""
-    return html.escape(" ".join(str(s).split()), quote=False).replace("|", "\\|") or " "
-
-
 def format_markdown(c: Comparison) -> str:
     lines = [f"### attnbench compare: `{c.base_label.replace('`', '')}` → `{c.current_label.replace('`', '')}`", "",
              f"Threshold {c.threshold}; ratio = current / base, > 1 is slower.", ""]
-    lines.append("| " + " | ".join(HEADERS) + " |")
-    lines.append("|" + "|".join("---" for _ in HEADERS) + "|")
-    for row in _rows(c):
-        lines.append("| " + " | ".join(_md_cell(x) for x in row) + " |")
+    lines += md_table(HEADERS, _rows(c))
     lines.append("")
-    lines += [f"> warning: {_md_cell(w)}" for w in c.warnings]
+    lines += [f"> warning: {md_cell(w)}" for w in c.warnings]
     lines.append(f"**{summary_line(c)}**")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ Numbers are shown through the metrics table (harness/results/metrics.py).
 
 from __future__ import annotations
 
+import html
 import sys
 import time
 
@@ -11,6 +12,18 @@ from harness.case import Case, case_shape
 from harness.results.metrics import console_metrics
 from harness.results.records import Measurement
 from harness.results.units import fmt_duration_s, fmt_time_s
+
+
+def md_cell(s) -> str:
+    """Plain text in a Markdown table cell: HTML escaped (names come from plugins), one line, no
+    table breaks."""
+    return html.escape(" ".join(str(s).split()), quote=False).replace("|", "\\|") or " "
+
+
+def md_table(headers: list[str], rows: list[list]) -> list[str]:
+    """A GitHub-flavoured Markdown table, one line per row, every cell through md_cell."""
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(md_cell(x) for x in row) + " |" for row in rows)]
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from harness.cli.console import fmt_time_s
+from harness.cli.console import fmt_time_s, md_cell, md_table
 from harness.cli.errors import UsageError
 from harness.compare.history import History, Trend, load_history
 
@@ -108,25 +108,18 @@ def format_text(h: History) -> str:
     return "\n".join(lines)
 
 
-def _md_cell(s: str) -> str:
-    return str(s).replace("|", "\\|") or " "
-
-
 HEADERS = ["case", "environment", "step", "first run after", "started at", "commit", "before", "after", "z"]
 
 
 def format_markdown(h: History) -> str:
     lines = ["### attnbench history", "", environments_line(h) + ".", ""]
     if h.change_points:
-        lines.append("| " + " | ".join(HEADERS) + " |")
-        lines.append("|" + "|".join("---" for _ in HEADERS) + "|")
-        for t, cp in h.change_points:
-            row = [f"`{t.case_id}`", t.environment, f"{cp.relative_step * 100:+.1f}% ({cp.direction})", cp.run_id,
-                   cp.started_at, _commit(cp.git_commit, cp.git_dirty), fmt_time_s(cp.before_median_s),
-                   fmt_time_s(cp.after_median_s), f"{cp.z:.1f}"]
-            lines.append("| " + " | ".join(_md_cell(x) for x in row) + " |")
+        lines += md_table(HEADERS, [
+            [f"`{t.case_id}`", t.environment, f"{cp.relative_step * 100:+.1f}% ({cp.direction})", cp.run_id,
+             cp.started_at, _commit(cp.git_commit, cp.git_dirty), fmt_time_s(cp.before_median_s),
+             fmt_time_s(cp.after_median_s), f"{cp.z:.1f}"] for t, cp in h.change_points])
         lines.append("")
-    lines += [f"> warning: {w}" for w in h.warnings]
+    lines += [f"> warning: {md_cell(w)}" for w in h.warnings]
     lines.append(f"**{summary_line(h)}**")
     return "\n".join(lines)
 
