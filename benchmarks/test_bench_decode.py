@@ -2,7 +2,8 @@
 B=8, Hq=32, Hkv=8, D=128, KV=8192, one query token. Targets: flash_decoding >= 2x sdpa (decode
 path) and >= 40% of an in-run streaming-read bandwidth (sum of a 256 MiB tensor, > 4x the LLC);
 paged (page 16) >= 0.8x its own contiguous speed; a ragged batch (KV uniform 512..16384) costs
-about its total tokens, not batch x longest.
+about its total tokens, not batch x longest. flash_decoding's CPU float32 partitions are a C kernel;
+flash_decoding_torch (the same algorithm in torch ops) is measured beside it and printed, not asserted.
 
 The assertions use the best of ROUNDS interleaved rounds. Printed besides (never asserted): the
 median of the per-round ratios, each callable's process CPU time per wall second (its share of the
@@ -110,6 +111,8 @@ def test_decode_targets():
         "sdpa": _call("sdpa", cont, ci),
         "flash": _call("flash_decoding", cont, ci),
         "flash_paged": _call("flash_decoding", paged, pi),
+        "torch": _call("flash_decoding_torch", cont, ci),
+        "torch_paged": _call("flash_decoding_torch", paged, pi),
         "bmm": _matmul_ceiling(ci),
     })
     t = {k: min(w for w, _ in r) for k, r in runs.items()}
@@ -124,6 +127,9 @@ def test_decode_targets():
           f"paged speed {_median_ratio(runs, 'flash', 'flash_paged'):.2f}x contiguous")
     print(f"  plain bmm K·qT + p·V over the same bytes (ceiling of the matmuls): {t['bmm']*1e3:.1f} ms = "
           f"{kv / t['bmm'] / bw:.0%} of stream")
+    print(f"  flash_decoding_torch (torch ops): {t['torch']*1e3:.1f} ms = {kv / t['torch'] / bw:.0%} of stream, "
+          f"x{t['sdpa']/t['torch']:.2f} vs sdpa; paged16 {t['torch_paged']*1e3:.1f} ms = "
+          f"{t['torch']/t['torch_paged']:.2f}x its contiguous speed")
     print("  CPU share (process CPU s per wall s): " + ", ".join(f"{k} {_share(runs, k):.2f}" for k in runs)
           + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"  per CPU-second: stream {_per_cpu(runs, 'sum', nb)/1e9:.1f} GB/s, flash_decoding "

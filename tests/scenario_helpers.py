@@ -13,10 +13,10 @@ from harness.scenario.load import Scenario, ScenarioError, load_scenario
 # Every implementation the project ships; tests that are not about the registry validate against
 # this list (load_scenario's known_impls), and one test checks it equals the registry's built-ins.
 PLANNED = ("naive", "chunked", "memory_efficient", "flash", "sdpa", "sdpa_math", "sdpa_flash",
-           "sdpa_efficient", "sdpa_cudnn", "triton_flash", "flash_decoding", "triton_decode", "flex",
+           "sdpa_efficient", "sdpa_cudnn", "triton_flash", "flash_decoding", "flash_decoding_torch", "triton_decode", "flex",
            "compiled_naive")
 COMPILED = ("flex", "compiled_naive")  # torch.compile'd: ~5-30 s per shape family, own scenario (variants)
-DECODE_ONLY = ("flash_decoding", "triton_decode")  # decode-only implementations (register_decode)
+DECODE_ONLY = ("flash_decoding", "flash_decoding_torch", "triton_decode")  # decode-only implementations (register_decode)
 KNOWN = ("naive", "sdpa", "flash")
 
 HEAD = 'implementations = ["naive", "sdpa"]\n'

@@ -1,0 +1,156 @@
+"""flash_decoding's CPU float32 partitions run a C kernel (implementations/_cpu_decode.c, built by
+_cpu_kernel.py); flash_decoding_torch is the same algorithm in torch ops. Both against the float64
+reference where the kernel's code paths branch: head_dim not a multiple of 8 (scalar tails, in the
+blocks of 4 rows and in single rows) or of 16 (an odd number of 8-float chunks), G·Nq rows not a multiple of 4 and above 4, partitions that
+end inside a page or that some query rows cannot see, a sequence exactly Nq long, sharp softmaxes,
+caches handed over as non-contiguous views; worker threads calling the kernel in parallel; and the
+build: no compiler, a compile error, an unwritable cache, a cached binary reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import registry
+from harness.case import Case
+from harness.measure.kv_cache import make_decode_inputs, reference_decode
+from implementations import _cpu_kernel
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+SHAPES = [  # (B, Hq, Hkv, Nq, D, kv_lens)
+    (2, 3, 1, 1, 20, (41, 9)),  # G·Nq = 3 single rows; D = 2 chunks + 4 scalar elements
+    (2, 4, 2, 3, 72, (3, 50)),  # 6 rows (a block of 4 + 2 single rows), 9 chunks; one sequence == Nq
+    (1, 16, 4, 4, 100, (70,)),  # 16 rows (4 blocks), 12 chunks + 4 scalar elements
+    (3, 8, 2, 1, 12, (1, 33, 16)),  # a block of 4 rows, 1 chunk + 4 scalar elements; a 1-token cache
+    (3, 8, 8, 2, 8, (1 + 2, 33, 16)),  # 2 rows, one chunk, MHA
+    (2, 32, 8, 1, 128, (200, 129)),  # the benchmark's head layout
+]
+LAYOUTS = [("contiguous", 0), ("paged", 16), ("paged", 5)]
+
+
+def _case(shape, layout, ps, dtype="float32"):
+    B, Hq, Hkv, Nq, D, lens = shape
+    return Case("x", batch=B, heads_q=Hq, heads_kv=Hkv, seq_len_q=Nq, seq_len_kv=max(lens), head_dim=D,
+                dtype=dtype, workload="decode", kv_layout=layout, page_size=ps, kv_lens=lens)
+
+
+def _rel(out, ref) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def _run(name, inp, **kw):
+    return registry.get(name).decode.fn(*inp.args(), **inp.kwargs(), **kw)
+
+
+@pytest.mark.parametrize("partition", [1024, 16, 7])
+@pytest.mark.parametrize("layout,ps", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"b{s[0]}h{s[1]}/{s[2]}q{s[3]}d{s[4]}")
+def test_kernel_matches_reference(shape, layout, ps, partition):
+    inp = make_decode_inputs(_case(shape, layout, ps), seed=11)
+    ref = reference_decode(inp)
+    out = _run("flash_decoding", inp, partition=partition)
+    assert out.shape == inp.q.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    rel = _rel(out, ref)
+    assert rel <= 2e-6, f"C kernel rel L2 {rel:.3g}"
+    # no worse than the torch ops path on the same inputs (both accumulate in float32)
+    assert rel <= 2 * _rel(_run("flash_decoding_torch", inp, partition=partition), ref) + 5e-7
+
+
+def test_sharp_softmax():
+    """Scores spread over ~±200 (log2 units): most probabilities underflow, the max row dominates;
+    exercises the kernel's exp2 over its whole range."""
+    inp = make_decode_inputs(_case((2, 8, 2, 2, 64, (300, 77)), "paged", 16), seed=2)
+    inp.q.mul_(25.0)
+    ref = reference_decode(inp)
+    c, t = _rel(_run("flash_decoding", inp, partition=64), ref), _rel(_run("flash_decoding_torch", inp), ref)
+    assert c <= 2 * t + 1e-6, (c, t)
+
+
+def test_non_contiguous_cache_views():
+    case = _case((2, 8, 2, 1, 64, (90, 31)), "contiguous", 0)
+    inp = make_decode_inputs(case, seed=4)
+    ref = reference_decode(inp)
+    k = inp.k_cache.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
+    v = inp.v_cache.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not k.is_contiguous()
+    out = registry.get("flash_decoding").decode.fn(inp.q, k, v, kv_lens=inp.kv_lens)
+    assert _rel(out, ref) <= 2e-6
+
+
+def test_worker_threads_call_the_kernel_in_parallel():
+    case = _case((4, 32, 8, 1, 128, (700, 513, 1200, 64)), "paged", 16)
+    inp = make_decode_inputs(case, seed=5)
+    one = _run("flash_decoding", inp, partition=128)
+    torch.set_num_threads(2)  # restored by the torch_single_thread fixture
+    for _ in range(3):
+        assert torch.equal(_run("flash_decoding", inp, partition=128), one)  # same partitions, same bits
+    assert _rel(one, reference_decode(inp)) <= 2e-6
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """A clean build state: the per-process load cache cleared (and again afterwards), the kernel
+    cache in tmp_path."""
+    monkeypatch.setenv("ATTNBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
+    _cpu_kernel._load.cache_clear()
+    yield tmp_path
+    _cpu_kernel._load.cache_clear()
+
+
+def test_builds_once_then_loads_the_cached_binary(fresh_kernel):
+    assert _cpu_kernel.unavailable_reason() is None
+    built = list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))
+    assert len(built) == 1 and not list((fresh_kernel / "kernels").glob("*.tmp*"))
+    stamp = built[0].stat().st_mtime_ns
+    _cpu_kernel._load.cache_clear()
+    assert _cpu_kernel.unavailable_reason() is None
+    assert built[0].stat().st_mtime_ns == stamp and len(list((fresh_kernel / "kernels").iterdir())) == 1
+
+
+def test_source_change_builds_a_new_binary(fresh_kernel, monkeypatch):
+    assert _cpu_kernel.unavailable_reason() is None
+    edited = fresh_kernel / "edited.c"
+    edited.write_text(_cpu_kernel.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(_cpu_kernel, "SOURCE", edited)
+    _cpu_kernel._load.cache_clear()
+    assert _cpu_kernel.unavailable_reason() is None
+    assert len(list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))) == 2
+
+
+def _skip_reason(case) -> str:
+    support = registry.get("flash_decoding").supports(case)
+    assert not support
+    return support.reason
+
+
+def test_no_compiler_skips_with_the_reason(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("PATH", str(fresh_kernel))  # no cc, gcc or clang on it
+    monkeypatch.delenv("CC", raising=False)
+    case = _case(SHAPES[0], "paged", 16)
+    reason = _skip_reason(case)
+    assert "no C compiler found" in reason and "flash_decoding_torch" in reason and "\n" not in reason
+    assert registry.get("flash_decoding_torch").supports(case)
+    assert registry.get("flash_decoding").supports(case.replace(dtype="bfloat16"))  # torch ops path
+    inp = make_decode_inputs(case, seed=0)
+    with pytest.raises(_cpu_kernel.KernelUnavailable, match="no C compiler"):
+        _run("flash_decoding", inp)
+    out = _run("flash_decoding_torch", inp)
+    assert _rel(out, reference_decode(inp)) <= 1e-5
+
+
+def test_compile_error_is_one_line(fresh_kernel, monkeypatch):
+    bad = fresh_kernel / "bad.c"
+    bad.write_text("int attnbench_fd_partition_f32(void) { return syntax error; }\n")
+    monkeypatch.setattr(_cpu_kernel, "SOURCE", bad)
+    reason = _skip_reason(_case(SHAPES[0], "contiguous", 0))
+    assert "could not compile bad.c" in reason and "\n" not in reason
+    assert not list((fresh_kernel / "kernels").glob("*"))  # nothing half-written left behind
+
+
+def test_unwritable_cache(fresh_kernel, monkeypatch):
+    blocker = fresh_kernel / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ATTNBENCH_KERNEL_CACHE", str(blocker / "kernels"))  # a directory under a file
+    reason = _skip_reason(_case(SHAPES[0], "contiguous", 0))
+    assert "cannot write the kernel cache" in reason and "\n" not in reason
