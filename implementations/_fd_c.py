@@ -14,9 +14,9 @@ import torch
 from implementations import _cpu_kernel
 
 
-def memory_model(case, partition: int, part_len) -> int:
-    """Bytes above the inputs: partial results, each worker's scores and row pointers,
-    the merge of one sequence per worker, the page/partition offsets and the output."""
+def memory_model(case, partition: int, part_len, merge_bytes) -> int:
+    """Bytes above the inputs: partial results, each worker's scores and row pointers, the merge
+    buffers of min(workers, B) workers, the page/partition offsets and the output."""
     B, Hq, Hkv, Nq, D = case.batch, case.heads_q, case.heads_kv, case.seq_len_q, case.head_dim
     paged = case.kv_layout == "paged"
     part = part_len(partition, case.page_size if paged else 0)
@@ -26,10 +26,10 @@ def memory_model(case, partition: int, part_len) -> int:
     GN = Hq // Hkv * Nq
     partials = 4 * B * P * Hkv * GN * (D + 2)  # o, m, l
     per_worker = 4 * GN * part + 8 * part  # scores, row pointers
-    merge = 4 * P * Hkv * GN * (D + 2) + 4 * Hkv * GN * (D + 1)  # weighted partials, num, den
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
-    return partials + workers * (per_worker + merge) + offsets + 4 * B * Hq * Nq * D
+    merge = min(workers, B) * merge_bytes(P, Hkv, GN, D, 4)
+    return partials + workers * per_worker + merge + offsets + 4 * B * Hq * Nq * D
 
 
 class Scratch:

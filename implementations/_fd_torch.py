@@ -26,7 +26,7 @@ def bag_v(dtype, device) -> bool:
     return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
 
 
-def memory_model(case, partition: int) -> int:
+def memory_model(case, partition: int, merge_bytes) -> int:
     B, Hq, Hkv, Nq, D = case.batch, case.heads_q, case.heads_kv, case.seq_len_q, case.head_dim
     paged = case.kv_layout == "paged"
     part = part_len(partition, case.page_size if paged else 0)
@@ -35,7 +35,7 @@ def memory_model(case, partition: int) -> int:
     items = sum(-(-n // part) for n in lens)
     GN = Hq // Hkv * Nq
     acc = 8 if case.dtype == "float64" else 4
-    partials = acc * B * P * Hkv * GN * (2 * D + 2)  # o, m, l and the weighted o of the merge
+    partials = acc * B * P * Hkv * GN * (D + 2)  # o, m, l
     bag = case.device == "cpu" and case.dtype in ("float32", "float64")
     per_worker = 2 * acc * Hkv * GN * part  # score and probability tiles
     if bag:
@@ -47,7 +47,7 @@ def memory_model(case, partition: int) -> int:
         per_worker += 2 * 4 * Hkv * part * D  # float32 k/v copies
     workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker += acc * Hkv * GN * D  # scaled q of one sequence
-    small = acc * B * Hq * Nq * D * 2 + case.element_bytes * B * Hq * Nq * D  # merge, out
+    small = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc) + case.element_bytes * B * Hq * Nq * D  # merge, out
     if paged and bag:
         small += 4 * Hkv * (part + case.page_size)  # one-row bag offsets
     return partials + workers * per_worker + small

@@ -64,12 +64,12 @@ def _workers(device, items: int) -> int:
 
 def _memory_model(case, partition: int = PARTITION) -> int:
     if case.device == "cpu" and case.dtype == "float32":
-        return _fd_c.memory_model(case, partition, _fd_torch.part_len)
-    return _fd_torch.memory_model(case, partition)
+        return _fd_c.memory_model(case, partition, _fd_torch.part_len, merge_bytes)
+    return _fd_torch.memory_model(case, partition, merge_bytes)
 
 
 def _memory_model_torch(case, partition: int = PARTITION) -> int:
-    return _fd_torch.memory_model(case, partition)
+    return _fd_torch.memory_model(case, partition, merge_bytes)
 
 
 def _c_supports(case) -> Support:
@@ -167,7 +167,8 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int, c_
     else:
         scratch = [_fd_torch.Scratch(ctx, q.dtype != acc, acc) for _ in range(n_workers)]
         run_parallel(items, scratch, lambda scr, item: _fd_torch.partition(ctx, scr, *item))
-    run_parallel(range(B), scratch, lambda scr, b: _merge(ctx, b))
+    merges = [_MergeScratch(P, Hkv, GN, D, acc, q.device) for _ in range(min(n_workers, B))]
+    run_parallel(range(B), merges, lambda mrg, b: _merge(ctx, mrg, b))
     return ctx.out.view(B, Hq, Nq, D)
 
 
@@ -201,12 +202,30 @@ def flash_decoding_torch(q, k_cache, v_cache, *, kv_lens, block_table=None, scal
     return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, False)
 
 
-def _merge(ctx: _Ctx, b: int) -> None:
-    """out[b] from sequence b's partitions, merged by log-sum-exp (scores in log2 units)."""
+class _MergeScratch:
+    """One worker's merge buffers (caller-allocated, like every buffer of a call: see
+    flash_pool.run_parallel). P = the most partitions of any sequence."""
+
+    def __init__(self, P: int, Hkv: int, GN: int, D: int, acc, device):
+        opts = dict(dtype=acc, device=device)
+        self.big_m = torch.empty(Hkv, 1, GN, **opts)
+        self.w = torch.empty(P, Hkv, 1, GN, **opts)
+        self.num = torch.empty(Hkv, GN, D, **opts)
+        self.den = torch.empty(Hkv, GN, **opts)
+
+
+def merge_bytes(P: int, Hkv: int, GN: int, D: int, acc_bytes: int) -> int:
+    """Bytes of one _MergeScratch."""
+    return acc_bytes * (Hkv * GN + P * Hkv * GN + Hkv * GN * D + Hkv * GN)
+
+
+def _merge(ctx: _Ctx, mrg: _MergeScratch, b: int) -> None:
+    """out[b] from sequence b's partitions, merged by log-sum-exp (scores in log2 units); the
+    partials are scaled in place (they are this call's own buffers)."""
     P = ctx.counts[b]
     m = ctx.m_part[b, :P]  # (P, Hkv, 1, G·Nq); −inf where a row saw no key of a partition
-    big_m = m.amax(dim=0)  # (Hkv, 1, G·Nq), finite: every row sees key 0
-    w = torch.exp2(m - big_m).squeeze(2)  # (P, Hkv, G·Nq)
-    den = (ctx.l_part[b, :P] * w).sum(dim=0)  # (Hkv, G·Nq)
-    num = (ctx.o_part[b, :P] * w.unsqueeze(-1)).sum(dim=0)  # (Hkv, G·Nq, D)
-    ctx.out[b].copy_(num.div_(den.unsqueeze(-1)))
+    torch.amax(m, dim=0, out=mrg.big_m)  # (Hkv, 1, G·Nq), finite: every row sees key 0
+    w = torch.sub(m, mrg.big_m, out=mrg.w[:P]).exp2_().squeeze(2)  # (P, Hkv, G·Nq)
+    torch.sum(ctx.l_part[b, :P].mul_(w), dim=0, out=mrg.den)  # (Hkv, G·Nq)
+    torch.sum(ctx.o_part[b, :P].mul_(w.unsqueeze(-1)), dim=0, out=mrg.num)  # (Hkv, G·Nq, D)
+    ctx.out[b].copy_(mrg.num.div_(mrg.den.unsqueeze(-1)))

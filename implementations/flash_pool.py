@@ -86,8 +86,14 @@ def get_pool(n: int) -> WorkerPool:
 def run_parallel(items, scratch, body) -> None:
     """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
     (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
-    pool drops each job before signalling its end (flash_pool.WorkerPool._serve)."""
-    if len(scratch) == 1:
+    pool drops each job before signalling its end (flash_pool.WorkerPool._serve).
+
+    Inline too while the torch profiler records this thread (the harness's memory and kernel
+    passes): it sees only the threads it was started in, so the workers' allocations would go
+    uncounted. Implementations allocate their buffers in the caller (flash, flash_decoding), so
+    their measured peak is the same either way; a temporary made inside `body` counts once
+    instead of once per busy worker."""
+    if len(scratch) == 1 or torch._C._autograd._profiler_enabled():
         for item in items:
             body(scratch[0], item)
         return

@@ -154,3 +154,41 @@ def test_unwritable_cache(fresh_kernel, monkeypatch):
     monkeypatch.setenv("ATTNBENCH_KERNEL_CACHE", str(blocker / "kernels"))  # a directory under a file
     reason = _skip_reason(_case(SHAPES[0], "contiguous", 0))
     assert "cannot write the kernel cache" in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout,ps", [("contiguous", 0), ("paged", 16)])
+@pytest.mark.parametrize("shape", [(4, 32, 8, 1, 128, (3000, 700, 4096, 1025)), (1, 32, 8, 4, 64, (9000,))],
+                         ids=["b4-ragged", "b1-nq4"])
+def test_memory_model_bounds_the_measured_peak(shape, layout, ps, threads):
+    """The C path's model (partials, per-worker scratch, merge buffers, offsets, output) is the
+    allocator's peak as the harness measures it: every buffer is allocated by the caller, and the
+    worker pool runs inline while the profiler records, so nothing is allocated out of its sight."""
+    from harness.measure.memory import measure_peak_bytes
+
+    case = _case(shape, layout, ps).replace(threads=threads)
+    inp = make_decode_inputs(case, seed=0)
+    torch.set_num_threads(threads)  # restored by the torch_single_thread fixture
+    measured = measure_peak_bytes(lambda: _run("flash_decoding", inp), "cpu")
+    predicted = registry.get("flash_decoding").predicted_peak_bytes(case)
+    assert abs(measured - predicted) <= 0.02 * predicted, (measured, predicted)
+
+
+def test_pool_runs_inline_under_the_profiler():
+    """The profiler sees only the threads it was started in: while it records, run_parallel keeps
+    every item in the calling thread (so the harness's memory pass counts what workers allocate);
+    otherwise items go to the worker threads."""
+    import threading
+
+    from torch.autograd.profiler import profile
+
+    from implementations.flash_pool import run_parallel
+
+    torch.set_num_threads(2)  # restored by the torch_single_thread fixture
+    seen = []
+    run_parallel(range(8), [0, 1], lambda s, i: seen.append(threading.get_ident()))
+    assert threading.get_ident() not in seen and len(seen) == 8
+    seen.clear()
+    with profile(use_cpu=True, use_kineto=True, profile_memory=True):
+        run_parallel(range(8), [0, 1], lambda s, i: seen.append(threading.get_ident()))
+    assert seen == [threading.get_ident()] * 8
