@@ -25,7 +25,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_cpu_decode.c")
 SYMBOL = "attnbench_fd_partition_f32"
-FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wno-psabi", "-fPIC", "-shared"]
 NATIVE = ["-march=native"]
 COMPILE_TIMEOUT_S = 120
 
@@ -92,7 +92,7 @@ def _load():
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise KernelUnavailable(f"{cc} --version failed: {exc}") from None
         key = hashlib.sha256()
-        for part in (SOURCE.read_bytes(), cc.encode(), "".join(version).encode(), " ".join(FLAGS).encode(),
+        for part in (SOURCE.read_bytes(), cc.encode(), "".join(version).encode(), " ".join(FLAGS + NATIVE).encode(),
                      _cpu_identity().encode()):
             key.update(part)
             key.update(b"\0")

@@ -192,3 +192,13 @@ def test_pool_runs_inline_under_the_profiler():
     with profile(use_cpu=True, use_kineto=True, profile_memory=True):
         run_parallel(range(8), [0, 1], lambda s, i: seen.append(threading.get_ident()))
     assert seen == [threading.get_ident()] * 8
+
+
+def test_portable_build_without_march_native(fresh_kernel, monkeypatch):
+    """Where the compiler refuses -march=native the kernel is built for the baseline ISA (on x86-64:
+    SSE2, so the plain-loop horizontal sums and no register pinning): still correct."""
+    monkeypatch.setattr(_cpu_kernel, "NATIVE", [])
+    assert _cpu_kernel.unavailable_reason() is None
+    for shape in (SHAPES[1], SHAPES[2]):
+        inp = make_decode_inputs(_case(shape, "paged", 5), seed=3)
+        assert _rel(_run("flash_decoding", inp, partition=16), reference_decode(inp)) <= 2e-6
