@@ -38,6 +38,7 @@ skipped with the reason, never silently run another way).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,31 @@ from implementations._decode import check_decode_args
 from implementations.flash_pool import run_parallel
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
-# fp32 at Hkv=8, D=128), so its ~10 Python-level ops cost a few % of its streaming time; the score
-# and probability tiles (Hkv·G·Nq·part) stay in L2. Measured per CPU-second on a shared 2-core
-# AMD EPYC (B=8, Hq=32, Hkv=8, D=128, KV=8192, fp32, 1 thread): 512 14.3, 1024 15.2, 2048 14.9,
-# 4096 14.0 GB/s.
+# fp32 at Hkv=8, D=128), so the per-item Python work costs a few % of its streaming time; the
+# score tiles (G·Nq·part) stay in L2. Measured with 2 threads on a shared 2-core AMD EPYC (B=8,
+# Hq=32, Hkv=8, D=128, KV=8192, fp32), torch step per CPU-second: 512 14.3, 1024 15.2, 2048 14.9,
+# 4096 14.0 GB/s; C step: 256 33.1, 512 29.8, 1024 28.2, 2048 27.7 ms. By default a call with fewer
+# partitions than workers halves it (to MIN_AUTO_PARTITION at the least), so a short cache of a
+# small batch still occupies every worker (B=1, KV=1024, 2 threads, 80 interleaved calls: median
+# 1.00 ms at 512 vs 1.14 ms at 1024; 256: 1.04 ms).
 PARTITION = 1024
+MIN_AUTO_PARTITION = 256
+
+
+def partition_for(partition: int | None, lens, page_size: int, workers: int) -> int:
+    """Tokens per partition: `partition` when given, else PARTITION halved while the batch would
+    make fewer partitions than `workers`; a whole number of pages when paged."""
+    if partition is None:
+        partition = PARTITION
+        while partition > MIN_AUTO_PARTITION and sum(-(-n // partition) for n in lens) < workers:
+            partition //= 2
+    return _fd_torch.part_len(partition, page_size)
+
+
+def _case_partition(case, partition: int | None) -> int:
+    workers = (case.threads or os.cpu_count() or 1) if case.device == "cpu" else 1
+    lens = case.kv_lens or (case.seq_len_kv,) * case.batch
+    return partition_for(partition, lens, case.page_size if case.kv_layout == "paged" else 0, workers)
 
 
 def _workers(device, items: int) -> int:
@@ -62,14 +83,14 @@ def _workers(device, items: int) -> int:
     return max(1, min(torch.get_num_threads(), items))
 
 
-def _memory_model(case, partition: int = PARTITION) -> int:
+def _memory_model(case, partition: int | None = None) -> int:
     if case.device == "cpu" and case.dtype == "float32":
-        return _fd_c.memory_model(case, partition, _fd_torch.part_len, merge_bytes)
-    return _fd_torch.memory_model(case, partition, merge_bytes)
+        return _fd_c.memory_model(case, _case_partition(case, partition), _fd_torch.part_len, merge_bytes)
+    return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
-def _memory_model_torch(case, partition: int = PARTITION) -> int:
-    return _fd_torch.memory_model(case, partition, merge_bytes)
+def _memory_model_torch(case, partition: int | None = None) -> int:
+    return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
 def _c_supports(case) -> Support:
@@ -114,10 +135,10 @@ class _Ctx:
     ones: torch.Tensor | None = None  # embedding_bag, paged: offsets of one-row bags, arange(Hkv·(part + ps))
 
 
-def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int, c_kernel: bool):
+def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | None, c_kernel: bool):
     dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
-    if partition < 1:
-        raise ValueError(f"partition must be positive, got {partition}")
+    if partition is not None and (not isinstance(partition, int) or partition < 1):
+        raise ValueError(f"partition must be a positive int (or None: automatic), got {partition!r}")
     B, Hq, Nq, D = q.shape
     Hkv, G = dims.heads_kv, dims.group
     GN = G * Nq
@@ -125,7 +146,7 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int, c_
     lens = [int(x) for x in kv_lens.tolist()]
     if any(n < Nq for n in lens):
         raise ValueError(f"kv_lens {lens} must all be >= the {Nq} query tokens")
-    part = _fd_torch.part_len(partition, dims.page_size)
+    part = partition_for(partition, lens, dims.page_size, _workers(q.device, sum(lens)))
     counts = [-(-n // part) for n in lens]
     P = max(counts)
     opts = dict(dtype=acc, device=q.device)
@@ -181,9 +202,9 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int, c_
     memory_model=_memory_model,
     description="Flash-Decoding: split-KV partitions merged by log-sum-exp, paged via the block table "
                 "(CPU float32 partitions: a C kernel; elsewhere torch ops)",
-    params={"partition": PARTITION},
+    params={"partition": f"auto: {PARTITION}, halved to >= {MIN_AUTO_PARTITION} while fewer partitions than threads"},
 )
-def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, partition: int = PARTITION):
+def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, partition: int | None = None):
     use_c = q.device.type == "cpu" and q.dtype == torch.float32
     return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, use_c)
 
@@ -195,10 +216,10 @@ def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None
     dtypes=("float32", "float16", "bfloat16"),
     memory_model=_memory_model_torch,
     description="Flash-Decoding in torch ops only: the same split-KV algorithm, partitions as bmm + embedding_bag",
-    params={"partition": PARTITION},
+    params={"partition": f"auto: {PARTITION}, halved to >= {MIN_AUTO_PARTITION} while fewer partitions than threads"},
 )
 def flash_decoding_torch(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None,
-                         partition: int = PARTITION):
+                         partition: int | None = None):
     return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, False)
 
 

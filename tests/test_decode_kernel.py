@@ -158,8 +158,8 @@ def test_unwritable_cache(fresh_kernel, monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("layout,ps", [("contiguous", 0), ("paged", 16)])
-@pytest.mark.parametrize("shape", [(4, 32, 8, 1, 128, (3000, 700, 4096, 1025)), (1, 32, 8, 4, 64, (9000,))],
-                         ids=["b4-ragged", "b1-nq4"])
+@pytest.mark.parametrize("shape", [(4, 32, 8, 1, 128, (3000, 700, 4096, 1025)), (1, 32, 8, 4, 64, (9000,)),
+                                   (1, 32, 8, 1, 128, (1000,))], ids=["b4-ragged", "b1-nq4", "b1-short"])
 def test_memory_model_bounds_the_measured_peak(shape, layout, ps, threads):
     """The C path's model (partials, per-worker scratch, merge buffers, offsets, output) is the
     allocator's peak as the harness measures it: every buffer is allocated by the caller, and the
@@ -202,3 +202,16 @@ def test_portable_build_without_march_native(fresh_kernel, monkeypatch):
     for shape in (SHAPES[1], SHAPES[2]):
         inp = make_decode_inputs(_case(shape, "paged", 5), seed=3)
         assert _rel(_run("flash_decoding", inp, partition=16), reference_decode(inp)) <= 2e-6
+
+
+def test_automatic_partition_keeps_every_worker_busy():
+    from implementations.flash_decoding import MIN_AUTO_PARTITION, PARTITION, partition_for
+
+    assert partition_for(None, (8192,) * 8, 0, 2) == PARTITION  # 64 partitions for 2 workers
+    assert partition_for(None, (1000,), 0, 2) == 512  # 1 -> 2 partitions
+    assert partition_for(None, (1000,), 0, 4) == 256 and partition_for(None, (100,), 0, 16) == MIN_AUTO_PARTITION
+    assert partition_for(None, (1000, 900), 0, 2) == PARTITION  # already one per worker
+    assert partition_for(None, (1000,), 16, 2) == 512 and partition_for(None, (1000,), 48, 2) == 480  # whole pages
+    assert partition_for(7, (100000,), 0, 64) == 7 and partition_for(7, (9,), 16, 2) == 16  # given: kept
+    with pytest.raises(ValueError, match="positive int"):
+        _run("flash_decoding", make_decode_inputs(_case(SHAPES[0], "contiguous", 0), seed=0), partition=0)
