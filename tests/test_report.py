@@ -243,3 +243,20 @@ def test_cli_report_handler_raises_results_error_for_a_missing_dir(tmp_path):
 
     with pytest.raises(ResultsError):
         cmd_report(argparse.Namespace(run=str(tmp_path / "missing"), out=None, baseline=None))
+
+
+def test_decode_groups_name_their_axes():
+    """Decode groups: KV length on the x-axis when the query tokens are fixed; query tokens per
+    sequence when the KV length is fixed (never called cross-attention)."""
+    from harness.report.groups import _split_x
+
+    base = dict(batch=8, heads_q=32, heads_kv=8, head_dim=128, dtype="float32", device="cpu", causal=True,
+                mask="none", mask_fraction=0.0, pass_kind="forward", threads=None, workload="decode",
+                kv_layout="paged", page_size=16)
+    by_kv = [dict(base, seq_len_q=1, seq_len_kv=n) for n in (1024, 8192)]
+    by_nq = [dict(base, seq_len_q=q, seq_len_kv=15618) for q in (1, 4)]
+    (g,) = _split_x("g", by_kv)
+    assert g.x_col == "seq_len_kv" and g.x_label.startswith("KV cache length") and "paged 16" in g.label
+    (g,) = _split_x("g", by_nq)
+    assert g.x_col == "seq_len_q" and "query tokens per sequence" in g.x_label and "cross" not in g.x_label
+    assert "KV 15618" in g.label and "causal" not in g.label

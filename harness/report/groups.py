@@ -53,6 +53,9 @@ def _split_x(grid: str, rs: list[Row]) -> list[Group]:
     if rs[0]["workload"] == "decode" and len(nq) == 1:
         return [Group(grid, _label(rs[0], f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"), "seq_len_kv", "KV",
                       f"KV cache length (longest sequence; {nq[0]} query token{'s' if nq[0] > 1 else ''})", rs)]
+    if rs[0]["workload"] == "decode" and len(nk) == 1:
+        return [Group(grid, _label(rs[0], f"KV {nk[0]}"), "seq_len_q", "Nq",
+                      f"query tokens per sequence (KV cache up to {nk[0]} tokens)", rs)]
     if all(r["seq_len_q"] == r["seq_len_kv"] for r in rs):
         return [Group(grid, _label(rs[0]), "seq_len_q", "N", "sequence length N (Nq = Nk)", rs)]
     if len(nq) == 1:
