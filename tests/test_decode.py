@@ -43,6 +43,8 @@ def _err(out, ref):
 @pytest.mark.parametrize("name", PATHS)
 def test_matches_reference(name, shape, layout, ps):
     case = _case(shape, layout, ps)
+    if not registry.get(name).supports(case):  # only flash_decoding on a machine with no C compiler
+        pytest.skip(registry.get(name).supports(case).reason)
     inp = make_decode_inputs(case, seed=7)
     out = registry.get(name).entry(case)(*inp.args(), **inp.kwargs())
     assert out.shape == inp.q.shape and out.dtype == inp.q.dtype
