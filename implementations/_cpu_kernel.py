@@ -67,7 +67,7 @@ def _build(cc: str, out: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
     os.close(fd)
     try:
-        errors = []
+        last = "(no message)"
         for extra in (NATIVE, []):
             try:
                 res = _run([cc, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"])
@@ -76,8 +76,8 @@ def _build(cc: str, out: Path) -> None:
             if res.returncode == 0:
                 os.replace(tmp, out)
                 return
-            errors.append((res.stderr or res.stdout).strip().splitlines()[-1:] or ["(no message)"])
-        raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {errors[-1][0]}")
+            last = ((res.stderr or res.stdout).strip().splitlines() or [last])[-1]
+        raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {last}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,12 +14,12 @@ import torch
 from implementations import _cpu_kernel
 
 
-def memory_model(case, partition: int, part_len, merge_bytes) -> int:
-    """Bytes above the inputs: partial results, each worker's scores and row pointers, the merge
-    buffers of min(workers, B) workers, the page/partition offsets and the output."""
+def memory_model(case, part: int, merge_bytes) -> int:
+    """Bytes above the inputs for partitions of `part` tokens (already a whole number of pages):
+    partial results, each worker's scores and row pointers, the merge buffers of min(workers, B)
+    workers, the page/partition offsets and the output."""
     B, Hq, Hkv, Nq, D = case.batch, case.heads_q, case.heads_kv, case.seq_len_q, case.head_dim
     paged = case.kv_layout == "paged"
-    part = part_len(partition, case.page_size if paged else 0)
     lens = case.kv_lens or (case.seq_len_kv,) * B
     P = -(-max(lens) // part)
     items = sum(-(-n // part) for n in lens)

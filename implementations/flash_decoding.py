@@ -84,8 +84,8 @@ def _workers(device, items: int) -> int:
 
 
 def _memory_model(case, partition: int | None = None) -> int:
-    if case.device == "cpu" and case.dtype == "float32":
-        return _fd_c.memory_model(case, _case_partition(case, partition), _fd_torch.part_len, merge_bytes)
+    if _runs_c(case):
+        return _fd_c.memory_model(case, _case_partition(case, partition), merge_bytes)
     return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
@@ -93,9 +93,14 @@ def _memory_model_torch(case, partition: int | None = None) -> int:
     return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
+def _runs_c(case) -> bool:
+    """Does flash_decoding run `case` with the C kernel (float32 on the CPU)?"""
+    return case.device == "cpu" and case.dtype == "float32"
+
+
 def _c_supports(case) -> Support:
     """flash_decoding's CPU float32 cases need the C kernel; elsewhere it runs torch ops."""
-    if case.device == "cpu" and case.dtype == "float32":
+    if _runs_c(case):
         why = _cpu_kernel.unavailable_reason()
         if why:
             return no(f"its CPU float32 partitions are a C kernel that cannot be built here ({why}); "
