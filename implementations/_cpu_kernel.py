@@ -76,7 +76,8 @@ def _build(cc: str, out: Path) -> None:
             if res.returncode == 0:
                 os.replace(tmp, out)
                 return
-            last = ((res.stderr or res.stdout).strip().splitlines() or [last])[-1]
+            lines = (res.stderr or res.stdout).strip().splitlines()
+            last = next((ln.strip() for ln in lines if "error" in ln), lines[-1].strip() if lines else last)
         raise KernelUnavailable(f"{cc} could not compile {SOURCE.name}: {last}")
     finally:
         if os.path.exists(tmp):
