@@ -271,7 +271,7 @@ def check_timing(outdir: Path) -> None:
         for n in names:
             say("SKIP", n, reason)
         return
-    from harness.measure.timing import time_cuda
+    from harness.measure.timing.cpu import time_cuda
 
     fn = _matmul()
     kw = dict(warmup_s=0.1, min_time_s=0.1, max_time_s=0.3)
@@ -302,8 +302,8 @@ def check_memory(outdir: Path) -> None:
         return
     from harness import registry
     from harness.case import Case
-    from harness.measure.core import build_callable, prepare
-    from harness.measure.memory import measure_peak_bytes
+    from harness.measure.checked_call import build_callable, prepare
+    from harness.measure.peak_memory import measure_peak_bytes
 
     impl = registry.get("naive")
     worst = []
@@ -331,7 +331,7 @@ def check_telemetry(outdir: Path) -> None:
         return
     import torch
 
-    from harness.measure.telemetry import TelemetrySampler
+    from harness.measure.timing.nvml_sampler import TelemetrySampler
 
     fn = _matmul()
     fn()

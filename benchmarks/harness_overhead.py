@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from harness.case import Case
     from harness.scenario.load import load_scenario
     from harness.measure.case_measure import measure_case
-    from harness.measure.core import build_callable, prepare
+    from harness.measure.checked_call import build_callable, prepare
 
     scenario = load_scenario(args.scenario)
     budget = scenario.budget

@@ -5,7 +5,7 @@
 Shape: B=1, Hq=Hkv=8, D=64, float32, non-causal, no mask, N = Nq = Nk in {1024, 4096}, on the
 CPU with torch's default thread count (recorded in extra_info). Inputs are seeded standard
 normals from harness.inputs.make_inputs, never zeros. Per case, outside the timed region: one
-call under the profiler for the peak bytes above the inputs (harness.measure.memory), which also warms
+call under the profiler for the peak bytes above the inputs (harness.measure.peak_memory), which also warms
 up; then benchmark.pedantic with a warm-up round and as many rounds as fit ROUND_BUDGET_S
 (at least MIN_ROUNDS), so naive at N=4096 (seconds per call) stays affordable.
 
@@ -29,7 +29,7 @@ import time
 import pytest
 import torch
 
-from harness.measure import memory
+from harness.measure import peak_memory
 from harness import registry
 from harness.case import Case
 from harness.measure.inputs import make_inputs
@@ -77,7 +77,7 @@ def test_implementation(benchmark, name, n):
     forward = _forward(name, n)
 
     started = time.perf_counter()
-    peak = memory.measure_peak_bytes(forward, "cpu")  # also the first (warm-up) call
+    peak = peak_memory.measure_peak_bytes(forward, "cpu")  # also the first (warm-up) call
     call_s = time.perf_counter() - started  # an over-estimate: profiling slows every op
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(ROUND_BUDGET_S / max(call_s, 1e-6))))
 

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from harness.measure import accuracy
-from harness.measure import memory
+from harness.measure import peak_memory
 from harness import registry
 from harness.measure.inputs import make_inputs
 from harness.scenario.load import load_scenario
@@ -64,7 +64,7 @@ def test_attention(benchmark, case):
     benchmark.group = f"{case.grid} " + case.case_id.split("/", 1)[1]
     benchmark.extra_info.update(
         case_id=case.case_id,
-        peak_bytes=memory.measure_peak_bytes(forward, case.device),
+        peak_bytes=peak_memory.measure_peak_bytes(forward, case.device),
         max_abs_error=errs.max_abs,
         rel_l2_error=errs.rel_l2,
         error_passed=verdict.passed,

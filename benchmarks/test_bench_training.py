@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from harness import registry
-from harness.measure.memory import measure_peak_bytes
+from harness.measure.peak_memory import measure_peak_bytes
 
 THREADS = 2
 N = 4096

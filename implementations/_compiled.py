@@ -6,7 +6,7 @@ available only where one is found; on CUDA it needs Triton. Compile time is kept
 latency: every call of a compiled function goes through `timed_call`, which adds the call's
 duration to the implementation's compile total when Dynamo produced a new graph during it (a first
 call for a shape family, or a recompile). The harness reads the total through the function's
-`compile_seconds` attribute (harness/measure/compiled.py) and records the difference per case as
+`compile_seconds` attribute (harness/measure/compile_time.py) and records the difference per case as
 Measurement.metrics["compile_s"]. The duration of a compiling call includes that one call's run.
 """
 

@@ -73,7 +73,7 @@ def _case(impl="naive", n=16):
 
 
 def _ok(impl="naive", n=16, t=1e-3):
-    from harness.measure.stats import summarize
+    from harness.stats import summarize
     from harness.results.records import Measurement
 
     samples = tuple(t * (1 + 0.01 * i) for i in range(8))

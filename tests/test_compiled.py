@@ -9,9 +9,9 @@ import torch
 
 from harness import registry
 from harness.case import Budget, Case
-from harness.measure import core, kernels
-from harness.measure.compiled import metrics as compile_metrics
-from harness.measure.compiled import start as compile_start
+from harness.measure import checked_call, kernel_names
+from harness.measure.compile_time import metrics as compile_metrics
+from harness.measure.compile_time import start as compile_start
 from harness.measure.case_measure import measure_case
 from harness.results.metrics import metric
 
@@ -64,7 +64,7 @@ def test_sdpa_records_the_kernel_that_ran():
     names = m.extra["kernels"]
     assert any("scaled_dot_product" in n for n in names), names
     assert "compile_s" not in m.metrics
-    assert kernels.record(registry.get("flash"), lambda: None) == {}  # not asked for
+    assert kernel_names.record(registry.get("flash"), lambda: None) == {}  # not asked for
 
 
 @pytest.mark.slow
@@ -76,17 +76,17 @@ def test_compiled_matches_reference_and_compiles_once_per_family(name):
         for nq, nk, hq, hkv in shapes if dtype == "float32" else shapes[:1]:
             case = Case(impl=name, heads_q=hq, heads_kv=hkv, seq_len_q=nq, seq_len_kv=nk, head_dim=16, dtype=dtype,
                         causal=True, **ALL_VARIANTS)
-            acc = core.check_impl(impl, core.prepare(case, 0), case)
+            acc = checked_call.check_impl(impl, checked_call.prepare(case, 0), case)
             assert not acc.wrong, f"{case.case_id}: {acc.wrong}"
     # cross attention with a window, ALiBi and a cap, plus a padding mask (rows with no key: zeros)
     case = Case(impl=name, heads_q=2, heads_kv=2, seq_len_q=45, seq_len_kv=20, head_dim=16, causal=True,
                 window=4, softcap=3.0, alibi=True, mask="key_padding", mask_fraction=0.3)
-    acc = core.check_impl(impl, core.prepare(case, 0), case)
+    acc = checked_call.check_impl(impl, checked_call.prepare(case, 0), case)
     assert not acc.wrong, acc.wrong
     # the same family again at a new length: no new compile
     before = impl.fn.compile_seconds()
     case = Case(impl=name, heads_q=4, heads_kv=2, seq_len_q=90, seq_len_kv=90, head_dim=16, causal=True, **ALL_VARIANTS)
-    acc = core.check_impl(impl, core.prepare(case, 0), case)
+    acc = checked_call.check_impl(impl, checked_call.prepare(case, 0), case)
     assert not acc.wrong
     assert impl.fn.compile_seconds() == before, "a new sequence length recompiled the family"
 

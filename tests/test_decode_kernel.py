@@ -186,7 +186,7 @@ def test_memory_model_bounds_the_measured_peak(shape, layout, ps, threads):
     """The C path's model (partials, per-worker scratch, merge buffers, offsets, output) is the
     allocator's peak as the harness measures it: every buffer is allocated by the caller, and the
     worker pool runs inline while the profiler records, so nothing is allocated out of its sight."""
-    from harness.measure.memory import measure_peak_bytes
+    from harness.measure.peak_memory import measure_peak_bytes
 
     case = _case(shape, layout, ps).replace(threads=threads)
     inp = make_decode_inputs(case, seed=0)

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 import torch
 
-from harness.measure.env import collect_environment, device_key, git_state, gpu_clock_state, throttle_reason_names
+from harness.results.environment import device_key
+from harness.measure.machine.environment import collect_environment, git_state, gpu_clock_state, throttle_reason_names
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 
@@ -173,7 +174,7 @@ def test_real_gpu_clock_state_and_no_cuda_init():
     import subprocess
 
     code = (
-        "import torch; from harness.measure.env import collect_environment; e = collect_environment(); "
+        "import torch; from harness.measure.machine.environment import collect_environment; e = collect_environment(); "
         "assert not torch.cuda.is_initialized(); assert e['gpus'] and e['gpus'][0]['name']"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -185,8 +186,8 @@ def test_importing_the_measurement_modules_is_light():
     import subprocess
 
     code = (
-        "import sys; import harness.measure.inputs, harness.measure.timing, harness.measure.stats, harness.measure.flops, "
-        "harness.measure.memory, harness.measure.accuracy, harness.measure.env; "
+        "import sys; import harness.measure.inputs, harness.measure.timing.cpu, harness.stats, harness.measure.flops, "
+        "harness.measure.peak_memory, harness.measure.accuracy, harness.measure.machine.environment; "
         "heavy = [m for m in ('torch', 'numpy', 'pynvml') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

@@ -202,7 +202,7 @@ def test_supports_every_pass_kind_and_models_its_memory(pass_kind):
 
 
 def test_forward_backward_peak_matches_model():
-    from harness.measure.memory import measure_peak_bytes
+    from harness.measure.peak_memory import measure_peak_bytes
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

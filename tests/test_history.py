@@ -14,7 +14,7 @@ pytest.importorskip("ruptures")
 from harness.case import Case  # noqa: E402
 from harness.cli import main as cli  # noqa: E402
 from harness.compare.history import HistoryError, load_history  # noqa: E402
-from harness.measure.stats import summarize  # noqa: E402
+from harness.stats import summarize  # noqa: E402
 from harness.results import store  # noqa: E402
 
 Measurement = getattr(store, "Measurement", None)

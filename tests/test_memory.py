@@ -5,7 +5,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
-from harness.measure.memory import allocation_timeline, device_memory_bytes, measure_peak_bytes, peak_of
+from harness.measure.peak_memory import allocation_timeline, device_memory_bytes, measure_peak_bytes, peak_of
 
 MiB = 2**20
 
@@ -127,8 +127,8 @@ def test_naive_memory_model_matches_the_measured_peak_of_every_pass(pass_kind, c
     """The analytic model (what autograd keeps for naive) within 15% of the allocator's peak, as
     measured by the harness: the graph of `backward` is built outside the measured call."""
     from harness import registry
-    from harness.measure.core import build_callable, prepare
-    from harness.measure.memory import measure_peak_bytes
+    from harness.measure.checked_call import build_callable, prepare
+    from harness.measure.peak_memory import measure_peak_bytes
 
     case = Case("naive", heads_q=4, heads_kv=4, seq_len_q=384, seq_len_kv=384, head_dim=32, causal=causal,
                 pass_kind=pass_kind, threads=1)

@@ -13,7 +13,7 @@ from harness.cli import main as cli
 from harness.case import Case
 from harness.results.records import Measurement
 from harness.results.store import ResultsError, ResultsWriter, write_run_info
-from harness.measure.stats import summarize
+from harness.stats import summarize
 
 NS = (256, 512, 1024, 2048, 4096)
 EVIL = "<script>alert('x')</script>"

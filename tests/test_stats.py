@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.measure.stats import NOISY_SPREAD, UNRELIABLE_SPREAD, noise_level, ratio_ci, spread, summarize
+from harness.stats import NOISY_SPREAD, UNRELIABLE_SPREAD, noise_level, ratio_ci, spread, summarize
 
 
 def test_summary_of_known_samples():

@@ -8,14 +8,14 @@ import types
 import pytest
 import torch
 
-from harness.measure.telemetry import TelemetrySample, TelemetrySampler, classify
-from harness.measure.telemetry_blocks import (
+from harness.measure.timing.nvml_sampler import TelemetrySample, TelemetrySampler, classify
+from harness.measure.timing.throttled_blocks import (
     cuda_block_times,
     drop_throttled_blocks,
     measure_discarding_throttled,
     throttled_spans,
 )
-from harness.measure.telemetry_energy import COUNTER_MODULUS, estimate_energy, gbytes_per_s_per_watt, tflops_per_watt
+from harness.measure.timing.nvml_energy import COUNTER_MODULUS, estimate_energy, gbytes_per_s_per_watt, tflops_per_watt
 
 
 class NVMLError_NotSupported(Exception):
@@ -340,10 +340,10 @@ def test_efficiency_helpers():
 
 
 def test_the_metrics_table_rows_name_summary_fields_the_gpu_timing_records():
-    """Every telemetry field the CUDA timing stores (harness/measure/gpu_timing.py) is a row of the
+    """Every telemetry field the CUDA timing stores (harness/measure/timing/cuda.py) is a row of the
     metrics table, so console, report, export and compare show it."""
-    from harness.measure.gpu_timing import NUMERIC_FIELDS
-    from harness.measure.telemetry import TelemetrySummary
+    from harness.measure.timing.cuda import NUMERIC_FIELDS
+    from harness.measure.timing.nvml_sampler import TelemetrySummary
     from harness.results.metrics import BY_FIELD, HIGHER, LOWER
 
     for f in NUMERIC_FIELDS:

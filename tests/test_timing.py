@@ -6,9 +6,9 @@ import types
 import pytest
 import torch
 
-from harness.measure import timing
-from harness.measure.stats import spread
-from harness.measure.timing import Timing, time_cpu, time_cuda, time_interleaved
+from harness.measure.timing import cpu as cpu_timing
+from harness.stats import spread
+from harness.measure.timing.cpu import Timing, time_cpu, time_cuda, time_interleaved
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -49,7 +49,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     c = FakeClock()
-    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=c.perf_counter))
+    monkeypatch.setattr(cpu_timing, "time", types.SimpleNamespace(perf_counter=c.perf_counter))
     return c
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness.case import Budget, Case
-from harness.measure import calibrate, contention
+from harness.measure.machine import ceilings
+from harness.results import ceilings as ceiling_records
+from harness.measure.timing import contention
 from harness.measure.case_measure import measure_case
 from harness.results.store import read_measurements
 from harness.run.executor import Job, LocalExecutor
@@ -72,20 +74,20 @@ def test_matmul_rate_is_plausible_and_restores_the_thread_count():
     import torch
 
     before = torch.get_num_threads()
-    r = calibrate.matmul_rate("cpu", "float32", threads=1, min_time_s=0.05)
+    r = ceilings.matmul_rate("cpu", "float32", threads=1, min_time_s=0.05)
     assert torch.get_num_threads() == before and r["threads"] == 1
     assert 1e8 < r["matmul_flops_per_s"] < 1e13 and r["spread"] >= 0
 
 
 def test_start_and_end_ceilings_are_combined_and_disagreement_is_said():
     s = {"cpu/float32/tdefault": {"matmul_flops_per_s": 100e9, "spread": 0.02}}
-    close = calibrate.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 95e9, "spread": 0.02}})
-    far = calibrate.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 40e9, "spread": 0.02}})
+    close = ceiling_records.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 95e9, "spread": 0.02}})
+    far = ceiling_records.combine(s, {"cpu/float32/tdefault": {"matmul_flops_per_s": 40e9, "spread": 0.02}})
     assert close["cpu/float32/tdefault"]["agree"] and close["cpu/float32/tdefault"]["matmul_flops_per_s"] == 100e9
     assert far["cpu/float32/tdefault"]["agree"] is False
     case = Case("naive", threads=1)
-    assert calibrate.lookup(calibrate.ceilings_of({"cpu/float32/t1": {"matmul_flops_per_s": 5.0}}), case) == 5.0
-    assert calibrate.lookup(calibrate.ceilings_of({"cpu_matmul_flops_per_s": 7.0}), case) == 7.0  # older runs
+    assert ceiling_records.lookup(ceiling_records.ceilings_of({"cpu/float32/t1": {"matmul_flops_per_s": 5.0}}), case) == 5.0
+    assert ceiling_records.lookup(ceiling_records.ceilings_of({"cpu_matmul_flops_per_s": 7.0}), case) == 7.0  # older runs
 
 
 def test_faster_than_the_ceiling_is_suspect():

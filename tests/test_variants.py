@@ -14,7 +14,7 @@ import torch
 
 from harness import registry
 from harness.case import Case, case_shape
-from harness.measure import accuracy, core
+from harness.measure import accuracy, checked_call
 from harness.measure.flops import attention_flops, case_visible_pairs, visible_pairs
 from harness.measure.inputs import make_inputs
 from harness.measure.variants import alibi_slopes, document_ids, document_lengths
@@ -175,21 +175,21 @@ def test_reference_matches_the_definition(cfg):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("cfg", VCFGS, ids=[c[0] for c in VCFGS])
 def test_implementations_within_the_error_rule(cfg, dtype):
-    prepared = core.prepare(_case("naive", cfg, dtype), 0)
+    prepared = checked_call.prepare(_case("naive", cfg, dtype), 0)
     ran = []
     for name in DECLARING:
         impl = registry.get(name)
         case = _case(name, cfg, dtype)
         if not impl.supports(case):
             continue
-        acc = core.check_impl(impl, prepared, case)
+        acc = checked_call.check_impl(impl, prepared, case)
         assert not acc.wrong, f"{name} {case.case_id}: {acc.wrong}"
         ran.append(name)
         if name in TILED:  # small blocks: the online softmax, block skipping and partial tiles run
             inp = prepared.inputs
             with torch.no_grad():
                 out = impl.fn(inp.q, inp.k, inp.v, **inp.call_kwargs(), **TILED[name])
-            acc = core.check_output(out, prepared, dtype)
+            acc = checked_call.check_output(out, prepared, dtype)
             assert not acc.wrong, f"{name} small blocks {case.case_id}: {acc.wrong}"
     assert {"naive", "flash", "chunked", "memory_efficient"} <= set(ran)
 

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
 def cmd_check(args) -> int:
     from harness import registry
     from harness.compare.runs import Threshold
-    from harness.measure.env import collect_environment
+    from harness.measure.machine.environment import collect_environment
     from harness.measure.shape_ratios import SLOWDOWN_ENV, parse_slowdown
     from harness.scenario.load import load_scenario
 

@@ -21,7 +21,7 @@ A change to the reference implementation moves every ratio: re-baseline with --u
 
 Failures regardless of timing: error / wrong / oom / crashed / timeout (an accuracy check that
 passed in the baseline and fails now is shown as "regressed (error)"). With no baseline for this
-machine (device_key from harness.measure.env) the gate reports ratios and passes unless something failed.
+machine (device_key from harness.measure.machine.environment) the gate reports ratios and passes unless something failed.
 Nothing here formats text; harness/cli/check.py renders a GateOutcome.
 """
 
@@ -98,7 +98,7 @@ class RatioStats:
     def of(cls, ratios: Sequence[float]) -> "RatioStats | None":
         if not ratios:
             return None
-        from harness.measure.stats import summarize
+        from harness.stats import summarize
 
         s = summarize(ratios)  # units are irrelevant: the *_s fields hold ratios here
         return cls(s.median_s, s.ci_low_s, s.ci_high_s, s.spread, s.n)
@@ -183,8 +183,8 @@ def gate_cases(scenario, reference: str) -> list[Case]:
 
 
 def gate_device_key(cases: Sequence[Case], environment: dict) -> str:
-    """harness.env.device_key for the scenario's device and thread count."""
-    from harness.measure.env import device_key
+    """harness.results.environment.device_key for the scenario's device and thread count."""
+    from harness.results.environment import device_key
 
     device = next((c.device for c in cases if c.device.startswith("cuda")), "cpu")
     threads = {c.threads for c in cases}  # one fixed count keys the file; otherwise torch's default

@@ -5,7 +5,7 @@ JSON; harness/report/history_plots.py draws the trends).
 Trends. Every ok record with a median becomes one point (median and its bootstrap CI, IQR/median)
 of the trend of its case_id (implementation included), ordered by run.json "started_at". Absolute
 times from different machines or torch builds are not comparable, so a trend is keyed by
-environment as well: harness.measure.env.device_key for the case's device (CPU model,
+environment as well: harness.results.environment.device_key for the case's device (CPU model,
 family.model, ISA and threads; or the GPU name) plus torch_version. Runs from two machines give
 two trends of the same case, never one mixed line; History.environments says how many there are.
 
@@ -173,7 +173,7 @@ def _started(info: dict, run_dir: Path) -> tuple[datetime, str]:
 
 def environment_key(env: dict, case: Case) -> str:
     """Where a case's absolute time is comparable: device key (CPU or GPU) + torch version."""
-    from harness.measure.env import device_key
+    from harness.results.environment import device_key
 
     return f"{device_key(env, device=case.device, threads=case.threads)} torch-{env.get('torch_version') or '?'}"
 
@@ -209,7 +209,7 @@ def _point(i: int, run_id: str, m: Measurement) -> Point:
     st = m.stats
     med, lo, hi, spread = (getattr(st, k, None) for k in ("median_s", "ci_low_s", "ci_high_s", "spread"))
     if m.status == "ok" and (med is None or lo is None or spread is None) and m.samples_s:
-        from harness.measure.stats import summarize
+        from harness.stats import summarize
 
         s = summarize(m.samples_s)
         med, lo, hi, spread = s.median_s, s.ci_low_s, s.ci_high_s, s.spread

@@ -167,7 +167,7 @@ def bootstrap_ratio(base: Sequence[float], cur: Sequence[float], metric: str, *,
                     resamples: int = 1000, confidence: float = 0.95) -> tuple[float, float, float]:
     """(ratio, low, high) of metric(cur) / metric(base) with a percentile-bootstrap CI."""
     if metric == "median":
-        from harness.measure.stats import ratio_ci
+        from harness.stats import ratio_ci
 
         r = ratio_ci(base, cur, seed=seed, resamples=resamples, confidence=confidence)
         return float(r.ratio), float(r.low), float(r.high)

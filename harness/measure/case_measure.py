@@ -2,8 +2,8 @@
 the figures be trusted.
 
 Order: support and memory fit (decided here, where the case runs), inputs and the float64
-reference (harness.measure.core), one checked call, peak memory in a pass of its own, then timing
-with CPU snapshots around it (harness.measure.contention). After timing, the guards
+reference (harness.measure.checked_call), one checked call, peak memory in a pass of its own, then timing
+with CPU snapshots around it (harness.measure.timing.contention). After timing, the guards
 (harness.measure.guards): inputs unchanged, the last timed call's output right, a call on fresh
 inputs right (no cached output), and a rate no faster than the measured ceiling allows.
 An implementation's failure is this case's record, never an exception out of here.
@@ -22,8 +22,8 @@ from harness.results.records import Measurement
 def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None = None) -> Measurement:
     started = time.perf_counter()
     from harness import registry
-    from harness.measure import capacity, core, guards
-    from harness.measure.memory import device_memory_bytes
+    from harness.measure import capacity, checked_call, guards
+    from harness.measure.peak_memory import device_memory_bytes
 
     impl = registry.get(case.impl)
     try:
@@ -43,28 +43,30 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     try:
         import torch
 
-        from harness.measure import flops, memory, stats, work
+        from harness.measure import flops, peak_memory, work
+
+        from harness import stats
 
         if case.threads and case.device == "cpu":
             if torch.get_num_threads() != case.threads:  # never called needlessly (run/worker.py)
                 torch.set_num_threads(case.threads)
-        from harness.measure import compiled, kernels
+        from harness.measure import compile_time, kernel_names
 
-        compile_start = compiled.start(impl)  # compile time is recorded apart from latency
-        prepared = core.prepare(case, seed)
+        compile_start = compile_time.start(impl)  # compile time is recorded apart from latency
+        prepared = checked_call.prepare(case, seed)
         sums = guards.checksums(prepared.inputs)  # before any call of the implementation
-        acc = core.check_impl(impl, prepared, case)
+        acc = checked_call.check_impl(impl, prepared, case)
         partial.update(acc.fields())
         if acc.wrong:
             return _done(case, vocab.WRONG, acc.wrong, started, partial)
         grad_metrics = {}
         if case.pass_kind != "forward":
-            gc = core.check_impl_grads(impl, prepared, case)
+            gc = checked_call.check_impl_grads(impl, prepared, case)
             grad_metrics = gc.metrics
             if gc.wrong:
                 return _done(case, vocab.WRONG, gc.wrong, started, {**partial, "metrics": grad_metrics})
-        fn = core.build_callable(impl, prepared, case)
-        partial["peak_bytes"] = memory.measure_peak_bytes(fn, case.device)
+        fn = checked_call.build_callable(impl, prepared, case)
+        partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device)
         last = guards.LastOutput(fn)
         n_flops, n_bytes = work.flops_of(case), work.min_bytes_of(case)
         t, contention, gpu_metrics, gpu_extra = _time(last, case, budget, n_flops, n_bytes)
@@ -75,8 +77,8 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         metrics = {**grad_metrics, **(contention.metrics() if contention else {}), **gpu_metrics,
                    "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
                    "arithmetic_intensity": n_flops / n_bytes}
-        metrics.update(compiled.metrics(impl, compile_start))
-        extra.update(kernels.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
+        metrics.update(compile_time.metrics(impl, compile_start))
+        extra.update(kernel_names.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
@@ -89,7 +91,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
             return _done(case, vocab.SUSPECT, suspect, started, {**partial, **ok})
         return _done(case, vocab.OK, _timing_note(t, st, budget), started, {**partial, **ok})
     except Exception as exc:  # the implementation's failure is this case's record, not ours
-        f = core.failure(exc)
+        f = checked_call.failure(exc)
         return _done(case, f.status, f.message, started, {**partial, "extra": {"traceback": f.traceback}})
 
 
@@ -109,10 +111,10 @@ def _timing_note(t, st, budget: Budget) -> str:
 
 def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
     """(Timing, CPU contention or None, GPU telemetry metrics, extra fields)."""
-    from harness.measure import contention, timing
+    from harness.measure.timing import contention, cpu as cpu_timing
 
     if case.device.startswith("cuda"):
-        from harness.measure.gpu_timing import time_cuda_with_telemetry
+        from harness.measure.timing.cuda import time_cuda_with_telemetry
 
         t, metrics, extra = time_cuda_with_telemetry(fn, case, budget, n_flops, n_bytes)
         return t, None, metrics, extra
@@ -121,5 +123,5 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_spread=budget.target_spread)
     before = contention.snapshot()
-    t = timing.time_cpu(fn, **kw)
+    t = cpu_timing.time_cpu(fn, **kw)
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

@@ -1,4 +1,4 @@
-"""Nominal attention FLOP counts (the ceilings they are compared with: harness/measure/calibrate.py).
+"""Nominal attention FLOP counts (the ceilings they are compared with: harness/measure/machine/ceilings.py).
 
 Forward attention does two matmuls per visible (query, key) pair and head-dim element: Q·Kᵀ and
 P·V, each a multiply-add (2 FLOPs), so 4·B·Hq·D·pairs (FlashAttention paper §4 / benchmark

@@ -8,7 +8,7 @@ returns zeros pass with error 0.0, and one that is right once and returns NaN af
 - one call on fresh inputs (another seed, same shape) is checked against its own reference, so
   an output cached from an earlier call is caught;
 - a median faster than the roofline of the measured ceilings allows (max of FLOPs / matmul peak
-  and bytes / read bandwidth, with calibrate.SUSPECT_FACTOR of headroom) is `suspect`: the work
+  and bytes / read bandwidth, with ceilings.SUSPECT_FACTOR of headroom) is `suspect`: the work
   cannot have been done.
 """
 
@@ -54,14 +54,14 @@ class LastOutput:
 
 def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last: LastOutput, seed: int) -> str:
     """Why the case is `wrong` after its timed calls, or ""."""
-    from harness.measure import core
+    from harness.measure import checked_call
 
     after = checksums(prepared.inputs)
     changed = [k for k in before if after.get(k) != before[k]]
     if changed:
         return f"modified its inputs ({', '.join(changed)}) during its calls"
     if case.pass_kind == "forward" and last.value is not None:
-        acc = core.check_output(last.value, prepared, case.dtype)
+        acc = checked_call.check_output(last.value, prepared, case.dtype)
         if acc.wrong:
             return f"the last timed call's output is wrong: {acc.wrong}"
     elif last.value is not None:  # training passes return (dq, dk, dv)
@@ -71,8 +71,8 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
         if gc.wrong:
             return f"the last timed call's gradients are wrong: {gc.wrong}"
     last.value = None
-    fresh = core.prepare(case, seed + 1_000_003)  # other values, same shape and mask
-    acc = core.check_impl(impl, fresh, case)
+    fresh = checked_call.prepare(case, seed + 1_000_003)  # other values, same shape and mask
+    acc = checked_call.check_impl(impl, fresh, case)
     if acc.wrong:
         return f"a call on fresh inputs gave a wrong output (a cached result?): {acc.wrong}"
     return ""
@@ -80,8 +80,8 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
 
 def too_fast(case: Case, median_s: float, flops: float, nbytes: float, ceilings: dict) -> str:
     """Why the measured time is physically implausible, or "": faster than SUSPECT_FACTOR x the
-    roofline of the best uncontended ceilings (calibrate.suspect_ceilings)."""
-    from harness.measure.calibrate import SUSPECT_FACTOR, lookup
+    roofline of the best uncontended ceilings (ceilings.suspect_ceilings)."""
+    from harness.results.ceilings import SUSPECT_FACTOR, lookup
 
     c = lookup(ceilings, case) or {}
     bounds = []

@@ -1,4 +1,4 @@
-"""The CI gate's measurement of one shape: accuracy of every implementation (harness.measure.core),
+"""The CI gate's measurement of one shape: accuracy of every implementation (harness.measure.checked_call),
 then their times interleaved with the reference's, as per-round ratios impl_time / ref_time.
 
 Why ratios: on shared CI machines absolute times drift 10-50% between runs; one implementation's
@@ -102,15 +102,15 @@ def _guard(name: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def _failure(exc: BaseException) -> dict:
-    from harness.measure.core import failure
+    from harness.measure.checked_call import failure
 
     f = failure(exc)
     return {"status": f.status, "message": f.message, "traceback": f.traceback}
 
 
 def _accuracy(impl, prepared, case) -> dict:
-    """Forward output on the checked rows vs the float64 reference (harness.measure.core)."""
-    from harness.measure.core import check_impl
+    """Forward output on the checked rows vs the float64 reference (harness.measure.checked_call)."""
+    from harness.measure.checked_call import check_impl
 
     acc = check_impl(impl, prepared, case)
     result = {"status": vocab.OK, "message": "", "max_abs_error": acc.max_abs_error,
@@ -126,7 +126,8 @@ def measure_shape(req: dict) -> dict:
 
     from harness import registry
     from harness.case import Case
-    from harness.measure import core, timing
+    from harness.measure import checked_call
+    from harness.measure.timing import cpu as cpu_timing
 
     ref_case = Case.from_dict(req["case"])
     reference = req["reference"]
@@ -139,7 +140,7 @@ def measure_shape(req: dict) -> dict:
     slowdown = parse_slowdown(os.environ.get(SLOWDOWN_ENV))
 
     # The same seeded inputs serve every implementation (inputs ignore impl; see measure/inputs).
-    prepared = core.prepare(ref_case, int(req["seed"]))
+    prepared = checked_call.prepare(ref_case, int(req["seed"]))
 
     results: dict[str, dict] = {}
     fns: dict[str, Callable[[], object]] = {}
@@ -156,7 +157,7 @@ def measure_shape(req: dict) -> dict:
             results[name] = (_accuracy(impl, prepared, case) if req.get("check", True)
                              else {"status": vocab.OK, "message": ""})
             if results[name]["status"] == vocab.OK:
-                fn = core.build_callable(impl, prepared, case)
+                fn = checked_call.build_callable(impl, prepared, case)
                 if name in slowdown:
                     fn = slowed(fn, slowdown[name], sync, cuda=is_cuda)
                 fns[name] = _guard(name, fn)
@@ -167,7 +168,7 @@ def measure_shape(req: dict) -> dict:
     times: dict[str, list[float]] = {}
     while reference in fns and len(fns) > 1:
         try:
-            times = timing.time_interleaved(fns, rounds=int(req["rounds"]), min_block_s=float(req["min_block_s"]),
+            times = cpu_timing.time_interleaved(fns, rounds=int(req["rounds"]), min_block_s=float(req["min_block_s"]),
                                             warmup_s=float(req["warmup_s"]), sync=sync if is_cuda else None)
             break
         except _Failed as failed:

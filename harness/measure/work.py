@@ -36,15 +36,3 @@ def min_bytes_of(case: Case) -> int:
     forward = 2 * q + kv
     backward = 4 * q + 2 * kv
     return {"forward": forward, "backward": backward, "forward_backward": forward + backward}[case.pass_kind]
-
-
-def roofline_s(flops: float, nbytes: float, flops_per_s: float | None, bytes_per_s: float | None) -> float | None:
-    """The least time the work can take on a machine with these ceilings (None without both)."""
-    if not flops_per_s or not bytes_per_s:
-        return None
-    return max(flops / flops_per_s, nbytes / bytes_per_s)
-
-
-def bound(flops: float, nbytes: float, flops_per_s: float, bytes_per_s: float) -> str:
-    """"memory" when moving the bytes takes longer than the arithmetic, else "compute"."""
-    return "memory" if nbytes / bytes_per_s >= flops / flops_per_s else "compute"

@@ -108,7 +108,7 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
 
 # ---------------------------------------------------------------- sections
 
-# run.json["environment"] is written by harness.measure.env; look fields up by a few likely names so the
+# run.json["environment"] is written by harness.measure.machine.environment; look fields up by a few likely names so the
 # report survives that module's schema growing. Everything is also listed in "Full environment".
 _ENV_FIELDS = (
     ("CPU", ("cpu_model", "cpu.model", "cpu_name", "cpu.name", "processor", "cpu")),
@@ -135,7 +135,7 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
            ["started at", str(info.get("started_at") or "-")],
            ["devices that ran cases", devices]]
     gpus = env.get("gpus")
-    if isinstance(gpus, list) and gpus:  # harness.measure.env: one dict per GPU
+    if isinstance(gpus, list) and gpus:  # harness.measure.machine.environment: one dict per GPU
         flat.setdefault("gpu_name", ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus))
     elif env.get("cuda_available") is False:
         flat.setdefault("gpu_name", "none (CUDA not available)")

@@ -1,6 +1,6 @@
 """The report's "Kernels and compile time" section: for every case that recorded which kernels ran
-(Measurement.extra["kernels"], harness/measure/kernels.py) or a compile time
-(metrics["compile_s"], harness/measure/compiled.py), one row: implementation, case, compile time,
+(Measurement.extra["kernels"], harness/measure/kernel_names.py) or a compile time
+(metrics["compile_s"], harness/measure/compile_time.py), one row: implementation, case, compile time,
 kernel names. Says e.g. whether SDPA ran its fused CPU flash kernel or the math fallback, and
 whether a compiled implementation ran compiled code."""
 

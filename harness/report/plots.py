@@ -253,7 +253,7 @@ def _display(r: Row | None, field: str) -> float:
 def _ceilings(metrics, case, calibration: dict) -> dict[str, float]:
     """Measured ceilings (run.json calibration, for the group's device, dtype and threads) in
     each metric's unit."""
-    from harness.measure.calibrate import ceilings_of, lookup
+    from harness.results.ceilings import ceilings_of, lookup
 
     out = {}
     for m in metrics:

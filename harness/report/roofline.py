@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from harness.measure.calibrate import ceilings_of, lookup
-from harness.measure.work import bound, roofline_s
+from harness.results.ceilings import ceilings_of, lookup
+from harness.results.ceilings import bound, roofline_s
 from harness.report.figures import new_figure, png_bytes
 from harness.report.groups import num
 from harness.report.render import Figure, Section, Table

@@ -106,7 +106,7 @@ METRICS: tuple[Metric, ...] = (
                                                          ("rel_l2", "rel L2", "max rel L2 error"))),
     Metric("grad_error_passed", "grad check", "gradient check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
-    # NVML telemetry of CUDA cases (harness/measure/gpu_timing.py)
+    # NVML telemetry of CUDA cases (harness/measure/timing/cuda.py)
     Metric("energy_per_call_j", "energy", "Energy per call", "J", LOWER, "energy", "mJ", 1e3, plot="energy",
            plot_title="Energy per call vs sequence length (NVML)", log_y=True),
     Metric("tflops_per_w", "TFLOP/s/W", "Compute efficiency", "TFLOP/s/W", HIGHER, "rate", "TFLOP/s/W"),
@@ -118,7 +118,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("mem_clock_median_mhz", "mem clock", "Memory clock (median)", "MHz", None, "info", "MHz", spec=".0f"),
     Metric("max_temperature_c", "temp", "Max temperature", "°C", None, "info", "°C", spec=".0f"),
     Metric("throttled", "throttled", "SM clock < 75% of max or a thermal/power throttle", "", None, "info"),
-    # contention around the timed region (harness/measure/contention.py)
+    # contention around the timed region (harness/measure/timing/contention.py)
     Metric("cpu_share", "CPU share", "own CPU time / (wall × threads)", "", HIGHER, "info", spec=".2f"),
     Metric("others_cores", "others' CPUs", "CPUs used by other processes while timed", "CPU", LOWER, "info",
            spec=".2f"),

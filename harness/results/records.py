@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from harness.case import Case
-from harness.measure.stats import Stats
+from harness.stats import Stats
 from harness.vocab import STATUSES
 
 
@@ -23,7 +23,7 @@ class Measurement:
     samples_s: tuple[float, ...] = ()
     calls_per_block: int = 0
     timing_stopped: str = ""  # "spread" or "max_time"
-    contended: bool = False  # the case did not get the CPU it asked for (harness.measure.contention)
+    contended: bool = False  # the case did not get the CPU it asked for (harness.measure.timing.contention)
     contention: str = ""  # why, when contended
     stats: Stats | None = None  # summary of samples_s
     flops: int | None = None

@@ -219,7 +219,7 @@ def check_record(d) -> None:
     measured number of the right JSON type (a hand-edited or damaged line must not reach the
     arithmetic of report and compare)."""
     from harness.case import Case
-    from harness.measure.stats import Stats
+    from harness.stats import Stats
 
     if not isinstance(d, dict):
         raise ValueError(f"a JSON {type(d).__name__}, expected an object")

@@ -58,7 +58,7 @@ class Job:
 
     @classmethod
     def for_calibration(cls, points: list[dict], timeout_s: float) -> "Job":
-        """Measure the ceilings (harness.measure.calibrate) of these {device, dtype, threads}."""
+        """Measure the ceilings (harness.measure.machine.ceilings) of these {device, dtype, threads}."""
         return cls("calibrate", None, {"kind": "calibrate", "points": points}, timeout_s, "calibrate")
 
     @classmethod
@@ -124,7 +124,7 @@ class LocalExecutor(Executor):
     def precheck(self, case: Case) -> str:
         from harness import registry
         from harness.measure.capacity import too_big
-        from harness.measure.memory import device_memory_bytes
+        from harness.measure.peak_memory import device_memory_bytes
 
         impl = registry.get(case.impl)
         support = impl.supports(case)

@@ -77,7 +77,7 @@ class NodeWorker(Worker):
 def visible_gpus() -> list[dict] | str:
     """Name and UUID (NVML) of each GPU this process may use (CUDA_VISIBLE_DEVICES, as Ray set it
     for the task), in CUDA order; a string saying why when NVML cannot answer."""
-    from harness.measure.env import _text
+    from harness.measure.machine.environment import _text
 
     entries = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
     try:
@@ -111,7 +111,7 @@ def node_facts(gpu: bool) -> dict:
     """Where this task runs, for the record's extra["where"]."""
     import ray
 
-    from harness.measure.env import cpu_family_model, cpu_model
+    from harness.measure.machine.environment import cpu_family_model, cpu_model
 
     where = {
         "executor": "ray",
@@ -138,7 +138,7 @@ def memory_limit_for(gpu: bool, budget_limit: int | None) -> int | None:
     if gpu:
         return None
     from harness.measure.capacity import MEMORY_HEADROOM
-    from harness.measure.memory import device_memory_bytes
+    from harness.measure.peak_memory import device_memory_bytes
 
     return int(device_memory_bytes("cpu") * MEMORY_HEADROOM)
 

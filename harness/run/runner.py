@@ -31,7 +31,7 @@ from harness.results.store import (
     resolve_run_dir,
     write_run_info,
 )
-from harness.measure.calibrate import ceiling_key, combine, suspect_ceilings
+from harness.results.ceilings import ceiling_key, combine, suspect_ceilings
 from harness.run.executor import DONE, Executor, Job, Reply
 
 CALIBRATION_TIMEOUT_S = 120.0
@@ -50,7 +50,7 @@ def default_executor(run_dir: Path, budget: Budget, *, fresh_per_case: bool = Fa
     context reserves far more virtual address space than the host has memory, so an address-space
     limit would make CUDA fail to initialise."""
     from harness.measure.capacity import MEMORY_HEADROOM
-    from harness.measure.memory import device_memory_bytes
+    from harness.measure.peak_memory import device_memory_bytes
     from harness.run.executor import LocalExecutor
 
     limit = budget.memory_limit_bytes or (None if cuda else int(device_memory_bytes("cpu") * MEMORY_HEADROOM))
@@ -198,7 +198,7 @@ def measurement_of(reply: Reply) -> Measurement:
 def start_run(scenario, *, out_dir: Path, run_id: str | None = None) -> Path:
     """Create results/<run-id>/ with run.json: schema version, scenario, environment (the
     calibration is added by run_cases, measured where the cases run)."""
-    from harness.measure.env import collect_environment
+    from harness.measure.machine.environment import collect_environment
 
     if run_id is not None:
         run_dir = _claim_run_dir(Path(out_dir), check_run_id(run_id))

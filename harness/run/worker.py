@@ -9,7 +9,7 @@ implementation's prints cannot corrupt the protocol. Requests (built by harness/
     {"kind": "shape", "case": {...}, "impls": [...], ...}           -> the gate's ratios
                                                                        (harness.measure.shape_ratios)
     {"kind": "calibrate", "points": [{device, dtype, threads}]}    -> measured ceilings
-                                                                       (harness.measure.calibrate)
+                                                                       (harness.measure.machine.ceilings)
 Every request starts from the same process state: global torch settings a case may change (thread
 count, grad mode, flush-denormal, matmul precision, deterministic algorithms) are restored after
 it, so one case never runs with the previous case's settings. The thread count is special: calling
@@ -45,7 +45,7 @@ def handle(req: dict) -> dict:
 
             return shape_ratios.handle(req)
         if kind == "calibrate":
-            from harness.measure.calibrate import calibrate
+            from harness.measure.machine.ceilings import calibrate
 
             return {"calibration": calibrate(req["points"])}
     raise ValueError(f"unknown request kind {kind!r}")

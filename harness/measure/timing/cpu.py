@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.measure.stats import spread
+from harness.stats import spread
 
 MIN_SAMPLES = 3  # even when one call outlasts max_time_s
 SPREAD_MIN_SAMPLES = 5  # a spread from fewer samples is not trusted to stop early
@@ -247,7 +247,7 @@ def time_cuda(
     """Time fn on a CUDA device with CUDA events around each sample.
 
     block_times: a list that receives each sample's host-clock (start, end), for matching
-    samples with NVML telemetry (harness.measure.telemetry_blocks). until: an extra condition
+    samples with NVML telemetry (harness.measure.timing.throttled_blocks). until: an extra condition
     the timing must also meet before stopping on its spread (e.g. the energy counter advanced
     enough), never beyond max_time_s.
 
@@ -323,7 +323,7 @@ def time_cuda(
             torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
             if block_times is not None:
-                from harness.measure.telemetry_blocks import cuda_block_times
+                from harness.measure.timing.throttled_blocks import cuda_block_times
 
                 block_times.extend(cuda_block_times(events, time.perf_counter()))
             for begin, end in events:

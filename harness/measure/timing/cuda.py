@@ -1,4 +1,4 @@
-"""CUDA timing with NVML telemetry around it (harness.measure.telemetry): clocks, power,
+"""CUDA timing with NVML telemetry around it (harness.measure.timing.nvml_sampler): clocks, power,
 temperature, throttle reasons and energy per call for the timed region, and with
 `[budget] discard_throttled = true` the samples timed while NVML saw throttling dropped (and the
 case re-measured when too few remain).
@@ -26,9 +26,9 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
     """(Timing, metrics dict, extra dict) for a CUDA case."""
     import torch
 
-    from harness.measure import timing
-    from harness.measure.telemetry import TelemetrySampler
-    from harness.measure.telemetry_blocks import measure_discarding_throttled
+    from harness.measure.timing import cpu as cpu_timing
+    from harness.measure.timing.nvml_sampler import TelemetrySampler
+    from harness.measure.timing.throttled_blocks import measure_discarding_throttled
 
     index = torch.device(case.device).index
     index = torch.cuda.current_device() if index is None else index
@@ -40,7 +40,7 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
     def once():
         blocks: list = []
         with TelemetrySampler(index) as tel:
-            t = timing.time_cuda(fn, block_times=blocks, until=tel.energy_ready, **kw)
+            t = cpu_timing.time_cuda(fn, block_times=blocks, until=tel.energy_ready, **kw)
         sampler[:] = [tel, t]
         return t, t.samples_s, blocks, tel.samples
 

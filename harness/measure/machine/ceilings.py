@@ -12,22 +12,10 @@ from __future__ import annotations
 
 import time
 
-SUSPECT_FACTOR = 1.5  # headroom for a ceiling measured while a neighbour was busy
-DISAGREE_FACTOR = 0.15  # start and end further apart than this (beyond their spreads): say so
+from harness.results.ceilings import ceiling_key
+
 CPU_SIZE, CUDA_SIZE = 1024, 8192
 READ_BYTES_CPU, READ_BYTES_CUDA = 256 * 2**20, 2**30
-
-
-def ceiling_key(device: str, dtype: str, threads: int | None) -> str:
-    """`cpu/float32/t2`, `cpu/float32/tdefault`, `cuda/bfloat16` (threads do not matter on CUDA)."""
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        return f"cuda/{dtype}"
-    return f"cpu/{dtype}/t{threads}" if threads else f"cpu/{dtype}/tdefault"
-
-
-def case_ceiling_key(case) -> str:
-    return ceiling_key(case.device, case.dtype, case.threads)
 
 
 def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float = 0.3) -> dict:
@@ -37,7 +25,7 @@ def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float 
 
     import torch
 
-    from harness.measure import contention
+    from harness.measure.timing import contention
 
     kind = device.split(":")[0]
     n = CUDA_SIZE if kind == "cuda" else CPU_SIZE
@@ -119,59 +107,3 @@ def calibrate(points: list[dict]) -> dict:
     return out
 
 
-def combine(start: dict, end: dict | None) -> dict:
-    """run.json's calibration: per key the start and end measurements; the max median rates as
-    the ceilings the report shows (matmul FLOP/s, read bytes/s); the best calls of uncontended
-    measurements as the ones `suspect` is judged against; and `agree` = whether start and end
-    are within DISAGREE_FACTOR plus their spreads."""
-    out = {}
-    for key, s in start.items():
-        e = (end or {}).get(key)
-        sides = [x for x in (s, e) if x and "matmul_flops_per_s" in x]
-        quiet = [x for x in sides if not x.get("contended")]
-        entry = {"start": s, "end": e}
-        for field, best in (("matmul_flops_per_s", "best_flops_per_s"), ("read_bytes_per_s", "best_read_bytes_per_s")):
-            vals = [x[field] for x in sides if x.get(field)]
-            entry[field] = max(vals) if vals else None
-            bests = [x[best] for x in quiet if x.get(best)]
-            entry[f"best_uncontended_{best.removeprefix('best_')}"] = max(bests) if bests else None
-        rates = [x["matmul_flops_per_s"] for x in sides]
-        if len(rates) == 2:
-            lo, hi = sorted(rates)
-            allowed = DISAGREE_FACTOR + max(s.get("spread", 0.0), e.get("spread", 0.0))
-            entry["agree"] = (hi - lo) / hi <= allowed
-        out[key] = entry
-    return out
-
-
-def suspect_ceilings(calibration: dict | None) -> dict[str, dict]:
-    """{key: {"flops_per_s", "bytes_per_s"}} a case must not beat by SUSPECT_FACTOR: the best
-    calls measured while nothing else was busy. A ceiling measured under contention is no bound
-    (absent)."""
-    out = {}
-    for k, v in (calibration or {}).items():
-        if not isinstance(v, dict):
-            continue
-        c = {"flops_per_s": v.get("best_uncontended_flops_per_s"),
-             "bytes_per_s": v.get("best_uncontended_read_bytes_per_s")}
-        c = {name: float(x) for name, x in c.items() if isinstance(x, (int, float))}
-        if c:
-            out[k] = c
-    return out
-
-
-def ceilings_of(calibration: dict | None, field: str = "matmul_flops_per_s") -> dict[str, float]:
-    """{key: ceiling} from run.json's calibration (this format, or the older
-    {"cpu_matmul_flops_per_s": x} for the matmul peak)."""
-    out = {}
-    for key, v in (calibration or {}).items():
-        if isinstance(v, dict) and isinstance(v.get(field), (int, float)):
-            out[key] = float(v[field])
-        elif field == "matmul_flops_per_s" and key.endswith("_matmul_flops_per_s") and isinstance(v, (int, float)):
-            out[key.removesuffix("_matmul_flops_per_s")] = float(v)  # legacy: per device only
-    return out
-
-
-def lookup(ceilings: dict, case):
-    """The ceiling for a case: its own key, else the device's legacy one."""
-    return ceilings.get(case_ceiling_key(case)) or ceilings.get(case.device.split(":")[0])

@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from harness.measure.env import THROTTLING_REASONS, _clock_reasons, _nvml_handle, throttle_reason_names
-from harness.measure.telemetry_energy import MIN_COUNTER_UPDATES, estimate_energy
+from harness.measure.machine.environment import THROTTLING_REASONS, _clock_reasons, _nvml_handle, throttle_reason_names
+from harness.measure.timing.nvml_energy import MIN_COUNTER_UPDATES, estimate_energy
 
 THROTTLE_CLOCK_FRACTION = 0.75  # SM clock below this fraction of its maximum = throttled sample
 DEFAULT_INTERVAL_S = 0.025

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from harness.measure.telemetry import TelemetrySample
+from harness.measure.timing.nvml_sampler import TelemetrySample
 
 DEFAULT_MAX_ATTEMPTS = 3  # the first measurement + 2 re-measurements
 

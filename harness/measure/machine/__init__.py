@@ -1,0 +1,1 @@
+"""The machine: its environment (CPU, GPUs, software) and its measured ceilings."""

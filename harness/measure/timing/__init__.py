@@ -1,0 +1,1 @@
+"""Timing: CPU blocks and contention, CUDA events, NVML telemetry sampled around them."""
