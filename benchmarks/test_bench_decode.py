@@ -23,7 +23,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
-from harness.measure.kv_cache import decode_min_bytes, make_decode_inputs
+from harness.workloads.decode.kv_cache import decode_min_bytes, make_decode_inputs
 
 SHAPE = dict(batch=8, heads_q=32, heads_kv=8, seq_len_q=1, head_dim=128, dtype="float32",
              workload="decode")
@@ -141,7 +141,7 @@ def test_decode_targets():
 
 
 def test_ragged_tracks_total_tokens():
-    from harness.measure.kv_cache import kv_lengths
+    from harness.workloads.decode.kv_cache import kv_lengths
 
     lens = kv_lengths({"uniform": [512, 16384]}, 8, seed=0)
     total = sum(lens)

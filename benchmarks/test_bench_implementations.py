@@ -32,7 +32,7 @@ import torch
 from harness.measure import peak_memory
 from harness import registry
 from harness.case import Case
-from harness.measure.inputs import make_inputs
+from harness.workloads.prefill.inputs import make_inputs
 
 IMPLS = ["naive", "chunked", "memory_efficient", "flash", "sdpa", "sdpa_math", "sdpa_flash"]
 SEQ_LENS = [1024, 4096]

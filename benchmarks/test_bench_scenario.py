@@ -16,9 +16,10 @@ import os
 import pytest
 
 from harness.measure import accuracy
+from harness.workloads.prefill import reference as prefill_reference
 from harness.measure import peak_memory
 from harness import registry
-from harness.measure.inputs import make_inputs
+from harness.workloads.prefill.inputs import make_inputs
 from harness.scenario.load import load_scenario
 
 SCENARIO = load_scenario(os.environ.get("ATTNBENCH_SCENARIO", "smoke"))
@@ -54,12 +55,12 @@ def test_attention(benchmark, case):
             return impl.fn(inputs.q, inputs.k, inputs.v, **kwargs)
 
     out = forward()
-    rows = accuracy.select_rows(case.seq_len_q)
-    ref = accuracy.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kwargs)
+    rows = prefill_reference.select_rows(case.seq_len_q)
+    ref = prefill_reference.reference_rows(inputs.q, inputs.k, inputs.v, rows, **kwargs)
     errs = accuracy.errors(out[:, :, rows.to(out.device)], ref)
     naive = None
     if case.dtype != "float32":
-        naive = accuracy.errors(accuracy.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kwargs), ref)
+        naive = accuracy.errors(prefill_reference.naive_rows(inputs.q, inputs.k, inputs.v, rows, **kwargs), ref)
     verdict = accuracy.judge(case.dtype, errs, naive)
     benchmark.group = f"{case.grid} " + case.case_id.split("/", 1)[1]
     benchmark.extra_info.update(

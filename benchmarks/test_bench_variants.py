@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from harness import registry
 from harness.case import Case
-from harness.measure.inputs import make_inputs
+from harness.workloads.prefill.inputs import make_inputs
 from harness.report.fit import fit_power_law
 
 THREADS = 2

@@ -1,9 +1,12 @@
 """attnbench harness: scenarios -> cases -> isolated measurements -> results -> reports.
 
-Imports are lazy so `import harness` stays cheap (no torch, no CUDA, no plugin scan).
+Imports are lazy so `import harness` stays cheap (no torch, no CUDA, no plugin scan); the
+workload units are plain Python and load with the package.
 """
 
 from __future__ import annotations
+
+import harness.workloads  # noqa: F401  registers each workload's case parameters (harness.case)
 
 
 def load_results(path):

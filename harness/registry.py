@@ -1,6 +1,9 @@
 """The catalogue of attention implementations.
 
-`register` is a decorator that records a function with what it supports and returns it unchanged.
+`register` is a decorator that records a function with what it supports and returns it unchanged;
+it is the implementation's prefill path. `register_path(workload, name, ...)` adds its path for
+another workload (`register_decode` for decode). What a workload demands of a path beyond device
+and dtype (declared variants, cache layouts) is the workload's rule (harness/workloads).
 Built-in implementations live in the `implementations` package; third-party packages add theirs
 through the entry-point group ``attnbench.implementations``. Nothing is imported or scanned until a
 lookup asks for it (no plugin scan at import time).
@@ -14,55 +17,74 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
-from harness.case import DEVICES, DTYPES, KV_LAYOUTS, Case
+from harness import workloads
+from harness.case import DEVICES, DTYPES, Case
+from harness.support import YES, Support, no
 
 ENTRY_POINT_GROUP = "attnbench.implementations"
+__all__ = ["Implementation", "RegistryError", "Support", "WorkloadPath", "YES", "no", "register", "register_decode",
+           "register_path"]
 
 
 @dataclass(frozen=True)
-class Support:
-    """Yes, or no with the reason why not. Truthy when supported."""
+class WorkloadPath:
+    """How an implementation runs one workload: its function, the dtypes it takes there, optional
+    hooks, and workload-specific options (decode: `layouts`), which the workload's rules read."""
 
-    ok: bool
-    reason: str = ""
+    fn: Callable
+    dtypes: tuple[str, ...]
+    supports_fn: Callable[[Case], Support] | None = None
+    memory_model: Callable[[Case], int] | None = None
+    options: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # the implementation's declared tunables and variants
 
-    def __bool__(self) -> bool:
-        return self.ok
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """decode: the cache layouts this path reads."""
+        return tuple(self.options.get("layouts", ()))
 
 
-YES = Support(True)
-
-
-def no(reason: str) -> Support:
-    return Support(False, reason)
+DecodePath = WorkloadPath  # its name when decode was the only second workload
 
 
 @dataclass(frozen=True)
 class Implementation:
     name: str
-    fn: Callable
     devices: tuple[str, ...]
-    dtypes: tuple[str, ...]
+    paths: dict = field(default_factory=dict)  # workload name -> WorkloadPath
     description: str = ""
-    # Extra case-level check beyond device/dtype, e.g. "no masks": Case -> Support.
-    supports_fn: Callable[[Case], Support] | None = None
     # Machine-level check, e.g. "triton not installed": device -> Support.
     available_fn: Callable[[str], Support] | None = None
-    # Analytic peak memory above the inputs, in bytes: Case -> int.
-    memory_model: Callable[[Case], int] | None = None
     source: str = "builtin"  # "builtin" or the plugin's entry-point name
     params: dict = field(default_factory=dict)  # tunables with their defaults, for reports
-    # Decode against a KV cache (register_decode): fn(q, k_cache, v_cache, *, kv_lens,
-    # block_table=None, scale=None); None when the implementation has no decode path.
-    decode: "DecodePath | None" = None
 
     @property
     def workloads(self) -> tuple[str, ...]:
-        return (("prefill",) if self.fn is not None else ()) + (("decode",) if self.decode else ())
+        return tuple(w for w in workloads.WORKLOADS if w in self.paths)
+
+    @property
+    def fn(self) -> Callable | None:
+        """The prefill function (None for an implementation without a prefill path)."""
+        p = self.paths.get("prefill")
+        return p.fn if p else None
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        p = self.paths.get("prefill") or next(iter(self.paths.values()), None)
+        return p.dtypes if p else ()
+
+    @property
+    def decode(self) -> WorkloadPath | None:
+        return self.paths.get("decode")
+
+    @property
+    def memory_model(self) -> Callable[[Case], int] | None:
+        p = self.paths.get("prefill")
+        return p.memory_model if p else None
 
     def entry(self, case: Case) -> Callable:
-        """The function that computes `case`: the prefill fn or the decode fn."""
-        return self.decode.fn if case.is_decode else self.fn
+        """The function that computes `case`: this implementation's path for its workload."""
+        return self.paths[case.workload].fn
 
     def available(self, device: str) -> Support:
         """Can this implementation run on `device` on this machine?"""
@@ -79,37 +101,28 @@ class Implementation:
         return YES
 
     def supports(self, case: Case) -> Support:
-        """Can this implementation run `case` here? Yes, or why not."""
+        """Can this implementation run `case` here? Yes, or why not: the device, then its path
+        for the case's workload -- dtype, the workload's rules, the path's own hook."""
         avail = self.available(case.device)
         if not avail:
             return avail
-        if case.is_decode:
-            return self._supports_decode(case)
-        if self.fn is None:
-            return no(f"{self.name} is decode-only")
-        if case.dtype not in self.dtypes:
-            return no(f"{self.name} supports dtypes {', '.join(self.dtypes)}, not {case.dtype}")
-        # Variants (window, softcap, alibi, document) are opt-in: params={"variants": (...)}.
-        missing = [x for x in case.variants if x not in self.params.get("variants", ())]
-        if missing:
-            return no(f"{self.name} does not implement the {', '.join(missing)} variant"
-                      f"{'s' if len(missing) > 1 else ''} (declared: {', '.join(self.params.get('variants', ())) or 'none'})")
-        if self.supports_fn is not None:
-            return _support_from_hook(self, "supports", self.supports_fn, case)
+        path = self.paths.get(case.workload)
+        if path is None:
+            return no(f"{self.name} has no {case.workload} path (it runs: {', '.join(self.workloads) or 'nothing'})")
+        if case.dtype not in path.dtypes:
+            what = "" if case.workload == "prefill" else f" {case.workload}"
+            return no(f"{self.name}{what} supports dtypes {', '.join(path.dtypes)}, not {case.dtype}")
+        rule = workloads.workload_of(case).supports(self.name, path, case)
+        if not rule:
+            return rule
+        if path.supports_fn is not None:
+            hook = "supports" if case.workload == "prefill" else f"{case.workload} supports"
+            return _support_from_hook(self, hook, path.supports_fn, case)
         return YES
 
-    def _supports_decode(self, case: Case) -> Support:
-        d = self.decode
-        if d is None:
-            return no(f"{self.name} has no decode path (KV cache)")
-        if case.kv_layout not in d.layouts:
-            return no(f"{self.name} decodes from {', '.join(d.layouts)} caches, not {case.kv_layout}")
-        if case.dtype not in d.dtypes:
-            return no(f"{self.name} decode supports dtypes {', '.join(d.dtypes)}, not {case.dtype}")
-        return _support_from_hook(self, "decode supports", d.supports_fn, case) if d.supports_fn is not None else YES
-
     def predicted_peak_bytes(self, case: Case) -> int | None:
-        model = self.decode.memory_model if (case.is_decode and self.decode) else self.memory_model
+        path = self.paths.get(case.workload)
+        model = path.memory_model if path else None
         return None if model is None else _bytes_from_hook(self, model, case)
 
 
@@ -149,15 +162,6 @@ def _bytes_from_hook(impl: Implementation, fn: Callable, case: Case) -> int:
     return int(answer)
 
 
-@dataclass(frozen=True)
-class DecodePath:
-    fn: Callable
-    layouts: tuple[str, ...]
-    dtypes: tuple[str, ...]
-    supports_fn: Callable[[Case], Support] | None = None
-    memory_model: Callable[[Case], int] | None = None
-
-
 class RegistryError(LookupError):
     pass
 
@@ -166,6 +170,12 @@ _REGISTRY: dict[str, Implementation] = {}
 _BROKEN_PLUGINS: dict[str, str] = {}  # entry-point name -> why it failed to load
 _loaded = False
 _current_source = "builtin"
+
+
+def _check(name: str, what: str, kind: str, values, allowed) -> None:
+    bad = [x for x in values if x not in allowed]
+    if bad:
+        raise ValueError(f"{what}({name!r}): unknown {kind} {bad}; allowed: {tuple(allowed)}")
 
 
 def register(
@@ -179,13 +189,10 @@ def register(
     description: str = "",
     params: dict | None = None,
 ):
-    """Decorator: record `fn` under `name`; returns `fn` unchanged. A duplicate name raises."""
-    bad_devices = [d for d in devices if d not in DEVICES]
-    if bad_devices:
-        raise ValueError(f"register({name!r}): unknown devices {bad_devices}; allowed: {DEVICES}")
-    bad_dtypes = [d for d in dtypes if d not in DTYPES]
-    if bad_dtypes:
-        raise ValueError(f"register({name!r}): unknown dtypes {bad_dtypes}; allowed: {DTYPES}")
+    """Decorator: record `fn` as the prefill path of a new implementation `name`; returns `fn`
+    unchanged. A duplicate name raises."""
+    _check(name, "register", "devices", devices, DEVICES)
+    _check(name, "register", "dtypes", dtypes, DTYPES)
 
     def decorator(fn: Callable) -> Callable:
         if name in _REGISTRY:
@@ -193,15 +200,13 @@ def register(
                 f"implementation {name!r} is already registered "
                 f"(by {_REGISTRY[name].source}); pick another name"
             )
+        paths = {"prefill": WorkloadPath(fn, tuple(dtypes), supports, memory_model, params=dict(params or {}))}
         _REGISTRY[name] = Implementation(
             name=name,
-            fn=fn,
             devices=tuple(devices),
-            dtypes=tuple(dtypes),
-            description=description or ((fn.__doc__ or "").strip().split("\n")[0] if fn else ""),
-            supports_fn=supports,
+            paths=paths,
+            description=description or (fn.__doc__ or "").strip().split("\n")[0],
             available_fn=available,
-            memory_model=memory_model,
             source=_current_source,
             params=dict(params or {}),
         )
@@ -210,10 +215,46 @@ def register(
     return decorator
 
 
+def register_path(
+    workload: str,
+    name: str,
+    *,
+    devices: tuple[str, ...] | list[str] = ("cpu", "cuda"),
+    dtypes: tuple[str, ...] | list[str] = DTYPES,
+    supports: Callable[[Case], Support] | None = None,
+    available: Callable[[str], Support] | None = None,
+    memory_model: Callable[[Case], int] | None = None,
+    description: str = "",
+    params: dict | None = None,
+    options: dict | None = None,
+):
+    """Decorator: record `fn` as implementation `name`'s path for `workload` (its calling
+    convention: docs/contracts.md). Attaches to an implementation registered earlier under that
+    name, or creates one that runs only this workload. Returns `fn` unchanged."""
+    workloads.get(workload)  # ValueError naming the known workloads
+    _check(name, "register_path", "dtypes", dtypes, DTYPES)
+
+    def decorator(fn: Callable) -> Callable:
+        path = WorkloadPath(fn, tuple(dtypes), supports, memory_model, dict(options or {}), dict(params or {}))
+        old = _REGISTRY.get(name)
+        if old is not None:
+            if workload in old.paths:
+                raise RegistryError(f"implementation {name!r} already has a {workload} path; pick another name")
+            _REGISTRY[name] = dataclasses.replace(old, paths={**old.paths, workload: path})
+            return fn
+        _check(name, "register_path", "devices", devices, DEVICES)
+        _REGISTRY[name] = Implementation(name=name, devices=tuple(devices), paths={workload: path},
+                                         description=description or (fn.__doc__ or "").strip().split("\n")[0],
+                                         available_fn=available, source=_current_source, params=dict(params or {}))
+        return fn
+
+    return decorator
+
+
 def register_decode(
     name: str,
     *,
-    layouts: tuple[str, ...] | list[str] = KV_LAYOUTS,
+    layouts: tuple[str, ...] | list[str] = ("contiguous", "paged"),
     devices: tuple[str, ...] | list[str] = ("cpu", "cuda"),
     dtypes: tuple[str, ...] | list[str] = DTYPES,
     supports: Callable[[Case], Support] | None = None,
@@ -222,25 +263,15 @@ def register_decode(
     params: dict | None = None,
 ):
     """Decorator: record `fn(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None)` as
-    the decode path of `name` (see README, "Decode"). Attaches to an implementation registered
-    earlier under that name, or creates a decode-only one. Returns `fn` unchanged."""
+    the decode path of `name` (docs/contracts.md, "Decode"): register_path("decode", ...) with
+    the cache layouts it reads."""
+    from harness.workloads.decode import KV_LAYOUTS
+
     bad = [x for x in layouts if x not in KV_LAYOUTS]
     if bad:
         raise ValueError(f"register_decode({name!r}): unknown layouts {bad}; allowed: {KV_LAYOUTS}")
-
-    def decorator(fn: Callable) -> Callable:
-        path = DecodePath(fn, tuple(layouts), tuple(dtypes), supports, memory_model)
-        old = _REGISTRY.get(name)
-        if old is not None:
-            if old.decode is not None:
-                raise RegistryError(f"implementation {name!r} already has a decode path; pick another name")
-            _REGISTRY[name] = dataclasses.replace(old, decode=path)
-            return fn
-        register(name, devices=devices, dtypes=dtypes, description=description, params=params)(None)
-        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], decode=path)
-        return fn
-
-    return decorator
+    return register_path("decode", name, devices=devices, dtypes=dtypes, supports=supports, memory_model=memory_model,
+                         description=description, params=params, options={"layouts": tuple(layouts)})
 
 
 def _load_builtins() -> None:

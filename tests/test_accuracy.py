@@ -8,16 +8,9 @@ from hypothesis import strategies as st
 
 from harness.measure import accuracy
 from harness import registry
-from harness.measure.accuracy import (
-    LOW_PRECISION_FLOOR,
-    Errors,
-    errors,
-    judge,
-    naive_rows,
-    reference_rows,
-    rounding_floor,
-    select_rows,
-)
+from harness.measure.accuracy import LOW_PRECISION_FLOOR, Errors, errors, judge, rounding_floor
+from harness.workloads.prefill import reference as prefill_reference
+from harness.workloads.prefill.reference import naive_rows, reference_rows, select_rows
 
 
 def qkv(B=2, Hq=4, Hkv=2, Nq=24, Nk=40, D=16, dtype=torch.float32, seed=0):
@@ -74,7 +67,7 @@ def test_subset_rows_equal_the_same_rows_of_the_full_computation(monkeypatch):
     mask = torch.rand(2, 4, 40, 40, generator=g) > 0.3  # (B, Hq, Nq, Nk)
     full = reference_rows(q, k, v, torch.arange(40), causal=True, attn_mask=mask)
     rows = select_rows(40, max_rows=7)
-    monkeypatch.setattr(accuracy, "CHUNK_BYTES", 2 * 4 * 40 * 8 * 2)  # 2 rows per chunk
+    monkeypatch.setattr(prefill_reference, "CHUNK_BYTES", 2 * 4 * 40 * 8 * 2)  # 2 rows per chunk
     sub = reference_rows(q, k, v, rows, causal=True, attn_mask=mask)
     torch.testing.assert_close(sub, full[:, :, rows], rtol=1e-13, atol=1e-14)  # matmul blocking: last bits
     torch.testing.assert_close(sub, sdpa_masked_rows(q, k, v, mask, rows), rtol=1e-12, atol=1e-12)
@@ -211,7 +204,7 @@ def test_end_to_end_rule_on_real_outputs():
 
 
 def test_every_row_is_checked_while_affordable_and_512_spread_rows_above():
-    from harness.measure.accuracy import ALL_ROWS_MAX_PAIRS, rows_for
+    from harness.workloads.prefill.reference import ALL_ROWS_MAX_PAIRS, rows_for
 
     assert rows_for(1, 8, 2048, 2048).tolist() == list(range(2048))  # 8·2048² = 2^25 pairs: all rows
     big = rows_for(1, 8, 4096, 4096)

@@ -11,7 +11,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
-from harness.measure.kv_cache import (decode_flops, decode_min_bytes, gather_cache, kv_lengths,
+from harness.workloads.decode.kv_cache import (decode_flops, decode_min_bytes, gather_cache, kv_lengths,
                                       make_decode_inputs, reference_decode)
 from scenario_helpers import error, load
 
@@ -127,7 +127,7 @@ def test_decode_scenario_expands(tmp_path):
     s = load(tmp_path, DEC + 'batch = 2\nkv_lens = [9, {uniform = [5, 50]}, [3, 4]]\n'
              'kv_layout = ["contiguous", "paged"]\npage_size = [4, 16]\nquery_tokens = [1, 3]\n')
     cases = s.cases()
-    assert {c.kv_layout for c in cases} == {"contiguous", "paged"} and all(c.is_decode for c in cases)
+    assert {c.kv_layout for c in cases} == {"contiguous", "paged"} and all(c.workload == "decode" for c in cases)
     assert {c.kv_lens for c in cases if c.seq_len_q == 1} >= {(9, 9), (3, 4)}
     assert all(c.seq_len_kv == max(c.kv_lens) for c in cases)
     assert len(cases) == 2 * 3 * 3 * 2  # impls x specs x (contiguous, paged4, paged16) x Nq

@@ -13,7 +13,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
-from harness.measure.kv_cache import make_decode_inputs, reference_decode
+from harness.workloads.decode.kv_cache import make_decode_inputs, reference_decode
 from implementations import _cpu_kernel
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

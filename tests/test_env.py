@@ -186,9 +186,17 @@ def test_importing_the_measurement_modules_is_light():
     import subprocess
 
     code = (
-        "import sys; import harness.measure.inputs, harness.measure.timing.cpu, harness.stats, harness.measure.flops, "
+        "import sys; import harness.workloads.prefill.inputs, harness.measure.timing.cpu, harness.stats, harness.workloads.visibility, "
         "harness.measure.peak_memory, harness.measure.accuracy, harness.measure.machine.environment; "
         "heavy = [m for m in ('torch', 'numpy', 'pynvml') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_field_the_report_summarises_is_written_by_collect_environment():
+    from harness.results.environment import SUMMARY_FIELDS
+
+    env = collect_environment()
+    missing = [key for _, key in SUMMARY_FIELDS if key not in env]
+    assert not missing, f"the report reads keys the environment record does not have: {missing}"

@@ -5,7 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.case import Case
-from harness.measure.flops import attention_flops, tflops_per_s, visible_pairs
+from harness.results.units import tflops_per_s
+from harness.workloads.prefill import WORKLOAD as PREFILL
+from harness.workloads.visibility import visible_pairs
 from implementations._common import causal_visible
 
 
@@ -38,25 +40,25 @@ def test_closed_form_matches_the_implementations_causal_mask(nq, nk):
 
 def test_forward_flops():
     case = Case("naive", batch=2, heads_q=8, heads_kv=2, seq_len_q=1024, seq_len_kv=512, head_dim=64)
-    assert attention_flops(case) == 4 * 2 * 8 * 64 * 1024 * 512  # Hq counts, not Hkv
+    assert PREFILL.flops(case) == 4 * 2 * 8 * 64 * 1024 * 512  # Hq counts, not Hkv
     causal = case.replace(causal=True, seq_len_kv=1024)
-    assert attention_flops(causal) == 4 * 2 * 8 * 64 * (1024 * 1025 // 2)
+    assert PREFILL.flops(causal) == 4 * 2 * 8 * 64 * (1024 * 1025 // 2)
 
 
 def test_pass_kind_factors_are_exact():
     case = Case("naive", batch=1, heads_q=3, seq_len_q=7, seq_len_kv=5, head_dim=3, causal=True)
-    fwd = attention_flops(case)
-    assert attention_flops(case.replace(pass_kind="backward")) == 2.5 * fwd
-    assert attention_flops(case.replace(pass_kind="forward_backward")) == 3.5 * fwd
-    assert all(isinstance(attention_flops(case.replace(pass_kind=p)), int)
+    fwd = PREFILL.flops(case)
+    assert PREFILL.flops(case.replace(pass_kind="backward")) == 2.5 * fwd
+    assert PREFILL.flops(case.replace(pass_kind="forward_backward")) == 3.5 * fwd
+    assert all(isinstance(PREFILL.flops(case.replace(pass_kind=p)), int)
                for p in ("forward", "backward", "forward_backward"))
     with pytest.raises(ValueError):
-        attention_flops(case.replace(pass_kind="inference"))
+        PREFILL.flops(case.replace(pass_kind="inference"))
 
 
 def test_key_padding_does_not_reduce_nominal_flops():
     case = Case("naive")
-    assert attention_flops(case.replace(mask="key_padding", mask_fraction=0.5)) == attention_flops(case)
+    assert PREFILL.flops(case.replace(mask="key_padding", mask_fraction=0.5)) == PREFILL.flops(case)
 
 
 def test_tflops_per_s():

@@ -64,8 +64,9 @@ def test_hook_errors_in_process():
     def bad_supports(case):
         raise SystemExit(3)
 
-    impl = registry.Implementation("x", fn=lambda *a, **k: None, devices=("cpu",), dtypes=("float32",),
-                                   supports_fn=bad_supports, memory_model=lambda c: float("nan"))
+    path = registry.WorkloadPath(lambda *a, **k: None, ("float32",), supports_fn=bad_supports,
+                                 memory_model=lambda c: float("nan"))
+    impl = registry.Implementation("x", devices=("cpu",), paths={"prefill": path})
     case = Case(impl="x", heads_q=2, heads_kv=2, seq_len_q=8, seq_len_kv=8, head_dim=8)
     with pytest.raises(registry.HookError, match="supports= hook raised SystemExit"):
         impl.supports(case)

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.case import Case
-from harness.measure.inputs import Inputs, input_seed, key_padding_mask, make_inputs, padded_key_counts
+from harness.workloads.prefill.inputs import Inputs, input_seed, key_padding_mask, make_inputs, padded_key_counts
 
 SMALL = dict(batch=2, heads_q=4, heads_kv=2, seq_len_q=16, seq_len_kv=24, head_dim=8)
 

@@ -49,7 +49,7 @@ def make_run(root, *, run_id="20260101-000000-synthetic", calibration=150e9, mea
         "run_id": run_id, "started_at": "2026-01-01T00:00:00+00:00",
         "scenario": {"name": "synthetic", "path": "scenarios/synthetic.toml", "baseline": "sdpa"},
         "environment": {"cpu_model": "Synthetic CPU <b>9000</b>", "torch_version": "2.13.0",
-                        "torch_threads": 2, "git": {"commit": "abc1234", "dirty": False}},
+                        "torch_threads": 2, "git_commit": "abc1234", "git_dirty": False},
         "calibration": {"cpu_matmul_flops_per_s": calibration},
     })
     if measurements is None:

@@ -15,9 +15,11 @@ import torch
 from harness import registry
 from harness.case import Case, case_shape
 from harness.measure import accuracy, checked_call
-from harness.measure.flops import attention_flops, case_visible_pairs, visible_pairs
-from harness.measure.inputs import make_inputs
-from harness.measure.variants import alibi_slopes, document_ids, document_lengths
+from harness.workloads.prefill import WORKLOAD as PREFILL, case_visible_pairs, effective_causal
+from harness.workloads.prefill import reference as prefill_reference
+from harness.workloads.visibility import visible_pairs
+from harness.workloads.prefill.inputs import make_inputs
+from harness.workloads.visibility import alibi_slopes, document_ids, document_lengths
 from implementations import _variants
 
 # (id, Nq, Nk, Hq, Hkv, variant fields); documents need Nq == Nk
@@ -125,11 +127,11 @@ def test_visible_pairs_match_brute_force():
 def test_window_flops_are_far_below_dense():
     dense = Case(impl="flash", seq_len_q=8192, seq_len_kv=8192)
     win = dense.replace(window=256, causal=True)
-    assert attention_flops(win) == 4 * 8 * 64 * (256 * 8192 - 255 * 256 // 2)
-    assert 31 < attention_flops(dense) / attention_flops(win) < 33
+    assert PREFILL.flops(win) == 4 * 8 * 64 * (256 * 8192 - 255 * 256 // 2)
+    assert 31 < PREFILL.flops(dense) / PREFILL.flops(win) < 33
     docs = dense.replace(documents=8, causal=True)
-    assert attention_flops(docs) == 4 * 8 * 64 * sum(n * (n + 1) // 2 for n in document_lengths(8192, 8))
-    assert attention_flops(dense.replace(softcap=30.0)) == attention_flops(dense)  # a cap hides nothing
+    assert PREFILL.flops(docs) == 4 * 8 * 64 * sum(n * (n + 1) // 2 for n in document_lengths(8192, 8))
+    assert PREFILL.flops(dense.replace(softcap=30.0)) == PREFILL.flops(dense)  # a cap hides nothing
 
 
 # ------------------------------------------------------------------ the case, inputs and contract
@@ -144,7 +146,7 @@ def test_case_ids_change_only_when_a_variant_is_active():
     assert v.case_id.endswith("/w256/cap30/alibi/docs4")
     assert "w256 cap30 alibi docs4" in case_shape(v)
     assert Case.from_dict(v.to_dict()) == v
-    assert plain.replace(window=8).effective_causal and plain.replace(documents=2).effective_causal
+    assert effective_causal(plain.replace(window=8)) and effective_causal(plain.replace(documents=2))
 
 
 def test_variant_keywords_are_passed_only_when_active():
@@ -162,8 +164,8 @@ def test_variant_keywords_are_passed_only_when_active():
 def test_reference_matches_the_definition(cfg):
     case = _case("naive", cfg).replace(batch=2)
     inp = make_inputs(case, 3)
-    rows = accuracy.select_rows(case.seq_len_q)
-    ref = accuracy.reference_rows(inp.q, inp.k, inp.v, rows, causal=inp.causal, **inp.variant_kwargs())
+    rows = prefill_reference.select_rows(case.seq_len_q)
+    ref = prefill_reference.reference_rows(inp.q, inp.k, inp.v, rows, causal=inp.causal, **inp.variant_kwargs())
     doc = None if inp.doc_ids is None else inp.doc_ids.tolist()
     brute = _brute(inp.q, inp.k, inp.v, inp.causal, case.window, case.softcap, case.alibi, doc)
     torch.testing.assert_close(ref, brute, rtol=1e-10, atol=1e-12)

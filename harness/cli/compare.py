@@ -122,7 +122,7 @@ def to_dict(c: Comparison) -> dict:
     cases = []
     for cc in c.cases:
         cases.append({
-            "case_id": cc.case_id, "impl": cc.case.impl, "params": cc.case.params(), "verdict": cc.verdict,
+            "case_id": cc.case_id, "impl": cc.case.impl, "params": cc.case.comparable(), "verdict": cc.verdict,
             "regression": cc.is_regression, "base_status": cc.base_status, "current_status": cc.current_status,
             "base_value_s": cc.base_value_s, "current_value_s": cc.current_value_s, "ratio": cc.ratio,
             "ci_low": cc.ci_low, "ci_high": cc.ci_high, "base_peak_bytes": cc.base_peak_bytes,

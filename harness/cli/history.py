@@ -128,7 +128,7 @@ def to_dict(h: History) -> dict:
     trends = []
     for t in h.trends:
         trends.append({
-            "environment": t.environment, "case_id": t.case_id, "impl": t.case.impl, "params": t.case.params(),
+            "environment": t.environment, "case_id": t.case_id, "impl": t.case.impl, "params": t.case.comparable(),
             "noise_log": t.noise, "spread": t.spread, "note": t.note, "missing_runs": list(t.missing_runs),
             "points": [{"run_id": p.run_id, "median_s": p.median_s, "ci_low_s": p.ci_low_s,
                         "ci_high_s": p.ci_high_s, "spread": p.spread, "n_samples": p.n_samples}

@@ -1,10 +1,8 @@
 """Numerical error of an attention output against a float64 reference, and the pass rule.
 
-Every query row is checked while the float64 reference is affordable (B·Hq·Nq·Nk ≤ 2^25); above
-that, 512 evenly spaced rows including the first and the last (rows_for); attention rows are
-independent, so a row's reference needs only that row of q and all of k, v. The reference is computed from the
-*same already-rounded* inputs (q.double()), so it measures the implementation's arithmetic, not
-the rounding of the inputs.
+The reference itself is the workload's (harness/workloads/<name>/): computed from the *same
+already-rounded* inputs, so it measures the implementation's arithmetic, not the rounding of the
+inputs. This module only measures the difference and judges it.
 
 Pass rule (DESIGN.md, FlashAttention's tests): float32 must reach rel_l2 ≤ 1e-5; float16 and
 bfloat16 must have max_abs ≤ 2 × (max_abs of the naive algorithm in the same dtype) + floor.
@@ -22,9 +20,12 @@ import math
 from dataclasses import dataclass
 
 FLOAT32_MAX_REL_L2 = 1e-5
+# Training passes: dq, dk, dv checked whole; float32 relative L2 <= 1e-4 per gradient (10x the
+# forward's bound: a gradient sums over a whole sequence; FlashAttention's tests allow the same).
+FLOAT32_GRAD_MAX_REL_L2 = 1e-4
+GRADS = ("dq", "dk", "dv")
 LOW_PRECISION_FACTOR = 2.0
 LOW_PRECISION_FLOOR = {"float16": 1e-3, "bfloat16": 8e-3}
-CHUNK_BYTES = 64 * 2**20  # bound on the score block held while computing reference rows
 
 
 @dataclass(frozen=True)
@@ -42,181 +43,6 @@ class Verdict:
     metric: str = ""  # "rel_l2" | "max_abs" | "nan"
     value: float = math.nan
     limit: float = math.nan
-
-
-ALL_ROWS_MAX_PAIRS = 2**25  # B·Hq·Nq·Nk up to which every row is checked (~1 s of float64 on 2 cores)
-SAMPLED_ROWS = 512
-
-
-def rows_for(batch: int, heads_q: int, seq_len_q: int, seq_len_kv: int):
-    """The rows a case's output is checked on: all of them while the float64 reference is
-    affordable (B·Hq·Nq·Nk ≤ ALL_ROWS_MAX_PAIRS), else SAMPLED_ROWS evenly spaced rows including
-    the first and the last (select_rows). The record says how many (error_rows)."""
-    if batch * heads_q * seq_len_q * seq_len_kv <= ALL_ROWS_MAX_PAIRS:
-        return select_rows(seq_len_q, max_rows=max(seq_len_q, 2))
-    return select_rows(seq_len_q, max_rows=SAMPLED_ROWS)
-
-
-def select_rows(seq_len_q: int, max_rows: int = SAMPLED_ROWS):
-    """Query row indices to check: all rows when Nq ≤ max_rows, else max_rows evenly spaced
-    rows including the first and the last (floor(i·(Nq−1)/(max_rows−1)), strictly increasing)."""
-    import torch
-
-    if seq_len_q <= max_rows:
-        return torch.arange(seq_len_q, dtype=torch.long)
-    if max_rows < 2:
-        raise ValueError(f"max_rows must be >= 2 to include the first and last rows, got {max_rows}")
-    i = torch.arange(max_rows, dtype=torch.long)
-    return i * (seq_len_q - 1) // (max_rows - 1)  # (max_rows,)
-
-
-def _visible(rows, seq_len_q: int, seq_len_kv: int, causal: bool, attn_mask, kv_heads: int, group: int,
-             window: int = 0, doc_ids=None):
-    """Boolean visibility broadcastable to (B, Hkv, G, R, Nk) for absolute query `rows`, or None.
-    A window or documents imply causal (harness/measure/variants.py)."""
-    import torch
-
-    visible = None
-    j = torch.arange(seq_len_kv, device=rows.device).unsqueeze(0)  # (1, Nk)
-    t = rows.unsqueeze(1) + (seq_len_kv - seq_len_q)  # (R, 1): i + offset
-    if causal or window or doc_ids is not None:
-        visible = j <= t  # (R, Nk)
-    if window:
-        visible = visible & (j > t - window)
-    if doc_ids is not None:
-        d = doc_ids.to(rows.device)
-        visible = visible & (d[rows].unsqueeze(1) == d.unsqueeze(0))  # same document (Nq == Nk)
-    if attn_mask is not None:
-        m = attn_mask.to(rows.device)
-        while m.dim() < 4:
-            m = m.unsqueeze(0)  # (b, h, nq, nk) with size-1 dims kept for broadcasting
-        if m.shape[2] != 1:
-            m = m[:, :, rows]  # (b, h, R, nk): the mask rows of these absolute query rows
-        b, h, r, nk = m.shape
-        if h == 1:
-            m = m.reshape(b, 1, 1, r, nk)  # (b, 1, 1, r, nk)
-        else:
-            m = m.reshape(b, kv_heads, group, r, nk)  # query head h = kv head h // G, slot h % G
-        visible = m if visible is None else (m & visible)
-    return visible
-
-
-def _score_mod(s, rows, seq_len_q: int, seq_len_kv: int, softcap: float, alibi: bool):
-    """ALiBi bias, then the soft cap, on scaled scores (B, Hkv, G, R, Nk); in place where possible."""
-    import torch
-
-    if alibi:
-        from harness.measure.variants import alibi_slopes
-
-        Hkv, G = s.shape[1], s.shape[2]
-        m = torch.tensor(alibi_slopes(Hkv * G), dtype=s.dtype, device=s.device).view(1, Hkv, G, 1, 1)
-        j = torch.arange(seq_len_kv, device=s.device, dtype=s.dtype)  # (Nk,)
-        dist = rows.to(s.device, s.dtype).unsqueeze(1) + (seq_len_kv - seq_len_q) - j  # (R, Nk)
-        s = s - m * dist  # (B, Hkv, G, R, Nk)
-    if softcap:
-        s = torch.tanh(s / softcap) * softcap
-    return s
-
-
-def _check(q, k, v, rows):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be 4-D (B, H, N, D)")
-    if q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"heads_q ({q.shape[1]}) must be a multiple of heads_kv ({k.shape[1]})")
-    if rows.dim() != 1:
-        raise ValueError("rows must be a 1-D index tensor")
-
-
-def _chunk_rows(q, k) -> int:
-    """Rows per chunk so one float64 score block (B, Hq, rows, Nk) stays under CHUNK_BYTES."""
-    per_row = q.shape[0] * q.shape[1] * k.shape[2] * 8
-    return max(1, CHUNK_BYTES // max(per_row, 1))
-
-
-def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
-                   window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
-    """Exact-as-possible attention for query `rows`, float64 on CPU: (B, Hq, R, D).
-
-    Bottom-right causal with absolute row indices (query i sees key j ≤ i + Nk − Nq); GQA (query
-    head h uses kv head h // G); masks broadcast, with the mask's query dim indexed by absolute
-    row when it is not 1; a row with no visible key is zeros. Computed in row chunks. Variants
-    (window, softcap, alibi, doc_ids) as defined in harness/measure/variants.py.
-    """
-    import torch
-
-    rows = torch.as_tensor(rows, dtype=torch.long).cpu()
-    _check(q, k, v, rows)
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    # Only the checked rows of q are converted; k and v are needed whole (B·Hkv·Nk·D·8 bytes each).
-    q64 = q.detach()[:, :, rows.to(q.device)].to(device="cpu", dtype=torch.float64)  # (B, Hq, R, D)
-    k64 = k.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
-    v64 = v.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
-    mask = None if attn_mask is None else attn_mask.detach().cpu()
-    outs = []
-    step = _chunk_rows(q, k)
-    for start in range(0, rows.numel(), step):
-        r = rows[start : start + step]  # (R,)
-        R = r.numel()
-        # GQA: the G query heads of one kv head stacked along rows, so k/v are never copied G times.
-        qc = q64[:, :, start : start + step].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D)
-        s = torch.matmul(qc, k64.transpose(-1, -2)).view(B, Hkv, G, R, Nk) * scale  # (B, Hkv, G, R, Nk)
-        s = _score_mod(s, r, Nq, Nk, softcap, alibi)
-        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G, window, doc_ids)
-        if vis is not None:
-            s = s.masked_fill(~vis, float("-inf"))
-        m = s.amax(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-hidden rows: exp → 0
-        p = torch.exp(s - m)  # (B, Hkv, G, R, Nk)
-        denom = p.sum(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
-        o = torch.matmul(p.view(B, Hkv, G * R, Nk), v64).view(B, Hkv, G, R, D)  # (B, Hkv, G, R, D)
-        o = torch.where(denom > 0, o / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
-        outs.append(o.reshape(B, Hq, R, D))
-    if not outs:
-        return torch.zeros((B, Hq, 0, D), dtype=torch.float64)
-    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
-
-
-def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
-               window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
-    """The same rows computed the way implementations/naive.py does, in the inputs' dtype and on
-    their device: Q·Kᵀ in the input dtype, scale/mask/softmax in float32, probabilities cast to
-    the input dtype, P·V in the input dtype. Its error is the low-precision baseline for judge().
-    Returns (B, Hq, R, D) in the input dtype on the input device."""
-    import torch
-
-    rows = torch.as_tensor(rows, dtype=torch.long)
-    _check(q, k, v, rows)
-    B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    rows = rows.to(q.device)
-    kk, vv = k.detach(), v.detach()  # (B, Hkv, Nk, D)
-    mask = None if attn_mask is None else attn_mask.detach()
-    outs = []
-    step = _chunk_rows(q, k)
-    for start in range(0, rows.numel(), step):
-        r = rows[start : start + step]  # (R,)
-        R = r.numel()
-        qc = q.detach()[:, :, r].reshape(B, Hkv, G * R, D)  # (B, Hkv, G*R, D), as naive groups heads
-        s = torch.matmul(qc, kk.transpose(-1, -2)).to(acc).view(B, Hkv, G, R, Nk)  # (B, Hkv, G, R, Nk)
-        s.mul_(scale)
-        s = _score_mod(s, r, Nq, Nk, softcap, alibi)
-        vis = _visible(r, Nq, Nk, causal, mask, Hkv, G, window, doc_ids)
-        if vis is not None:
-            s.masked_fill_(~vis, float("-inf"))
-        p = torch.softmax(s, dim=-1)  # (B, Hkv, G, R, Nk)
-        if vis is not None:
-            p = p.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # no visible key → zeros
-        o = torch.matmul(p.to(v.dtype).view(B, Hkv, G * R, Nk), vv)  # (B, Hkv, G*R, D)
-        outs.append(o.reshape(B, Hq, R, D))
-    if not outs:
-        return torch.zeros((B, Hq, 0, D), dtype=q.dtype, device=q.device)
-    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
 
 
 def errors(out_rows, ref_rows) -> Errors:
@@ -275,3 +101,35 @@ def judge(dtype: str, errors: Errors, naive_errors: Errors | None = None, *, flo
         errors.max_abs,
         limit,
     )
+
+
+@dataclass(frozen=True)
+class GradCheck:
+    metrics: dict  # dq_max_abs_error, dq_rel_l2_error, ... grad_error_passed
+    rule: str
+    wrong: str  # why it failed, "" when it passed
+
+
+def check_grads(got, ref: dict, naive: dict | None, dtype: str) -> GradCheck:
+    """Judge (dq, dk, dv) against the reference, per gradient."""
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return GradCheck({}, "", f"expected gradients (dq, dk, dv), got {type(got).__name__}")
+    metrics, failed, rules = {}, [], []
+    for name, g in zip(GRADS, got):
+        if g is None or tuple(g.shape) != tuple(ref[name].shape):
+            return GradCheck(metrics, "", f"{name} missing or of shape {None if g is None else tuple(g.shape)}")
+        e = errors(g, ref[name])
+        metrics[f"{name}_max_abs_error"] = e.max_abs
+        metrics[f"{name}_rel_l2_error"] = e.rel_l2
+        if dtype in ("float32", "float64"):
+            v = judge(dtype, e, rel_l2_limit=FLOAT32_GRAD_MAX_REL_L2)
+        else:
+            scale = max(float(ref[name].abs().max()), 1e-30) if ref[name].numel() else 1.0
+            floor = LOW_PRECISION_FLOOR[dtype] * max(scale, 1.0)
+            v = judge(dtype, e, errors(naive[name], ref[name]), floor=floor)
+        rules.append(f"{name}: {v.rule}")
+        if not v.passed:
+            failed.append(f"{name} {v.metric} {v.value:.3g} > {v.limit:.3g}")
+    metrics["grad_error_passed"] = not failed
+    rule = rules[0].split(": ", 1)[1] if rules else ""
+    return GradCheck(metrics, rule, ("gradient check failed: " + "; ".join(failed)) if failed else "")

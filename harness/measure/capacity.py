@@ -11,10 +11,10 @@ MEMORY_HEADROOM = 0.8  # a case may use at most this fraction of the device's me
 
 
 def input_bytes(case: Case) -> int:
-    """Bytes of q, k and v (a decode case's cache holds seq_len_kv = max(kv_lens) per sequence)."""
-    q = case.batch * case.heads_q * case.seq_len_q * case.head_dim
-    kv = 2 * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
-    return (q + kv) * case.element_bytes
+    """Bytes of the case's inputs as its workload allocates them."""
+    from harness.workloads import workload_of
+
+    return workload_of(case).input_bytes(case)
 
 
 def too_big(case: Case, predicted_peak_bytes: int | None, device_memory_bytes: int) -> str:

@@ -24,15 +24,17 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     from harness import registry
     from harness.measure import capacity, checked_call, guards
     from harness.measure.peak_memory import device_memory_bytes
+    from harness.workloads import workload_of
 
     impl = registry.get(case.impl)
+    workload = workload_of(case)
     try:
         support = impl.supports(case)
         if not support:
             return Measurement(case, vocab.SKIPPED, support.reason)
-        if case.pass_kind != "forward" and case.variants:
-            return Measurement(case, vocab.SKIPPED, f"no float64 gradient reference for {', '.join(case.variants)} "
-                                                    f"yet: variants are measured forward only")
+        why = workload.unsupported_pass(case)
+        if why:
+            return Measurement(case, vocab.SKIPPED, why)
         predicted = impl.predicted_peak_bytes(case)
     except registry.HookError as exc:  # a plugin's hook failed: this case's record, not the worker's
         return Measurement(case, vocab.ERROR, str(exc), wall_s=time.perf_counter() - started)
@@ -43,7 +45,8 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     try:
         import torch
 
-        from harness.measure import flops, peak_memory, work
+        from harness.measure import peak_memory
+        from harness.results.units import tflops_per_s
 
         from harness import stats
 
@@ -68,10 +71,10 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         fn = checked_call.build_callable(impl, prepared, case)
         partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device)
         last = guards.LastOutput(fn)
-        n_flops, n_bytes = work.flops_of(case), work.min_bytes_of(case)
+        n_flops, n_bytes = workload.flops(case), workload.min_bytes(case)
         t, contention, gpu_metrics, gpu_extra = _time(last, case, budget, n_flops, n_bytes)
         st = stats.summarize(t.samples_s)
-        rate = flops.tflops_per_s(n_flops, st.median_s)
+        rate = tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
         extra.update(gpu_extra)
         metrics = {**grad_metrics, **(contention.metrics() if contention else {}), **gpu_metrics,

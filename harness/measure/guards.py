@@ -23,12 +23,7 @@ from harness.case import Case
 def checksums(inputs) -> dict[str, str]:
     """A digest of every input tensor's bytes (copied to the host once)."""
     out = {}
-    names = ("q", "k_cache", "v_cache", "kv_lens", "block_table") if hasattr(inputs, "k_cache") else \
-        ("q", "k", "v", "attn_mask")
-    for name in names:
-        t = getattr(inputs, name, None)
-        if t is None:
-            continue
+    for name, t in inputs.named_tensors().items():
         data = t.detach().contiguous().cpu().view(-1).view(dtype=_bytes_dtype()).numpy().tobytes()
         out[name] = hashlib.sha1(data).hexdigest()
     return out
@@ -65,7 +60,7 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
         if acc.wrong:
             return f"the last timed call's output is wrong: {acc.wrong}"
     elif last.value is not None:  # training passes return (dq, dk, dv)
-        from harness.measure.grad_reference import check_grads
+        from harness.measure.accuracy import check_grads
 
         gc = check_grads(last.value, prepared.ref_grads, prepared.naive_grads, case.dtype)
         if gc.wrong:

@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.report.groups import NOISE_NOTE, make_groups, num
 from harness.report.render import Report, Section, Table, write_documents
 from harness.results.metrics import error_metrics
+from harness.results.environment import GPU_FIELDS, SUMMARY_FIELDS, gpu_names
 from harness.results.rows import Row, read_rows
 from harness.results.store import read_run_info, resolve_run_dir
 
@@ -108,22 +109,6 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
 
 # ---------------------------------------------------------------- sections
 
-# run.json["environment"] is written by harness.measure.machine.environment; look fields up by a few likely names so the
-# report survives that module's schema growing. Everything is also listed in "Full environment".
-_ENV_FIELDS = (
-    ("CPU", ("cpu_model", "cpu.model", "cpu_name", "cpu.name", "processor", "cpu")),
-    ("GPU", ("gpu_name", "gpu.name", "gpus", "gpu", "cuda_device_name", "cuda.device_name", "cuda.name",
-             "cuda.devices", "cuda.device")),
-    ("torch", ("torch_version", "torch.version", "versions.torch", "torch")),
-    ("CPU threads", ("torch_threads", "torch.num_threads", "torch.threads", "num_threads", "threads")),
-    ("CPU cores (usable)", ("usable_cores", "cpu.usable_cores")),
-    ("python", ("python_version", "python.version", "versions.python", "python")),
-    ("torch CUDA", ("torch_cuda_version", "cuda_version", "cuda.version")),
-    ("git commit", ("git_commit", "git.commit", "git.sha", "git_sha", "commit", "git")),
-    ("git dirty", ("git_dirty", "git.dirty", "dirty")),
-)
-
-
 def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
     env = info.get("environment") if isinstance(info.get("environment"), dict) else {}
     flat = _flatten(env)
@@ -134,18 +119,15 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
            ["scenario", f"{scenario.get('name', '-')} ({scenario.get('path', '-')})"],
            ["started at", str(info.get("started_at") or "-")],
            ["devices that ran cases", devices]]
-    gpus = env.get("gpus")
-    if isinstance(gpus, list) and gpus:  # harness.measure.machine.environment: one dict per GPU
-        flat.setdefault("gpu_name", ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus))
-    elif env.get("cuda_available") is False:
-        flat.setdefault("gpu_name", "none (CUDA not available)")
     ran_cuda = any(str(r["device"]).startswith("cuda") for r in ran)
-    for label, names in _ENV_FIELDS:
-        if label in ("GPU", "torch CUDA") and not ran_cuda:  # only devices that ran cases are listed
+    for label, key in SUMMARY_FIELDS:  # the record's own keys (harness.results.environment)
+        if label in GPU_FIELDS and not ran_cuda:  # only devices that ran cases are listed
             continue
-        value = _lookup(flat, names)
-        if value or label in ("CPU", "GPU", "torch", "git commit"):
+        value = "" if env.get(key) in (None, "") else str(env[key])
+        if value or label in ("CPU", "torch", "git commit"):
             out.append([label, value or "-"])
+    if ran_cuda:
+        out.append(["GPU", gpu_names(env) or "-"])
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])
@@ -200,18 +182,6 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = "-" if v is None else str(v)
     return out
-
-
-def _lookup(flat: dict[str, str], names) -> str:
-    lower = {k.lower(): v for k, v in flat.items()}
-    for name in names:  # an exact dotted key first, then the same last component anywhere
-        if name in lower:
-            return lower[name]
-    for name in names:
-        for k, v in lower.items():
-            if k.rsplit(".", 1)[-1] == name:
-                return v
-    return ""
 
 
 

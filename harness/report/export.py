@@ -88,7 +88,7 @@ def _benchmark(m: Measurement, budget: dict) -> dict:
         "group": group,
         "name": name,
         "fullname": f"attnbench::{group}::{name}",
-        "params": {"impl": case.impl, **case.params()},
+        "params": {"impl": case.impl, **case.comparable()},
         "param": param,
         "extra_info": extra,
         "options": {"disable_gc": True, "timer": "perf_counter" if case.device == "cpu" else "cuda_event",

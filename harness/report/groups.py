@@ -1,15 +1,18 @@
-"""Report groups: the rows of one scenario grid that differ only in sequence length, and the
-x-axis each is drawn against. See harness/report/build.py for the grouping rule."""
+"""Report groups: the rows of one scenario grid that differ only in what is drawn on the x-axis,
+and that axis. The common parameters split groups here; each workload adds its own
+(Workload.group_params), chooses the x-axis (Workload.x_axes) and the words of the title
+(Workload.label_bits). See harness/report/build.py for the grouping rule."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from harness import workloads
 from harness.results.rows import Row
 
-GROUP_PARAMS = ("dtype", "device", "device_model", "causal", "batch", "heads_q", "heads_kv", "head_dim", "mask",
-                "mask_fraction", "pass_kind", "threads", "workload", "kv_layout", "page_size")
+GROUP_PARAMS = ("dtype", "device", "device_model", "causal", "batch", "heads_q", "heads_kv", "head_dim", "pass_kind",
+                "threads", "workload")
 NOISE_MARK = {"noisy": "~", "unreliable": "~~"}
 NOISE_NOTE = ("~ after a number: noisy timing (IQR/median ≥ 10%); ~~: unreliable (≥ 25%); ! contended (another "
               "process took CPU the case asked for). The plots draw those points as hollow markers.")
@@ -36,7 +39,8 @@ def make_groups(rows: list[Row]) -> list[Group]:
         combos: dict[tuple, list[Row]] = {}
         for r in rows:
             if r["grid"] == grid and r["seq_len_q"] and r["seq_len_kv"]:
-                combos.setdefault(tuple(r[p] for p in GROUP_PARAMS), []).append(r)
+                own = _workload(r).group_params
+                combos.setdefault(tuple(r[p] for p in (*GROUP_PARAMS, *own)), []).append(r)
         for rs in combos.values():
             groups.extend(_split_x(grid, rs))
     if len({r.device_model for r in rows}) > 1:  # a run over several machines: say which one
@@ -47,27 +51,13 @@ def make_groups(rows: list[Row]) -> list[Group]:
     return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
 
 
+def _workload(r: Row):
+    return workloads.get(r["workload"] or "prefill")
+
+
 def _split_x(grid: str, rs: list[Row]) -> list[Group]:
-    nq = sorted({int(r["seq_len_q"]) for r in rs})
-    nk = sorted({int(r["seq_len_kv"]) for r in rs})
-    if rs[0]["workload"] == "decode" and len(nq) == 1:
-        return [Group(grid, _label(rs[0], f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"), "seq_len_kv", "KV",
-                      f"KV cache length (longest sequence; {nq[0]} query token{'s' if nq[0] > 1 else ''})", rs)]
-    if rs[0]["workload"] == "decode" and len(nk) == 1:
-        return [Group(grid, _label(rs[0], f"KV {nk[0]}"), "seq_len_q", "Nq",
-                      f"query tokens per sequence (KV cache up to {nk[0]} tokens)", rs)]
-    if all(r["seq_len_q"] == r["seq_len_kv"] for r in rs):
-        return [Group(grid, _label(rs[0]), "seq_len_q", "N", "sequence length N (Nq = Nk)", rs)]
-    if len(nq) == 1:
-        return [Group(grid, _label(rs[0], f"Nq {nq[0]}"), "seq_len_kv", "Nk",
-                      f"key/value length Nk (cross-attention, Nq = {nq[0]})", rs)]
-    if len(nk) == 1:
-        return [Group(grid, _label(rs[0], f"Nk {nk[0]}"), "seq_len_q", "Nq",
-                      f"query length Nq (cross-attention, Nk = {nk[0]})", rs)]
-    out = []
-    for q in nq:  # both vary: one group per Nq, Nk on the x-axis
-        out.extend(_split_x(grid, [r for r in rs if int(r["seq_len_q"]) == q]))
-    return out
+    return [Group(grid, _label(part[0], axis.title), axis.column, axis.symbol, axis.label, part)
+            for axis, part in _workload(rs[0]).x_axes(rs)]
 
 
 def _label(r: Row, fixed: str = "") -> str:
@@ -76,20 +66,15 @@ def _label(r: Row, fixed: str = "") -> str:
             r["dtype"], r["device"]]
     if fixed:
         bits.append(fixed)
-    if r["causal"]:
+    wl = _workload(r)
+    if r["causal"] and wl.label_causal:
         bits.append("causal")
-    if r["mask"] and r["mask"] != "none":
-        bits.append(f"{r['mask']} {r['mask_fraction'] or 0:g}")
+    bits += wl.label_bits(r)
     if r["pass_kind"] and r["pass_kind"] != "forward":
         bits.append(r["pass_kind"])
     if r["threads"]:
         bits.append(f"{r['threads']} threads")
-    if r["workload"] == "decode":
-        bits.remove("causal")  # decode is always causal over each sequence
-        bits.append("paged " + str(r["page_size"]) if r["kv_layout"] == "paged" else "contiguous")
     return " ".join(bits)
-
-
 
 
 def num(v) -> float | None:

@@ -7,6 +7,29 @@ from __future__ import annotations
 
 import re
 
+# The fields of the environment record that a summary shows, by their exact keys (the record is
+# written by harness.measure.machine.environment.collect_environment; a key renamed there must be
+# renamed here: tests/test_env.py checks that every key below is written). GPU-only rows last.
+SUMMARY_FIELDS = (
+    ("CPU", "cpu_model"),
+    ("torch", "torch_version"),
+    ("CPU threads", "torch_threads"),
+    ("CPU cores (usable)", "usable_cores"),
+    ("python", "python_version"),
+    ("git commit", "git_commit"),
+    ("git dirty", "git_dirty"),
+    ("torch CUDA", "torch_cuda_version"),
+)
+GPU_FIELDS = ("torch CUDA",)
+
+
+def gpu_names(env: dict) -> str:
+    """The GPUs of an environment record, or why there are none."""
+    gpus = env.get("gpus")
+    if isinstance(gpus, list) and gpus:
+        return ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)
+    return "none (CUDA not available)" if env.get("cuda_available") is False else ""
+
 _NOISE = re.compile(r"\((R|TM|C)\)|\bCPU\b|\bProcessor\b|\b\d+-Core\b|@\s*[\d.]+\s*GHz", re.IGNORECASE)
 
 

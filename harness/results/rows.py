@@ -5,15 +5,14 @@ nothing downstream goes back to the files or to a DataFrame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import vocab
-from harness.case import Case
+from harness.case import Case, case_field_names
 from harness.results.metrics import BY_FIELD, STAT_FIELDS
 from harness.results.records import Measurement
 
-_CASE_FIELDS = frozenset(f.name for f in fields(Case))
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Row:
     def __getitem__(self, name: str):
         """A case parameter, a metric (metrics table) or a summary statistic, by name: the report
         picks axes and columns by name (e.g. the x-axis is seq_len_q or seq_len_kv)."""
-        if name in _CASE_FIELDS:
+        if name in case_field_names():
             return getattr(self.m.case, name)
         if name in BY_FIELD:
             return BY_FIELD[name].value(self.m)

@@ -3,6 +3,8 @@ more than one consumer (console, report, compare) shares."""
 
 from __future__ import annotations
 
+import math
+
 
 def fmt_time_s(t: float | None) -> str:
     if t is None:
@@ -30,3 +32,10 @@ def fmt_duration_s(t: float) -> str:
 
 def fmt_number(v: float | None, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def tflops_per_s(flops: int | float, time_s: float) -> float:
+    """FLOPs per second in units of 10¹²."""
+    if time_s <= 0 or not math.isfinite(time_s):
+        raise ValueError(f"time_s must be positive and finite, got {time_s}")
+    return flops / time_s / 1e12

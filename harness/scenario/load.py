@@ -28,31 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness import registry
+from harness import registry, workloads
 from harness.case import Case
 from harness.scenario.schema import (
-    AXES,
-    DECODE_AXES,
-    PREFILL_ONLY,
-    EXCLUDE_KEYS,
-    GRID_KEYS,
+    GRID_META_KEYS,
     NAME_ALLOWED,
-    REQUIRED_AXES,
     TOP_KEYS,
     Budget,
     ScenarioError,
     Where,
     axis_values,
-    check_kv_lens,
-    check_variant_case,
-    expand_kv_spec,
+    check_grid_size,
     did_you_mean,
     impl_names,
     is_int,
     is_name,
     parse_budget,
+    read_scenario_bytes,
 )
-from harness.scenario.schema import check_grid_size, read_scenario_bytes  # hostile-input guards
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,77 +68,36 @@ class ExcludeRule:
 
 @dataclass(frozen=True)
 class Grid:
-    """One [[grid]] block: every axis is a tuple of values; the cases are their product."""
+    """One [[grid]] block of one workload: every axis is a tuple of values; the cases are their
+    product (in the workload's product order, implementation fastest, so all implementations of
+    one shape run back to back and ratios between them drift least) minus excluded cases."""
 
     name: str
+    workload: str
     implementations: tuple[str, ...]  # the grid's own list, or the scenario's
-    heads_q: tuple[int, ...]
-    seq_len_q: tuple[int, ...]
-    head_dim: tuple[int, ...]
-    batch: tuple[int, ...] = (1,)
-    heads_kv: tuple[int | None, ...] = (None,)  # None: same as heads_q (multi-head attention)
-    seq_len_kv: tuple[int | None, ...] = (None,)  # None: same as seq_len_q (self-attention)
-    dtype: tuple[str, ...] = ("float32",)
-    device: tuple[str, ...] = ("cpu",)
-    causal: tuple[bool, ...] = (False,)
-    mask: tuple[str, ...] = ("none",)
-    mask_fraction: tuple[float, ...] = (0.0,)  # only meaningful with mask = "key_padding"
-    threads: tuple[int | None, ...] = (None,)
-    pass_kind: tuple[str, ...] = ("forward",)
+    values: tuple[tuple[str, tuple], ...]  # (Case field, its values) for every axis of the workload
     exclude: tuple[ExcludeRule, ...] = ()
-    # decode (workload = "decode"): seq_len_q holds query_tokens; kv_lens specs are ints, tuples
-    # (one length per sequence) or ("uniform", lo, hi), expanded per batch with `seed`.
-    workload: str = "prefill"
-    kv_lens: tuple = ()
-    kv_layout: tuple[str, ...] = ("contiguous",)
-    page_size: tuple[int, ...] = (0,)
-    seed: int = 0
-    window: tuple[int, ...] = (0,)  # variants; a window or documents make a case causal
-    softcap: tuple[float, ...] = (0.0,)
-    alibi: tuple[bool, ...] = (False,)
-    documents: tuple[int, ...] = (0,)
+    seed: int = 0  # the scenario's: seeded axes (decode's {uniform = [lo, hi]} lengths) expand with it
+
+    def axis(self, field: str) -> tuple:
+        return dict(self.values)[field]
+
+    def to_dict(self) -> dict:
+        """For run.json: the grid's axes by Case field, beside its name, workload and rules."""
+        return {"name": self.name, "workload": self.workload, "implementations": self.implementations,
+                **dict(self.values), "exclude": [dataclasses.asdict(r) for r in self.exclude], "seed": self.seed}
+
+    def size(self) -> int:
+        """Cases the product expands to before excludes (implementations included)."""
+        n = len(self.implementations)
+        for _, vs in self.values:
+            n *= max(len(vs), 1)
+        return n
 
     def cases(self) -> list[Case]:
-        """The product of the axes minus excluded cases; implementation varies fastest, so all
-        implementations of one shape run back to back (ratios between them drift least)."""
-        if self.workload == "decode":
-            return self._decode_cases()
-        out = []
-        for (device, dtype, pass_kind, batch, hq, hkv, nq, nk, d, causal, mask, frac, threads, window, cap,
-             alibi, docs, impl) in itertools.product(
-            self.device, self.dtype, self.pass_kind, self.batch, self.heads_q, self.heads_kv,
-            self.seq_len_q, self.seq_len_kv, self.head_dim, self.causal, self.mask, self.mask_fraction,
-            self.threads, self.window, self.softcap, self.alibi, self.documents, self.implementations,
-        ):
-            case = Case(window=window, softcap=float(cap), alibi=alibi, documents=docs,
-                impl=impl, batch=batch, heads_q=hq, heads_kv=hq if hkv is None else hkv,
-                seq_len_q=nq, seq_len_kv=nq if nk is None else nk, head_dim=d, dtype=dtype,
-                device=device, causal=causal or window > 0 or docs > 0, mask=mask,
-                mask_fraction=frac if mask != "none" else 0.0,  # no mask: the fraction is moot
-                pass_kind=pass_kind, threads=threads, grid=self.name,
-            )
-            if not any(rule.matches(case) for rule in self.exclude):
-                out.append(case)
-        return out
-
-    def _decode_cases(self) -> list[Case]:
-        out: dict[Case, None] = {}  # contiguous x several page sizes would repeat a case
-        for (device, dtype, batch, hq, hkv, nq, d, layout, ps, spec, threads, impl) in itertools.product(
-            self.device, self.dtype, self.batch, self.heads_q, self.heads_kv, self.seq_len_q,
-            self.head_dim, self.kv_layout, self.page_size, self.kv_lens, self.threads,
-            self.implementations,
-        ):
-            lens = expand_kv_spec(spec, batch, self.seed)
-            case = Case(
-                impl=impl, batch=batch, heads_q=hq, heads_kv=hq if hkv is None else hkv,
-                seq_len_q=nq, seq_len_kv=max(lens), head_dim=d, dtype=dtype, device=device,
-                causal=True,  # decode is bottom-right causal over each sequence's length
-                threads=threads, grid=self.name, workload="decode", kv_layout=layout,
-                page_size=ps if layout == "paged" else 0, kv_lens=lens,
-            )
-            if not any(rule.matches(case) for rule in self.exclude):
-                out.setdefault(case)
-        return list(out)
+        wl = workloads.get(self.workload)
+        out = wl.expand(dict(self.values), self.implementations, self.name, self.seed)
+        return [c for c in out if not any(rule.matches(c) for rule in self.exclude)]
 
 
 @dataclass(frozen=True)
@@ -165,7 +117,7 @@ class Scenario:
         return tuple(dict.fromkeys(i for g in self.grids for i in g.implementations))
 
     def devices(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(d for g in self.grids for d in g.device))
+        return tuple(dict.fromkeys(d for g in self.grids for d in g.axis("device")))
 
     def cases(self, impls: Iterable[str] | str | None = None,
               devices: Iterable[str] | str | None = None) -> list[Case]:
@@ -188,7 +140,9 @@ class Scenario:
         return list(seen.values())
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["grids"] = [g.to_dict() for g in self.grids]
+        return d
 
 
 def _join(values) -> str:
@@ -319,53 +273,41 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
                 known: tuple[str, ...], seed: int = 0) -> Grid:
     at = f"grid[{i}]"
     table = where.table(raw, at)
-    where.check_keys(table, GRID_KEYS, at)
-    decode = table.get("workload", "prefill")
-    if decode not in ("prefill", "decode"):
-        raise where.bad(f"{at}.workload", decode, "prefill, decode")
-    decode = decode == "decode"
-    # decode: heads_q, head_dim, kv_lens required; query_tokens (default 1), kv_layout, page_size
-    for key in PREFILL_ONLY if decode else DECODE_AXES:
-        if key in table:
-            raise where.bad(f"{at}.{key}", table[key], 'nothing with workload = "decode"; use '
-                            "query_tokens and kv_lens" if decode else
-                            'nothing unless workload = "decode"')
-    for key in (*REQUIRED_AXES, "kv_lens") if decode else REQUIRED_AXES:
+    name_ = table.get("workload", "prefill")
+    if name_ not in workloads.WORKLOADS:
+        raise where.bad(f"{at}.workload", name_, ", ".join(workloads.WORKLOADS))
+    wl = workloads.get(name_)
+    axes = wl.all_axes()
+    keys = ("name", "implementations", *axes, "workload", "exclude")  # GRID_META_KEYS and the axes
+    for key in table:  # another workload's axis: say whose, not just "unknown key"
+        owners = [w.name for w in workloads.WORKLOADS.values() if key in w.all_axes()]
+        if key not in keys and owners:
+            allowed = (f'nothing unless workload = "{owners[0]}"' if wl.name == "prefill" else
+                       f'nothing with workload = "{wl.name}" (an axis of workload = "{owners[0]}"; '
+                       f"this workload's axes: {', '.join(a.key for a in wl.axes)})")
+            raise where.bad(f"{at}.{key}", table[key], allowed)
+    where.check_keys(table, keys, at)
+    for key in wl.required_keys():
         if key not in table:
-            raise where.error(f"{at}.{key}", f"missing; allowed: {AXES[key].allowed}")
-    if not decode and "seq_len" in table:
-        for other in ("seq_len_q", "seq_len_kv"):
-            if other in table:
-                raise where.bad(f"{at}.{other}", table[other],
-                                "nothing when seq_len is given (seq_len sets both); "
-                                "use seq_len_q with seq_len_kv instead")
-    elif not decode and "seq_len_q" not in table:
-        raise where.error(f"{at}.seq_len_q", "missing; allowed: seq_len (self-attention) or "
-                                             "seq_len_q with an optional seq_len_kv")
+            raise where.error(f"{at}.{key}", f"missing; allowed: {axes[key].allowed}")
+    wl.check_table(where, at, table)
     name = table.get("name", f"grid{i}")
     if not is_name(name):
         raise where.bad(f"{at}.name", name, NAME_ALLOWED)
-    fields: dict[str, Any] = {"name": name}
-    if decode:
-        fields.update(workload="decode", seed=seed, seq_len_q=(1,))
-    fields["implementations"] = (impl_names(where, table["implementations"],
-                                            f"{at}.implementations", known)
-                                 if "implementations" in table else impls)
-    for key, axis in AXES.items():
+    grid_impls = (impl_names(where, table["implementations"], f"{at}.implementations", known)
+                  if "implementations" in table else impls)
+    values = dict(wl.all_defaults())
+    for key, axis in axes.items():
         if key in table:
-            fields[axis.field] = axis_values(where, table[key], axis, f"{at}.{key}")
-    if "paged" in fields.get("kv_layout", ()) and "page_size" not in table:
-        raise where.error(f"{at}.page_size", "missing; allowed: a positive integer (tokens per "
-                                             'page), required with kv_layout = "paged"')
+            values[axis.field] = axis_values(where, table[key], axis, f"{at}.{key}")
+    wl.check_grid(where, at, table, values, seed)
     rules = table.get("exclude", [])
     if not isinstance(rules, list):
         raise where.bad(f"{at}.exclude", rules, "an array of tables ([[grid.exclude]])")
-    fields["exclude"] = tuple(_parse_rule(where, r, f"{at}.exclude[{j}]", known)
-                              for j, r in enumerate(rules))
-    grid = Grid(**fields)
+    exclude = tuple(_parse_rule(where, r, f"{at}.exclude[{j}]", known, axes) for j, r in enumerate(rules))
+    grid = Grid(name=name, workload=wl.name, implementations=grid_impls,
+                values=tuple((f, values[f]) for f in wl.product_order), exclude=exclude, seed=seed)
     check_grid_size(where, at, grid)
-    if decode:
-        check_kv_lens(where, at, table["kv_lens"], grid.kv_lens, grid.batch, grid.seq_len_q, seed)
     cases = grid.cases()
     if not cases:
         raise where.bad(f"{at}.exclude", rules, "rules that leave at least one case")
@@ -375,23 +317,27 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
             raise where.bad(f"{at}.heads_kv", case.heads_kv,
                             f"a divisor of heads_q {case.heads_q} "
                             f"({', '.join(map(str, divisors))}); or exclude the pair")
-        check_variant_case(where, at, case)
+        wl.check_case(where, at, case)
     return grid
 
 
-def _parse_rule(where: Where, raw: Any, at: str, known: tuple[str, ...]) -> ExcludeRule:
+def _parse_rule(where: Where, raw: Any, at: str, known: tuple[str, ...], axes: dict) -> ExcludeRule:
+    """Exclude keys: `impl` and every axis (of any workload: a decode line is excluded by
+    seq_len_kv, the longest sequence) but per-sequence kv_lens."""
+    axes = {**{k: a for w in workloads.WORKLOADS.values() for k, a in w.all_axes().items()}, **axes}
     table = where.table(raw, at)
-    where.check_keys(table, EXCLUDE_KEYS, at)
+    keys = ("impl", *(k for k in axes if k != "kv_lens"))
+    where.check_keys(table, keys, at)
     if not table:
-        raise where.bad(at, table, "a table with at least one of: " + ", ".join(EXCLUDE_KEYS))
+        raise where.bad(at, table, "a table with at least one of: " + ", ".join(keys))
     fields = []
     for key, value in table.items():
         if key == "impl":
             fields.append(("impl", impl_names(where, value, f"{at}.impl", known)))
             continue
-        values = axis_values(where, value, AXES[key], f"{at}.{key}")
+        values = axis_values(where, value, axes[key], f"{at}.{key}")
         if key == "seq_len":  # the shorthand matches when both lengths are among the values
             fields += [("seq_len_q", values), ("seq_len_kv", values)]
         else:
-            fields.append((AXES[key].field, values))
+            fields.append((axes[key].field, values))
     return ExcludeRule(tuple(fields))

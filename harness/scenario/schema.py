@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from harness.case import DEVICES, DTYPES, KV_LAYOUTS, MASK_KINDS, PASS_KINDS, Budget
+from harness.case import Budget
+from harness.workloads.axes import Axis, is_int, is_number, is_positive_int  # noqa: F401  (the value checks)
 
 
 class ScenarioError(ValueError):
@@ -68,19 +69,6 @@ def did_you_mean(value: Any, options: Iterable[str]) -> str:
 # --- scalar checks: each returns True when a raw TOML value is acceptable -----------------------
 
 
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # TOML true is a Python int; refuse it
-
-
-def is_positive_int(v: Any) -> bool:
-    return is_int(v) and v > 0
-
-
-def is_number(v: Any) -> bool:
-    """A finite TOML number (TOML allows inf and nan; no budget or fraction means either)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 # Names end up in file names and report titles (and run ids: at most 100 characters).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -91,9 +79,6 @@ def is_name(v: Any) -> bool:
 
 NAME_ALLOWED = "a name of letters, digits, '_', '.', '-' (starting with a letter or digit, at most 100 characters)"
 
-# Upper bounds of the shape axes: far above any real attention shape, low enough that validating a
-# scenario (divisors of heads_q, grid sizes) stays instant and no case id or tensor size overflows.
-AXIS_MAX = {"batch": 65536, "heads": 4096, "seq_len": 2**24, "head_dim": 1024, "threads": 4096}
 MAX_GRID_CASES = 50_000  # cases one [[grid]] block may expand to (before excludes)
 MAX_SCENARIO_CASES = 100_000  # and all blocks of a scenario together
 # The worker process's address-space cap must leave room for Python + torch + a small case:
@@ -102,145 +87,21 @@ MAX_SCENARIO_CASES = 100_000  # and all blocks of a scenario together
 MIN_MEMORY_LIMIT_BYTES = 2 * 2**30
 
 
-def _upto(limit: int) -> Callable[[Any], bool]:
-    return lambda v: is_positive_int(v) and v <= limit
-
-
-def _pos_upto(limit: int) -> str:
-    return f"a positive integer <= {limit}"
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One grid axis: its TOML key, the Case field it fills, and the values it accepts."""
-
-    key: str
-    field: str
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def _choice(key: str, field: str, choices: tuple[str, ...]) -> Axis:
-    return Axis(key, field, lambda v: isinstance(v, str) and v in choices, ", ".join(choices))
-
-
-_POS = "a positive integer"
-KV_LENS_ALLOWED = ("a positive integer (every sequence that long), a list of positive integers "
-                   "(one per sequence, inside the axis list: [[...]]) or a table "
-                   "{uniform = [lo, hi]} with 0 < lo <= hi; lengths <= 16777216")
-AXES: dict[str, Axis] = {
-    a.key: a
-    for a in (
-        Axis("batch", "batch", _upto(AXIS_MAX["batch"]), _pos_upto(AXIS_MAX["batch"])),
-        Axis("heads_q", "heads_q", _upto(AXIS_MAX["heads"]), _pos_upto(AXIS_MAX["heads"])),
-        Axis("heads_kv", "heads_kv", _upto(AXIS_MAX["heads"]),
-             _pos_upto(AXIS_MAX["heads"]) + " dividing heads_q (omit: = heads_q)"),
-        Axis("seq_len", "seq_len_q", _upto(AXIS_MAX["seq_len"]),
-             _pos_upto(AXIS_MAX["seq_len"]) + " (sets seq_len_q = seq_len_kv)"),
-        Axis("seq_len_q", "seq_len_q", _upto(AXIS_MAX["seq_len"]), _pos_upto(AXIS_MAX["seq_len"])),
-        Axis("seq_len_kv", "seq_len_kv", _upto(AXIS_MAX["seq_len"]),
-             _pos_upto(AXIS_MAX["seq_len"]) + " (omit: = seq_len_q)"),
-        Axis("head_dim", "head_dim", _upto(AXIS_MAX["head_dim"]), _pos_upto(AXIS_MAX["head_dim"])),
-        _choice("dtype", "dtype", DTYPES),
-        _choice("device", "device", DEVICES),
-        Axis("causal", "causal", lambda v: isinstance(v, bool), "true, false"),
-        _choice("mask", "mask", MASK_KINDS),
-        Axis("mask_fraction", "mask_fraction", lambda v: is_number(v) and 0 <= v < 1,
-             "a number in [0, 1)"),
-        Axis("threads", "threads", _upto(AXIS_MAX["threads"]),
-             _pos_upto(AXIS_MAX["threads"]) + " (omit: torch's default)"),
-        _choice("pass", "pass_kind", PASS_KINDS),
-        # decode (workload = "decode"): query tokens per sequence, per-sequence cache lengths
-        Axis("query_tokens", "seq_len_q", _upto(AXIS_MAX["seq_len"]),
-             _pos_upto(AXIS_MAX["seq_len"]) + " (query tokens per sequence)"),
-        Axis("kv_lens", "kv_lens", lambda v: is_kv_spec(v), KV_LENS_ALLOWED),
-        _choice("kv_layout", "kv_layout", KV_LAYOUTS),
-        Axis("page_size", "page_size", _upto(AXIS_MAX["seq_len"]),
-             _pos_upto(AXIS_MAX["seq_len"]) + " (tokens per page)"),
-        # attention variants (harness/measure/variants.py); 0 / false = off
-        Axis("window", "window", lambda v: is_int(v) and v >= 0, "an integer >= 0 (keys in the sliding window; 0 = none)"),
-        Axis("softcap", "softcap", lambda v: is_number(v) and v >= 0 and v != float("inf"),
-             "a finite number >= 0 (the soft cap of the scores; 0 = none)"),
-        Axis("alibi", "alibi", lambda v: isinstance(v, bool), "true, false"),
-        Axis("documents", "documents", lambda v: is_int(v) and v >= 0,
-             "an integer >= 0 (packed documents per sequence, self-attention only; 0 = none)"),
-    )
-}
-VARIANT_AXES = ("window", "softcap", "alibi", "documents")
-DECODE_AXES = ("query_tokens", "kv_lens", "kv_layout", "page_size")
-PREFILL_ONLY = ("seq_len", "seq_len_q", "seq_len_kv", "causal", "mask", "mask_fraction", "pass", *VARIANT_AXES)
-
-
-def is_kv_spec(v: Any) -> bool:
-    """One kv_lens axis value: an int > 0, a non-empty list of them, or {uniform = [lo, hi]}."""
-    if isinstance(v, dict):
-        b = v.get("uniform")
-        return (set(v) == {"uniform"} and isinstance(b, list) and len(b) == 2
-                and all(_kv_len_ok(x) for x in b) and b[0] <= b[1])
-    if isinstance(v, list):
-        return bool(v) and len(v) <= AXIS_MAX["batch"] and all(_kv_len_ok(x) for x in v)
-    return _kv_len_ok(v)
-
-
-def _kv_len_ok(x: Any) -> bool:
-    return is_positive_int(x) and x <= AXIS_MAX["seq_len"]
-
-
-def expand_kv_spec(spec: Any, batch: int, seed: int) -> tuple[int, ...]:
-    """A kv_spec_key value expanded to one length per sequence (ValueError when it cannot be)."""
-    from harness.measure.kv_cache import kv_lengths
-
-    if isinstance(spec, tuple) and spec and spec[0] == "uniform":
-        return kv_lengths({"uniform": list(spec[1:])}, batch, seed)
-    return kv_lengths(list(spec) if isinstance(spec, tuple) else spec, batch, seed)
-
-
-def check_kv_lens(where: Where, at: str, raw: Any, specs: tuple, batches: tuple, query_tokens: tuple,
-                  seed: int) -> None:
-    """Every kv_lens spec fits every batch, and no sequence is shorter than its query tokens."""
-    for j, spec in enumerate(specs):
-        for batch in batches:
-            try:
-                lens = expand_kv_spec(spec, batch, seed)
-            except ValueError as exc:
-                key = f"{at}.kv_lens[{j}]" if isinstance(raw, list) else f"{at}.kv_lens"
-                raise where.bad(key, raw[j] if isinstance(raw, list) else raw,
-                                f"{KV_LENS_ALLOWED} ({exc})") from None
-            for nq in query_tokens:
-                if nq > min(lens):
-                    raise where.bad(f"{at}.query_tokens", nq, f"a positive integer <= the shortest "
-                                    f"kv length {min(lens)} (a sequence's queries are in its cache)")
-
-
-def kv_spec_key(v: Any):
-    """A hashable form of a kv_lens spec: int, tuple of ints, or ("uniform", lo, hi)."""
-    if isinstance(v, dict):
-        return ("uniform", *v["uniform"])
-    return tuple(v) if isinstance(v, list) else v
-
 TOP_KEYS = ("name", "description", "implementations", "seed", "baseline", "reference", "budget",
             "grid")
-GRID_KEYS = ("name", "implementations", *AXES, "workload", "exclude")
-EXCLUDE_KEYS = ("impl", *(a for a in AXES if a != "kv_lens"))  # exclude ragged lines by seq_len_kv
-REQUIRED_AXES = ("heads_q", "head_dim")  # plus seq_len or seq_len_q
+GRID_META_KEYS = ("name", "implementations", "workload", "exclude")  # plus the workload's axes
 
 
 def axis_values(where: Where, raw: Any, axis: Axis, key: str) -> tuple:
     """A scalar or a non-empty list of acceptable values -> tuple of values, duplicates dropped."""
-    items = raw if isinstance(raw, list) else [raw]
-    if axis.key == "kv_lens" and isinstance(raw, list) and raw and all(is_int(x) for x in raw):
-        items = raw  # a flat list of ints is a list of lengths, one axis value each
+    items = raw if isinstance(raw, list) else [raw]  # kv_lens: a flat list of ints = several lengths
     if not items:
         raise where.bad(key, raw, f"a value or a non-empty list of: {axis.allowed}")
     for i, v in enumerate(items):
         if not axis.check(v):
             item_key = f"{key}[{i}]" if isinstance(raw, list) else key
             raise where.bad(item_key, v, axis.allowed)
-    if axis.key == "mask_fraction":
-        items = [float(v) for v in items]
-    if axis.key == "kv_lens":
-        items = [kv_spec_key(v) for v in items]
-    return tuple(dict.fromkeys(items))
+    return tuple(dict.fromkeys(axis.normalize(v) for v in items))
 
 
 def impl_names(where: Where, raw: Any, key: str, known: Iterable[str]) -> tuple[str, ...]:
@@ -326,13 +187,7 @@ def read_scenario_bytes(path, shown: str) -> bytes:
 def check_grid_size(where: Where, at: str, grid) -> None:
     """Refuse a [[grid]] block whose axes multiply to more than MAX_GRID_CASES cases, before
     expanding it (validation must stay quick whatever the file says)."""
-    import dataclasses
-
-    n = 1
-    for f in dataclasses.fields(grid):  # every axis (and the implementations) is a tuple of values
-        value = getattr(grid, f.name)
-        if f.name != "exclude" and isinstance(value, tuple):
-            n *= max(len(value), 1)
+    n = grid.size()
     if n > MAX_GRID_CASES:
         raise where.error(at, f"expands to {n} cases; allowed: at most {MAX_GRID_CASES} per [[grid]] "
                               f"block (split it, or use fewer values per axis)")
@@ -340,13 +195,3 @@ def check_grid_size(where: Where, at: str, grid) -> None:
     if total > MAX_SCENARIO_CASES:
         raise where.error(at, f"the grids up to here expand to {total} cases; allowed: at most "
                               f"{MAX_SCENARIO_CASES} in one scenario (split it into several files)")
-
-
-def check_variant_case(where: Where, at: str, case) -> None:
-    """A case's variants fit its shape: documents need self-attention and at most N documents."""
-    if case.documents and case.seq_len_q != case.seq_len_kv:
-        raise where.bad(f"{at}.documents", case.documents, "0 with cross-attention (seq_len_q "
-                        f"{case.seq_len_q} != seq_len_kv {case.seq_len_kv}); documents pack self-attention")
-    if case.documents > case.seq_len_kv:
-        raise where.bad(f"{at}.documents", case.documents,
-                        f"an integer <= the sequence length {case.seq_len_kv} (one token per document at most)")

@@ -1,4 +1,4 @@
-"""Seeded inputs for one benchmark case: q, k, v and the optional key-padding mask.
+"""Seeded inputs for one prefill case: q, k, v, the optional key-padding mask and variant inputs.
 
 Every implementation of a case must see exactly the same numbers, so values are drawn in float32
 on the CPU from a generator seeded by (seed, shape) only, then cast and moved. The seed ignores
@@ -26,7 +26,7 @@ class Inputs:
     v: "torch.Tensor"  # (B, Hkv, Nk, D)
     attn_mask: "torch.Tensor | None"  # (B, 1, 1, Nk) bool, True = may attend; None = no mask
     causal: bool  # True also for a window or documents (they are causal)
-    window: int = 0  # variants (harness/measure/variants.py): 0 / False / None = off
+    window: int = 0  # variants (harness/workloads/visibility.py): 0 / False / None = off
     softcap: float = 0.0
     alibi: bool = False
     doc_ids: "torch.Tensor | None" = None  # (Nk,) int64 document index per position
@@ -47,8 +47,21 @@ class Inputs:
         """Keyword arguments for an implementation call: fn(q, k, v, **inputs.call_kwargs())."""
         return {"causal": self.causal, "attn_mask": self.attn_mask, **self.variant_kwargs()}
 
+    def reference_kwargs(self) -> dict:
+        """Keyword arguments of the float64 reference (harness/workloads/prefill/reference.py)."""
+        return dict(causal=self.causal, attn_mask=self.attn_mask, scale=None, **self.variant_kwargs())
+
+    def call(self, fn):
+        """One call of an implementation's prefill function on these inputs."""
+        return fn(self.q, self.k, self.v, **self.call_kwargs())
+
+    def named_tensors(self) -> dict:
+        """Every input tensor by name, for checksumming (an implementation must not write them)."""
+        named = {"q": self.q, "k": self.k, "v": self.v, "attn_mask": self.attn_mask, "doc_ids": self.doc_ids}
+        return {n: t for n, t in named.items() if t is not None}
+
     def tensors(self) -> tuple:
-        return (self.q, self.k, self.v)
+        return tuple(self.named_tensors().values())
 
 
 def input_seed(case: Case, seed: int) -> int:
@@ -120,9 +133,9 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
     if case.mask == "key_padding":
         mask = key_padding_mask(B, Nk, case.mask_fraction, device=case.device)  # (B, 1, 1, Nk)
     doc_ids = None
-    if case.documents > 0:  # a seeded split depending on (N, documents) only: variants.py
-        from harness.measure.variants import document_ids
+    if case.documents > 0:  # a seeded split depending on (N, documents) only: visibility.py
+        from harness.workloads.visibility import document_ids
 
         doc_ids = torch.tensor(document_ids(Nk, case.documents), dtype=torch.long, device=case.device)
-    return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.effective_causal, window=case.window,
+    return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.causal or case.window > 0 or case.documents > 0, window=case.window,
                   softcap=float(case.softcap), alibi=case.alibi, doc_ids=doc_ids)

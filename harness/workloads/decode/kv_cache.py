@@ -1,13 +1,13 @@
 """Decode against a KV cache: seeded inputs (contiguous or paged), a float64 reference, and the
 byte and FLOP counts of one decode step.
 
-The decode contract (README, "Decode"): fn(q, k_cache, v_cache, *, kv_lens, block_table=None,
+The decode contract (docs/contracts.md, "Decode"): fn(q, k_cache, v_cache, *, kv_lens, block_table=None,
 scale=None) -> out. q (B, Hq, Nq, D); contiguous k_cache, v_cache (B, Hkv, Nmax, D); paged
 k_cache, v_cache (num_pages, Hkv, page_size, D) with block_table (B, max_pages) int32 (entry p =
 pool index of the sequence's p-th page, -1 where unused); kv_lens int32 (B,). Query i of
 sequence b sees cached key j iff j <= i + (kv_lens[b] - Nq) (bottom-right causal).
 
-Inputs are drawn like harness/measure/inputs.py: float32 on the CPU from a generator seeded by
+Inputs are drawn like the prefill's (harness/workloads/prefill/inputs.py): float32 on the CPU from a generator seeded by
 (seed, shape, kv lengths) only, then cast and moved, so every implementation, layout, dtype and
 device sees the same logical cache. Slots no sequence owns (padding past a contiguous sequence's
 length, the tail of a last page) hold random numbers too, never zeros, so reading them shows up as
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.case import Case
-from harness.measure.flops import visible_pairs
+from harness.workloads.visibility import visible_pairs
 
 if TYPE_CHECKING:  # torch is imported inside functions: nothing heavy at import time
     import torch
@@ -50,10 +50,18 @@ class DecodeInputs:
     def kwargs(self) -> dict:
         return {"kv_lens": self.kv_lens, "block_table": self.block_table}
 
+    def call(self, fn):
+        """One call of an implementation's decode function on these inputs."""
+        return fn(*self.args(), **self.kwargs())
+
+    def named_tensors(self) -> dict:
+        """Every input tensor by name, for checksumming (an implementation must not write them)."""
+        named = {"q": self.q, "k_cache": self.k_cache, "v_cache": self.v_cache, "kv_lens": self.kv_lens,
+                 "block_table": self.block_table}
+        return {n: t for n, t in named.items() if t is not None}
+
     def tensors(self) -> tuple:
-        """Every input tensor, for checksumming (an implementation must not write into them)."""
-        extra = () if self.block_table is None else (self.block_table,)
-        return (self.q, self.k_cache, self.v_cache, self.kv_lens, *extra)
+        return tuple(self.named_tensors().values())
 
 
 # --- kv lengths -----------------------------------------------------------------------------------
@@ -247,6 +255,6 @@ def decode_min_bytes(case: Case) -> int:
 
 def decode_flops(case: Case) -> int:
     """4·Hq·D·(visible query-key pairs summed over sequences): Q·Kᵀ and P·V, 2 FLOPs per
-    multiply-add, bottom-right causal over each sequence's own length (see flops.py)."""
+    multiply-add, bottom-right causal over each sequence's own length (visibility.py)."""
     pairs = sum(visible_pairs(case.seq_len_q, n, causal=True) for n in case_kv_lens(case))
     return 4 * case.heads_q * case.head_dim * pairs

@@ -1,5 +1,6 @@
 """Gradients for the training passes: a seeded upstream gradient, float64 reference gradients of q,
-k, v, the naive same-dtype gradients (the low-precision baseline), and the pass rule.
+k, v and the naive same-dtype gradients (the low-precision baseline). The pass rule that judges an
+implementation's gradients against them is harness.measure.accuracy.check_grads.
 
 dq, dk, dv are checked whole (dk and dv sum over every query row, so no row subset suffices):
 the float64 reference runs in query-row chunks with autograd, accumulating dk and dv, from the
@@ -15,7 +16,6 @@ gradient's magnitude (the output's floor × max |reference gradient|).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness.case import Case
@@ -23,8 +23,6 @@ from harness.case import Case
 if TYPE_CHECKING:
     import torch
 
-FLOAT32_GRAD_MAX_REL_L2 = 1e-4
-GRADS = ("dq", "dk", "dv")
 CHUNK_BYTES = 64 * 2**20
 
 
@@ -32,7 +30,7 @@ def upstream_grad(case: Case, seed: int, like: "torch.Tensor") -> "torch.Tensor"
     """A fixed random dO (seeded from the case's shape and seed, never ones), like the output."""
     import torch
 
-    from harness.measure.inputs import input_seed
+    from harness.workloads.prefill.inputs import input_seed
 
     gen = torch.Generator(device="cpu").manual_seed(input_seed(case, seed) ^ 0x5EED)
     g = torch.randn(tuple(like.shape), generator=gen, dtype=torch.float32)  # (B, Hq, Nq, D)
@@ -114,37 +112,3 @@ def naive_grads(q, k, v, grad_out, *, causal: bool = False, attn_mask=None) -> d
     import torch
 
     return _grads(q, k, v, grad_out, causal, attn_mask, q.dtype, torch.float32)
-
-
-@dataclass(frozen=True)
-class GradCheck:
-    metrics: dict  # dq_max_abs_error, dq_rel_l2_error, ... grad_error_passed
-    rule: str
-    wrong: str  # why it failed, "" when it passed
-
-
-def check_grads(got, ref: dict, naive: dict | None, dtype: str) -> GradCheck:
-    """Judge (dq, dk, dv) against the reference, per gradient."""
-    from harness.measure import accuracy
-
-    if not isinstance(got, (tuple, list)) or len(got) != 3:
-        return GradCheck({}, "", f"expected gradients (dq, dk, dv), got {type(got).__name__}")
-    metrics, failed, rules = {}, [], []
-    for name, g in zip(GRADS, got):
-        if g is None or tuple(g.shape) != tuple(ref[name].shape):
-            return GradCheck(metrics, "", f"{name} missing or of shape {None if g is None else tuple(g.shape)}")
-        e = accuracy.errors(g, ref[name])
-        metrics[f"{name}_max_abs_error"] = e.max_abs
-        metrics[f"{name}_rel_l2_error"] = e.rel_l2
-        if dtype in ("float32", "float64"):
-            v = accuracy.judge(dtype, e, rel_l2_limit=FLOAT32_GRAD_MAX_REL_L2)
-        else:
-            scale = max(float(ref[name].abs().max()), 1e-30) if ref[name].numel() else 1.0
-            floor = accuracy.LOW_PRECISION_FLOOR[dtype] * max(scale, 1.0)
-            v = accuracy.judge(dtype, e, accuracy.errors(naive[name], ref[name]), floor=floor)
-        rules.append(f"{name}: {v.rule}")
-        if not v.passed:
-            failed.append(f"{name} {v.metric} {v.value:.3g} > {v.limit:.3g}")
-    metrics["grad_error_passed"] = not failed
-    rule = rules[0].split(": ", 1)[1] if rules else ""
-    return GradCheck(metrics, rule, ("gradient check failed: " + "; ".join(failed)) if failed else "")

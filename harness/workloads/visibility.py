@@ -1,7 +1,8 @@
-"""Attention variants, the parts that need no torch: the seeded split of a packed sequence into
-documents and the standard ALiBi slopes. Shared by inputs.py (doc_ids), flops.py (exact visible
-pairs) and accuracy.py (the float64 reference); implementations have their own copy of the slopes
-(implementations/_variants.py), checked against this one by the tests.
+"""Which key a query sees, the parts that need no torch and every workload shares: the exact
+count of visible (query, key) pairs (bottom-right causal, sliding window, packed documents), the
+seeded split of a packed sequence into documents and the standard ALiBi slopes. Used by the
+workloads' inputs (doc_ids), FLOP counts and float64 references; implementations have their own
+copy of the slopes, checked against this one by the tests.
 
 Semantics (README "Variants"), with offset = Nk − Nq (bottom-right alignment):
 - window W ≥ 1: query i sees key j iff i + offset − W < j ≤ i + offset (a sliding window is causal);
@@ -56,3 +57,40 @@ def alibi_slopes(heads: int) -> list[float]:
         return power_of_two(heads)
     p = 2 ** int(math.floor(math.log2(heads)))
     return power_of_two(p) + power_of_two(2 * p)[0::2][: heads - p]
+
+
+def _sum_clamped(lo: int, hi: int, n: int) -> int:
+    """Σ_{u=lo}^{hi} clamp(u, 0, n), exactly (0 when hi < lo)."""
+    if hi < lo:
+        return 0
+    a, b = max(lo, 1), min(hi, n - 1)  # the part where clamp(u) = u
+    total = (b - a + 1) * (a + b) // 2 if b >= a else 0
+    return total + n * max(0, hi - max(lo, n) + 1)  # the part where clamp(u) = n
+
+
+def visible_pairs(seq_len_q: int, seq_len_kv: int, causal: bool, window: int = 0,
+                  doc_lengths: tuple[int, ...] = ()) -> int:
+    """Number of (query, key) pairs not hidden by causality, a sliding window or documents.
+
+    Bottom-right causal: query i sees keys j ≤ t = i + (Nk − Nq), i.e. c(t) = clamp(t + 1, 0, Nk)
+    keys; a window of W keeps j > t − W, leaving c(t) − c(t − W). Summed in closed form over
+    t = Nk − Nq … Nk − 1 (_sum_clamped). Packed documents (self-attention) are each a causal
+    square: the sum over documents of their own count (window included).
+    """
+    if seq_len_q < 0 or seq_len_kv < 0:
+        raise ValueError("sequence lengths must be >= 0")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    if doc_lengths:
+        if sum(doc_lengths) != seq_len_kv or seq_len_q != seq_len_kv:
+            raise ValueError("documents need self-attention (Nq == Nk) and lengths summing to N")
+        return sum(visible_pairs(n, n, True, window) for n in doc_lengths)
+    if not causal and not window:
+        return seq_len_q * seq_len_kv
+    if seq_len_q == 0 or seq_len_kv == 0:
+        return 0
+    t0, t1 = seq_len_kv - seq_len_q, seq_len_kv - 1  # i + offset over the query rows
+    pairs = _sum_clamped(t0 + 1, t1 + 1, seq_len_kv)
+    if window:
+        pairs -= _sum_clamped(t0 + 1 - window, t1 + 1 - window, seq_len_kv)
+    return pairs
