@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from harness.case import Case
 from harness.measure.flops import attention_flops, tflops_per_s, visible_pairs
-from implementations._common import causal_visible
+from implementations._shared.contract import causal_visible
 
 
 def brute_pairs(nq, nk):

@@ -18,7 +18,7 @@ from harness.measure import accuracy, core
 from harness.measure.flops import attention_flops, case_visible_pairs, visible_pairs
 from harness.measure.inputs import make_inputs
 from harness.measure.variants import alibi_slopes, document_ids, document_lengths
-from implementations import _variants
+from implementations._shared import variants as _variants
 
 # (id, Nq, Nk, Hq, Hkv, variant fields); documents need Nq == Nk
 VCFGS = [

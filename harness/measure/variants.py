@@ -1,7 +1,7 @@
 """Attention variants, the parts that need no torch: the seeded split of a packed sequence into
 documents and the standard ALiBi slopes. Shared by inputs.py (doc_ids), flops.py (exact visible
 pairs) and accuracy.py (the float64 reference); implementations have their own copy of the slopes
-(implementations/_variants.py), checked against this one by the tests.
+(implementations/_shared/variants.py), checked against this one by the tests.
 
 Semantics (README "Variants"), with offset = Nk − Nq (bottom-right alignment):
 - window W ≥ 1: query i sees key j iff i + offset − W < j ≤ i + offset (a sliding window is causal);
