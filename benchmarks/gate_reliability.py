@@ -41,7 +41,7 @@ def code_hash() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted([*ROOT.glob("implementations/*.py"), *ROOT.rglob("harness/**/*.py")]):
+    for f in sorted([*(ROOT / "implementations").rglob("*.py"), *ROOT.rglob("harness/**/*.py")]):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]
 

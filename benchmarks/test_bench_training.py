@@ -1,4 +1,4 @@
-"""Training-step targets for flash's FA2 backward (implementations/flash_backward.py).
+"""Training-step targets for flash's FA2 backward (implementations/flash/backward.py).
 
     PYTHONPATH=. .venv/bin/python -m pytest -q -s benchmarks/test_bench_training.py   # ~1-2 min, 2 cores
 

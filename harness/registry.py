@@ -275,9 +275,13 @@ def register_decode(
 
 
 def _load_builtins() -> None:
+    """Import every public module and package directly under implementations/ (a name without a
+    leading underscore); a package's __init__ does its registering. Nothing deeper: the helper
+    modules of a package and the shared helpers (implementations/_shared/) are imported only by the
+    implementations that use them."""
     import implementations
 
-    for mod in pkgutil.iter_modules(implementations.__path__):
+    for mod in pkgutil.iter_modules(implementations.__path__):  # top level only: modules and packages
         if not mod.name.startswith("_"):
             importlib.import_module(f"implementations.{mod.name}")
 

@@ -18,8 +18,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register
-from implementations import _variants
-from implementations._common import (
+from implementations._shared import variants as _variants
+from implementations._shared.contract import (
     check_args,
     compute_dtype,
     default_scale,
@@ -75,7 +75,7 @@ def _memory_model(case, block_q: int = BLOCK_Q) -> int:
 )
 def chunked_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int = BLOCK_Q,
                       window=0, softcap=0.0, alibi=False, doc_ids=None):
-    """Variants (implementations/_variants.py): each chunk visits only the keys its window and
+    """Variants (implementations/_shared/variants.py): each chunk visits only the keys its window and
     documents allow; ALiBi and the soft cap act on the chunk's scores (autograd sees them)."""
     dims = check_args(q, k, v, attn_mask, scale)
     var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention

@@ -4,7 +4,8 @@ The function below is the naive algorithm as one writes it without thinking abou
 k / v for GQA, one matmul for the scores, the variants as dense tensors, a boolean mask with −inf,
 softmax, one matmul with V. Compiled once (module level, dynamic shapes) and reused across cases:
 Dynamo recompiles only for what its guards see change (dtype, device, which branches run).
-Compile time is kept out of the latency (implementations/_compiled.py; metrics["compile_s"]).
+Compile time is kept out of the latency (implementations/_shared/compile_support.py;
+metrics["compile_s"]).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import torch
 
 from harness.registry import Support, no, register
-from implementations import _compiled, _variants
-from implementations._common import check_args, default_scale, mask_4d
+from implementations._shared import compile_support
+from implementations._shared import variants as _variants
+from implementations._shared.contract import check_args, default_scale, mask_4d
 
-CLOCK = _compiled.CompileClock()
+CLOCK = compile_support.CompileClock()
 _COMPILED = None
 
 
@@ -50,7 +52,7 @@ def textbook_attention(q, k, v, scale: float, causal: bool, attn_mask, window: i
 
 
 def _available(device: str) -> Support:
-    return _compiled.compiler_available(str(device).split(":")[0])
+    return compile_support.compiler_available(str(device).split(":")[0])
 
 
 def _supports(case) -> Support:
@@ -83,7 +85,7 @@ def compiled_naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=Non
     var = _variants.variants(dims, window, softcap, alibi, doc_ids)
     causal = causal or (var is not None and var.masks)
     if _COMPILED is None:
-        _compiled.allow_recompiles()
+        compile_support.allow_recompiles()
         _COMPILED = torch.compile(textbook_attention, dynamic=True)
     slopes = var.slopes.to(q.device, torch.float32) if var is not None and var.slopes is not None else None
     return CLOCK.timed_call(_COMPILED, q, k, v, default_scale(dims.head_dim, scale), causal, mask_4d(attn_mask),

@@ -8,7 +8,7 @@ score and mask pieces exist (_family). Everything that varies within a family is
 capture (offset Nk − Nq, window, soft cap, slopes, doc ids, the padding mask), never a Python
 number, so Dynamo guards on its shape, not its value. Sequence lengths are dynamic. The block mask
 of a (mask, shape) is built once and reused (as a model does across its layers), keyed by the
-mask's content. Compile time is recorded apart from latency (implementations/_compiled.py).
+mask's content. Compile time is recorded apart from latency (implementations/_shared/compile_support.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from collections import OrderedDict
 import torch
 
 from harness.registry import Support, no, register
-from implementations import _compiled, _variants
-from implementations._common import check_args, default_scale, mask_4d
+from implementations._shared import compile_support
+from implementations._shared import variants as _variants
+from implementations._shared.contract import check_args, default_scale, mask_4d
 
 _FAMILIES: dict = {}  # _family key -> compiled flex_attention
 _BLOCK_MASKS: OrderedDict = OrderedDict()  # (mask key) -> BlockMask, most recent last
 MAX_BLOCK_MASKS = 8
-CLOCK = _compiled.CompileClock()
+CLOCK = compile_support.CompileClock()
 
 
 def _available(device: str) -> Support:
@@ -33,7 +34,7 @@ def _available(device: str) -> Support:
         import torch.nn.attention.flex_attention  # noqa: F401
     except Exception as exc:
         return no(f"torch {torch.__version__} has no FlexAttention: {exc}")
-    return _compiled.compiler_available(str(device).split(":")[0])
+    return compile_support.compiler_available(str(device).split(":")[0])
 
 
 def _supports(case) -> Support:
@@ -47,7 +48,7 @@ def _compiled_flex(family: tuple):
     if fn is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _compiled.allow_recompiles()
+        compile_support.allow_recompiles()
         fn = _FAMILIES[family] = torch.compile(flex_attention, dynamic=True)
     return fn
 

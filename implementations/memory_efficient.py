@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from harness.registry import Support, register
-from implementations import _variants
-from implementations._common import (
+from implementations._shared import variants as _variants
+from implementations._shared.contract import (
     check_args,
     compute_dtype,
     default_scale,
@@ -101,7 +101,7 @@ def memory_efficient_attention(
     q, k, v, *, causal=False, attn_mask=None, scale=None, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K,
     window=0, softcap=0.0, alibi=False, doc_ids=None,
 ):
-    """Variants (forward only, implementations/_variants.py): key chunks before the first key a
+    """Variants (forward only, implementations/_shared/variants.py): key chunks before the first key a
     query chunk's window / documents allow are never visited."""
     dims = check_args(q, k, v, attn_mask, scale)
     var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention

@@ -6,15 +6,18 @@ Holds about two (B, Hq, Nq, Nk) score matrices at its peak: the scores and their
 Differentiable by plain autograd: the forward keeps the float32 probabilities (and their cast to
 the input dtype for float16 / bfloat16) plus the boolean visibility for the backward, which
 allocates a few more score-sized gradient matrices (see _memory_model).
+
+Its decode path (naive_decode, at the end; README, "Decode") is the same attention over a KV cache:
+gather the whole cache (padded to the longest sequence), mask by length, full softmax.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.registry import register
-from implementations import _variants
-from implementations._common import (
+from harness.registry import register, register_decode
+from implementations._shared import variants as _variants
+from implementations._shared.contract import (
     causal_visible,
     check_args,
     compute_dtype,
@@ -22,6 +25,12 @@ from implementations._common import (
     group_queries,
     mask_4d,
     ungroup,
+)
+from implementations._shared.decode_contract import (
+    check_decode_args,
+    length_mask,
+    padded_cache,
+    padded_len,
 )
 
 
@@ -92,3 +101,34 @@ def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window
         has_key = visible.any(dim=-1, keepdim=True)  # (b, h, nq, 1)
         out = out.masked_fill_(~has_key, 0.0)  # in place: matmul's backward does not need out
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode (README, "Decode"): the textbook attention over a KV cache, as a newcomer writes it.
+
+
+def _decode_memory_model(case) -> int:
+    npad = padded_len(case)
+    e = case.element_bytes
+    gathered = 2 * e * case.batch * case.heads_kv * npad * case.head_dim if case.kv_layout == "paged" else 0
+    scores = 4 * case.batch * case.heads_q * case.seq_len_q * npad  # float32 scores, then probs
+    raw = e * case.batch * case.heads_q * case.seq_len_q * npad  # matmul output before the upcast
+    mask = case.batch * case.seq_len_q * npad
+    out = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    return gathered + 2 * scores + (raw if e != 4 else 0) + mask + out
+
+
+@register_decode("naive", layouts=("contiguous", "paged"), dtypes=("float32", "float16", "bfloat16"),
+                 memory_model=_decode_memory_model)
+def naive_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
+    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
+    B, Hq, Nq, D = q.shape
+    Hkv, G = dims.heads_kv, dims.group
+    k, v = padded_cache(k_cache, v_cache, block_table)  # (B, Hkv, Npad, D) each
+    Npad = k.shape[2]
+    qg = q.reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): the G query heads of a kv head stacked
+    s = torch.matmul(qg, k.transpose(-1, -2)).view(B, Hq, Nq, Npad)  # (B, Hq, Nq, Npad)
+    s = s.to(compute_dtype(q.dtype)) * default_scale(D, scale)
+    s = s.masked_fill(~length_mask(kv_lens, Nq, Npad), float("-inf"))  # (B, Hq, Nq, Npad)
+    p = torch.softmax(s, dim=-1).to(v.dtype).view(B, Hkv, G * Nq, Npad)  # (B, Hkv, G·Nq, Npad)
+    return torch.matmul(p, v).view(B, Hq, Nq, D)  # (B, Hq, Nq, D)

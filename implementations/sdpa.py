@@ -6,9 +6,12 @@ Where a backend can run is probed once per device kind with a tiny forced call (
 which cases it takes is answered ahead from torch's documented constraints (supports), so a case
 is skipped with a reason rather than failing at run time.
 
-Contract adaptations (see _common.py): torch's is_causal is top-left aligned, ours bottom-right,
-so for Nq != Nk causality becomes a boolean mask (combined with attn_mask); rows that see no key
-are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
+Contract adaptations (see _shared/contract.py): torch's is_causal is top-left aligned, ours
+bottom-right, so for Nq != Nk causality becomes a boolean mask (combined with attn_mask); rows that
+see no key are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
+
+`sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
+padded to the longest sequence, and one call with a boolean length mask and enable_gqa.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from harness.registry import YES, Support, no, register
-from implementations import _variants
-from implementations._common import causal_visible, check_args, mask_4d
+from harness.registry import YES, Support, no, register, register_decode
+from implementations._shared import variants as _variants
+from implementations._shared.contract import causal_visible, check_args, mask_4d
+from implementations._shared.decode_contract import (
+    check_decode_args,
+    length_mask,
+    padded_cache,
+    padded_len,
+)
 
 VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
@@ -287,3 +296,31 @@ sdpa_cudnn = register(
     memory_model=_fused_model("cudnn"),
     description="torch SDPA, CUDNN_ATTENTION backend forced",
 )(_make("cudnn"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode (README, "Decode"): gather the whole cache (padded to the longest sequence) and call
+# scaled_dot_product_attention with a boolean length mask and enable_gqa -- what a newcomer writes
+# with torch.
+
+
+def _decode_memory_model(case) -> int:
+    npad = padded_len(case)
+    e = case.element_bytes
+    B, Hq, Nq, D = case.batch, case.heads_q, case.seq_len_q, case.head_dim
+    gathered = 2 * e * B * case.heads_kv * npad * D if case.kv_layout == "paged" else 0
+    expanded = 2 * e * B * Hq * npad * D if Hq != case.heads_kv else 0  # GQA: k/v per query head
+    scores = 2 * 4 * B * Hq * Nq * npad  # math fallback: scores and probabilities
+    return gathered + expanded + scores + B * Nq * npad + e * B * Hq * Nq * D
+
+
+@register_decode("sdpa", layouts=("contiguous", "paged"), dtypes=("float32", "float16", "bfloat16"),
+                 memory_model=_decode_memory_model)
+def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
+    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
+    k, v = padded_cache(k_cache, v_cache, block_table)  # (B, Hkv, Npad, D) each
+    mask = length_mask(kv_lens, dims.query_tokens, k.shape[2])  # (B, 1, Nq, Npad)
+    # Every query sees at least key 0 (Nq <= kv_lens[b]), so no row is fully masked.
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=dims.group > 1
+    )  # (B, Hq, Nq, D)

@@ -21,9 +21,9 @@ from functools import lru_cache
 import torch
 
 from harness.registry import register_decode
-from implementations._common import LOG2E, default_scale
-from implementations._decode import check_decode_args
-from implementations.triton_flash import _available
+from implementations._shared.contract import LOG2E, default_scale
+from implementations._shared.decode_contract import check_decode_args
+from implementations._shared.triton_support import triton_available
 
 BLOCK_N = 64  # cached tokens per inner step
 NUM_WARPS = 4
@@ -170,7 +170,7 @@ def _kernels():
     dtypes=("float32", "float16", "bfloat16"),
     memory_model=_memory_model,
     # register_decode has no available= yet: the machine check rides on supports (cases skip with why)
-    supports=lambda case: _available(case.device),
+    supports=lambda case: triton_available(case.device),
     description="Flash-Decoding as Triton kernels: split-KV + log-sum-exp reduction, paged via the block table "
     "(CUDA; CPU only via TRITON_INTERPRET=1)",
     params={"block_n": BLOCK_N, "num_warps": NUM_WARPS, "target_programs": TARGET_PROGRAMS},
@@ -178,7 +178,7 @@ def _kernels():
 def triton_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, num_splits: int | None = None):
     """num_splits overrides the per-sequence split count (default: about TARGET_PROGRAMS programs)."""
     dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
-    support = _available(str(q.device))
+    support = triton_available(str(q.device))
     if not support:
         raise RuntimeError(support.reason)
     triton, split_kv, reduce = _kernels()

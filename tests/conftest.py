@@ -1,7 +1,7 @@
 """Shared test helpers: an independent float64 attention reference.
 
-The reference is deliberately the most literal reading of the contract (implementations/_common.py)
-and shares no code with the implementations or the harness: expand the kv heads with
+The reference is deliberately the most literal reading of the contract
+(implementations/_shared/contract.py) and shares no code with the implementations or the harness: expand the kv heads with
 repeat_interleave, scores in float64, bottom-right causal mask, masked softmax where a row with no
 visible key gives zeros. It is itself checked against torch SDPA (math backend, float64) in
 tests/test_implementations.py::test_reference_matches_torch_sdpa_math.

@@ -1,5 +1,5 @@
-"""flash_decoding's CPU float32 partitions run a C kernel (implementations/_cpu_decode.c, built by
-_cpu_kernel.py); flash_decoding_torch is the same algorithm in torch ops. Both against the float64
+"""flash_decoding's CPU float32 partitions run a C kernel (implementations/flash_decoding/cpu_decode.c,
+built by kernel_build.py); flash_decoding_torch is the same algorithm in torch ops. Both against the float64
 reference where the kernel's code paths branch: head_dim not a multiple of 8 (scalar tails, in the
 blocks of 4 rows and in single rows) or of 16 (an odd number of 8-float chunks), G·Nq rows not a multiple of 4 and above 4, partitions that
 end inside a page or that some query rows cannot see, a sequence exactly Nq long, sharp softmaxes,
@@ -14,16 +14,16 @@ import torch
 from harness import registry
 from harness.case import Case
 from harness.workloads.decode.kv_cache import make_decode_inputs, reference_decode
-from implementations import _cpu_kernel
+from implementations.flash_decoding import kernel_build
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _no_compiler() -> bool:
     try:
-        _cpu_kernel._compiler()
+        kernel_build._compiler()
         return False
-    except _cpu_kernel.KernelUnavailable:
+    except kernel_build.KernelUnavailable:
         return True
 
 
@@ -110,30 +110,30 @@ def fresh_kernel(monkeypatch, tmp_path):
     """A clean build state: the per-process load cache cleared (and again afterwards), the kernel
     cache in tmp_path."""
     monkeypatch.setenv("ATTNBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
-    _cpu_kernel._load.cache_clear()
+    kernel_build._load.cache_clear()
     yield tmp_path
-    _cpu_kernel._load.cache_clear()
+    kernel_build._load.cache_clear()
 
 
 @NEEDS_CC
 def test_builds_once_then_loads_the_cached_binary(fresh_kernel):
-    assert _cpu_kernel.unavailable_reason() is None
+    assert kernel_build.unavailable_reason() is None
     built = list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))
     assert len(built) == 1 and not list((fresh_kernel / "kernels").glob("*.tmp*"))
     stamp = built[0].stat().st_mtime_ns
-    _cpu_kernel._load.cache_clear()
-    assert _cpu_kernel.unavailable_reason() is None
+    kernel_build._load.cache_clear()
+    assert kernel_build.unavailable_reason() is None
     assert built[0].stat().st_mtime_ns == stamp and len(list((fresh_kernel / "kernels").iterdir())) == 1
 
 
 @NEEDS_CC
 def test_source_change_builds_a_new_binary(fresh_kernel, monkeypatch):
-    assert _cpu_kernel.unavailable_reason() is None
+    assert kernel_build.unavailable_reason() is None
     edited = fresh_kernel / "edited.c"
-    edited.write_text(_cpu_kernel.SOURCE.read_text() + "\n/* edited */\n")
-    monkeypatch.setattr(_cpu_kernel, "SOURCE", edited)
-    _cpu_kernel._load.cache_clear()
-    assert _cpu_kernel.unavailable_reason() is None
+    edited.write_text(kernel_build.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(kernel_build, "SOURCE", edited)
+    kernel_build._load.cache_clear()
+    assert kernel_build.unavailable_reason() is None
     assert len(list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))) == 2
 
 
@@ -152,7 +152,7 @@ def test_no_compiler_skips_with_the_reason(fresh_kernel, monkeypatch):
     assert registry.get("flash_decoding_torch").supports(case)
     assert registry.get("flash_decoding").supports(case.replace(dtype="bfloat16"))  # torch ops path
     inp = make_decode_inputs(case, seed=0)
-    with pytest.raises(_cpu_kernel.KernelUnavailable, match="no C compiler"):
+    with pytest.raises(kernel_build.KernelUnavailable, match="no C compiler"):
         _run("flash_decoding", inp)
     out = _run("flash_decoding_torch", inp)
     assert _rel(out, reference_decode(inp)) <= 1e-5
@@ -162,7 +162,7 @@ def test_no_compiler_skips_with_the_reason(fresh_kernel, monkeypatch):
 def test_compile_error_is_one_line(fresh_kernel, monkeypatch):
     bad = fresh_kernel / "bad.c"
     bad.write_text("int attnbench_fd_partition_f32(void) { return syntax error; }\n")
-    monkeypatch.setattr(_cpu_kernel, "SOURCE", bad)
+    monkeypatch.setattr(kernel_build, "SOURCE", bad)
     reason = _skip_reason(_case(SHAPES[0], "contiguous", 0))
     assert "could not compile bad.c" in reason and "\n" not in reason
     assert not list((fresh_kernel / "kernels").glob("*"))  # nothing half-written left behind
@@ -204,7 +204,7 @@ def test_pool_runs_inline_under_the_profiler():
 
     from torch.autograd.profiler import profile
 
-    from implementations.flash_pool import run_parallel
+    from implementations._shared.thread_pool import run_parallel
 
     torch.set_num_threads(2)  # restored by the torch_single_thread fixture
     seen = []
@@ -220,8 +220,8 @@ def test_pool_runs_inline_under_the_profiler():
 def test_portable_build_without_march_native(fresh_kernel, monkeypatch):
     """Where the compiler refuses -march=native the kernel is built for the baseline ISA (on x86-64:
     SSE2, so the plain-loop horizontal sums and no register pinning): still correct."""
-    monkeypatch.setattr(_cpu_kernel, "NATIVE", [])
-    assert _cpu_kernel.unavailable_reason() is None
+    monkeypatch.setattr(kernel_build, "NATIVE", [])
+    assert kernel_build.unavailable_reason() is None
     for shape in (SHAPES[1], SHAPES[2]):
         inp = make_decode_inputs(_case(shape, "paged", 5), seed=3)
         assert _rel(_run("flash_decoding", inp, partition=16), reference_decode(inp)) <= 2e-6

@@ -1,4 +1,4 @@
-"""flash specifics: its FA2 backward (Algorithm 2, implementations/flash_backward.py) against float64
+"""flash specifics: its FA2 backward (Algorithm 2, implementations/flash/backward.py) against float64
 autograd, gradcheck, pass-kind support and memory model, and that nothing of a call outlives it.
 
 Gradient rule: dq, dk, dv from flash vs autograd through a float64 reference computed from the SAME
@@ -20,8 +20,8 @@ import torch
 from harness import registry
 from harness.case import Case
 from implementations import flash as flash_mod
-from implementations import flash_forward as fwd_mod
-from implementations import flash_backward as bwd_mod
+from implementations.flash import backward as bwd_mod
+from implementations.flash import forward as fwd_mod
 
 flash = flash_mod.flash_attention
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

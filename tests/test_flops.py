@@ -8,7 +8,7 @@ from harness.case import Case
 from harness.results.units import tflops_per_s
 from harness.workloads.prefill import WORKLOAD as PREFILL
 from harness.workloads.visibility import visible_pairs
-from implementations._common import causal_visible
+from implementations._shared.contract import causal_visible
 
 
 def brute_pairs(nq, nk):

@@ -1,6 +1,7 @@
 """The code layout the design notes promise: data flows one way (no import cycle anywhere in the
-project's packages), implementations depend only on the registry, and no module grows past 400
-lines. Static: reads the source with ast, imports nothing."""
+project's packages), implementations depend only on the registry, the shared helpers
+(implementations/_shared/) and their own package, and no module grows past 400 lines. Static:
+reads the source with ast, imports nothing."""
 
 import ast
 from pathlib import Path
@@ -86,14 +87,39 @@ def test_cycle_finder_finds_a_planted_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def _foreign_imports(name: str, targets: set[str]) -> list[str]:
+    """What a module of implementations/ imports beyond the registry (harness.registry, harness.case),
+    the shared helpers (implementations._shared) and its own implementation: the module itself or,
+    for a package (implementations/flash/), the package's modules. _shared is its own unit, so it
+    may import no implementation."""
+    parts = name.split(".")
+    own = ".".join(parts[:2])  # implementations.flash for implementations.flash.forward
+
+    def ok(t: str) -> bool:
+        return (t in ("harness.registry", "harness.case", "harness", "implementations")
+                or any(t == u or t.startswith(u + ".") for u in ("implementations._shared", own)))
+
+    return sorted(t for t in targets if not ok(t))
+
+
 def test_implementations_depend_only_on_the_registry_and_their_own_helpers():
     mods = _modules()
-    allowed = ("harness.registry", "harness.case", "harness", "implementations")
     for name, path in mods.items():
-        if name.startswith("implementations"):
-            bad = [t for t in _imports(name, path, mods)
-                   if t not in allowed and not t.startswith("implementations.")]
+        if name.startswith("implementations."):
+            bad = _foreign_imports(name, _imports(name, path, mods))
             assert not bad, f"{name} imports {bad}"
+
+
+def test_foreign_import_finder_finds_planted_ones():
+    assert _foreign_imports("implementations.triton_decode", {"implementations.triton_flash"}) == [
+        "implementations.triton_flash"]
+    assert _foreign_imports("implementations.flash.forward", {"implementations.flash_decoding.kernel_build",
+                                                              "harness.measure"}) == [
+        "harness.measure", "implementations.flash_decoding.kernel_build"]
+    assert _foreign_imports("implementations._shared.thread_pool", {"implementations.flash"}) == [
+        "implementations.flash"]
+    assert _foreign_imports("implementations.flash.backward", {
+        "implementations.flash.forward", "implementations._shared.contract", "harness.registry"}) == []
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)

@@ -3,6 +3,7 @@ what exists, capabilities answer "why not", and nothing is loaded at import time
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -173,3 +174,41 @@ def test_registry_import_is_lazy():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_builtins_are_the_public_modules_and_packages_never_their_helpers():
+    """The registry imports each public module / package of implementations/ and nothing else: a
+    package's helper modules and implementations/_shared/ come in only through the code that uses
+    them (checked in a fresh interpreter, by recording what the registry asks importlib for)."""
+    code = (
+        "import importlib, json, sys\n"
+        "asked, real = [], importlib.import_module\n"
+        "def spy(name, package=None):\n"
+        "    asked.append(name)\n"
+        "    return real(name, package)\n"
+        "importlib.import_module = spy\n"
+        "from harness import registry\n"
+        "registry.ensure_loaded()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('implementations.'))\n"
+        "fns = [f for i in registry._REGISTRY.values() if i.source == 'builtin'\n"
+        "       for f in (i.fn, i.decode and i.decode.fn) if f is not None]\n"
+        "registering = sorted({'.'.join(f.__module__.split('.')[:2]) for f in fns})\n"
+        "print(json.dumps([sorted(n for n in asked if n.startswith('implementations')), loaded, registering,\n"
+        "                  registry.names()]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    asked, loaded, registering, names = json.loads(proc.stdout.strip().splitlines()[-1])
+    impl_dir = REPO_ROOT / "implementations"
+    public = sorted(
+        f"implementations.{p.stem}" for p in impl_dir.iterdir()
+        if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").is_file())
+    )
+    assert asked == public
+    assert registering == public  # every module the registry imports registers an implementation
+    assert {"implementations.flash", "implementations.flash_decoding", "implementations.triton_flash"} <= set(asked)
+    # the helpers are there, loaded by the packages and implementations that use them
+    assert {"implementations.flash.forward", "implementations.flash_decoding.kernel_build",
+            "implementations._shared.contract"} <= set(loaded)
+    assert {"flash", "flash_decoding", "flash_decoding_torch", "triton_flash", "triton_decode"} <= set(names)

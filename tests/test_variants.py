@@ -20,7 +20,7 @@ from harness.workloads.prefill import reference as prefill_reference
 from harness.workloads.visibility import visible_pairs
 from harness.workloads.prefill.inputs import make_inputs
 from harness.workloads.visibility import alibi_slopes, document_ids, document_lengths
-from implementations import _variants
+from implementations._shared import variants as _variants
 
 # (id, Nq, Nk, Hq, Hkv, variant fields); documents need Nq == Nk
 VCFGS = [

@@ -1,7 +1,7 @@
 """Compile time of torch.compile-based implementations, kept out of the latency.
 
 An implementation registered with params={"compiled": True} exposes `fn.compile_seconds()`: the
-seconds it has spent so far in calls that compiled a new graph (implementations/_compiled.py). The
+seconds it has spent so far in calls that compiled a new graph (implementations/_shared/compile_support.py). The
 case's share is the difference across its measurement -- the first case of a shape family in a
 worker pays the compile, later ones record ~0 (compiled once, reused). Stored as
 Measurement.metrics["compile_s"] (harness/results/metrics.py: label "compile", kind "info").

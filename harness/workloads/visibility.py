@@ -2,7 +2,7 @@
 count of visible (query, key) pairs (bottom-right causal, sliding window, packed documents), the
 seeded split of a packed sequence into documents and the standard ALiBi slopes. Used by the
 workloads' inputs (doc_ids), FLOP counts and float64 references; implementations have their own
-copy of the slopes, checked against this one by the tests.
+copy of the slopes (implementations/_shared/variants.py), checked against this one by the tests.
 
 Semantics (README "Variants"), with offset = Nk − Nq (bottom-right alignment):
 - window W ≥ 1: query i sees key j iff i + offset − W < j ≤ i + offset (a sliding window is causal);

@@ -1,6 +1,6 @@
 """The worker pool behind flash's forward and backward (FA2 section 3.2 work partitioning on the
-CPU): n daemon threads whose torch ops run single-threaded, reused across calls. Split out of
-flash.py to keep modules short; see flash.py's docstring for why threads and not OpenMP."""
+CPU) and flash_decoding's partitions: n daemon threads whose torch ops run single-threaded, reused
+across calls. See implementations/flash/__init__.py's docstring for why threads and not OpenMP."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def get_pool(n: int) -> WorkerPool:
 def run_parallel(items, scratch, body) -> None:
     """body(scratch[w], item) for every item, items handed out in order to len(scratch) workers
     (worker w owns scratch[w]); inline when there is one. Nothing of the call outlives it: the
-    pool drops each job before signalling its end (flash_pool.WorkerPool._serve).
+    pool drops each job before signalling its end (WorkerPool._serve).
 
     Inline too while the torch profiler records this thread (the harness's memory and kernel
     passes): it sees only the threads it was started in, so the workers' allocations would go

@@ -1,5 +1,5 @@
 """flash_decoding's partition step for float32 on the CPU: one call of the C kernel
-(`_cpu_decode.c`, built by `_cpu_kernel.py`) per partition, from the worker threads (ctypes
+(`cpu_decode.c`, built by `kernel_build.py`) per partition, from the worker threads (ctypes
 releases the GIL, so the workers run in parallel). The kernel reads the cache in place: a
 contiguous partition is one run of tokens per head, a paged one the partition's pages through
 the block table (element offsets of each page, computed once per call). `ctx` is flash_decoding's
@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from implementations import _cpu_kernel
+from implementations.flash_decoding import kernel_build
 
 
 def memory_model(case, part: int, merge_bytes) -> int:
@@ -39,7 +39,7 @@ class Scratch:
     def __init__(self, ctx):
         self.s = torch.empty(ctx.q.shape[2] * ctx.part, dtype=torch.float32)
         self.rows = torch.empty(ctx.part, dtype=torch.int64)
-        self.kernel = _cpu_kernel.partition_kernel()
+        self.kernel = kernel_build.partition_kernel()
 
 
 def index_fields(q, k_cache, block_table, dims, part: int) -> dict:

@@ -1,4 +1,4 @@
-"""Argument checks and mask helpers shared by every implementation.
+"""The call contract of every implementation: argument checks and mask helpers.
 
 The contract (see README): q (B, Hq, Nq, D); k, v (B, Hkv, Nk, D) with Hq % Hkv == 0; optional
 boolean attn_mask broadcastable to (B, Hq, Nq, Nk), True = may attend; causal is bottom-right

@@ -1,6 +1,6 @@
 """FlashAttention-2 backward for `flash` (Dao 2023, "FlashAttention-2", Algorithm 2).
 
-The forward (flash.flash_forward) saves only q, k, v, out and the per-row log-sum-exp; the
+The forward (forward.flash_forward) saves only q, k, v, out and the per-row log-sum-exp; the
 backward recomputes each score tile instead of storing the (Nq, Nk) probabilities:
 
     D  = rowsum(dO ∘ O)                      (Algorithm 2 line 4; phase 1 here)
@@ -16,16 +16,18 @@ fp32 (scores, dK/dV/dQ) and casts once at the end. GQA/MQA: the G query heads of
 stacked as rows of one matmul (as in the forward), so dK/dV are summed over the group for free.
 
 Masking follows the forward exactly: causal key blocks hidden from a whole query block are
-skipped, straddling tiles add the same cached causal bias, boolean masks go through flash._hide_. A row that
-sees no key has lse2 = +inf, so P = exp2(· − inf) = 0 and its dq is 0; D is 0 since O is 0.
+skipped, straddling tiles add the same cached causal bias, boolean masks go through
+forward._hide_. A row that sees no key has lse2 = +inf, so P = exp2(· − inf) = 0 and its dq is 0;
+D is 0 since O is 0.
 """
 
 from __future__ import annotations
 
 import torch
 
-from implementations._common import LOG2E, compute_dtype, default_scale, grouped_mask
-from implementations.flash_forward import (
+from implementations._shared.contract import LOG2E, compute_dtype, default_scale, grouped_mask
+from implementations._shared.thread_pool import run_parallel
+from implementations.flash.forward import (
     _causal_band,
     _hide_,
     _workers_for,
@@ -33,7 +35,6 @@ from implementations.flash_forward import (
     forward_memory_model,
     mask_bias_numel,
 )
-from implementations.flash_pool import run_parallel
 
 
 class FlashFunction(torch.autograd.Function):
@@ -62,7 +63,7 @@ class _BwdScratch:
 
     def __init__(self, bh, rows, bk, d, copy_q, upcast, n_bias, dq_partial, dtype, device):
         e = dict(dtype=dtype, device=device)
-        self.bias = torch.empty(n_bias, **e) if n_bias else None  # additive mask tile (flash._hide_)
+        self.bias = torch.empty(n_bias, **e) if n_bias else None  # additive mask tile (forward._hide_)
         self.s = torch.empty(bh * rows * bk, **e)  # scores -> P
         self.dp = torch.empty(bh * rows * bk, **e)  # dP -> dS
         self.t = torch.empty(bh * rows * d, **e)  # dS·K tile; dO∘O in phase 1
@@ -75,7 +76,7 @@ class _BwdScratch:
 
 
 class _Masking:
-    """What flash._hide_ reads: the backward's tiles are masked exactly like the forward's."""
+    """What forward._hide_ reads: the backward's tiles are masked exactly like the forward's."""
 
     def __init__(self, band, offset, bk, visible):
         self.band, self.offset, self.bk, self.visible = band, offset, bk, visible

@@ -1,7 +1,7 @@
 /* One Flash-Decoding partition on the CPU, fp32: the partial attention of one sequence's query
  * rows over cached tokens [j0, j0 + n) of every kv head, read through page offsets (a contiguous
- * cache is one "page"). Built and loaded by implementations/_cpu_kernel.py; called once per
- * partition from flash_decoding's worker threads (ctypes releases the GIL).
+ * cache is one "page"). Built and loaded by implementations/flash_decoding/kernel_build.py;
+ * called once per partition from flash_decoding's worker threads (ctypes releases the GIL).
  *
  * Why C: a decode step reads every K and V byte once and does G·Nq multiply-adds per element, so
  * it should run at memory speed. Through torch it is two skinny matmuls per partition (K·qᵀ and

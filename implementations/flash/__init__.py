@@ -5,7 +5,7 @@ Outer loop over query blocks, inner loop over key blocks, online softmax: a runn
 a running row sum l and an unnormalised accumulator acc, divided by l once per query block at the
 end (FA2 section 3.1.1). Key blocks that causality hides from a whole query block are never
 visited, and only blocks straddling the diagonal are masked. Rows that see no key give zeros.
-With grad enabled and an input requiring grad, the call goes through flash_backward.FlashFunction
+With grad enabled and an input requiring grad, the call goes through backward.FlashFunction
 (FA2 Algorithm 2), whose forward is this one plus the row log-sum-exp; otherwise nothing extra.
 
 Work partitioning (FA2 section 3.2): query blocks are independent, so on the CPU they are handed
@@ -29,10 +29,16 @@ from __future__ import annotations
 import torch
 
 from harness.registry import Support, no, register
-from implementations import _variants
-from implementations._common import check_args
-from implementations.flash_backward import FlashFunction, backward_memory_model
-from implementations.flash_forward import BLOCK_K, BLOCK_Q, BLOCK_Q_CAUSAL, flash_forward, forward_memory_model
+from implementations._shared import variants as _variants
+from implementations._shared.contract import check_args
+from implementations.flash.backward import FlashFunction, backward_memory_model
+from implementations.flash.forward import (
+    BLOCK_K,
+    BLOCK_Q,
+    BLOCK_Q_CAUSAL,
+    flash_forward,
+    forward_memory_model,
+)
 
 
 def _memory_model(case, block_q: int | None = None, block_k: int = BLOCK_K) -> int:
@@ -46,7 +52,7 @@ def _memory_model(case, block_q: int | None = None, block_k: int = BLOCK_K) -> i
 def _supports(case) -> Support:
     if case.pass_kind not in ("forward", "backward", "forward_backward"):
         return no(f"flash has no pass kind {case.pass_kind!r}")
-    return _variants.forward_only(case, "flash")  # backward: FA2 Algorithm 2 in flash_backward.py
+    return _variants.forward_only(case, "flash")  # backward: FA2 Algorithm 2 in flash/backward.py
 
 
 @register(
@@ -62,8 +68,9 @@ def flash_attention(
     q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K,
     window=0, softcap=0.0, alibi=False, doc_ids=None,
 ):
-    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal. Variants (implementations/_variants.py):
-    key blocks a window or the documents hide from a whole query block are never visited."""
+    """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal. Variants
+    (implementations/_shared/variants.py): key blocks a window or the documents hide from a whole
+    query block are never visited."""
     dims = check_args(q, k, v, attn_mask, scale)
     var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
     causal = causal or (var is not None and var.masks)  # a window and documents are causal
@@ -74,6 +81,6 @@ def flash_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         if var is not None:
             raise NotImplementedError("flash implements the attention variants in the forward pass only")
-        # FA2 backward (flash_backward.py): saves q, k, v, out and the row log-sum-exp only.
+        # FA2 backward (flash/backward.py): saves q, k, v, out and the row log-sum-exp only.
         return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
     return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, var=var)[0]

@@ -1,6 +1,6 @@
-"""The Triton FlashAttention-2 forward kernel of `triton_flash` (implementations/triton_flash.py
+"""The Triton FlashAttention-2 forward kernel of `triton_flash` (implementations/triton_flash/__init__.py
 registers it and documents it): tile constants, the kernel, its launch, mask layout and tile
-sizes. No registration here, so the backward (triton_flash_backward.py) builds on it without an
+sizes. No registration here, so the backward (backward.py) builds on it without an
 import cycle.
 """
 
@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import torch
 
-from implementations._common import LOG2E, default_scale, mask_4d
+from implementations._shared.contract import LOG2E, default_scale, mask_4d
 
 BLOCK_M = 64  # query rows per program
 BLOCK_N = 64  # keys per inner step

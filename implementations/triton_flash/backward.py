@@ -21,8 +21,8 @@ from functools import lru_cache
 
 import torch
 
-from implementations._common import LOG2E, default_scale
-from implementations.triton_flash_forward import NUM_WARPS, kernel_mask, launch_forward, tile_sizes
+from implementations._shared.contract import LOG2E, default_scale
+from implementations.triton_flash.forward import NUM_WARPS, kernel_mask, launch_forward, tile_sizes
 
 
 @lru_cache(maxsize=None)

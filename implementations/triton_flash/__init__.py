@@ -5,7 +5,7 @@ sum l and a float32 accumulator on chip, streams the key/value blocks, and write
 acc / l once. Causal attention is bottom-right aligned and stops at the last key block the query
 block can see; a boolean attn_mask is read through its strides (0 for broadcast dimensions).
 Rows that see no key give zeros. Under autograd the forward also stores each row's log-sum-exp
-and implementations/triton_flash_backward.py supplies the FlashAttention-2 backward kernels.
+and triton_flash/backward.py supplies the FlashAttention-2 backward kernels.
 Plain pointer arithmetic (no block pointers) and one autotune
 config keep the kernel portable across Triton versions and backends.
 
@@ -16,24 +16,13 @@ when the kernel is first needed, never at module import.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
 from harness.registry import YES, Support, no, register
-from implementations._common import check_args
-from implementations.triton_flash_backward import attention_with_grad
-from implementations.triton_flash_forward import BLOCK_M, BLOCK_N, NUM_STAGES, NUM_WARPS, launch_forward
-
-
-def _available(device: str) -> Support:
-    if importlib.util.find_spec("triton") is None:
-        return no("triton is not installed (pip install 'attnbench[triton]')")
-    kind = str(device).split(":")[0]
-    if kind == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return no("Triton runs on the CPU only in its interpreter: set TRITON_INTERPRET=1")
-    return YES
+from implementations._shared.contract import check_args
+from implementations._shared.triton_support import triton_available
+from implementations.triton_flash.backward import attention_with_grad
+from implementations.triton_flash.forward import BLOCK_M, BLOCK_N, NUM_STAGES, NUM_WARPS, launch_forward
 
 
 def _supports(case) -> Support:
@@ -46,7 +35,7 @@ def _supports(case) -> Support:
 
 def _memory_model(case) -> int:
     """Bytes above the inputs: the tiles live in registers / shared memory, masks are read as
-    views. Forward: the output. Backward (triton_flash_backward): D = rowsum(dO∘O) in float32 and
+    views. Forward: the output. Backward (triton_flash/backward.py): D = rowsum(dO∘O) in float32 and
     dq, dk, dv; the forward of a training step also keeps the float32 log-sum-exp per row."""
     e = case.element_bytes
     out_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
@@ -64,7 +53,7 @@ def _memory_model(case) -> int:
     "triton_flash",
     devices=("cpu", "cuda"),
     dtypes=("float32", "float16", "bfloat16"),
-    available=_available,
+    available=triton_available,
     supports=_supports,
     memory_model=_memory_model,
     description="FlashAttention-2 forward and backward as Triton kernels (CUDA; CPU only via TRITON_INTERPRET=1)",
@@ -79,7 +68,7 @@ def triton_flash_attention(
     check_args(q, k, v, attn_mask, scale)
     if any(b is not None and b < 1 for b in (block_m, block_n)):
         raise ValueError(f"block_m and block_n must be positive, got {block_m}, {block_n}")
-    support = _available(str(q.device))
+    support = triton_available(str(q.device))
     if not support:
         raise RuntimeError(support.reason)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):

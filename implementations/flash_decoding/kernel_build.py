@@ -1,4 +1,4 @@
-"""Build and load the C partition kernel of flash_decoding's CPU path (`_cpu_decode.c`).
+"""Build and load the C partition kernel of flash_decoding's CPU path (`cpu_decode.c`).
 
 Built on first use with the machine's C compiler ($CC, else cc, gcc or clang), `-O3 -march=native`
 (retried without -march=native where the compiler refuses it), into a cache keyed by the source,
@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("_cpu_decode.c")
+SOURCE = Path(__file__).with_name("cpu_decode.c")
 SYMBOL = "attnbench_fd_partition_f32"
 FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wno-psabi", "-fPIC", "-shared"]
 NATIVE = ["-march=native"]
@@ -117,7 +117,7 @@ def _load():
 
 
 def partition_kernel():
-    """The C function (see _cpu_decode.c), built and loaded once per process."""
+    """The C function (see cpu_decode.c), built and loaded once per process."""
     fn, why = _load()
     if fn is None:
         raise KernelUnavailable(why)

@@ -1,7 +1,8 @@
 """flash_decoding's partition step in torch ops (every device and dtype for flash_decoding_torch;
 CUDA and non-float32 dtypes for flash_decoding): scores K·qᵀ as one bmm over the kv heads, the
 probabilities, and o = p·V by embedding_bag straight from the cache (full precision on the CPU) or
-by bmm. Split out of flash_decoding.py, whose docstring describes the algorithm; `ctx` is its _Ctx.
+by bmm. Split out of the package's __init__.py, whose docstring describes the algorithm; `ctx` is
+its _Ctx.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
 def index_fields(q, k_cache, v_cache, block_table, dims, part: int) -> dict:
     """The torch step's fields of flash_decoding's _Ctx: pool views, the block table as pool rows
     and, for embedding_bag, the cache row of each (sequence, head[, page]). Small ops only (the
-    caller's OpenMP team must stay asleep; see flash_decoding.py)."""
+    caller's OpenMP team must stay asleep; see flash_decoding/__init__.py)."""
     B, D = q.shape[0], q.shape[3]
     Hkv, ps = dims.heads_kv, dims.page_size
     row_idx = _row_index(block_table, Hkv) if dims.paged else None  # (B, Hkv, max_pages)

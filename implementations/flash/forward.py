@@ -1,7 +1,7 @@
-"""The tiled FlashAttention-2 forward of `flash` (implementations/flash.py registers it and
-documents the algorithm and its speed tricks): block constants, the forward memory model, the
+"""The tiled FlashAttention-2 forward of `flash` (implementations/flash/__init__.py registers it
+and documents the algorithm and its speed tricks): block constants, the forward memory model, the
 query-block worker and the key sweep with lazy rescaling. No registration here, so the backward
-(flash_backward.py) can build on it without an import cycle.
+(backward.py) can build on it without an import cycle.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from implementations import _variants  # noqa: F401  (the _Ctx annotation)
-from implementations.flash_pool import run_parallel
-from implementations._common import (
+from implementations._shared import variants as _variants  # noqa: F401  (the _Ctx annotation)
+from implementations._shared.contract import (
     LOG2E,
     compute_dtype,
     default_scale,
     grouped_mask,
 )
+from implementations._shared.thread_pool import run_parallel
 
 # Tuned on a 2-core AVX2 CPU at N = 4096 (single-thread CPU time and interleaved 2-thread runs
 # against SDPA): 256 x 256 fp32 tiles (2 MiB at 8 heads) were as fast as any shape tried (64-2048

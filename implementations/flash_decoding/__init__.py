@@ -19,12 +19,12 @@ float32 copies / gathered pages. Ragged batches: partitions follow each sequence
 work tracks total tokens, not batch x longest sequence.
 
 On the CPU the partitions, then the per-sequence merges, are handed to `torch.get_num_threads()`
-worker threads running single-threaded torch ops (the idea of implementations/flash.py's pool:
+worker threads running single-threaded torch ops (implementations/_shared/thread_pool.py, as flash:
 per-op OpenMP barriers stall under load). The caller runs only small ops: a large one would wake
 its OpenMP team, whose threads spin-wait afterwards on the cores the workers need. On CUDA one
 thread issues everything in order.
 
-CPU float32: a C kernel per partition (`_cpu_decode.c`, built on first use by `_cpu_kernel.py`).
+CPU float32: a C kernel per partition (`cpu_decode.c`, built on first use by `kernel_build.py`).
 Through torch the partition is two skinny matmuls that BLAS runs compute-bound at about half the
 streaming-read rate of a core, plus a gathered copy of K when paged (measured on a shared 2-core
 AMD EPYC, 1 thread, B=8, Hq=32, Hkv=8, D=128, KV=8192: K·qᵀ ~10 GB/s, p·V ~9-10 GB/s, a plain
@@ -44,10 +44,10 @@ from dataclasses import dataclass
 import torch
 
 from harness.registry import YES, Support, no, register_decode
-from implementations import _cpu_kernel, _fd_c, _fd_torch
-from implementations._common import LOG2E, compute_dtype, default_scale
-from implementations._decode import check_decode_args
-from implementations.flash_pool import run_parallel
+from implementations._shared.contract import LOG2E, compute_dtype, default_scale
+from implementations._shared.decode_contract import check_decode_args
+from implementations._shared.thread_pool import run_parallel
+from implementations.flash_decoding import c_partitions, kernel_build, torch_partitions
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
 # fp32 at Hkv=8, D=128), so the per-item Python work costs a few % of its streaming time; the
@@ -68,7 +68,7 @@ def partition_for(partition: int | None, lens, page_size: int, workers: int) -> 
         partition = PARTITION
         while partition > MIN_AUTO_PARTITION and sum(-(-n // partition) for n in lens) < workers:
             partition //= 2
-    return _fd_torch.part_len(partition, page_size)
+    return torch_partitions.part_len(partition, page_size)
 
 
 def _case_partition(case, partition: int | None) -> int:
@@ -85,12 +85,12 @@ def _workers(device, items: int) -> int:
 
 def _memory_model(case, partition: int | None = None) -> int:
     if _runs_c(case):
-        return _fd_c.memory_model(case, _case_partition(case, partition), merge_bytes)
-    return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
+        return c_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
+    return torch_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
 def _memory_model_torch(case, partition: int | None = None) -> int:
-    return _fd_torch.memory_model(case, _case_partition(case, partition), merge_bytes)
+    return torch_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
 
 
 def _runs_c(case) -> bool:
@@ -101,7 +101,7 @@ def _runs_c(case) -> bool:
 def _c_supports(case) -> Support:
     """flash_decoding's CPU float32 cases need the C kernel; elsewhere it runs torch ops."""
     if _runs_c(case):
-        why = _cpu_kernel.unavailable_reason()
+        why = kernel_build.unavailable_reason()
         if why:
             return no(f"its CPU float32 partitions are a C kernel that cannot be built here ({why}); "
                       "flash_decoding_torch runs without one")
@@ -124,11 +124,12 @@ class _Ctx:
     Nq: int
     part: int
     ps: int  # page size, 0 when contiguous
-    # the C step (_fd_c.index_fields): element offsets of pages | partitions, elements between heads
+    # the C step (c_partitions.index_fields): element offsets of pages | partitions, elements
+    # between heads
     offs: torch.Tensor | None = None
     head_stride: int = 0
     q_c: torch.Tensor | None = None  # (B, Hkv, G·Nq, D) contiguous, unscaled
-    # the torch step (_fd_torch.index_fields)
+    # the torch step (torch_partitions.index_fields)
     k_rows: torch.Tensor | None = None  # paged: the pool viewed (num_pages·Hkv, ps·D), one row per (page, head)
     v_rows: torch.Tensor | None = None
     row_idx: torch.Tensor | None = None  # (B, Hkv, max_pages) int64: pool row of (sequence, head, page)
@@ -160,9 +161,9 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     # Scaling q, the bag indices and the merge run in the workers.
     if c_kernel:
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()  # views of the inputs as given
-        fields = _fd_c.index_fields(q, k_cache, block_table, dims, part)
+        fields = c_partitions.index_fields(q, k_cache, block_table, dims, part)
     else:
-        fields = _fd_torch.index_fields(q, k_cache, v_cache, block_table, dims, part)
+        fields = torch_partitions.index_fields(q, k_cache, v_cache, block_table, dims, part)
     ctx = _Ctx(
         q=q.reshape(B, Hkv, GN, D),  # a view: query head h·G + g, token i is row g·Nq + i of kv head h
         c=default_scale(D, scale) * LOG2E,  # softmax(x·scale) = 2^(x·c − max) / Σ
@@ -186,13 +187,13 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
                    key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
     n_workers = _workers(q.device, len(items))
     # the caller allocates the workers' buffers; then the partitions, then the merge of each
-    # sequence (flash_pool.run_parallel: inline for one worker)
+    # sequence (thread_pool.run_parallel: inline for one worker)
     if c_kernel:
-        scratch = [_fd_c.Scratch(ctx) for _ in range(n_workers)]
-        run_parallel(items, scratch, lambda scr, item: _fd_c.partition(ctx, scr, *item))
+        scratch = [c_partitions.Scratch(ctx) for _ in range(n_workers)]
+        run_parallel(items, scratch, lambda scr, item: c_partitions.partition(ctx, scr, *item))
     else:
-        scratch = [_fd_torch.Scratch(ctx, q.dtype != acc, acc) for _ in range(n_workers)]
-        run_parallel(items, scratch, lambda scr, item: _fd_torch.partition(ctx, scr, *item))
+        scratch = [torch_partitions.Scratch(ctx, q.dtype != acc, acc) for _ in range(n_workers)]
+        run_parallel(items, scratch, lambda scr, item: torch_partitions.partition(ctx, scr, *item))
     merges = [_MergeScratch(P, Hkv, GN, D, acc, q.device) for _ in range(min(n_workers, B))]
     run_parallel(range(B), merges, lambda mrg, b: _merge(ctx, mrg, b))
     return ctx.out.view(B, Hq, Nq, D)
@@ -230,7 +231,7 @@ def flash_decoding_torch(q, k_cache, v_cache, *, kv_lens, block_table=None, scal
 
 class _MergeScratch:
     """One worker's merge buffers (caller-allocated, like every buffer of a call: see
-    flash_pool.run_parallel). P = the most partitions of any sequence."""
+    thread_pool.run_parallel). P = the most partitions of any sequence."""
 
     def __init__(self, P: int, Hkv: int, GN: int, D: int, acc, device):
         opts = dict(dtype=acc, device=device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from implementations._common import FLOATING
+from implementations._shared.contract import FLOATING
 
 
 @dataclass(frozen=True)
