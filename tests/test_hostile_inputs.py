@@ -50,8 +50,11 @@ def test_plugin_hook_faults_and_exit_on_import_cost_only_their_own_cases(tmp_pat
 
     ls = attnbench("list", cwd=tmp_path, env=env)
     assert ls.returncode == 0 and "Traceback" not in ls.stderr, ls.stderr
-    row = next(ln for ln in ls.stdout.splitlines() if ln.startswith("hostile_available_raises"))
-    assert "no: " in row and "available= hook raised OSError" in row
+    lines = ls.stdout.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("hostile_available_raises"))
+    why = " ".join(ln.strip() for ln in lines[i + 1:i + 4])  # the indented "not here:" line(s) below
+    assert " no " in lines[i] + " " and why.startswith("not here: ")
+    assert "available= hook raised OSError" in why
     assert "naive" in ls.stdout
     assert "'exits' failed to load: SystemExit" in ls.stderr
 

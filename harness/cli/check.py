@@ -20,10 +20,18 @@ PASS_COUNTS = (gate.UNCHANGED, gate.IMPROVED, gate.INCONCLUSIVE)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("check", help="CI gate: ratios to a same-run reference vs the committed baseline",
-                       description="Time every implementation of the CI scenario interleaved with a reference "
-                                   "implementation, compare each ratio with results/baselines/<device_key>.json, "
-                                   "re-measure suspected regressions. Exit 0 pass, 1 fail, 2 usage error.")
+    p = sub.add_parser("check", help="CI gate: measure the current tree against a git revision (--against REF, "
+                                     "A/B on this machine) or against the committed baseline",
+                       description="The CI regression gate, on scenarios/ci.toml unless --scenario says "
+                                   "otherwise. Every implementation is timed in short blocks interleaved with "
+                                   "a reference implementation; its time ratio to the reference is judged, never "
+                                   "an absolute time. With --against REF the git revision REF and the current "
+                                   "tree are measured side by side on this machine (A/B: no baseline file "
+                                   "needed). Without it the ratios are compared with the committed "
+                                   "results/baselines/<device_key>.json (--update-baseline writes it). Suspected "
+                                   "regressions are re-measured in a fresh process before they fail. Exit 0 "
+                                   "pass, 1 fail (an error, a wrong result or a confirmed regression), 2 usage "
+                                   "error or a revision that cannot be measured.")
     p.add_argument("--scenario", default="ci", metavar="TOML", help="scenario name or path (default: ci)")
     p.add_argument("--baseline", metavar="FILE", help="baseline file (default: results/baselines/<device_key>.json)")
     p.add_argument("--update-baseline", action="store_true", help="measure and (re)write the baseline, then exit")

@@ -22,7 +22,13 @@ def _fail(msg: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="attnbench",
-        description="Benchmark attention implementations: latency, peak memory, numerical error.",
+        description="Which attention implementation is fastest, leanest and accurate enough for your shapes "
+                    "and device, and did a change make it worse? Runs registered implementations over "
+                    "scenario grids; records latency, peak memory and error against a float64 reference; "
+                    "writes reports; gates CI on regressions.",
+        epilog="Start with: attnbench list; attnbench run smoke (seconds); attnbench run (the default sweep "
+               "and its report). In CI: attnbench check --against REF (a git revision), or attnbench check against the "
+               "committed baseline. attnbench COMMAND --help for the options of each command.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
