@@ -79,14 +79,17 @@ def terminal_width() -> int:
 def workloads_cell(r: dict) -> str:
     """`prefill`, `decode`, or `both`; decode layouts only when not every layout is supported
     (`decode(paged)`, `prefill+decode(paged)`)."""
-    from harness.case import KV_LAYOUTS, WORKLOADS
+    from harness.workloads import WORKLOADS
+    from harness.workloads.decode import KV_LAYOUTS
 
     parts = []
     for w in r["workloads"]:
         if w == "decode" and r["kv_layouts"] and set(r["kv_layouts"]) != set(KV_LAYOUTS):
             w += "(" + ",".join(LAYOUT_SHORT.get(x, x) for x in r["kv_layouts"]) + ")"
         parts.append(w)
-    return "both" if parts == list(WORKLOADS) else "+".join(parts)
+    if len(parts) > 1 and parts == list(WORKLOADS):
+        return "both" if len(parts) == 2 else "all"
+    return "+".join(parts)
 
 
 def here_cell(r: dict) -> str:
