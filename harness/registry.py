@@ -258,6 +258,7 @@ def register_decode(
     devices: tuple[str, ...] | list[str] = ("cpu", "cuda"),
     dtypes: tuple[str, ...] | list[str] = DTYPES,
     supports: Callable[[Case], Support] | None = None,
+    available: Callable[[str], Support] | None = None,
     memory_model: Callable[[Case], int] | None = None,
     description: str = "",
     params: dict | None = None,
@@ -270,8 +271,9 @@ def register_decode(
     bad = [x for x in layouts if x not in KV_LAYOUTS]
     if bad:
         raise ValueError(f"register_decode({name!r}): unknown layouts {bad}; allowed: {KV_LAYOUTS}")
-    return register_path("decode", name, devices=devices, dtypes=dtypes, supports=supports, memory_model=memory_model,
-                         description=description, params=params, options={"layouts": tuple(layouts)})
+    return register_path("decode", name, devices=devices, dtypes=dtypes, supports=supports, available=available,
+                         memory_model=memory_model, description=description, params=params,
+                         options={"layouts": tuple(layouts)})
 
 
 def _load_builtins() -> None:
