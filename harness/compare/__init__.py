@@ -1,0 +1,1 @@
+"""Judging: the one verdict function, two runs compared, the CI gate (baseline and A/B), history."""

@@ -1,0 +1,1 @@
+"""Documents from typed rows: HTML, Markdown and PNG reports, exports, history plots."""

@@ -1,0 +1,1 @@
+"""Getting cases measured: the runner, the executor seam, the worker process, Ray."""

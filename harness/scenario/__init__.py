@@ -1,0 +1,1 @@
+"""Scenario files: TOML -> validated Scenario -> Cases (each grid expanded by its workload)."""
