@@ -69,9 +69,9 @@ def gate(args, out_json: Path, slowdown: str | None, extra=()) -> tuple[int, dic
 
 def _write_empty_baseline(path: Path) -> None:
     """A baseline with no cases: the gate measures everything and judges nothing (timing only)."""
-    from harness.compare import gate as g
+    from harness.compare import baseline as bl
 
-    g.write_baseline(g.Baseline(path=str(path), device_key="none", reference="sdpa", entries={}))
+    bl.write_baseline(bl.Baseline(path=str(path), device_key="none", reference="sdpa", entries={}))
 
 
 def _row(data: dict, impl: str) -> list[dict]:
