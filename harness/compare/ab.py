@@ -41,7 +41,8 @@ ROUNDS_PER_BLOCK = 10  # interleaved rounds impl/reference inside one block
 
 
 class BaseRevisionError(ResultsError):
-    """The base revision cannot be measured (unknown, does not import, predates the A/B gate)."""
+    """The base revision cannot be measured (unknown to git, or its implementations do not import
+    with this harness)."""
 
 
 def export_revision(ref: str, repo: Path, dest: Path) -> str:
