@@ -10,7 +10,7 @@
    first times --single single-tree checks (no baseline, no re-measurement) for the wall-time ratio.
 2. Starts a CPU load generator (a subprocess doing 1-thread torch matmuls) unless --no-load.
 3. Runs the gate 2 x --runs times, alternating an unchanged run and a run with the testing hook
-   ATTNBENCH_SLOWDOWN=<--slowdown> (harness/measure/shape_ratios.py), so both see the same load over time.
+   ATTNBENCH_SLOWDOWN=<--slowdown> (harness/measure/slowdown.py), so both see the same load over time.
 4. Prints false alarms (unchanged runs that failed) and detections (slowed runs whose slowed
    implementation was confirmed "regressed"), with per-run ratios and wall times.
 
@@ -69,9 +69,9 @@ def gate(args, out_json: Path, slowdown: str | None, extra=()) -> tuple[int, dic
 
 def _write_empty_baseline(path: Path) -> None:
     """A baseline with no cases: the gate measures everything and judges nothing (timing only)."""
-    from harness.compare import gate as g
+    from harness.compare import baseline as bl
 
-    g.write_baseline(g.Baseline(path=str(path), device_key="none", reference="sdpa", entries={}))
+    bl.write_baseline(bl.Baseline(path=str(path), device_key="none", reference="sdpa", entries={}))
 
 
 def _row(data: dict, impl: str) -> list[dict]:

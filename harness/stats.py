@@ -2,8 +2,10 @@
 
 Spread is IQR / median (robust to the occasional outlier a shared machine produces). Thresholds
 follow the measurement rules in DESIGN.md: ≥ 10% is noisy, ≥ 25% unreliable.
-Confidence intervals are percentile bootstraps of the median with a fixed seed, so the same
-samples always give the same interval.
+Confidence intervals are percentile bootstraps (of the median, or of the minimum for a ratio of
+minimums) with a fixed seed, so the same samples always give the same interval. Every bootstrap of
+attnbench lives here: summarize (one sample set, seconds), median_ci (one sample set, any unit:
+the gate's ratios), ratio_ci (two sample sets: compare).
 """
 
 from __future__ import annotations
@@ -42,10 +44,37 @@ class Stats:
         return cls(**{f: d.get(f) for f in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class RatioStats:
+    """Median and bootstrap 95% CI of ratio samples (harness.stats.median_ci), their IQR/median."""
+
+    median: float
+    ci_low: float
+    ci_high: float
+    spread: float  # IQR / median of the ratio samples
+    n: int
+
+    @classmethod
+    def of(cls, ratios: Sequence[float]) -> "RatioStats | None":
+        if not ratios:
+            return None
+        m = median_ci(ratios)
+        return cls(m.median, m.low, m.high, spread(ratios), len(ratios))
+
+
 class RatioCI(NamedTuple):
-    ratio: float  # median(cur) / median(base)
+    ratio: float  # statistic(cur) / statistic(base)
     low: float
     high: float
+
+
+class MedianCI(NamedTuple):
+    median: float
+    low: float
+    high: float
+
+
+STATISTICS = ("median", "min")  # what a bootstrap may resample
 
 
 def _as_array(samples: Sequence[float], what: str) -> np.ndarray:
@@ -82,11 +111,29 @@ def noise_level(spread_value: float) -> str:
     return "ok"
 
 
-def _bootstrap_medians(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+def _bootstrap(x: np.ndarray, rng: np.random.Generator, resamples: int, statistic: str = "median") -> np.ndarray:
+    """The statistic of `resamples` resamples (with replacement) of x."""
     import numpy as np
 
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic {statistic!r} is not allowed; allowed: {', '.join(STATISTICS)}")
     idx = rng.integers(0, x.size, size=(resamples, x.size))  # (R, n)
-    return np.median(x[idx], axis=1)  # (R,)
+    return (np.median if statistic == "median" else np.min)(x[idx], axis=1)  # (R,)
+
+
+def median_ci(samples: Sequence[float], *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+              confidence: float = CONFIDENCE) -> MedianCI:
+    """The median of samples in any unit (the gate's time ratios) with its percentile-bootstrap CI."""
+    import numpy as np
+
+    x = _as_array(samples, "median_ci")
+    med = float(np.median(x))
+    if x.size == 1:
+        return MedianCI(med, med, med)
+    meds = _bootstrap(x, np.random.default_rng(seed), resamples)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = (float(v) for v in np.quantile(meds, [alpha, 1.0 - alpha]))
+    return MedianCI(med, lo, hi)
 
 
 def summarize(
@@ -103,12 +150,7 @@ def summarize(
     q1, med, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
     iqr = q3 - q1
     s = _ratio(iqr, med)
-    if x.size == 1:
-        lo = hi = med
-    else:
-        meds = _bootstrap_medians(x, np.random.default_rng(seed), resamples)
-        alpha = (1.0 - confidence) / 2.0
-        lo, hi = (float(v) for v in np.quantile(meds, [alpha, 1.0 - alpha]))
+    _, lo, hi = median_ci(x, seed=seed, resamples=resamples, confidence=confidence)
     return Stats(
         n=int(x.size),
         median_s=med,
@@ -132,21 +174,23 @@ def ratio_ci(
     seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = CONFIDENCE,
+    statistic: str = "median",
 ) -> RatioCI:
-    """median(cur) / median(base) with a percentile-bootstrap CI (both sides resampled
-    independently). A ratio > 1 means `cur` is slower than `base`."""
+    """statistic(cur) / statistic(base) -- the median, or the minimum -- with a percentile-bootstrap
+    CI (both sides resampled independently). A ratio > 1 means `cur` is slower than `base`."""
     import numpy as np
 
     base = _as_array(base_samples, "ratio_ci base")
     cur = _as_array(cur_samples, "ratio_ci cur")
-    if np.median(base) <= 0.0:
-        raise ValueError("ratio_ci: the base median must be positive")
-    ratio = float(np.median(cur) / np.median(base))
+    stat = np.median if statistic == "median" else np.min
+    if stat(base) <= 0.0:
+        raise ValueError(f"ratio_ci: the base {statistic} must be positive")
+    ratio = float(stat(cur) / stat(base))
     rng = np.random.default_rng(seed)
-    base_meds = _bootstrap_medians(base, rng, resamples)  # (R,)
-    cur_meds = _bootstrap_medians(cur, rng, resamples)  # (R,)
+    base_stats = _bootstrap(base, rng, resamples, statistic)  # (R,)
+    cur_stats = _bootstrap(cur, rng, resamples, statistic)  # (R,)
     with np.errstate(divide="ignore"):
-        ratios = cur_meds / base_meds  # (R,)
+        ratios = cur_stats / base_stats  # (R,)
     alpha = (1.0 - confidence) / 2.0
     lo, hi = (float(v) for v in np.quantile(ratios, [alpha, 1.0 - alpha]))
     return RatioCI(ratio, lo, hi)

@@ -102,10 +102,10 @@ def test_wide_spread_is_inconclusive():
     assert c.ci_low < T10.upper < c.ci_high
 
 
-def test_unreliable_flag_makes_even_a_clear_slowdown_inconclusive():
+def test_unreliable_flag_is_no_veto_a_clear_slowdown_is_regressed_marked_noisy():
     c = compare_case(_m(center=1.0), _m(center=1.5, seed=1, noise="unreliable"), T10)
-    assert c.verdict == INCONCLUSIVE
-    assert any("unreliable" in n for n in c.notes)
+    assert c.verdict == REGRESSED and c.is_regression and c.noisy
+    assert any("noisy" in n and "unreliable" in n for n in c.notes)
 
 
 def test_too_few_samples_is_inconclusive():

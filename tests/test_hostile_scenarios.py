@@ -72,7 +72,7 @@ def test_scenario_name_length_memory_floor_bom_and_file_kind(tmp_path):
 
 
 def test_unwritable_output_and_undecodable_baseline_are_one_line(tmp_path, capsys):
-    from harness.compare import gate
+    from harness.compare import baseline as bl
     from harness.results.store import ResultsError
 
     run = make_run(tmp_path / "r", [_ok()])
@@ -84,7 +84,7 @@ def test_unwritable_output_and_undecodable_baseline_are_one_line(tmp_path, capsy
     bad = tmp_path / "base.json"
     bad.write_bytes(b"\xff\xfe{}")
     with pytest.raises(ResultsError, match="not a readable JSON baseline"):
-        gate.read_baseline(bad)
+        bl.read_baseline(bad)
 
 
 def test_a_worker_that_cannot_start_is_a_crashed_record_per_case(tmp_path):

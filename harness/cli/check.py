@@ -1,4 +1,5 @@
-"""`attnbench check`: the CI regression gate (harness/gate.py) on scenarios/ci.toml.
+"""`attnbench check`: the CI regression gate (harness/compare/gate.py, A/B: harness/compare/ab.py)
+on scenarios/ci.toml.
 
 Exit codes: 0 pass (possibly with warnings: inconclusive cases, no baseline for this machine),
 1 fail (error / wrong / crash / timeout, or a timing regression confirmed by re-measurement),
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from harness.cli.console import case_shape, table
 from harness.cli.errors import UsageError
-from harness.compare import gate
+from harness.compare import baseline as bl, gate
 
 PASS_COUNTS = (gate.UNCHANGED, gate.IMPROVED, gate.INCONCLUSIVE)
 
@@ -53,7 +54,7 @@ def cmd_check(args) -> int:
     from harness import registry
     from harness.compare.runs import Threshold
     from harness.measure.machine.environment import collect_environment
-    from harness.measure.shape_ratios import SLOWDOWN_ENV, parse_slowdown
+    from harness.measure.slowdown import SLOWDOWN_ENV, parse_slowdown
     from harness.scenario.load import load_scenario
 
     try:
@@ -82,7 +83,7 @@ def cmd_check(args) -> int:
         settings = dataclasses.replace(settings, min_block_s=args.min_block_ms / 1e3)
     env = collect_environment()
     key = gate.gate_device_key(cases, env)
-    path = Path(args.baseline) if args.baseline else gate.baseline_path_for(key)
+    path = Path(args.baseline) if args.baseline else bl.baseline_path_for(key)
     shapes = len({c.replace(impl=reference, grid="").case_id for c in cases})
     impls = sorted({c.impl for c in cases})
     print(f"gate: {len(impls)} implementations x {shapes} shapes against {reference!r} on {key} "
@@ -103,7 +104,7 @@ def cmd_check(args) -> int:
         return outcome.exit_code
     if args.update_baseline:
         return _update(cases, reference, threshold, settings, env, key, path)
-    baseline = gate.read_baseline(path) if (args.baseline or path.exists()) else None
+    baseline = bl.read_baseline(path) if (args.baseline or path.exists()) else None
     outcome = gate.run_gate(cases, reference=reference, threshold=threshold, baseline=baseline, device_key=key,
                             baseline_path=path, settings=settings)
     extra = ()
@@ -117,15 +118,20 @@ def cmd_check(args) -> int:
 
 def _update(cases, reference, threshold, settings, env, key, path) -> int:
     results = gate.measure_for_baseline(cases, reference, settings)
-    rows = tuple(gate.judge(r, None, threshold, reference) for r in results)
+    rows = tuple(gate.judge(gate.Evidence.of(r), None, threshold, reference, missing=gate.NO_BASELINE)
+                 for r in results)
     outcome = gate.GateOutcome(rows, threshold, reference, key, str(path), baseline_found=False)
     print(format_table(outcome))
     if not outcome.passed:
         print(f"\ngate: FAIL ({_counts(outcome)}); baseline NOT written: fix the failures first")
         return 1
-    b = gate.make_baseline(results, path=path, device_key=key, reference=reference, environment=env,
+    b = bl.make_baseline(results, path=path, device_key=key, reference=reference, environment=env,
                            settings=settings)
-    gate.write_baseline(b)
+    bl.write_baseline(b)
+    busy = [r.case.impl for r in results if r.contended]
+    if busy:
+        print(f"warning: {len(busy)} case(s) contended while measured ({', '.join(sorted(set(busy)))}): "
+              f"other processes took CPU; consider re-running on a quiet machine")
     print(f"\nbaseline written: {path} ({len(b.entries)} cases, {key})")
     return 0
 
@@ -136,7 +142,8 @@ def to_dict(o: gate.GateOutcome, extra_warnings: tuple[str, ...] = ()) -> dict:
 
     rows = [{"case_id": r.case.case_id, "impl": r.case.impl, "status": r.status, "verdict": r.verdict,
              "failed": r.failed, "baseline_ratio": r.baseline_ratio, "current": stats(r.current),
-             "remeasured": stats(r.remeasured), "message": r.message} for r in o.rows]
+             "remeasured": stats(r.remeasured), "message": r.message, "notes": list(r.notes), "noisy": r.noisy,
+             "contended": r.contended} for r in o.rows]
     return {"passed": o.passed, "exit_code": o.exit_code, "counts": o.counts(), "reference": o.reference,
             "device_key": o.device_key, "baseline_path": o.baseline_path, "baseline_found": o.baseline_found,
             "threshold": o.threshold.fraction, "warnings": [*o.warnings, *extra_warnings], "rows": rows}
@@ -162,7 +169,7 @@ def format_table(o: gate.GateOutcome) -> str:
         verdict = r.verdict.upper() if r.failed else r.verdict
         rows.append([r.case.impl, case_shape(r.case), r.status,
                      "-" if r.baseline_ratio is None else f"{r.baseline_ratio:.3f}", _ci(r.current),
-                     _ci(r.remeasured), verdict, r.message[:100]])
+                     _ci(r.remeasured), verdict, "; ".join(x for x in (r.message[:100], *r.notes) if x)])
     headers = ["impl", "case", "status", "baseline", f"ratio to {o.reference} [95% CI]", "re-measured", "verdict",
                "note"]
     return table(headers, rows)
@@ -171,8 +178,7 @@ def format_table(o: gate.GateOutcome) -> str:
 def _counts(o: gate.GateOutcome) -> str:
     counts = o.counts()
     shown = [f"{counts.pop(k, 0)} {k}" for k in PASS_COUNTS]
-    for k in (gate.REFERENCE, gate.SUSPECTED):
-        counts.pop(k, None)
+    counts.pop(gate.REFERENCE, None)
     failed = [f"{n} {k}" for k, n in sorted(counts.items()) if k in (*gate.FAIL_STATUSES, gate.REGRESSED,
                                                                         gate.REGRESSED_ERROR)]
     rest = [f"{n} {k}" for k, n in sorted(counts.items()) if f"{n} {k}" not in failed]

@@ -128,7 +128,7 @@ def to_dict(c: Comparison) -> dict:
             "ci_low": cc.ci_low, "ci_high": cc.ci_high, "base_peak_bytes": cc.base_peak_bytes,
             "current_peak_bytes": cc.current_peak_bytes, "memory_ratio": cc.memory_ratio,
             "base_error_passed": cc.base_error_passed, "current_error_passed": cc.current_error_passed,
-            "notes": list(cc.notes),
+            "notes": list(cc.notes), "noisy": cc.noisy,
         })
     return {
         "base": c.base_label, "current": c.current_label,

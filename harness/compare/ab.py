@@ -2,14 +2,22 @@
 the same machine in the same job, so it needs no committed baseline and survives CPU-model and
 torch changes between CI jobs.
 
-REF is exported (git archive) into a temporary directory; a measurement worker is started there
-(its own harness, implementations and plugins are what it imports) and one in the current tree.
+One measurement path: both sides run THIS harness (the measurement worker, the sweep's stages,
+guards and contention included: harness/measure/reference_ratios.py); they differ only in the
+`implementations` package they import. REF is exported (git archive) into a temporary directory;
+the base side's worker runs in a folder holding only a link `implementations -> <REF>/implementations`,
+first on PYTHONPATH, then this harness's own root, so `harness` is this one. Plugins (entry points,
+PYTHONPATH) load from the environment on both sides, so a plugin is compared, not reported new.
+A base revision whose implementations do not import with this harness's registry cannot be
+measured: BaseRevisionError (exit 2; .ci/run then falls back to the baseline gate).
+
 Each shape is measured in alternating short blocks -- base, current, current, base, ... -- each
 block the gate's usual interleaved rounds against the reference implementation in that process,
 giving a per-block median ratio impl/reference. The A/B ratio of a block pair is
 current ratio / base ratio: machine drift and load hit both sides of a pair alike. Its median and
-bootstrap CI are judged like the baseline gate's (harness/compare/gate.py: suspected regressions
-re-measured in fresh processes before they fail the job), with the base's ratio as baseline 1.0.
+bootstrap CI are judged by the one judge against 1.0 (no change), and suspected regressions are
+re-measured in fresh processes and confirmed exactly as in the baseline gate
+(harness/compare/gate.py: judge, with_confirmation).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Sequence
 from harness import vocab
 from harness.case import Case
 from harness.compare import gate
+from harness.results.records import Measurement
 from harness.results.store import ResultsError
 
 BLOCK_PAIRS = 6  # A/B block pairs per shape (re-measurement: twice as many)
@@ -32,7 +41,8 @@ ROUNDS_PER_BLOCK = 10  # interleaved rounds impl/reference inside one block
 
 
 class BaseRevisionError(ResultsError):
-    """The base revision cannot be measured (unknown, does not import, predates the A/B gate)."""
+    """The base revision cannot be measured (unknown to git, or its implementations do not import
+    with this harness)."""
 
 
 def export_revision(ref: str, repo: Path, dest: Path) -> str:
@@ -52,61 +62,120 @@ def export_revision(ref: str, repo: Path, dest: Path) -> str:
     return sha
 
 
-def _executor(tree: Path | None, slowdown: str | None = None):
-    from harness.measure.shape_ratios import MALLOC_ENV, SLOWDOWN_ENV
+def base_folder(tree: Path, dest: Path) -> Path:
+    """A folder holding only `implementations` -> the base tree's package: first on the base
+    worker's PYTHONPATH, so that package is the base's and everything else (harness) is ours."""
+    pkg = tree / "implementations"
+    if not (pkg / "__init__.py").is_file():
+        raise BaseRevisionError(f"{tree.name}: has no implementations package: cannot be measured")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "implementations").symlink_to(pkg.resolve(), target_is_directory=True)
+    return dest
+
+
+def _harness_root() -> str:
+    import harness
+
+    return str(Path(harness.__file__).resolve().parent.parent)
+
+
+def _executor(base: Path | None, slowdown: str | None = None):
+    """A local worker running this harness; with `base`, that folder's implementations first."""
+    import os
+
+    from harness.measure.reference_ratios import MALLOC_ENV
+    from harness.measure.slowdown import SLOWDOWN_ENV
     from harness.run.executor import LocalExecutor
 
-    env = {}
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-    env[SLOWDOWN_ENV] = slowdown or ""  # the testing hook applies to one side only (see ab_settings)
-    return LocalExecutor(env_defaults=MALLOC_ENV, env_overrides=env, cwd=str(tree) if tree else None)
+    path = [_harness_root(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    if base is not None:
+        path.insert(0, str(base))
+    env = {"PYTHONPATH": os.pathsep.join(path),
+           SLOWDOWN_ENV: slowdown or ""}  # the testing hook applies to one side only
+    return LocalExecutor(env_defaults=MALLOC_ENV, env_overrides=env, cwd=str(base) if base is not None else None)
+
+
+def _catalogue(executor, base: Path) -> set[str]:
+    """The base worker's implementation names; BaseRevisionError when its implementations do not
+    import with this harness, or when the package it imported is not the base revision's."""
+    from harness.run.executor import DONE, Job
+
+    reply = next(iter(executor.run([Job.for_catalogue()])))
+    if reply.status != DONE:
+        raise BaseRevisionError(f"the base revision's implementations do not import with this harness: cannot be "
+                                f"measured ({reply.message[:300]})")
+    want = (base / "implementations").resolve()
+    got = [Path(p).resolve() for p in reply.answer.get("implementations") or []]
+    if want not in got:
+        raise BaseRevisionError(f"the base worker imported implementations from {got}, not {want}")
+    return set(reply.answer.get("names") or ())
 
 
 def _block(executor, ref_case: Case, impls: list[str], reference: str, settings: gate.GateSettings,
-           first: bool = True) -> dict:
-    """One block on one side. Accuracy is checked in a side's first block of a shape; later blocks
-    only time (and warm up briefly: the process has just run the same calls)."""
-    from harness.run.executor import DONE, Job
+           group: list[Case], first: bool = True) -> dict[str, Measurement]:
+    """One block on one side: impl -> record. The checked call runs in a side's first block of a
+    shape; later blocks only time (warm up briefly: the process has just run the same calls) and
+    run the guards after timing."""
+    from harness.run.executor import Job
 
-    req = {"impls": impls, "reference": reference, "seed": settings.seed, "rounds": ROUNDS_PER_BLOCK,
-           "min_block_s": settings.min_block_s, "warmup_s": settings.warmup_s if first else settings.warmup_s / 5,
-           "check": first}
-    reply = next(iter(executor.run([Job.for_shape(ref_case, req, settings.timeout_s)])))
-    if reply.status != DONE:
-        return {"failed": (reply.status, reply.message)}
-    return reply.answer.get("results") or {}
+    req = gate.ratios_request(impls, reference, settings, rounds=ROUNDS_PER_BLOCK,
+                              warmup_s=settings.warmup_s if first else settings.warmup_s / 5, check=first)
+    reply = next(iter(executor.run([Job.for_ratios(ref_case, req, settings.timeout_s)])))
+    return gate.records_of(reply, ref_case, [c for c in group if c.impl in impls])
 
 
-def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSettings, base_tree: Path,
-               pairs: int = BLOCK_PAIRS, current_slowdown: str | None = None) -> list[gate.ImplResult]:
-    """A/B ratios (current / base) per implementation and shape, in fresh worker processes."""
-    shapes: dict[str, list[Case]] = {}
-    for c in cases:
-        shapes.setdefault(c.replace(impl=reference, grid="").case_id, []).append(c)
-    out: list[gate.ImplResult] = []
-    with _executor(base_tree) as base, _executor(None, current_slowdown) as cur:
-        _start_together(base, cur)
-        for group in shapes.values():
-            ref_case = group[0].replace(impl=reference)
+def merge_blocks(blocks: Sequence[Measurement]) -> Measurement:
+    """One side's record of a case over its blocks: the first failing block's record, else the
+    first block's (it ran the checked call) with every block's samples and ratios, contended if
+    any block was."""
+    from harness import stats
+
+    bad = next((m for m in blocks if m.status != vocab.OK), None)
+    if bad is not None:
+        return bad
+    first = blocks[0]
+    samples = tuple(x for m in blocks for x in m.samples_s)
+    ratios = tuple(x for m in blocks for x in m.reference_ratios)
+    metrics = dict(first.metrics)
+    if ratios:
+        mc = stats.median_ci(ratios)
+        metrics.update(ratio_median=mc.median, ratio_ci_low=mc.low, ratio_ci_high=mc.high)
+    why = "; ".join(dict.fromkeys(m.contention for m in blocks if m.contended and m.contention))
+    return dataclasses.replace(first, samples_s=samples, reference_ratios=ratios, metrics=metrics,
+                               stats=stats.summarize(samples) if samples else first.stats,
+                               contended=any(m.contended for m in blocks), contention=why)
+
+
+def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSettings, base: Path,
+               pairs: int = BLOCK_PAIRS, current_slowdown: str | None = None) -> list[gate.Evidence]:
+    """Per case: the current side's record, the base side's (None: not in the base revision) and
+    the A/B ratios (current / base, one per block pair), in fresh worker processes."""
+    out: list[gate.Evidence] = []
+    with _executor(base) as base_ex, _executor(None, current_slowdown) as cur_ex:
+        _start_together(base_ex, cur_ex)
+        in_base = _catalogue(base_ex, base)
+        for ref_case, group in gate.shapes_of(cases, reference):
             impls = [c.impl for c in group]
-            ratios: dict[str, list[float]] = {i: [] for i in impls}
-            status: dict[str, tuple[str, str]] = {}
+            sides = {"base": (base_ex, [i for i in impls if i in in_base] if reference in in_base else []),
+                     "cur": (cur_ex, impls)}
+            got: dict[str, list[dict[str, Measurement]]] = {"base": [], "cur": []}
             for p in range(pairs):
-                sides = (("base", base), ("cur", cur)) if p % 2 == 0 else (("cur", cur), ("base", base))
-                got = {name: _block(ex, ref_case, impls, reference, settings, first=p == 0) for name, ex in sides}
-                _check_base_protocol(got["base"])
-                for impl in impls:
-                    why = _failure(got["cur"], impl, "current") or _failure(got["base"], impl, "base")
-                    if why:
-                        status.setdefault(impl, why)
-                        continue
-                    b = statistics.median(got["base"][impl]["ratios"])
-                    c = statistics.median(got["cur"][impl]["ratios"])
-                    ratios[impl].append(c / b)
+                for side in (("base", "cur") if p % 2 == 0 else ("cur", "base")):
+                    ex, names = sides[side]
+                    if names:
+                        got[side].append(_block(ex, ref_case, names, reference, settings, group, first=p == 0))
+            cur_ref = merge_blocks([b[reference] for b in got["cur"]])
+            out.append(gate.Evidence(cur_ref, (), None))
             for c in group:
-                st, msg = status.get(c.impl, (vocab.OK, ""))
-                out.append(gate.ImplResult(c, st, msg, tuple(ratios[c.impl]) if st == vocab.OK else ()))
+                cur = merge_blocks([b[c.impl] for b in got["cur"]])
+                if c.impl not in sides["base"][1]:
+                    out.append(gate.Evidence(cur, (), None))
+                    continue
+                base_m = merge_blocks([b[c.impl] for b in got["base"]])
+                ratios = tuple(statistics.median(cb[c.impl].reference_ratios) / statistics.median(bb[c.impl].reference_ratios)
+                               for cb, bb in zip(got["cur"], got["base"])
+                               if cb[c.impl].reference_ratios and bb[c.impl].reference_ratios)
+                out.append(gate.Evidence(cur, ratios if base_m.status == vocab.OK else (), base_m))
     return out
 
 
@@ -128,25 +197,15 @@ def _start_together(*executors) -> None:
         t.join()
 
 
-def _check_base_protocol(answer: dict) -> None:
-    failed = answer.get("failed")
-    if failed and ("failed to start" in failed[1] or "did not start" in failed[1]):
-        raise BaseRevisionError(f"the base revision's worker does not start: {failed[1][:300]}")
-    if failed and "unknown request kind" in failed[1]:
-        raise BaseRevisionError("the base revision predates the A/B gate (its worker has no 'shape' requests)")
-
-
-def _failure(answer: dict, impl: str, side: str) -> tuple[str, str] | None:
-    """(status, message) when this side did not give ratios for impl; NEW when the base lacks it."""
-    if "failed" in answer:
-        st, msg = answer["failed"]
-        return st, f"{side}: {msg}"
-    r = answer.get(impl)
-    if r is None or (side == "base" and "RegistryError" in str(r.get("message", ""))):
-        return (vocab.NEW, "not in the base revision") if side == "base" else (vocab.CRASHED, "no answer")
-    if r.get("status") != vocab.OK or not r.get("ratios"):
-        return r.get("status", vocab.ERROR), f"{side}: {r.get('message', '')}".strip()
-    return None
+def judge(ev: gate.Evidence, threshold, reference: str) -> gate.GateRow:
+    """The gate's judge with the base side's ratio as baseline 1.0 (NEW when the base lacks it)."""
+    if ev.base is None:
+        return gate.judge(ev, None, threshold, reference, missing=vocab.NEW)
+    passed = ev.base.error_passed if ev.base.status == vocab.OK else None  # wrong in both: plain `wrong`
+    row = gate.judge(ev, 1.0, threshold, reference, base_error_passed=passed)
+    if ev.base.status != vocab.OK and row.verdict == vocab.NOT_TIMED:
+        return dataclasses.replace(row, message=f"base revision: {ev.base.status}: {ev.base.message}"[:300])
+    return row
 
 
 def run_ab_gate(cases: Sequence[Case], *, reference: str, threshold, settings: gate.GateSettings, ref: str,
@@ -154,34 +213,16 @@ def run_ab_gate(cases: Sequence[Case], *, reference: str, threshold, settings: g
     """Measure, judge against 1.0 (no change), re-measure suspects in fresh processes, confirm."""
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as tmp:
         sha = export_revision(ref, repo, Path(tmp))
-        tree = Path(tmp) / "tree"
-        if not (tree / "harness" / "run" / "worker.py").exists():
-            raise BaseRevisionError(f"--against {ref} ({sha[:10]}) predates the A/B gate: it has no "
-                                    f"harness/run/worker.py to measure with")
+        folder = base_folder(Path(tmp) / "tree", Path(tmp) / "base")
 
         def measure_(cs, ref_name, st, pairs=BLOCK_PAIRS):
-            return measure_ab(cs, ref_name, st, tree, pairs, current_slowdown)
+            return measure_ab(cs, ref_name, st, folder, pairs, current_slowdown)
 
-        results = (measure or measure_)(list(cases), reference, settings)
-        rows = [_judge(r, threshold, reference) for r in results]
-        suspects = [r.case for r in rows if r.verdict in (vocab.SUSPECTED, vocab.LEANING)]
-        if suspects:
-            again = {r.case.case_id: r for r in (measure or measure_)(suspects, reference, settings,
-                                                                        pairs=2 * BLOCK_PAIRS)}
-            missing = gate.ImplResult(suspects[0], vocab.OK, "the re-measurement did not report this case")
-            rows = [gate.confirm(r, again.get(r.case.case_id, missing), threshold)
-                    if r.verdict in (vocab.SUSPECTED, vocab.LEANING) else r for r in rows]
-    warnings = [f"A/B against {ref} ({sha[:10]}): ratio = current / base of impl/{reference} ratios; 1.0 = no change"]
-    n_inc = sum(r.verdict == vocab.INCONCLUSIVE for r in rows)
-    if n_inc:
-        warnings.append(f"{n_inc} case(s) too noisy to judge (inconclusive); the gate passes them")
+        measure = measure or measure_
+        rows = [judge(ev, threshold, reference) for ev in measure(list(cases), reference, settings)]
+        rows = gate.with_confirmation(rows, threshold,
+                                      lambda cs: measure(cs, reference, settings, pairs=2 * BLOCK_PAIRS))
+    warnings = [f"A/B against {ref} ({sha[:10]}): ratio = current / base of impl/{reference} ratios; 1.0 = no change",
+                *gate.outcome_warnings(rows)]
     return gate.GateOutcome(rows=tuple(rows), threshold=threshold, reference=reference, device_key=f"A/B vs {ref}",
                             baseline_path=f"{ref} ({sha[:10]})", baseline_found=True, warnings=tuple(warnings))
-
-
-def _judge(result: gate.ImplResult, threshold, reference: str) -> gate.GateRow:
-    if result.status == vocab.NEW:
-        return gate.GateRow(result.case, vocab.OK, vocab.NEW, message=result.message)
-    fake_base = gate.Baseline(path="", device_key="", reference=reference,
-                              entries={result.case.case_id: gate.BaselineEntry(1.0, 1.0, 1.0, 0.0, 0)})
-    return dataclasses.replace(gate.judge(result, fake_base, threshold, reference), baseline_ratio=1.0)

@@ -1,59 +1,50 @@
 """The CI regression gate: ratios to a same-run reference, compared with a committed baseline.
 
 Absolute times on shared CI machines drift 10-50% between runs; the ratio impl_time / ref_time of
-interleaved short blocks drifts a few percent (DESIGN.md "Noise"). So for every case of the CI
-scenario the gate measurement (harness/measure/shape_ratios.py, in a worker process) returns per-round ratio samples, and here:
-
-    b = baseline median ratio,  t = threshold,  [lo, hi] = bootstrap 95% CI of the median ratio
-    suspected     lo > b(1+t)            re-measured in a fresh process with twice the rounds:
-                                         "regressed" if its median is again > b(1+t) and its CI
-                                         excludes b (no change)
-    leaning       lo <= b(1+t) < median  (too noisy to tell) re-measured the same way: "regressed"
-                                         only if the re-measurement alone is a clear regression,
-                                         its CI low > b(1+t)
-    after a re-measurement that does not confirm: "inconclusive" if its median is still above
-    b(1+t), else "not confirmed"; both pass (inconclusive with a warning)
-    improved      hi < b/(1+t)
-    inconclusive  the CI straddles b(1+t), median below  (passes, with a warning)
-    unchanged     otherwise
+interleaved short blocks drifts a few percent (DESIGN.md "Noise"). So every shape of the CI
+scenario is measured through the sweep's stages (harness/measure/reference_ratios.py, in a worker
+process: guards, memory fit and contention included), giving each implementation the sweep's
+record (Measurement) with its per-round ratios to the reference (Measurement.reference_ratios).
+Here each ratio's median and bootstrap CI, divided by the baseline's median ratio b (1.0 = no
+change), is judged by the one judge (harness/compare/verdict.py, shared with `attnbench compare`
+and the A/B gate): regressed / improved / unchanged / inconclusive; a contended measurement is
+never regressed or improved; a noisy one is marked. A regression, and an inconclusive ratio whose
+median is above the band, is re-measured in a fresh process with more rounds and decided by
+verdict.confirm (with_confirmation below, shared with the A/B gate): "regressed" fails the job,
+"inconclusive" and "not confirmed" pass (inconclusive with a warning).
 Tuned with benchmarks/gate_reliability.py (false alarms and detections of a 25% slowdown under load).
 A change to the reference implementation moves every ratio: re-baseline with --update-baseline.
 
-Failures regardless of timing: error / wrong / oom / crashed / timeout (an accuracy check that
-passed in the baseline and fails now is shown as "regressed (error)"). With no baseline for this
-machine (device_key from harness.measure.machine.environment) the gate reports ratios and passes unless something failed.
+Failures regardless of timing: error / wrong / oom / crashed / timeout / suspect, the guards'
+failures included (an accuracy check that passed in the baseline and fails now is shown as
+"regressed (error)"). With no baseline for this machine (device_key from
+harness.results.environment) the gate reports ratios and passes unless something failed.
 Nothing here formats text; harness/cli/check.py renders a GateOutcome.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
-import os
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from harness import vocab
 from harness.case import Case
-from harness.compare.runs import Threshold
+from harness.compare import verdict as judge_
+from harness.compare.runs import Threshold, disturbances
+from harness.compare.baseline import Baseline
+from harness.results.records import Measurement
+from harness.stats import RatioStats
 from harness.results.store import ResultsError
-from harness.vocab import (  # verdicts; SUSPECTED and LEANING are never final
-    IMPROVED, INCONCLUSIVE, LEANING, NEW, NO_BASELINE, NOT_CONFIRMED, NOT_TIMED, REFERENCE, REGRESSED,
-    REGRESSED_ERROR, SKIPPED, SUSPECTED, UNCHANGED,
+from harness.vocab import (  # noqa: F401  (re-exported for harness/cli/check.py)
+    IMPROVED, INCONCLUSIVE, NEW, NO_BASELINE, NOT_CONFIRMED, NOT_TIMED, REFERENCE, REGRESSED, REGRESSED_ERROR,
+    SKIPPED, UNCHANGED,
 )
 
 if TYPE_CHECKING:
     from harness.run.executor import Executor
 
-BASELINE_SCHEMA = "attnbench-gate-baseline"
-BASELINE_VERSION = 1
-BASELINE_HISTORY = ("Schema history (readers reject unknown versions): "
-                    "1 - 2026-11-23: per-case median of impl/reference per-round time ratios, their 95% CI "
-                    "and IQR/median, accuracy; environment, device_key, reference and gate settings.")
-BASELINE_DIR = Path("results") / "baselines"
 DEFAULT_THRESHOLD = "12%"
 FAIL_STATUSES = vocab.FAILED_STATUSES
 
@@ -73,57 +64,23 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
-class ImplResult:
-    """One implementation on one shape, as the gate worker reported it."""
+class Evidence:
+    """What a gate judges for one case, whichever gate measured it: the current side's record,
+    the ratio samples (baseline gate: the record's per-round ratios to the reference; A/B gate:
+    per block pair, current ratio / base ratio) and, A/B only, the base side's record (None: the
+    implementation is not in the base revision)."""
 
-    case: Case
-    status: str  # ok | skipped | error | wrong | oom | crashed | timeout
-    message: str = ""
-    ratios: tuple[float, ...] = ()  # per-round impl_time / ref_time; empty for the reference itself
-    max_abs_error: float | None = None
-    rel_l2_error: float | None = None
-    error_passed: bool | None = None
-    error_rule: str = ""
-
-
-@dataclass(frozen=True)
-class RatioStats:
-    median: float
-    ci_low: float
-    ci_high: float
-    spread: float  # IQR / median of the ratio samples
-    n: int
+    record: Measurement
+    samples: tuple[float, ...]
+    base: Measurement | None = None
 
     @classmethod
-    def of(cls, ratios: Sequence[float]) -> "RatioStats | None":
-        if not ratios:
-            return None
-        from harness.stats import summarize
+    def of(cls, m: Measurement) -> "Evidence":
+        return cls(m, tuple(m.reference_ratios))
 
-        s = summarize(ratios)  # units are irrelevant: the *_s fields hold ratios here
-        return cls(s.median_s, s.ci_low_s, s.ci_high_s, s.spread, s.n)
-
-
-@dataclass(frozen=True)
-class BaselineEntry:
-    ratio_median: float
-    ratio_ci_low: float
-    ratio_ci_high: float
-    ratio_spread: float
-    n: int
-    error_passed: bool | None = None
-    max_abs_error: float | None = None
-
-
-@dataclass(frozen=True)
-class Baseline:
-    path: str
-    device_key: str
-    reference: str
-    entries: dict[str, BaselineEntry]  # by case_id
-    environment: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
-    created_at: str = ""
+    def disturbed(self) -> list[str]:
+        out = disturbances("current", self.record)
+        return out + (disturbances("base", self.base) if self.base is not None else [])
 
 
 @dataclass(frozen=True)
@@ -135,6 +92,10 @@ class GateRow:
     current: RatioStats | None = None
     remeasured: RatioStats | None = None
     message: str = ""
+    notes: tuple[str, ...] = ()  # the judge's: noisy, contended, re-measurement
+    noisy: bool = False
+    contended: bool = False
+    pending: bool = False  # judged, awaiting its re-measurement (never in a GateOutcome)
 
     @property
     def failed(self) -> bool:
@@ -171,7 +132,7 @@ class GateOutcome:
         return out
 
 
-Measure = Callable[[list[Case], str, GateSettings], list[ImplResult]]
+Measure = Callable[[list[Case], str, GateSettings], list[Measurement]]
 
 
 # ------------------------------------------------------------------------------------ cases
@@ -180,6 +141,16 @@ Measure = Callable[[list[Case], str, GateSettings], list[ImplResult]]
 def gate_cases(scenario, reference: str) -> list[Case]:
     """The scenario's cases minus the reference's own (the worker adds it to every shape)."""
     return [c for c in scenario.cases() if c.impl != reference]
+
+
+def shapes_of(cases: Sequence[Case], reference: str) -> list[tuple[Case, list[Case]]]:
+    """Cases grouped by shape (every parameter but the implementation): [(the reference's case of
+    the shape, [its cases])], in first-seen order. Both gates measure a shape at a time."""
+    shapes: dict[str, tuple[Case, list[Case]]] = {}
+    for c in cases:
+        ref_case = c.replace(impl=reference, grid="")
+        shapes.setdefault(ref_case.case_id, (c.replace(impl=reference), []))[1].append(c)
+    return list(shapes.values())
 
 
 def gate_device_key(cases: Sequence[Case], environment: dict) -> str:
@@ -192,67 +163,86 @@ def gate_device_key(cases: Sequence[Case], environment: dict) -> str:
     return device_key(environment, device=device, threads=fixed)
 
 
-def baseline_path_for(key: str, root: Path = BASELINE_DIR) -> Path:
-    return Path(root) / (re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-") + ".json")
-
-
 # ------------------------------------------------------------------------------------ judging
 
 
-def judge(result: ImplResult, baseline: Baseline | None, threshold: Threshold, reference: str) -> GateRow:
-    """First-pass verdict of one result; SUSPECTED rows still need confirmation."""
-    base = baseline.entries.get(result.case.case_id) if baseline else None
-    b = base.ratio_median if base else None
-    stats = RatioStats.of(result.ratios)
-    row = dict(case=result.case, status=result.status, baseline_ratio=b, current=stats, message=result.message)
-    if result.status in FAIL_STATUSES:
-        regressed_error = result.status == "wrong" and base is not None and base.error_passed is True
-        return GateRow(verdict=REGRESSED_ERROR if regressed_error else result.status, **row)
-    if result.status == "skipped":
+def judge(ev: Evidence, baseline_ratio: float | None, threshold: Threshold, reference: str, *,
+          base_error_passed: bool | None = None, missing: str = NEW) -> GateRow:
+    """First-pass verdict of one case; `baseline_ratio` None gives the verdict `missing` (NEW: not
+    in the baseline / the base revision; NO_BASELINE: no baseline at all). Rows whose judgement
+    needs a re-measurement come back pending (with_confirmation)."""
+    m = ev.record
+    stats = RatioStats.of(ev.samples)
+    row = dict(case=m.case, status=m.status, baseline_ratio=baseline_ratio, current=stats, message=m.message,
+               contended=bool(m.contended or (ev.base is not None and ev.base.contended)))
+    if m.status in FAIL_STATUSES:
+        regressed_error = m.status == vocab.WRONG and base_error_passed is True
+        return GateRow(verdict=REGRESSED_ERROR if regressed_error else m.status, **row)
+    if m.status == vocab.SKIPPED:
         return GateRow(verdict=SKIPPED, **row)
-    if result.case.impl == reference:
+    if m.case.impl == reference:
         return GateRow(verdict=REFERENCE, **row)
+    if baseline_ratio is None:
+        return GateRow(verdict=missing, **row)
     if stats is None:
         return GateRow(verdict=NOT_TIMED, **row)
-    if baseline is None:
-        return GateRow(verdict=NO_BASELINE, **row)
-    if base is None:
-        return GateRow(verdict=NEW, **row)
-    return GateRow(verdict=first_pass_verdict(stats, b, threshold), **row)
+    j = judge_.judge(stats.ci_low / baseline_ratio, stats.ci_high / baseline_ratio, threshold,
+                     disturbed=ev.disturbed(), noisy=_noisy(stats))
+    pending = judge_.needs_remeasure(j, stats.median / baseline_ratio, threshold)
+    return GateRow(verdict=j.verdict, notes=j.notes, noisy=j.noisy, pending=pending, **row)
 
 
-def first_pass_verdict(stats: RatioStats, baseline_ratio: float, threshold: Threshold) -> str:
-    upper, lower = baseline_ratio * threshold.upper, baseline_ratio * threshold.lower
-    if stats.ci_low > upper:
-        return SUSPECTED
-    if stats.median > upper:
-        return LEANING
-    if stats.ci_high < lower:
-        return IMPROVED
-    if stats.ci_high > upper:
-        return INCONCLUSIVE
-    return UNCHANGED
+def _noisy(stats: RatioStats | None) -> list[str]:
+    from harness.stats import UNRELIABLE_SPREAD
+
+    if stats is None or stats.spread < UNRELIABLE_SPREAD:
+        return []
+    return [f"ratio IQR/median {stats.spread:.0%}"]
 
 
-def confirm(row: GateRow, again: ImplResult, threshold: Threshold) -> GateRow:
-    """A suspected regression after its re-measurement in a fresh process."""
-    stats = RatioStats.of(again.ratios)
-    if again.status in FAIL_STATUSES:
-        return GateRow(row.case, again.status, again.status, row.baseline_ratio, row.current, stats,
-                       f"re-measurement: {again.message}")
+def confirm(row: GateRow, again: Evidence | None, threshold: Threshold) -> GateRow:
+    """A pending row after its re-measurement in a fresh process (harness.compare.verdict.confirm)."""
+    done = dict(pending=False)
+    if again is None:
+        return dataclasses.replace(row, verdict=INCONCLUSIVE, notes=(*row.notes, "the re-measurement did not "
+                                                                                 "report this case"), **done)
+    m = again.record
+    stats = RatioStats.of(again.samples)
+    if m.status in FAIL_STATUSES:
+        return dataclasses.replace(row, status=m.status, verdict=m.status, remeasured=stats,
+                                   message=f"re-measurement: {m.message}", **done)
     if stats is None:
-        return GateRow(row.case, row.status, INCONCLUSIVE, row.baseline_ratio, row.current, None,
-                       f"re-measurement gave no ratios: {again.message}")
-    upper = row.baseline_ratio * threshold.upper
-    # A clear first measurement needs only a consistent second one; a noisy one needs a clear second.
-    needed = row.baseline_ratio if row.verdict == SUSPECTED else upper
-    if stats.median > upper and stats.ci_low > needed:
-        verdict, msg = REGRESSED, ""
-    elif stats.median > upper:
-        verdict, msg = INCONCLUSIVE, "re-measurement above the threshold, but its CI is not clear of it"
-    else:
-        verdict, msg = NOT_CONFIRMED, "re-measurement within the threshold"
-    return GateRow(row.case, row.status, verdict, row.baseline_ratio, row.current, stats, msg)
+        return dataclasses.replace(row, verdict=INCONCLUSIVE, remeasured=None,
+                                   notes=(*row.notes, f"re-measurement gave no ratios: {m.message}"), **done)
+    b = row.baseline_ratio
+    first = judge_.Judgement(row.verdict, row.notes, row.noisy)
+    j = judge_.confirm(first, stats.median / b, stats.ci_low / b, stats.ci_high / b, threshold,
+                       disturbed=again.disturbed(), noisy=_noisy(stats))
+    return dataclasses.replace(row, verdict=j.verdict, remeasured=stats, notes=(*row.notes, *j.notes),
+                               noisy=j.noisy, contended=row.contended or bool(m.contended), **done)
+
+
+def with_confirmation(rows: Sequence[GateRow], threshold: Threshold,
+                      remeasure: Callable[[list[Case]], Sequence[Evidence]]) -> list[GateRow]:
+    """Re-measure the pending rows (one call, fresh processes) and confirm each: the one place
+    both gates confirm a suspected regression."""
+    pending = [r.case for r in rows if r.pending]
+    if not pending:
+        return list(rows)
+    again = {e.record.case.case_id: e for e in remeasure(pending)}
+    return [confirm(r, again.get(r.case.case_id), threshold) if r.pending else r for r in rows]
+
+
+def outcome_warnings(rows: Sequence[GateRow]) -> list[str]:
+    out = []
+    n_inc = sum(r.verdict == INCONCLUSIVE for r in rows)
+    if n_inc:
+        out.append(f"{n_inc} case(s) too noisy or disturbed to judge (inconclusive); the gate passes them")
+    n_busy = sum(r.contended for r in rows)
+    if n_busy:
+        out.append(f"{n_busy} case(s) measured while other processes took the CPU they asked for (contended): "
+                   f"no regression or improvement is called on them")
+    return out
 
 
 # ------------------------------------------------------------------------------------ running
@@ -267,57 +257,69 @@ def run_gate(cases: Sequence[Case], *, reference: str, threshold: Threshold, bas
         raise ResultsError(f"{baseline_path}: baseline ratios are against {baseline.reference!r}, not "
                            f"{reference!r}; use --reference {baseline.reference} or update the baseline")
     measure = measure or measure_in_subprocess
-    results = measure(list(cases), reference, settings)
-    rows = [judge(r, baseline, threshold, reference) for r in results]
-    suspects = [r.case for r in rows if r.verdict in (SUSPECTED, LEANING)]
-    if suspects:
-        longer = dataclasses.replace(settings, rounds=settings.rounds * settings.remeasure_rounds_factor)
-        again = {r.case.case_id: r for r in measure(suspects, reference, longer)}
-        missing = ImplResult(suspects[0], "ok", "the re-measurement did not report this case")
-        rows = [confirm(r, again.get(r.case.case_id, missing), threshold) if r.verdict in (SUSPECTED, LEANING)
-                else r for r in rows]
+    entries = baseline.entries if baseline is not None else {}
+
+    def judged(m: Measurement) -> GateRow:
+        e = entries.get(m.case.case_id)
+        return judge(Evidence.of(m), e.ratio_median if e else None, threshold, reference,
+                     base_error_passed=e.error_passed if e else None, missing=NEW if baseline else NO_BASELINE)
+
+    rows = [judged(m) for m in measure(list(cases), reference, settings)]
+    longer = dataclasses.replace(settings, rounds=settings.rounds * settings.remeasure_rounds_factor)
+    rows = with_confirmation(rows, threshold,
+                             lambda cs: [Evidence.of(m) for m in measure(cs, reference, longer)])
     warnings = []
     if baseline is None:
         warnings.append(f"no baseline for {device_key}; run attnbench check --update-baseline")
-    n_inc = sum(r.verdict == INCONCLUSIVE for r in rows)
-    if n_inc:
-        warnings.append(f"{n_inc} case(s) too noisy to judge (inconclusive); the gate passes them")
+    warnings += outcome_warnings(rows)
     return GateOutcome(rows=tuple(rows), threshold=threshold, reference=reference, device_key=device_key,
                        baseline_path=str(baseline_path), baseline_found=baseline is not None, warnings=tuple(warnings))
 
 
+def ratios_request(impls: Sequence[str], reference: str, settings: GateSettings, *, rounds: int | None = None,
+                   warmup_s: float | None = None, check: bool = True) -> dict:
+    """The worker request of one shape (harness.measure.reference_ratios), less its case."""
+    return {"impls": list(impls), "reference": reference, "seed": settings.seed,
+            "rounds": settings.rounds if rounds is None else rounds, "min_block_s": settings.min_block_s,
+            "warmup_s": settings.warmup_s if warmup_s is None else warmup_s, "check": check}
+
+
+def records_of(reply, ref_case: Case, group: Sequence[Case]) -> dict[str, Measurement]:
+    """impl -> record of one shape's reply; a reply that is not done (crash, timeout) is every
+    implementation's record, an implementation missing from the answer is crashed."""
+    from harness.run.executor import DONE
+
+    cases = [ref_case, *group]
+    if reply.status != DONE:
+        return {c.impl: Measurement(c, reply.status, reply.message) for c in cases}
+    got = {}
+    for d in (reply.answer or {}).get("measurements") or []:
+        m = Measurement.from_dict(d)
+        got[m.case.impl] = m
+    return {c.impl: got.get(c.impl) or Measurement(c, vocab.CRASHED, "no answer for it") for c in cases}
+
+
 def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSettings,
-                          executor: "Executor | None" = None) -> list[ImplResult]:
+                          executor: "Executor | None" = None) -> list[Measurement]:
     """Every shape through an executor (default: one local worker process, so torch imports
     once); a shape that kills or hangs its worker is recorded as crashed / timeout and the next
-    shape gets a new process."""
-    from harness.measure.shape_ratios import MALLOC_ENV
-    from harness.run.executor import DONE, Job, LocalExecutor
+    shape gets a new process. The reference's record of each shape comes first."""
+    from harness.measure.reference_ratios import MALLOC_ENV
+    from harness.run.executor import Job, LocalExecutor
 
-    shapes: dict[str, list[Case]] = {}
-    for c in cases:  # shape = every parameter but the implementation
-        shapes.setdefault(c.replace(impl=reference, grid="").case_id, []).append(c)
-    jobs = []
-    for group in shapes.values():
-        ref_case = group[0].replace(impl=reference)
-        req = {"impls": [c.impl for c in group], "reference": reference, "seed": settings.seed,
-               "rounds": settings.rounds, "min_block_s": settings.min_block_s, "warmup_s": settings.warmup_s}
-        jobs.append((Job.for_shape(ref_case, req, settings.timeout_s), group))
-    groups = {job.key: (job.case, group) for job, group in jobs}
-    out: list[ImplResult] = []
+    groups = shapes_of(cases, reference)
+    jobs = {}
+    for ref_case, group in groups:
+        job = Job.for_ratios(ref_case, ratios_request([c.impl for c in group], reference, settings),
+                             settings.timeout_s)
+        jobs[job.key] = (job, ref_case, group)
+    out: list[Measurement] = []
     own = executor is None
     executor = executor or LocalExecutor(env_defaults=MALLOC_ENV)
     try:
-        for reply in executor.run([job for job, _ in jobs]):
-            ref_case, group = groups[reply.job.key]
-            if reply.status != DONE:
-                out += [ImplResult(c, reply.status, reply.message) for c in [ref_case, *group]]
-                continue
-            for c in [ref_case, *group]:
-                r = reply.answer["results"].get(c.impl) or {"status": vocab.CRASHED, "message": "no answer for it"}
-                out.append(ImplResult(
-                    c, r["status"], r.get("message", ""), tuple(r.get("ratios") or ()), r.get("max_abs_error"),
-                    r.get("rel_l2_error"), r.get("error_passed"), r.get("error_rule", "")))
+        for reply in executor.run([job for job, _, _ in jobs.values()]):
+            _, ref_case, group = jobs[reply.job.key]
+            out += records_of(reply, ref_case, group).values()
     finally:
         if own:
             executor.close()
@@ -327,69 +329,19 @@ def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSetti
 # ------------------------------------------------------------------------------------ baselines
 
 
-def read_baseline(path: str | Path) -> Baseline:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"{p}: no such baseline file") from None
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or not UTF-8
-        raise ResultsError(f"{p}: not a readable JSON baseline ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
-        raise ResultsError(f"{p}: not an attnbench gate baseline (schema {BASELINE_SCHEMA!r} expected)")
-    if data.get("schema_version") != BASELINE_VERSION:
-        raise ResultsError(f"{p}: baseline schema_version {data.get('schema_version')!r} is not supported; "
-                           f"this attnbench reads version {BASELINE_VERSION} "
-                           f"(re-run attnbench check --update-baseline)")
-    try:
-        entries = {cid: BaselineEntry(**e) for cid, e in data["cases"].items()}
-        return Baseline(path=str(p), device_key=data["device_key"], reference=data["reference"], entries=entries,
-                        environment=data.get("environment") or {}, settings=data.get("settings") or {},
-                        created_at=data.get("created_at", ""))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ResultsError(f"{p}: malformed baseline ({type(exc).__name__}: {exc})") from None
-
-
 def measure_for_baseline(cases: Sequence[Case], reference: str, settings: GateSettings,
-                         measure: Measure | None = None) -> list[ImplResult]:
+                         measure: Measure | None = None) -> list[Measurement]:
     """settings.baseline_repeats fresh measurements, ratios pooled per case; the first failure of
-    a case wins (a case that failed once must not become a baseline)."""
+    a case wins (a case that failed once must not become a baseline); contended if any was."""
     measure = measure or measure_in_subprocess
-    pooled: dict[str, ImplResult] = {}
+    pooled: dict[str, Measurement] = {}
     for _ in range(max(1, settings.baseline_repeats)):
         for r in measure(list(cases), reference, settings):
             prev = pooled.get(r.case.case_id)
             if prev is None or (prev.status == "ok" and r.status != "ok"):
                 pooled[r.case.case_id] = r
             elif prev.status == "ok":
-                pooled[r.case.case_id] = dataclasses.replace(prev, ratios=prev.ratios + r.ratios)
+                pooled[r.case.case_id] = dataclasses.replace(
+                    prev, reference_ratios=prev.reference_ratios + r.reference_ratios,
+                    contended=prev.contended or r.contended, contention=prev.contention or r.contention)
     return list(pooled.values())
-
-
-def make_baseline(results: Sequence[ImplResult], *, path: str | Path, device_key: str, reference: str,
-                  environment: dict, settings: GateSettings) -> Baseline:
-    entries = {}
-    for r in results:
-        stats = RatioStats.of(r.ratios)
-        if r.status == "ok" and stats is not None:
-            entries[r.case.case_id] = BaselineEntry(stats.median, stats.ci_low, stats.ci_high, stats.spread, stats.n,
-                                                    r.error_passed, r.max_abs_error)
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return Baseline(path=str(path), device_key=device_key, reference=reference, entries=entries,
-                    environment=dict(environment), settings=asdict(settings), created_at=created)
-
-
-def write_baseline(b: Baseline) -> Path:
-    """Versioned JSON, written atomically; sorted keys so a re-baseline diffs cleanly in review."""
-    payload = {
-        "_comment": "attnbench CI gate baseline, written by `attnbench check --update-baseline`. " + BASELINE_HISTORY,
-        "schema": BASELINE_SCHEMA, "schema_version": BASELINE_VERSION, "created_at": b.created_at,
-        "device_key": b.device_key, "reference": b.reference, "environment": b.environment,
-        "settings": b.settings, "cases": {cid: asdict(e) for cid, e in sorted(b.entries.items())},
-    }
-    p = Path(b.path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, p)
-    return p

@@ -3,14 +3,17 @@
 
 Cases are matched by case_id (every parameter, the implementation included). For a case measured
 in both runs the timing verdict comes from a bootstrap CI of the ratio current/base of the chosen
-metric, computed from the raw samples (harness.stats.ratio_ci for the median):
+metric, computed from the raw samples (harness.stats.ratio_ci), judged by the one judge
+(harness.compare.verdict.judge, shared with the gate):
 
     regressed     CI low  > 1 + t
     improved      CI high < 1 / (1 + t)     (symmetric on a log scale: +10% and its inverse)
     unchanged     the whole CI inside [1 / (1 + t), 1 + t]
-    inconclusive  the CI straddles a bound, or either side is flagged unreliable (IQR/median
-                  >= 25%, DESIGN.md "Noise"), or there are too few samples to resample, or a
-                  regression/improvement was measured while either side was contended
+    inconclusive  the CI straddles a bound, or there are too few samples to resample, or a
+                  regression/improvement was measured while either side was contended or
+                  throttled (a bias the interval cannot see)
+A noisy side (IQR/median >= 25%, DESIGN.md "Noise") is no veto: its noise is already in the
+bootstrap interval, so the verdict stands, marked noisy.
 
 Before timing: a status change (ok -> crashed / wrong / ...) is its own verdict, and a regression
 when a case that was ok now fails; an accuracy check that passed and now fails is
@@ -31,7 +34,8 @@ import numpy as np
 
 from harness.case import Case
 from harness.results.metrics import LOWER, judged
-from harness.results.records import Measurement
+from harness.compare.verdict import judge
+from harness.results.records import Measurement, last_by_case
 from harness.results.store import (RESULTS_FILE, ResultsError, duplicate_case_ids, duplicates_note,
                                    read_measurements, read_run_info)
 from harness.vocab import (
@@ -120,6 +124,7 @@ class CaseComparison:
     base_error_passed: bool | None = None
     current_error_passed: bool | None = None
     notes: tuple[str, ...] = ()
+    noisy: bool = False  # a side's spread was unreliable (the verdict stands: the CI carries it)
 
     @property
     def memory_ratio(self) -> float | None:
@@ -166,31 +171,20 @@ class Comparison:
 def bootstrap_ratio(base: Sequence[float], cur: Sequence[float], metric: str, *, seed: int = 0,
                     resamples: int = 1000, confidence: float = 0.95) -> tuple[float, float, float]:
     """(ratio, low, high) of metric(cur) / metric(base) with a percentile-bootstrap CI."""
-    if metric == "median":
-        from harness.stats import ratio_ci
+    from harness.stats import ratio_ci
 
-        r = ratio_ci(base, cur, seed=seed, resamples=resamples, confidence=confidence)
-        return float(r.ratio), float(r.low), float(r.high)
-    # min: resample both sides, take the minimum (statistics.ratio_ci only does the median).
-    b = np.asarray(base, dtype=np.float64)  # (nb,)
-    c = np.asarray(cur, dtype=np.float64)  # (nc,)
-    rng = np.random.default_rng(seed)
-    b_min = b[rng.integers(0, b.size, size=(resamples, b.size))].min(axis=1)  # (R,)
-    c_min = c[rng.integers(0, c.size, size=(resamples, c.size))].min(axis=1)  # (R,)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(c_min / b_min, [alpha, 1.0 - alpha])
-    return float(c.min() / b.min()), float(lo), float(hi)
+    r = ratio_ci(base, cur, seed=seed, resamples=resamples, confidence=confidence, statistic=metric)
+    return float(r.ratio), float(r.low), float(r.high)
 
 
-def ci_verdict(low: float, high: float, threshold: Threshold) -> str:
-    """The verdict of a ratio's confidence interval [low, high] against the no-change band."""
-    if low > threshold.upper:
-        return REGRESSED
-    if high < threshold.lower:
-        return IMPROVED
-    if low >= threshold.lower and high <= threshold.upper:
-        return UNCHANGED
-    return INCONCLUSIVE
+def disturbances(side: str, m: Measurement) -> list[str]:
+    """Why a side's times are biased in a way its interval cannot show: contended CPU, throttled GPU."""
+    out = []
+    if m.contended:
+        out.append(f"{side} contended (did not get the CPU it asked for{': ' + m.contention if m.contention else ''})")
+    if (m.metrics or {}).get("throttled"):
+        out.append(f"{side} throttled (GPU clocks or power)")
+    return out
 
 
 def _value(m: Measurement, threshold: Threshold) -> float | None:
@@ -233,22 +227,18 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
     ratio = low = high = None
     if fields["base_value_s"] and fields["current_value_s"] is not None:
         ratio = fields["current_value_s"] / fields["base_value_s"]
+    noisy = False
     if len(base.samples_s) >= MIN_SAMPLES and len(cur.samples_s) >= MIN_SAMPLES:
         ratio, low, high = bootstrap_ratio(base.samples_s, cur.samples_s, threshold.metric)
-        verdict = ci_verdict(low, high, threshold)
+        flagged = [f"{side} IQR/median {m.stats.spread:.0%}" if m.stats and m.stats.spread is not None
+                   else f"{side} unreliable" for side, m in (("base", base), ("current", cur))
+                   if m.noise == UNRELIABLE]
+        disturbed = disturbances("base", base) + disturbances("current", cur)
+        verdict, judged_notes, noisy = judge(low, high, threshold, disturbed=disturbed, noisy=flagged)
+        notes += judged_notes
     else:
         verdict = INCONCLUSIVE
         notes.append(f"fewer than {MIN_SAMPLES} raw samples on a side: no confidence interval")
-    flagged = [side for side, m in (("base", base), ("current", cur)) if m.noise == UNRELIABLE]
-    if flagged and verdict != INCONCLUSIVE:
-        notes.append(f"{' and '.join(flagged)} flagged unreliable (IQR/median >= 25%); would be {verdict}")
-        verdict = INCONCLUSIVE
-    disturbed = [f"{side} {why}" for side, m in (("base", base), ("current", cur))
-                 for why in (["contended (did not get the CPU it asked for)"] if m.contended else [])
-                 + (["throttled (GPU clocks or power)"] if (m.metrics or {}).get("throttled") else [])]
-    if disturbed and verdict in (REGRESSED, IMPROVED):
-        notes.append(f"{' and '.join(disturbed)}; would be {verdict}")
-        verdict = INCONCLUSIVE
 
     # memory and other "growth" metrics: deterministic enough that the threshold alone decides,
     # above each metric's absolute floor.
@@ -264,7 +254,8 @@ def compare_case(base: Measurement | None, cur: Measurement | None, threshold: T
                 if verdict != UNCHANGED:
                     notes.append(f"timing: {verdict}")
                 verdict = m.verdict
-    return CaseComparison(verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, notes=tuple(notes), **fields)
+    return CaseComparison(verdict=verdict, ratio=ratio, ci_low=low, ci_high=high, notes=tuple(notes), noisy=noisy,
+                          **fields)
 
 
 # ------------------------------------------------------------------------------------ two runs
@@ -285,16 +276,11 @@ def _same_device(cc: CaseComparison, base, cur, base_env, cur_env) -> CaseCompar
     return dataclasses.replace(cc, verdict=verdict, notes=(*cc.notes, note))
 
 
-def _by_id(measurements: Sequence[Measurement]) -> dict[str, Measurement]:
-    """Last record wins: a resumed run may have re-measured a case."""
-    return {m.case.case_id: m for m in measurements}
-
-
 def compare_measurements(base: Sequence[Measurement], current: Sequence[Measurement], threshold: Threshold,
                          *, base_label: str = "base", current_label: str = "current",
                          base_environment: dict | None = None, current_environment: dict | None = None,
                          ) -> Comparison:
-    b, c = _by_id(base), _by_id(current)
+    b, c = last_by_case(base), last_by_case(current)
     ids = list(b) + [i for i in c if i not in b]  # base order first, then new cases
     cases = tuple(_same_device(compare_case(b.get(i), c.get(i), threshold), b.get(i), c.get(i),
                                base_environment, current_environment) for i in ids)

@@ -1,32 +1,56 @@
 """Measure one case in this process: does it fit, is it right, how much memory, how fast, and can
 the figures be trusted.
 
-Order: support and memory fit (decided here, where the case runs), inputs and the float64
-reference (harness.measure.checked_call), one checked call, peak memory in a pass of its own, then timing
-with CPU snapshots around it (harness.measure.timing.contention). After timing, the guards
-(harness.measure.guards): inputs unchanged, the last timed call's output right, a call on fresh
-inputs right (no cached output), and a rate no faster than the measured ceiling allows.
+Stages, shared by the sweep (measure_case, below) and the gate (harness.measure.reference_ratios,
+which times several implementations interleaved with a reference instead of one alone):
+1. admit: support and memory fit (decided here, where the case runs);
+2. check: inputs and the float64 reference (harness.measure.checked_call), one checked call (and a
+   gradient check for training passes), the callable to time, wrapped so the last output is kept;
+3. (the sweep: peak memory in a pass of its own), timing with CPU snapshots around it
+   (harness.measure.timing.contention);
+4. after_timing: the guards (harness.measure.guards): inputs unchanged, the last timed call's output
+   right, a call on fresh inputs right (no cached output), and a rate no faster than the measured
+   ceiling allows.
 An implementation's failure is this case's record, never an exception out of here.
+
+TESTING HOOK, not for normal use: ATTNBENCH_SLOWDOWN (harness.measure.slowdown) makes the
+timed calls of the named implementations slower, in a sweep as in the gate; the record says so
+(extra["testing_slowdown"]).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 
 from harness import vocab
 from harness.case import Budget, Case
 from harness.results.records import Measurement
 
 
-def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None = None) -> Measurement:
-    started = time.perf_counter()
+@dataclass
+class Checked:
+    """A case past its checks, ready to be timed: its own prepared inputs and their checksums (so
+    a write to them is caught), the timed callable (keeping its last output), the fields so far."""
+
+    impl: object
+    case: Case
+    prepared: object  # harness.measure.checked_call.Prepared
+    sums: dict
+    timed: object  # harness.measure.guards.LastOutput
+    fields: dict  # Measurement fields measured so far (accuracy, predicted memory, metrics)
+    compile_start: float | None = None
+
+
+def admit(impl, case: Case, started: float) -> Measurement | dict:
+    """Stage 1: the record of a case that is not run (unsupported, no gradient reference, does not
+    fit, a plugin hook failed), else the fields so far ({"predicted_peak_bytes": ...})."""
     from harness import registry
-    from harness.measure import capacity, checked_call, guards
+    from harness.measure import capacity
     from harness.measure.peak_memory import device_memory_bytes
     from harness.workloads import workload_of
 
-    impl = registry.get(case.impl)
     workload = workload_of(case)
     try:
         support = impl.supports(case)
@@ -41,64 +65,124 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
     why = capacity.too_big(case, predicted, device_memory_bytes(case.device))
     if why:
         return Measurement(case, vocab.SKIPPED, why, predicted_peak_bytes=predicted)
-    partial: dict = {"predicted_peak_bytes": predicted}
-    try:
-        import torch
+    return {"predicted_peak_bytes": predicted}
 
-        from harness.measure import peak_memory
-        from harness.results.units import tflops_per_s
 
-        from harness import stats
+def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_call: bool = True
+          ) -> Checked | Measurement:
+    """Stage 2: prepared inputs, the checked call (check_call=False skips it: the A/B gate's later
+    blocks of a shape, whose first block checked it; the guards after timing still run), the
+    gradient check of a training pass, the timed callable. Fills `partial` as it goes; raises for
+    the implementation's exception (the caller maps it with failed())."""
+    import torch
 
-        if case.threads and case.device == "cpu":
-            if torch.get_num_threads() != case.threads:  # never called needlessly (run/worker.py)
-                torch.set_num_threads(case.threads)
-        from harness.measure import compile_time, kernel_names
+    from harness.measure import checked_call, compile_time, guards
+    from harness.measure.slowdown import slowdown_for
 
-        compile_start = compile_time.start(impl)  # compile time is recorded apart from latency
-        prepared = checked_call.prepare(case, seed)
-        sums = guards.checksums(prepared.inputs)  # before any call of the implementation
+    if case.threads and case.device == "cpu":
+        if torch.get_num_threads() != case.threads:  # never called needlessly (run/worker.py)
+            torch.set_num_threads(case.threads)
+    compile_start = compile_time.start(impl)  # compile time is recorded apart from latency
+    prepared = checked_call.prepare(case, seed)
+    sums = guards.checksums(prepared.inputs)  # before any call of the implementation
+    if check_call:
         acc = checked_call.check_impl(impl, prepared, case)
         partial.update(acc.fields())
         if acc.wrong:
-            return _done(case, vocab.WRONG, acc.wrong, started, partial)
-        grad_metrics = {}
-        if case.pass_kind != "forward":
-            gc = checked_call.check_impl_grads(impl, prepared, case)
-            grad_metrics = gc.metrics
-            if gc.wrong:
-                return _done(case, vocab.WRONG, gc.wrong, started, {**partial, "metrics": grad_metrics})
-        fn = checked_call.build_callable(impl, prepared, case)
+            return finish(case, vocab.WRONG, acc.wrong, started, partial)
+    if case.pass_kind != "forward":
+        gc = checked_call.check_impl_grads(impl, prepared, case)
+        partial["metrics"] = dict(gc.metrics)
+        if gc.wrong:
+            return finish(case, vocab.WRONG, gc.wrong, started, partial)
+    fn = checked_call.build_callable(impl, prepared, case)
+    factor = slowdown_for(case)
+    if factor:
+        fn = slowed_callable(fn, factor, case)
+        partial["extra"] = {"testing_slowdown": factor}
+    return Checked(impl, case, prepared, sums, guards.LastOutput(fn), partial, compile_start)
+
+
+def slowed_callable(fn, factor: float, case: Case):
+    import torch
+
+    from harness.measure.slowdown import slowed
+
+    cuda = case.device.startswith("cuda")
+    return slowed(fn, factor, torch.cuda.synchronize if cuda else (lambda: None), cuda=cuda)
+
+
+def after_timing(c: Checked, seed: int, median_s: float, ceilings: dict | None) -> tuple[str, str]:
+    """Stage 4: (status, message) after the timed calls: `wrong` when a guard fails, `suspect` when
+    faster than the ceilings allow, else ok."""
+    from harness.measure import guards
+    from harness.workloads import workload_of
+
+    problem = guards.check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed)
+    if problem:
+        return vocab.WRONG, problem
+    wl = workload_of(c.case)
+    suspect = guards.too_fast(c.case, median_s, wl.flops(c.case), wl.min_bytes(c.case), ceilings or {})
+    if suspect:
+        return vocab.SUSPECT, suspect
+    return vocab.OK, ""
+
+
+def failed(case: Case, exc: BaseException, started: float, partial: dict) -> Measurement:
+    """The implementation's exception as this case's record."""
+    from harness.measure import checked_call
+
+    f = checked_call.failure(exc)
+    return finish(case, f.status, f.message, started, {**partial, "extra": {"traceback": f.traceback}})
+
+
+def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None = None) -> Measurement:
+    started = time.perf_counter()
+    from harness import registry
+
+    impl = registry.get(case.impl)
+    partial = admit(impl, case, started)
+    if isinstance(partial, Measurement):
+        return partial
+    try:
+        import torch
+
+        from harness import stats
+        from harness.measure import compile_time, kernel_names, peak_memory
+        from harness.results.units import tflops_per_s
+        from harness.workloads import workload_of
+
+        c = check(impl, case, seed, partial, started)
+        if isinstance(c, Measurement):
+            return c
+        partial = c.fields
+        fn = c.timed.fn
         partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device)
-        last = guards.LastOutput(fn)
+        workload = workload_of(case)
         n_flops, n_bytes = workload.flops(case), workload.min_bytes(case)
-        t, contention, gpu_metrics, gpu_extra = _time(last, case, budget, n_flops, n_bytes)
+        t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes)
         st = stats.summarize(t.samples_s)
         rate = tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
         extra.update(gpu_extra)
-        metrics = {**grad_metrics, **(contention.metrics() if contention else {}), **gpu_metrics,
+        extra.update(partial.pop("extra", {}))
+        metrics = {**partial.pop("metrics", {}), **(contention.metrics() if contention else {}), **gpu_metrics,
                    "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
                    "arithmetic_intensity": n_flops / n_bytes}
-        metrics.update(compile_time.metrics(impl, compile_start))
+        metrics.update(compile_time.metrics(impl, c.compile_start))
         extra.update(kernel_names.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
                   contention=contention.reason if contention else "")
-        problem = guards.check_after_timing(impl, case, prepared, sums, last, seed)
-        if problem:
-            return _done(case, vocab.WRONG, problem, started, {**partial, **ok})
-        suspect = guards.too_fast(case, st.median_s, n_flops, n_bytes, ceilings or {})
-        if suspect:
-            return _done(case, vocab.SUSPECT, suspect, started, {**partial, **ok})
-        return _done(case, vocab.OK, _timing_note(t, st, budget), started, {**partial, **ok})
+        status, message = after_timing(c, seed, st.median_s, ceilings)
+        return finish(case, status, message or _timing_note(t, st, budget), started, {**partial, **ok})
     except Exception as exc:  # the implementation's failure is this case's record, not ours
-        f = checked_call.failure(exc)
-        return _done(case, f.status, f.message, started, {**partial, "extra": {"traceback": f.traceback}})
+        return failed(case, exc, started, partial)
 
 
-def _done(case: Case, status: str, message: str, started: float, fields: dict) -> Measurement:
+def finish(case: Case, status: str, message: str, started: float, fields: dict) -> Measurement:
+    """The record from the fields measured so far (unknown keys dropped)."""
     known = {f.name for f in dataclasses.fields(Measurement)}
     return Measurement(case, status, message, wall_s=time.perf_counter() - started,
                        **{k: v for k, v in fields.items() if k in known})

@@ -100,7 +100,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),
     Metric("min_bytes", "bytes", "Minimum bytes moved per call", "B", None, "info"),
     Metric("arithmetic_intensity", "FLOP/B", "Arithmetic intensity (FLOPs / minimum bytes)", "FLOP/B", None, "info"),
-    # training passes (harness/measure/grad_reference.py): every gradient checked whole
+    # training passes (harness/workloads/prefill/gradients.py, judged by measure/accuracy.check_grads): every gradient checked whole
     *(Metric(f"{g}_{e}_error", f"{g} {lab}", f"{g} {title}", "", LOWER, "error", spec=".2e")
       for g in ("dq", "dk", "dv") for e, lab, title in (("max_abs", "max err", "max abs error"),
                                                          ("rel_l2", "rel L2", "max rel L2 error"))),
@@ -124,6 +124,11 @@ METRICS: tuple[Metric, ...] = (
            spec=".2f"),
     Metric("steal_share", "steal", "CPU time stolen by the hypervisor", "", LOWER, "info", spec=".1%"),
     Metric("compile_s", "compile", "Compile time (torch.compile; not in the latency)", "s", LOWER, "info"),
+    # the gate (harness/measure/reference_ratios.py): Measurement.reference_ratios summarized
+    Metric("ratio_median", "ratio", "Median per-round time ratio to the reference", "", LOWER, "info", spec=".3f"),
+    Metric("ratio_ci_low", "ratio CI low", "Time ratio to the reference: 95% CI low", "", LOWER, "info", spec=".3f"),
+    Metric("ratio_ci_high", "ratio CI high", "Time ratio to the reference: 95% CI high", "", LOWER, "info",
+           spec=".3f"),
 )
 
 BY_FIELD = {m.field: m for m in METRICS}

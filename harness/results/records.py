@@ -26,6 +26,10 @@ class Measurement:
     contended: bool = False  # the case did not get the CPU it asked for (harness.measure.timing.contention)
     contention: str = ""  # why, when contended
     stats: Stats | None = None  # summary of samples_s
+    # the gate (harness.measure.reference_ratios): per round, this case's time / the reference
+    # implementation's time in the same round (dimensionless; empty in a sweep); their median and
+    # CI are the metrics ratio_median, ratio_ci_low, ratio_ci_high, the reference is extra["reference"]
+    reference_ratios: tuple[float, ...] = ()
     flops: int | None = None
     tflops_per_s: float | None = None
     # memory (above the inputs)
@@ -56,6 +60,10 @@ class Measurement:
         d["stats"] = asdict(self.stats) if self.stats is not None else {}
         d["case_id"] = self.case.case_id
         d["samples_s"] = list(self.samples_s)
+        if self.reference_ratios:
+            d["reference_ratios"] = list(self.reference_ratios)
+        else:  # a sweep's record stays as it was
+            d.pop("reference_ratios")
         return _finite(d)
 
     @classmethod
@@ -64,6 +72,7 @@ class Measurement:
         d.pop("case_id", None)
         d["case"] = Case.from_dict(d["case"])
         d["samples_s"] = tuple(d.get("samples_s") or ())
+        d["reference_ratios"] = tuple(d.get("reference_ratios") or ())
         d["stats"] = {k: _unfinite(v) for k, v in (d.get("stats") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: (v if k == "stats" else _unfinite(v)) for k, v in d.items() if k in known})
@@ -75,6 +84,16 @@ class Measurement:
     @property
     def noise(self) -> str | None:
         return None if self.stats is None else self.stats.noise
+
+
+def last_by_case(measurements) -> dict[str, Measurement]:
+    """case_id -> the LAST record of that case, in the order cases first appear: a resumed run may
+    have re-measured a case, two writers may have recorded it twice. The one place this rule lives
+    (rows, run files and compare all read records through it)."""
+    out: dict[str, Measurement] = {}
+    for m in measurements:
+        out[m.case.case_id] = m
+    return out
 
 
 def _finite(obj):

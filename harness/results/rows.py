@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import vocab
 from harness.case import Case, case_field_names
 from harness.results.metrics import BY_FIELD, STAT_FIELDS
-from harness.results.records import Measurement
+from harness.results.records import Measurement, last_by_case
 
 
 
@@ -78,10 +78,7 @@ def rows_of(measurements, environment: dict | None = None) -> list[Row]:
     """Last record wins for a case measured twice (a resumed run), in first-seen order."""
     from harness.results.devices import device_model_of
 
-    by_id: dict[str, Measurement] = {}
-    for m in measurements:
-        by_id[m.case.case_id] = m
-    return [Row(m, device_model_of(m, environment)) for m in by_id.values()]
+    return [Row(m, device_model_of(m, environment)) for m in last_by_case(measurements).values()]
 
 
 def read_rows(run_dir: str | Path) -> list[Row]:

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.results.records import Measurement
+from harness.results.records import Measurement, last_by_case
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -249,6 +249,6 @@ def duplicates_note(run_dir, dups: dict[str, int]) -> str:
 
 
 def keep_last(measurements) -> list:
-    """One record per case_id, the last one, in the order of first appearance."""
-    last = {m.case.case_id: m for m in measurements}
-    return list(last.values())
+    """One record per case_id, the last one, in the order of first appearance
+    (harness.results.records.last_by_case)."""
+    return list(last_by_case(measurements).values())

@@ -1,8 +1,9 @@
 """The executor seam: the runner and the gate hand jobs to an Executor, which decides where and in
 which process each runs and yields the answers as they finish.
 
-A Job is one request for a measurement worker (harness/run/worker.py): a sweep case ("case") or a
-gate shape ("shape"). Whatever goes wrong outside the measured code -- the worker crashed, hung or
+A Job is one request for a measurement worker (harness/run/worker.py): a sweep case ("case"), a
+gate shape ("ratios": every implementation of one shape timed interleaved with a reference), a
+calibration, or the worker's catalogue. Whatever goes wrong outside the measured code -- the worker crashed, hung or
 could not start, the node was lost -- comes back as a Reply with status "timeout" or "crashed" and
 a message, never as an exception, so every job gets exactly one Reply.
 
@@ -27,7 +28,7 @@ DONE, TIMEOUT, CRASHED = "done", "timeout", "crashed"
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "case" | "shape" | "calibrate"
+    kind: str  # "case" | "ratios" | "calibrate" | "catalogue"
     case: Case | None  # the case; for a shape, the reference's case; None for a calibration
     request: dict  # the JSON request the worker answers (kind and case included)
     timeout_s: float
@@ -62,9 +63,16 @@ class Job:
         return cls("calibrate", None, {"kind": "calibrate", "points": points}, timeout_s, "calibrate")
 
     @classmethod
-    def for_shape(cls, ref_case: Case, request: dict, timeout_s: float) -> "Job":
-        req = {"kind": "shape", "case": ref_case.to_dict(), **request}
-        return cls("shape", ref_case, req, timeout_s, ref_case.case_id)
+    def for_ratios(cls, ref_case: Case, request: dict, timeout_s: float) -> "Job":
+        """Every implementation in request["impls"] on ref_case's shape, timed interleaved with the
+        reference (harness.measure.reference_ratios); answers {"measurements": [...]}."""
+        req = {"kind": "ratios", "case": ref_case.to_dict(), **request}
+        return cls("ratios", ref_case, req, timeout_s, ref_case.case_id)
+
+    @classmethod
+    def for_catalogue(cls, timeout_s: float = 60.0) -> "Job":
+        """Which implementations package and names the worker has (harness/run/worker.py)."""
+        return cls("catalogue", None, {"kind": "catalogue"}, timeout_s, "catalogue")
 
 
 @dataclass(frozen=True)

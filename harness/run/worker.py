@@ -6,8 +6,11 @@ implementation's prints cannot corrupt the protocol. Requests (built by harness/
 
     {"kind": "case",  "case": {...}, "budget": {...}, "seed": int,
      "ceilings": {...}}                                            -> a Measurement dict
-    {"kind": "shape", "case": {...}, "impls": [...], ...}           -> the gate's ratios
-                                                                       (harness.measure.shape_ratios)
+    {"kind": "ratios", "case": {...}, "impls": [...], ...}          -> the gate's records of one shape,
+                                                                       timed interleaved with a reference
+                                                                       (harness.measure.reference_ratios)
+    {"kind": "catalogue"}                                          -> {"implementations": the package's
+                                                                       folder, "names": [...], "broken": {...}}
     {"kind": "calibrate", "points": [{device, dtype, threads}]}    -> measured ceilings
                                                                        (harness.measure.machine.ceilings)
 Every request starts from the same process state: global torch settings a case may change (thread
@@ -40,10 +43,17 @@ def handle(req: dict) -> dict:
             m = measure_case(Case.from_dict(req["case"]), Budget.from_dict(req["budget"]), int(req["seed"]),
                              ceilings=req.get("ceilings") or {})
             return m.to_dict()
-        if kind == "shape":
-            from harness.measure import shape_ratios
+        if kind == "ratios":
+            from harness.measure import reference_ratios
 
-            return shape_ratios.handle(req)
+            return reference_ratios.handle(req)
+        if kind == "catalogue":  # what this worker measures with (the A/B gate checks its base side)
+            import implementations
+
+            from harness import registry
+
+            return {"implementations": [str(p) for p in implementations.__path__], "names": registry.names(),
+                    "broken": registry.broken_plugins()}
         if kind == "calibrate":
             from harness.measure.machine.ceilings import calibrate
 
@@ -77,8 +87,8 @@ class clean_state:
 
 def banner(req: dict) -> str:
     kind = req.get("kind", "case")
-    if kind == "calibrate":
-        return f"[worker {os.getpid()}] calibrate {req.get('points')}"
+    if kind in ("calibrate", "catalogue"):
+        return f"[worker {os.getpid()}] {kind} {req.get('points', '')}"
     case = Case.from_dict(req["case"])
     what = case.case_id if kind == "case" else f"shape {case.case_id} {req.get('impls')}"
     return f"[worker {os.getpid()}] {what}"
