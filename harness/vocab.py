@@ -29,9 +29,7 @@ STATUS_CHANGED = "status changed"
 NEW = "new"  # only in the current run / not in the baseline
 MISSING = "missing"  # only in the base run
 
-# the gate's intermediate and bookkeeping verdicts
-SUSPECTED = "suspected"  # first pass clearly above the threshold: re-measured before judging
-LEANING = "leaning"  # median above the threshold, CI not clear of it: re-measured before judging
+# the gate's bookkeeping verdicts
 NOT_CONFIRMED = "not confirmed"  # the re-measurement was within the threshold
 NO_BASELINE = "no baseline"
 REFERENCE = "reference"  # the implementation every ratio is taken against
