@@ -141,7 +141,9 @@ class Case:
         """Common fields by name; the workload's parameters either as `params` or by name
         (`Case("naive", window=256)`, `Case("sdpa", workload="decode", kv_layout="paged", ...)`)."""
         cls = _PARAMS.get(workload) or params_type(workload)
-        if params is None:
+        if params is not None and not workload_kwargs and type(params) is cls:
+            pass  # the fast path (grid expansion builds thousands)
+        elif params is None:
             names = _param_names(cls)
             unknown = [k for k in workload_kwargs if k not in names]
             if unknown:
@@ -169,6 +171,12 @@ class Case:
             if hasattr(cls, name):
                 return getattr(cls(), name)
         raise AttributeError(f"Case has no field or workload parameter {name!r}")
+
+    def with_impl(self, impl: str) -> "Case":
+        """The same case for another implementation (cheap: grid expansion makes thousands)."""
+        other = object.__new__(Case)
+        other.__dict__.update(self.__dict__, impl=impl)
+        return other
 
     @property
     def element_bytes(self) -> int:

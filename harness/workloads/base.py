@@ -72,10 +72,13 @@ class Workload:
     def expand(self, values: dict[str, tuple], impls: Iterable[str], grid: str, seed: int) -> list[Case]:
         """The product of the axes in product_order, implementation fastest; duplicates dropped."""
         order = self.product_order
+        impls = tuple(impls)
         out: dict[Case, None] = {}
-        for combo in itertools.product(*(values[f] for f in order), tuple(impls)):
-            fields = dict(zip(order, combo[:-1]))
-            out.setdefault(self.make_case(fields, combo[-1], grid, seed))
+        for combo in itertools.product(*(values[f] for f in order)):
+            first = self.make_case(dict(zip(order, combo)), impls[0], grid, seed)
+            out.setdefault(first)
+            for impl in impls[1:]:  # the same shape: only the implementation differs
+                out.setdefault(first.with_impl(impl))
         return list(out)
 
     def make_case(self, fields: dict[str, Any], impl: str, grid: str, seed: int) -> Case:

@@ -10,6 +10,7 @@ documents hide pairs, a padding mask does not: DESIGN "Measurement rules"), scal
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,6 +61,12 @@ class PrefillParams(WorkloadParams):
         if self.mask != "none":
             bits.insert(7 if case.causal else 6, f"pad{self.mask_fraction:g}")
         return bits + self.variant_bits()
+
+
+@functools.lru_cache(maxsize=4096)
+def _params(mask: str, mask_fraction: float, window: int, softcap: float, alibi: bool, documents: int) -> PrefillParams:
+    """One shared instance per combination: a grid repeats a few combinations over many shapes."""
+    return PrefillParams(mask, mask_fraction, window, softcap, alibi, documents)
 
 
 def effective_causal(case: Case) -> bool:
@@ -119,9 +126,9 @@ class Prefill(Workload):
                     seq_len_kv=f["seq_len_q"] if f["seq_len_kv"] is None else f["seq_len_kv"],
                     head_dim=f["head_dim"], dtype=f["dtype"], device=f["device"],
                     causal=f["causal"] or window > 0 or docs > 0, pass_kind=f["pass_kind"], threads=f["threads"],
-                    grid=grid, mask=f["mask"],
-                    mask_fraction=f["mask_fraction"] if f["mask"] != "none" else 0.0,  # no mask: moot
-                    window=window, softcap=float(f["softcap"]), alibi=f["alibi"], documents=docs)
+                    grid=grid, params=_params(
+                        f["mask"], f["mask_fraction"] if f["mask"] != "none" else 0.0,  # no mask: moot
+                        window, float(f["softcap"]), f["alibi"], docs))
 
     def check_case(self, where, at: str, case: Case) -> None:
         """A case's variants fit its shape: documents need self-attention and at most N documents."""
