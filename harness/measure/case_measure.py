@@ -170,6 +170,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
                    "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
                    "arithmetic_intensity": n_flops / n_bytes}
         metrics.update(compile_time.metrics(impl, c.compile_start))
+        extra.update(compile_time.extra(impl, c.compile_start))  # a shape compiled statically says so
         extra.update(kernel_names.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,

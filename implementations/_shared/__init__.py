@@ -6,6 +6,7 @@ imports this package itself (implementations import what they need):
 - decode_contract: the same for the decode paths -- argument checks, the padded cache, the length mask;
 - variants: sliding window, soft cap, ALiBi and packed documents (checks, masks, score mods);
 - thread_pool: the worker threads that run flash's and flash_decoding's blocks in parallel on the CPU;
-- compile_support: what the torch.compile-based implementations share (compiler present, compile time);
+- compile_support: what the torch.compile-based implementations share (compiler present, compile time,
+  a static compile for a shape whose dynamic-shape compile fails);
 - triton_support: whether Triton can run on a device (triton_flash, triton_decode).
 """

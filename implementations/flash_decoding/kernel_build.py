@@ -5,7 +5,16 @@ Built on first use with the machine's C compiler ($CC, else cc, gcc or clang), `
 the compiler and the CPU (so a home directory shared across machines never loads a binary built for
 another CPU): $ATTNBENCH_KERNEL_CACHE, else $XDG_CACHE_HOME/attnbench/kernels, else
 ~/.cache/attnbench/kernels. A build takes well under a second; a cached one loads in milliseconds.
-Concurrent builds (parallel workers) each write a private file and rename it into place.
+Concurrent builds (parallel workers) each write a private file, flush it to disk and rename it into
+place, so no worker ever sees a half-written binary.
+
+A cached binary that is damaged (truncated by a full disk or a crashed copy, overwritten by an
+antivirus or another file) is rebuilt, once per process and key: before dlopen, an ELF file is
+checked to be as long as its own headers say (dlopen of a truncated ELF can kill the process with
+SIGBUS rather than fail), and a failing dlopen (OSError: "invalid ELF header", "file too short") or a
+missing entry point marks it damaged too. The rebuild goes through the same private-file-and-rename
+path; only when the rebuild fails (its reason: the compiler's first error line) or the rebuilt binary
+still does not load is the kernel unavailable.
 
 `partition_kernel()` returns the ctypes function, or raises KernelUnavailable with one line saying
 why (no compiler, compile error, unwritable cache); callers turn that into a skip with the reason.
@@ -19,6 +28,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -74,6 +84,8 @@ def _build(cc: str, out: Path) -> None:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise KernelUnavailable(f"{cc} failed to run: {exc}") from None
             if res.returncode == 0:
+                with open(tmp, "rb") as f:  # on disk before the rename: a crash never leaves a short file
+                    os.fsync(f.fileno())
                 os.replace(tmp, out)
                 return
             lines = (res.stderr or res.stdout).strip().splitlines()
@@ -84,34 +96,120 @@ def _build(cc: str, out: Path) -> None:
             os.unlink(tmp)
 
 
+class _Damaged(Exception):
+    """The cached binary cannot be used; the message says how (one line)."""
+
+
+_REBUILT: set[str] = set()  # cached binaries this process has rebuilt after finding them damaged
+
+
+# ELF header fields (offset, format) -- e_phoff, e_shoff; e_phentsize, e_phnum, e_shentsize, e_shnum -- and,
+# in a program header, p_offset and p_filesz; for ELF64 (class 2) and ELF32 (class 1).
+_ELF = {b"\x02": ((32, "QQ"), (54, "HHHH"), (8, "Q"), (32, "Q")),
+        b"\x01": ((28, "II"), (42, "HHHH"), (4, "I"), (16, "I"))}
+
+
+def _elf_damage(path: Path) -> str | None:
+    """Why an ELF file is visibly incomplete (shorter than its program and section header tables and
+    its segments say), else None; files that are not ELF are left to dlopen to judge."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF":
+        return None
+    size, end = len(data), "<" if data[5:6] == b"\x01" else ">"
+    (o_off, f_off), (o_ent, f_ent), (o_poff, f_poff), (o_psz, f_psz) = _ELF.get(data[4:5], _ELF[b"\x02"])
+    try:
+        phoff, shoff = struct.unpack_from(end + f_off, data, o_off)
+        phent, phnum, shent, shnum = struct.unpack_from(end + f_ent, data, o_ent)
+        need = max(phoff + phent * phnum, shoff + shent * shnum)
+        if need <= size:
+            for at in range(phoff, phoff + phent * phnum, phent or 1):
+                (p_offset,), (p_filesz,) = (struct.unpack_from(end + f_poff, data, at + o_poff),
+                                            struct.unpack_from(end + f_psz, data, at + o_psz))
+                need = max(need, p_offset + p_filesz)
+    except struct.error:
+        return f"truncated ELF file ({size} bytes, shorter than its own header)"
+    if need > size:
+        return f"truncated ELF file ({size} bytes, its headers describe {need})"
+    return None
+
+
+def _open(path: Path):
+    """The kernel's ctypes function from the binary at `path`, or _Damaged."""
+    try:
+        why = _elf_damage(path)
+    except OSError as exc:  # unreadable: a rebuild renames a fresh file over it
+        why = f"cannot read it: {exc.strerror or exc}"
+    if why:
+        raise _Damaged(why)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise _Damaged(lines[0].removeprefix(f"{path}: ")) from None  # dlopen's message names the path
+    try:
+        fn = getattr(lib, SYMBOL)
+    except AttributeError:
+        _unload(lib)  # else dlopen of the rebuilt file at the same path would return this library again
+        raise _Damaged(f"it has no {SYMBOL}") from None
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 9 + [P, P, P, P, P]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _unload(lib) -> None:
+    try:
+        import _ctypes
+
+        _ctypes.dlclose(lib._handle)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _build_cached(cc: str, path: Path) -> None:
+    try:
+        _build(cc, path)
+    except OSError as exc:
+        raise KernelUnavailable(f"cannot write the kernel cache {path.parent}: {exc}") from None
+
+
+def cached_path(cc: str) -> Path:
+    """Where the binary built by `cc` from SOURCE for this CPU is cached (the key: the source, the
+    compiler and its version, the flags, the CPU)."""
+    try:
+        version = _run([cc, "--version"]).stdout.splitlines()[:1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelUnavailable(f"{cc} --version failed: {exc}") from None
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), cc.encode(), "".join(version).encode(), " ".join(FLAGS + NATIVE).encode(),
+                 _cpu_identity().encode()):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"cpu_decode-{key.hexdigest()[:16]}.so"
+
+
 @functools.lru_cache(maxsize=1)
 def _load():
     try:
         cc = _compiler()
-        try:
-            version = _run([cc, "--version"]).stdout.splitlines()[:1]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise KernelUnavailable(f"{cc} --version failed: {exc}") from None
-        key = hashlib.sha256()
-        for part in (SOURCE.read_bytes(), cc.encode(), "".join(version).encode(), " ".join(FLAGS + NATIVE).encode(),
-                     _cpu_identity().encode()):
-            key.update(part)
-            key.update(b"\0")
-        path = cache_dir() / f"cpu_decode-{key.hexdigest()[:16]}.so"
+        path = cached_path(cc)
         if not path.exists():
-            try:
-                _build(cc, path)
-            except OSError as exc:
-                raise KernelUnavailable(f"cannot write the kernel cache {path.parent}: {exc}") from None
+            _build_cached(cc, path)
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise KernelUnavailable(f"cannot load {path}: {exc}") from None
-        fn = getattr(lib, SYMBOL)
-        P, I = ctypes.c_void_p, ctypes.c_int64
-        fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 9 + [P, P, P, P, P]
-        fn.restype = ctypes.c_int
-        return fn, None
+            return _open(path), None
+        except _Damaged as damaged:
+            if str(path) in _REBUILT:  # rebuilt once already in this process: do not loop
+                raise KernelUnavailable(f"cannot load {path}: {damaged}") from None
+            _REBUILT.add(str(path))
+            try:
+                _build_cached(cc, path)  # a private file renamed over the damaged one
+            except KernelUnavailable as exc:
+                raise KernelUnavailable(f"cannot load the cached {path} ({damaged}), and rebuilding it failed: "
+                                        f"{exc}") from None
+        try:
+            return _open(path), None
+        except _Damaged as damaged:
+            raise KernelUnavailable(f"cannot load {path} even after rebuilding it: {damaged}") from None
     except KernelUnavailable as exc:
         return None, str(exc)
 
