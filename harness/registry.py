@@ -200,16 +200,8 @@ def register(
                 f"implementation {name!r} is already registered "
                 f"(by {_REGISTRY[name].source}); pick another name"
             )
-        paths = {"prefill": WorkloadPath(fn, tuple(dtypes), supports, memory_model, params=dict(params or {}))}
-        _REGISTRY[name] = Implementation(
-            name=name,
-            devices=tuple(devices),
-            paths=paths,
-            description=description or (fn.__doc__ or "").strip().split("\n")[0],
-            available_fn=available,
-            source=_current_source,
-            params=dict(params or {}),
-        )
+        _add_path("prefill", name, WorkloadPath(fn, tuple(dtypes), supports, memory_model, params=dict(params or {})),
+                  devices=devices, description=description, available=available, params=params)
         return fn
 
     return decorator
@@ -237,18 +229,26 @@ def register_path(
     def decorator(fn: Callable) -> Callable:
         path = WorkloadPath(fn, tuple(dtypes), supports, memory_model, dict(options or {}), dict(params or {}))
         old = _REGISTRY.get(name)
-        if old is not None:
-            if workload in old.paths:
-                raise RegistryError(f"implementation {name!r} already has a {workload} path; pick another name")
-            _REGISTRY[name] = dataclasses.replace(old, paths={**old.paths, workload: path})
-            return fn
-        _check(name, "register_path", "devices", devices, DEVICES)
-        _REGISTRY[name] = Implementation(name=name, devices=tuple(devices), paths={workload: path},
-                                         description=description or (fn.__doc__ or "").strip().split("\n")[0],
-                                         available_fn=available, source=_current_source, params=dict(params or {}))
+        if old is not None and workload in old.paths:
+            raise RegistryError(f"implementation {name!r} already has a {workload} path; pick another name")
+        if old is None:
+            _check(name, "register_path", "devices", devices, DEVICES)
+        _add_path(workload, name, path, devices=devices, description=description, available=available, params=params)
         return fn
 
     return decorator
+
+
+def _add_path(workload: str, name: str, path: WorkloadPath, *, devices, description: str, available, params) -> None:
+    """Attach `path` to implementation `name`, creating it (devices, description, available=,
+    params: from this registration) when it is new."""
+    old = _REGISTRY.get(name)
+    if old is not None:
+        _REGISTRY[name] = dataclasses.replace(old, paths={**old.paths, workload: path})
+        return
+    _REGISTRY[name] = Implementation(name=name, devices=tuple(devices), paths={workload: path},
+                                     description=description or (path.fn.__doc__ or "").strip().split("\n")[0],
+                                     available_fn=available, source=_current_source, params=dict(params or {}))
 
 
 def register_decode(
