@@ -157,11 +157,34 @@ def _calibration_rows(cal) -> list[list[str]]:
             errors = [str((v.get(w) or {}).get("error")) for w in ("start", "end") if (v.get(w) or {}).get("error")]
             parts += errors
             rows.append([f"matmul peak {key}", "; ".join(parts)])
+            read = _read_row(v)
+            if read:
+                rows.append([f"read ceiling {key}", read])
         else:  # older runs: {"cpu_matmul_flops_per_s": x}
             f = num(v)
             rows.append([f"calibration {key.removesuffix('_flops_per_s')} peak",
                          f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
     return rows
+
+
+def _read_row(v: dict) -> str:
+    """The read ceiling of one key: its rate, the method (and side) that won, how far every read
+    measured spread, each method's rate; runs from before the read methods: the one figure."""
+    from harness.results.ceilings import read_summary
+
+    bw = num(v.get("read_bytes_per_s"))
+    if not bw:
+        errors = [str((v.get(w) or {}).get("read_error")) for w in ("start", "end") if (v.get(w) or {}).get("read_error")]
+        return f"not measured: {'; '.join(dict.fromkeys(errors))}" if errors else ""
+    s = read_summary(v.get("start"), v.get("end"))
+    rates = s.get("read_rates") or {}
+    if not rates or all(k.startswith("one read") for k in rates):
+        return f"{bw / 1e9:.3g} GB/s (one read; its method was not recorded)"
+    text = (f"{bw / 1e9:.3g} GB/s, the best of {len(rates)} reads: {s['read_method']}; they spread "
+            f"{s['read_spread']:.0%} (" + ", ".join(f"{k} {r / 1e9:.3g}" for k, r in rates.items()) + " GB/s)")
+    notes = dict.fromkeys(str((v.get(w) or {}).get("read_note")) for w in ("start", "end")
+                          if (v.get(w) or {}).get("read_note"))
+    return "; ".join([text, *notes])
 
 
 def calibration_disagrees(cal) -> list[str]:
