@@ -1,9 +1,16 @@
 """Decode benchmark (2 CPU threads, fp32, measured side by side, interleaved, in one run):
 B=8, Hq=32, Hkv=8, D=128, KV=8192, one query token. Targets: flash_decoding >= 2x sdpa (decode
-path) and >= 40% of an in-run streaming-read bandwidth (sum of a 256 MiB tensor, > 4x the LLC);
-paged (page 16) >= 0.8x its own contiguous speed; a ragged batch (KV uniform 512..16384) costs
-about its total tokens, not batch x longest. flash_decoding's CPU float32 partitions are a C kernel;
-flash_decoding_torch (the same algorithm in torch ops) is measured beside it and printed, not asserted.
+path) and >= 40% of the in-run read ceiling; paged (page 16) >= 0.8x its own contiguous speed; a
+ragged batch (KV uniform 512..16384) costs about its total tokens, not batch x longest.
+flash_decoding's CPU float32 partitions are a C kernel; flash_decoding_torch (the same algorithm in
+torch ops) is measured beside it and printed, not asserted.
+
+The read ceiling is the harness's own (harness.measure.machine.ceilings.ReadBuffer): the best of
+its streaming reads -- a sum of 1 GiB (and of 256 MiB where that is >= 4x the last-level cache),
+a dot product of two 512 MiB halves, a 512 MiB copy (read + write counted) -- each taking its turn
+in every round with the decode calls. The ceiling used before it (one 2-thread sum of a 256 MiB
+tensor) is measured in the same rounds and printed beside it, never asserted: it was up to ~1.4x
+below the others, which made "% of stream" look that much better.
 
 The assertions use the best of ROUNDS interleaved rounds. Printed besides (never asserted): the
 median of the per-round ratios, each callable's process CPU time per wall second (its share of the
@@ -23,6 +30,7 @@ import torch
 
 from harness import registry
 from harness.case import Case
+from harness.measure.machine.ceilings import ReadBuffer
 from harness.workloads.decode.kv_cache import decode_min_bytes, make_decode_inputs
 
 SHAPE = dict(batch=8, heads_q=32, heads_kv=8, seq_len_q=1, head_dim=128, dtype="float32",
@@ -102,12 +110,15 @@ def two_threads():
 
 
 def test_decode_targets():
-    big = torch.randn(64 * 2**20)  # 256 MiB fp32, streamed by a 2-thread sum
+    old = torch.randn(64 * 2**20)  # the ceiling before: 256 MiB fp32, streamed by a 2-thread sum
+    reads = ReadBuffer("cpu")  # the ceiling now: the best of several reads (1 GiB buffer)
     cont, paged = _case(), _case("paged", 16)
     ci, pi = make_decode_inputs(cont, 0), make_decode_inputs(paged, 0)
     load0 = os.getloadavg()[0]
+    probes = {f"read {k}": fn for k, (fn, _) in reads.probes.items()}
     runs = _rounds({
-        "sum": lambda: big.sum(),
+        "sum256": lambda: old.sum(),
+        **probes,
         "sdpa": _call("sdpa", cont, ci),
         "flash": _call("flash_decoding", cont, ci),
         "flash_paged": _call("flash_decoding", paged, pi),
@@ -116,25 +127,36 @@ def test_decode_targets():
         "bmm": _matmul_ceiling(ci),
     })
     t = {k: min(w for w, _ in r) for k, r in runs.items()}
-    nb, kv = big.numel() * 4, decode_min_bytes(cont)
-    bw = nb / t["sum"]
+    nbytes = {f"read {k}": n for k, (_, n) in reads.probes.items()}
+    rates = {k: n / t[k] for k, n in nbytes.items()}  # best round of each read
+    winner = max(rates, key=rates.get)
+    bw, old_bw, kv = rates[winner], old.numel() * 4 / t["sum256"], decode_min_bytes(cont)
     fd_bw = kv / t["flash"]
-    print(f"\nstream {bw/1e9:.1f} GB/s; sdpa {t['sdpa']*1e3:.1f} ms; flash_decoding {t['flash']*1e3:.1f} ms "
-          f"({fd_bw/1e9:.1f} GB/s = {fd_bw/bw:.0%} of stream), x{t['sdpa']/t['flash']:.2f} vs sdpa; "
-          f"paged16 {t['flash_paged']*1e3:.1f} ms = {t['flash']/t['flash_paged']:.2f}x contiguous speed")
+    per_round = [max(n / runs[k][i][0] for k, n in nbytes.items()) for i in range(ROUNDS)]  # each round's ceiling
+    share = statistics.median(kv / runs["flash"][i][0] / per_round[i] for i in range(ROUNDS))
+    old_share = statistics.median(kv / runs["flash"][i][0] / (old.numel() * 4 / runs["sum256"][i][0])
+                                  for i in range(ROUNDS))
+    print(f"\nread ceiling {bw/1e9:.1f} GB/s ({winner.removeprefix('read ')}; reads spread "
+          f"{(bw - min(rates.values())) / bw:.0%}: " + ", ".join(f"{k.removeprefix('read ')} {r/1e9:.1f}"
+                                                                  for k, r in rates.items())
+          + f"); the old 256 MiB sum {old_bw/1e9:.1f} GB/s = {old_bw/bw:.0%} of it")
+    print(f"  sdpa {t['sdpa']*1e3:.1f} ms; flash_decoding {t['flash']*1e3:.1f} ms ({fd_bw/1e9:.1f} GB/s = "
+          f"{fd_bw/bw:.0%} of the read ceiling, {fd_bw/old_bw:.0%} of the old 256 MiB sum), "
+          f"x{t['sdpa']/t['flash']:.2f} vs sdpa; paged16 {t['flash_paged']*1e3:.1f} ms = "
+          f"{t['flash']/t['flash_paged']:.2f}x contiguous speed")
     print(f"  medians of per-round ratios: sdpa/flash x{_median_ratio(runs, 'sdpa', 'flash'):.2f}, "
-          f"flash/stream {kv / nb * _median_ratio(runs, 'sum', 'flash'):.0%}, "
+          f"flash/read ceiling {share:.0%} (flash/old 256 MiB sum {old_share:.0%}), "
           f"paged speed {_median_ratio(runs, 'flash', 'flash_paged'):.2f}x contiguous")
     print(f"  plain bmm K·qT + p·V over the same bytes (ceiling of the matmuls): {t['bmm']*1e3:.1f} ms = "
-          f"{kv / t['bmm'] / bw:.0%} of stream")
-    print(f"  flash_decoding_torch (torch ops): {t['torch']*1e3:.1f} ms = {kv / t['torch'] / bw:.0%} of stream, "
-          f"x{t['sdpa']/t['torch']:.2f} vs sdpa; paged16 {t['torch_paged']*1e3:.1f} ms = "
+          f"{kv / t['bmm'] / bw:.0%} of the read ceiling")
+    print(f"  flash_decoding_torch (torch ops): {t['torch']*1e3:.1f} ms = {kv / t['torch'] / bw:.0%} of the read "
+          f"ceiling, x{t['sdpa']/t['torch']:.2f} vs sdpa; paged16 {t['torch_paged']*1e3:.1f} ms = "
           f"{t['torch']/t['torch_paged']:.2f}x its contiguous speed")
     print("  CPU share (process CPU s per wall s): " + ", ".join(f"{k} {_share(runs, k):.2f}" for k in runs)
           + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"  per CPU-second: stream {_per_cpu(runs, 'sum', nb)/1e9:.1f} GB/s, flash_decoding "
-          f"{_per_cpu(runs, 'flash', kv)/1e9:.1f} GB/s, paged16 {_per_cpu(runs, 'flash_paged', kv)/1e9:.1f}, "
-          f"plain bmm {_per_cpu(runs, 'bmm', kv)/1e9:.1f}")
+    print(f"  per CPU-second: {winner.removeprefix('read ')} {_per_cpu(runs, winner, nbytes[winner])/1e9:.1f} GB/s, "
+          f"flash_decoding {_per_cpu(runs, 'flash', kv)/1e9:.1f} GB/s, "
+          f"paged16 {_per_cpu(runs, 'flash_paged', kv)/1e9:.1f}, plain bmm {_per_cpu(runs, 'bmm', kv)/1e9:.1f}")
     assert t["sdpa"] / t["flash"] >= 2.0
     assert fd_bw >= 0.4 * bw
     assert t["flash"] / t["flash_paged"] >= 0.8

@@ -211,19 +211,24 @@ def test_sparse_records_plot_what_exists(tmp_path):
     assert "naive: latency ∝ N^2.00" in md and "| naive | - | - | - |" in md
 
 
-def test_a_group_that_was_all_skipped_is_one_line(tmp_path):
-    """A CUDA grid on a CPU machine: its reason once, not a table of "skipped" cells."""
+def test_a_group_that_was_all_skipped_is_a_row_of_the_skipped_table(tmp_path):
+    """A CUDA grid on a CPU machine: no section (nor nav entry) of its own, no "on unknown" device
+    model, one row in the skipped-groups table with its reason."""
     from harness.report.build import write_report
 
     ms = [_ok(Case("sdpa", seq_len_q=n, seq_len_kv=n, grid="cpu"), rate=6e10, peak_bytes=n) for n in NS[:3]]
+    ms += [_ok(Case("naive", seq_len_q=n, seq_len_kv=n, grid="cpu2"), rate=2e10, peak_bytes=n) for n in NS[:3]]
     ms += [Measurement(Case(i, seq_len_q=n, seq_len_kv=n, device="cuda", grid="gpu"), "skipped",
                        "no CUDA device on this machine") for i in ("naive", "sdpa") for n in NS[:3]]
-    ms = ms[3:] + ms[:3]  # skipped records come first in a results file (runner.run_cases)
-    md = (write_report(make_run(tmp_path, measurements=ms), out_dir=tmp_path / "r") / "report.md").read_text()
-    assert md.index("### cpu") < md.index("### gpu"), "measured groups come before wholly skipped ones"
-    section = md.split("### gpu", 1)[1].split("\n## ", 1)[0]
-    assert "All 6 cases skipped: no CUDA device on this machine." in section
-    assert "| skipped |" not in section
+    ms = ms[6:] + ms[:6]  # skipped records come first in a results file (runner.run_cases)
+    out = write_report(make_run(tmp_path, measurements=ms), out_dir=tmp_path / "r")
+    md, page = (out / "report.md").read_text(), (out / "index.html").read_text()
+    assert "### cpu " in md and "### cpu2 " in md and "### gpu" not in md
+    assert "unknown" not in md and "unknown" not in page
+    table = md.split("Skipped groups: 1 (no case measured)", 1)[1].split("\n\n", 2)[1]
+    assert "| gpu | b1 h8 d64 float32 cuda | 6 | no CUDA device on this machine |" in table, table
+    nav = page.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    assert nav.count("<li>") == 2 and "cuda" not in nav
 
 
 def test_cli_report_prints_index_path_and_missing_dir_exits_2(tmp_path, capsys):

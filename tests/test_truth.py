@@ -158,3 +158,4 @@ head_dim = 16
     cal = info["calibration"]["cpu/float32/tdefault"]
     assert cal["start"]["matmul_flops_per_s"] > 0 and cal["end"]["matmul_flops_per_s"] > 0 and "agree" in cal
     assert cal["start"]["read_bytes_per_s"] > 1e8 and cal["read_bytes_per_s"] >= cal["start"]["read_bytes_per_s"]
+    assert len(cal["start"]["read_methods"]) >= 3 and cal["read_method"].endswith(("(start)", "(end)"))  # each read kept

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness.report.groups import NOISE_NOTE, make_groups, num
+from harness.report.groups import NOISE_NOTE, Group, make_groups, measured, num
 from harness.report.render import Report, Section, Table, write_documents
 from harness.results.metrics import error_metrics
 from harness.results.environment import GPU_FIELDS, SUMMARY_FIELDS, gpu_names
@@ -80,6 +80,8 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
             f"{len(contended)} case(s) did not get the CPU they asked for (contended: another process was busy); "
             f"their times are marked ! and drawn hollow, and `compare` never judges them.")
     groups = make_groups(rows)
+    unmeasured = [g for g in groups if not measured(g)]  # listed with the skipped cases, no section
+    groups = [g for g in groups if measured(g)]
     if groups:
         from harness.report.plots import group_section, impl_styles
 
@@ -102,7 +104,7 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
 
     sections.append(kernels_section(rows))  # which kernels ran, compile time (None: nothing recorded)
     sections.append(_errors_section(rows))
-    sections.append(_problems_section(rows))
+    sections.append(_problems_section(rows, unmeasured))
     title = f"attnbench report: {info.get('run_id') or run_dir.name}"
     return Report(title, [s for s in sections if s is not None])
 
@@ -157,11 +159,34 @@ def _calibration_rows(cal) -> list[list[str]]:
             errors = [str((v.get(w) or {}).get("error")) for w in ("start", "end") if (v.get(w) or {}).get("error")]
             parts += errors
             rows.append([f"matmul peak {key}", "; ".join(parts)])
+            read = _read_row(v)
+            if read:
+                rows.append([f"read ceiling {key}", read])
         else:  # older runs: {"cpu_matmul_flops_per_s": x}
             f = num(v)
             rows.append([f"calibration {key.removesuffix('_flops_per_s')} peak",
                          f"{f / 1e12:.3g} TFLOP/s" if f else "not measured (no % of peak)"])
     return rows
+
+
+def _read_row(v: dict) -> str:
+    """The read ceiling of one key: its rate, the method (and side) that won, how far every read
+    measured spread, each method's rate; runs from before the read methods: the one figure."""
+    from harness.results.ceilings import read_summary
+
+    bw = num(v.get("read_bytes_per_s"))
+    if not bw:
+        errors = [str((v.get(w) or {}).get("read_error")) for w in ("start", "end") if (v.get(w) or {}).get("read_error")]
+        return f"not measured: {'; '.join(dict.fromkeys(errors))}" if errors else ""
+    s = read_summary(v.get("start"), v.get("end"))
+    rates = s.get("read_rates") or {}
+    if not rates or all(k.startswith("one read") for k in rates):
+        return f"{bw / 1e9:.3g} GB/s (one read; its method was not recorded)"
+    text = (f"{bw / 1e9:.3g} GB/s, the best of {len(rates)} reads: {s['read_method']}; they spread "
+            f"{s['read_spread']:.0%} (" + ", ".join(f"{k} {r / 1e9:.3g}" for k, r in rates.items()) + " GB/s)")
+    notes = dict.fromkeys(str((v.get(w) or {}).get("read_note")) for w in ("start", "end")
+                          if (v.get(w) or {}).get("read_note"))
+    return "; ".join([text, *notes])
 
 
 def calibration_disagrees(cal) -> list[str]:
@@ -238,7 +263,7 @@ def _errors_section(rows: list[Row]) -> Section:
     return sec
 
 
-def _problems_section(rows: list[Row]) -> Section | None:
+def _problems_section(rows: list[Row], unmeasured: list[Group] = ()) -> Section | None:
     from harness.case import case_shape
 
     bad = [r for r in rows if r["status"] != "ok"]
@@ -257,6 +282,12 @@ def _problems_section(rows: list[Row]) -> Section | None:
         sec.tables.append(Table(f"Failed: {len(failed)} cases (wrong, oom, error, timeout, crashed)", head,
                                 [[r["status"], r["impl"], r["grid"], shape(r), r["message"] or "-"] for r in failed],
                                 numeric=False))
+    if unmeasured:  # whole groups that never ran (e.g. CUDA grids on a CPU machine): no section of their own
+        sec.tables.append(Table(f"Skipped groups: {len(unmeasured)} (no case measured)",
+                                ["grid", "group", "cases", "reason"],
+                                [[g.grid or "(no grid)", g.label, str(len(g.rows)),
+                                  "; ".join(sorted({str(r["message"] or "no reason given") for r in g.rows}))]
+                                 for g in unmeasured], numeric=False))
     if skipped:
         by: dict[str, list[dict]] = {}
         for r in skipped:

@@ -43,12 +43,18 @@ def make_groups(rows: list[Row]) -> list[Group]:
                 combos.setdefault(tuple(r[p] for p in (*GROUP_PARAMS, *own)), []).append(r)
         for rs in combos.values():
             groups.extend(_split_x(grid, rs))
-    if len({r.device_model for r in rows}) > 1:  # a run over several machines: say which one
-        for g in groups:
-            g.label += f" on {g.rows[0].device_model}"
+    if len({r.device_model for r in rows if r["status"] != "skipped"}) > 1:  # several machines: say which
+        for g in groups:  # a group that never ran names no machine (a CUDA grid on a CPU: not "on unknown")
+            if measured(g):
+                g.label += f" on {g.rows[0].device_model}"
     # Groups where something was measured first (in scenario order), wholly skipped ones after:
     # on a CPU machine the CUDA grids are a footnote, not the opening of the report.
-    return sorted(groups, key=lambda g: all(r["status"] == "skipped" for r in g.rows))
+    return sorted(groups, key=lambda g: not measured(g))
+
+
+def measured(g: Group) -> bool:
+    """Did at least one case of the group run (any status but skipped)?"""
+    return any(r["status"] != "skipped" for r in g.rows)
 
 
 def _workload(r: Row):

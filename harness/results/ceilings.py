@@ -25,7 +25,8 @@ def case_ceiling_key(case) -> str:
 
 def combine(start: dict, end: dict | None) -> dict:
     """run.json's calibration: per key the start and end measurements; the max median rates as
-    the ceilings the report shows (matmul FLOP/s, read bytes/s); the best calls of uncontended
+    the ceilings the report shows (matmul FLOP/s; read bytes/s: the best read method of either
+    side, which one and the spread of all of them in read_summary); the best calls of uncontended
     measurements as the ones `suspect` is judged against; and `agree` = whether start and end
     are within DISAGREE_FACTOR plus their spreads."""
     out = {}
@@ -39,6 +40,7 @@ def combine(start: dict, end: dict | None) -> dict:
             entry[field] = max(vals) if vals else None
             bests = [x[best] for x in quiet if x.get(best)]
             entry[f"best_uncontended_{best.removeprefix('best_')}"] = max(bests) if bests else None
+        entry.update(read_summary(s, e))
         rates = [x["matmul_flops_per_s"] for x in sides]
         if len(rates) == 2:
             lo, hi = sorted(rates)
@@ -46,6 +48,27 @@ def combine(start: dict, end: dict | None) -> dict:
             entry["agree"] = (hi - lo) / hi <= allowed
         out[key] = entry
     return out
+
+
+def read_summary(start: dict | None, end: dict | None) -> dict:
+    """Which read won and how far the reads spread, over both sides: `read_method` ("dot 2 x 512
+    MiB (end)"), `read_spread` = (largest - smallest median) / largest over every method and side,
+    and `read_rates` {"method (side)": bytes/s}. A side recorded before the read methods existed
+    (one `read_bytes_per_s`) counts as one read of unknown method; no read at all: {}."""
+    rates = {}
+    for side, x in (("start", start), ("end", end)):
+        if not isinstance(x, dict):
+            continue
+        methods = x.get("read_methods") if isinstance(x.get("read_methods"), dict) else {}
+        for name, m in methods.items():
+            if isinstance(m, dict) and isinstance(m.get("bytes_per_s"), (int, float)):
+                rates[f"{name} ({side})"] = float(m["bytes_per_s"])
+        if not methods and isinstance(x.get("read_bytes_per_s"), (int, float)):
+            rates[f"one read ({side})"] = float(x["read_bytes_per_s"])
+    if not rates:
+        return {}
+    top = max(rates, key=rates.get)
+    return {"read_method": top, "read_spread": (rates[top] - min(rates.values())) / rates[top], "read_rates": rates}
 
 
 def suspect_ceilings(calibration: dict | None) -> dict[str, dict]:
