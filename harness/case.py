@@ -59,12 +59,12 @@ def common_id_parts(case: "Case", mask: str = "none") -> list[str]:
             f"t{case.threads}" if case.threads else "tdefault"]
 
 
-def common_shape_bits(case: "Case", causal: bool = True) -> list[str]:
-    """`b1 h8 n1024 d64 float32 cpu causal` for the common fields (causal omitted if not asked)."""
+def common_shape_bits(case: "Case") -> list[str]:
+    """`b1 h8 n1024 d64 float32 cpu causal` for the common fields."""
     heads = f"h{case.heads_q}" if case.heads_q == case.heads_kv else f"h{case.heads_q}/{case.heads_kv}"
     n = f"n{case.seq_len_q}" if not case.is_cross else f"n{case.seq_len_q}x{case.seq_len_kv}"
     bits = [f"b{case.batch}", heads, n, f"d{case.head_dim}", case.dtype, case.device]
-    if causal and case.causal:
+    if case.causal:
         bits.append("causal")
     if case.pass_kind != "forward":
         bits.append(case.pass_kind)
@@ -83,11 +83,8 @@ def workload_params(cls: type[WorkloadParams]) -> type[WorkloadParams]:
     if _PARAMS.get(cls.workload, cls) is not cls:
         raise ValueError(f"workload {cls.workload!r} already has parameters {_PARAMS[cls.workload].__name__}")
     _PARAMS[cls.workload] = cls
+    _param_defaults.cache_clear()
     return cls
-
-
-def workload_names() -> tuple[str, ...]:
-    return tuple(_PARAMS)
 
 
 def params_type(workload: str) -> type[WorkloadParams]:
@@ -107,6 +104,7 @@ def case_field_names() -> frozenset[str]:
     return frozenset(COMMON_FIELDS) | frozenset(_param_defaults())
 
 
+@functools.lru_cache(maxsize=1)  # cleared when a workload registers its parameters
 def _param_defaults() -> dict[str, Any]:
     """Every workload's parameter names with their "off" defaults (first declaration wins)."""
     out: dict[str, Any] = {}
