@@ -120,6 +120,7 @@ def measure_ratios(req: dict) -> list:
             busy = cpu_contention.assess(before, cpu_contention.snapshot(), threads=torch.get_num_threads())
         break
 
+    from harness.measure import compile_time
     from harness.measure.guards import check_after_timing
 
     ref_times = times.get(reference, [])
@@ -127,6 +128,8 @@ def measure_ratios(req: dict) -> list:
         fields = dict(c.fields)
         metrics = dict(fields.pop("metrics", {}))
         extra = {"reference": reference, **fields.pop("extra", {})}
+        extra.update(compile_time.extra(c.impl, c.compile_start))  # a shape compiled statically says so
+        metrics.update(compile_time.metrics(c.impl, c.compile_start))
         if name not in times:  # not timed: the guards that need no timing still run
             why = (f"not timed: the reference {reference!r} failed" if name != reference
                    else "not timed: no other implementation of this shape to compare with")
