@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -278,7 +277,7 @@ def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],
         raise where.bad(f"{at}.workload", name_, ", ".join(workloads.WORKLOADS))
     wl = workloads.get(name_)
     axes = wl.all_axes()
-    keys = ("name", "implementations", *axes, "workload", "exclude")  # GRID_META_KEYS and the axes
+    keys = (*GRID_META_KEYS[:2], *axes, *GRID_META_KEYS[2:])  # name, implementations, the axes, workload, exclude
     for key in table:  # another workload's axis: say whose, not just "unknown key"
         owners = [w.name for w in workloads.WORKLOADS.values() if key in w.all_axes()]
         if key not in keys and owners:

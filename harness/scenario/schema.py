@@ -9,13 +9,12 @@ plain TOML string, number, boolean, list or table.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from harness.case import Budget
-from harness.workloads.axes import Axis, is_int, is_number, is_positive_int  # noqa: F401  (the value checks)
+from harness.workloads.axes import Axis, is_int, is_number
 
 
 class ScenarioError(ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from harness.case import Case, WorkloadParams, common_id_parts, common_shape_bits, workload_params
 from harness.support import YES, Support, no
