@@ -69,3 +69,11 @@ COMMON_AXES: tuple[Axis, ...] = (
 COMMON_DEFAULTS: dict[str, tuple] = {"batch": (1,), "heads_kv": (None,), "dtype": ("float32",), "device": ("cpu",),
                                      "threads": (None,)}
 REQUIRED_AXES = ("heads_q", "head_dim")
+
+
+# Attention forms shared by the workloads that have them (docs/contracts.md): a softmax scale other
+# than 1/sqrt(head_dim) (Gemma's query_pre_attn_scalar) and attention sinks (gpt-oss: a learned
+# logit per query head in the softmax denominator; the inputs draw them, seeded).
+SCALE_AXIS = Axis("scale", "scale", lambda v: is_number(v) and v >= 0,
+                  "a finite number >= 0 (the softmax scale; 0 = 1/sqrt(head_dim))", float)
+SINKS_AXIS = boolean("sinks")
