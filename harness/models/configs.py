@@ -24,6 +24,7 @@ class ModelConfig:
     name: str  # catalogue name, or the config file's path as given
     config: dict = field(repr=False)  # Hugging Face config fields (no `_` keys)
     source: str = ""  # where the numbers come from: a URL for the catalogue, the path for a file
+    file: str = ""  # the file read, as errors name it: catalogue/<name>.json or the path
 
 
 def catalogue_names() -> list[str]:
@@ -51,13 +52,14 @@ def resolve_config(spec: str) -> ModelConfig:
     if key in names:
         data = _read_json(resources.files("harness.models") / "catalogue" / f"{key}.json", f"catalogue/{key}.json")
         source = str(data.get("_source", ""))
-        return ModelConfig(key, {k: v for k, v in data.items() if not k.startswith("_")}, source)
+        return ModelConfig(key, {k: v for k, v in data.items() if not k.startswith("_")}, source,
+                           f"catalogue/{key}.json")
     path = Path(spec)
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
         data = _read_json(path, str(path))
-        return ModelConfig(spec, {k: v for k, v in data.items() if not k.startswith("_")}, str(path))
+        return ModelConfig(spec, {k: v for k, v in data.items() if not k.startswith("_")}, str(path), str(path))
     if "/" in spec or spec.endswith(".json"):
         raise ModelConfigError(f"{spec}: no such file (a Hugging Face config.json, or a catalogue name: "
                                f"attnbench models)")
