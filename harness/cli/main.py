@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli import check, compare, export, history, listing, report, run
+from harness.cli import check, compare, export, history, listing, models, report, run
 from harness.cli.errors import EXIT_OK, EXIT_USAGE, UsageError
 
-SUBCOMMANDS = (listing, run, report, compare, check, export, history)
+SUBCOMMANDS = (listing, models, run, report, compare, check, export, history)
 
 
 def _fail(msg: str) -> int:
@@ -38,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.models.configs import ModelConfigError
     from harness.registry import RegistryError
     from harness.results.store import ResultsError
     from harness.scenario.load import ScenarioError
 
     args = build_parser().parse_args(argv)
-    user_errors = (UsageError, RegistryError, ResultsError, ScenarioError, FileExistsError)
+    user_errors = (UsageError, RegistryError, ResultsError, ScenarioError, FileExistsError, ModelConfigError)
     try:
         if args.command in ("run", "check"):
             _warn_broken_plugins()

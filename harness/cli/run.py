@@ -28,7 +28,27 @@ def add_parser(sub) -> None:
                      help="write the report here (default: reports/<run-id> beside a results/ folder, "
                           "else <run dir>/report)")
     run.add_argument("--fail-on-error", action="store_true", help="exit 1 if any case failed")
+    model = run.add_argument_group(
+        "a model's attention (instead of SCENARIO)",
+        "builds the scenario from a model's geometry, one grid per layer type (global / sliding), writes it "
+        "as scenario.toml in the run folder (edit it, run it again with attnbench run PATH) and reports the "
+        "attention time per step and per token. Defaults (context, batch): " + ", ".join(
+            f"{k} {c}, {b}" for k, (c, b) in _step_defaults().items()) + " (serving: a 512-token prefill chunk "
+        "after CONTEXT cached tokens + BATCH decodes at CONTEXT); CPU float32 (bfloat16 with --device cuda)")
+    model.add_argument("--model", metavar="NAME|PATH", help="a catalogue name (attnbench models) or a Hugging "
+                                                             "Face config.json")
+    model.add_argument("--workload", metavar="STEP", help="prefill (default), decode, training "
+                                                          "(forward+backward) or serving")
+    model.add_argument("--context", metavar="TOKENS", help="context length (at most the model's maximum)")
+    model.add_argument("--batch", metavar="N", help="sequences per step")
+    model.add_argument("--dry-run", action="store_true", help="print the scenario TOML; run nothing")
     run.set_defaults(func=cmd_run)
+
+
+def _step_defaults() -> dict:
+    from harness.models.plan import STEP_DEFAULTS
+
+    return STEP_DEFAULTS
 
 
 def _load_scenario(name_or_path: str):
@@ -42,7 +62,15 @@ def cmd_run(args) -> int:
     from harness.results.store import read_run_info, resolve_run_dir
     from harness.run import runner
 
-    if args.resume:
+    plan = _model_plan(args)
+    if plan is not None and args.dry_run:
+        print(plan.text)
+        return EXIT_OK
+    if plan is not None:
+        from harness.scenario.load import load_scenario_bytes
+
+        scenario = load_scenario_bytes(plan.text.encode(), f"{plan.name}.toml")
+    elif args.resume:
         run_dir = resolve_run_dir(args.resume)
         info = read_run_info(run_dir)
         scenario = _load_scenario(args.scenario or runner.scenario_path_for_resume(info, run_dir))
@@ -60,6 +88,8 @@ def cmd_run(args) -> int:
         print(f"resuming {run_dir}: {len(earlier)} cases done, {len(cases)} to run", file=sys.stderr)
     else:
         run_dir = runner.start_run(scenario, out_dir=Path(args.out), run_id=args.run_id)
+        if plan is not None:
+            scenario = _save_plan(plan, scenario, run_dir)
         print(f"run {run_dir}: {len(cases)} cases from {scenario.path}", file=sys.stderr)
     progress = Progress(len(cases))
     try:
@@ -124,3 +154,57 @@ def _check_names(impls, devices) -> None:
     for dev in devices or []:
         if dev.split(":")[0] not in DEVICES:
             raise UsageError(f"--device {dev!r} is not allowed; allowed: {', '.join(DEVICES)}")
+
+
+MODEL_ONLY = ("workload", "context", "batch", "dry_run")
+
+
+def _model_plan(args):
+    """--model: the scenario plan built from the model's geometry (None without --model)."""
+    if not getattr(args, "model", None):
+        given = [f"--{k.replace('_', '-')}" for k in MODEL_ONLY if getattr(args, k, None)]
+        if given:
+            raise UsageError(f"{given[0]} needs --model NAME|PATH (attnbench models lists the names)")
+        return None
+    if args.scenario or args.resume:
+        raise UsageError(f"--model builds its own scenario; give --model or "
+                         f"{'a scenario' if args.scenario else '--resume'}, not both")
+    if args.device and len(set(args.device)) > 1:
+        raise UsageError("--device with --model: one device (the grids are written for it)")
+    from harness.models.configs import resolve_config
+    from harness.models.geometry import geometry_of
+    from harness.models.plan import plan_scenario
+
+    if args.impl:
+        _check_names(args.impl, None)
+    model = resolve_config(args.model)
+    impls = None
+    if args.impl:
+        from harness import registry
+
+        impls = {w: [n for n in args.impl if w in registry.get(n).workloads] for w in _workloads()}
+    return plan_scenario(model, geometry_of(model), args.workload or "prefill", context=args.context,
+                         batch=args.batch, device=args.device[0] if args.device else "cpu",
+                         implementations=impls)
+
+
+def _workloads() -> tuple[str, ...]:
+    from harness import workloads
+
+    return tuple(workloads.WORKLOADS)
+
+
+def _save_plan(plan, scenario, run_dir: Path):
+    """The generated scenario, written as scenario.toml in the run folder; run.json points at it
+    (so --resume and an edit-and-rerun both read that file)."""
+    import dataclasses
+
+    from harness.results.store import read_run_info, write_run_info
+
+    path = Path(run_dir) / "scenario.toml"
+    path.write_text(plan.text + "\n")
+    info = read_run_info(run_dir)
+    info["scenario"]["path"] = str(path.absolute())
+    write_run_info(run_dir, info)
+    print(f"scenario: {path} (edit it and run it again with: attnbench run {path})", file=sys.stderr)
+    return dataclasses.replace(scenario, path=str(path))

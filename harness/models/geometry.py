@@ -201,7 +201,7 @@ def _scale(r: _Reader, head_dim: int, mla: bool, src: dict) -> float:
     if mla and isinstance(rope, dict) and rope.get("mscale_all_dim") and rope.get("factor"):
         sub = _Reader(rope, f"{r.shown}: rope_scaling")
         m = yarn_mscale(sub.number("factor", positive=True), sub.number("mscale_all_dim"))
-        src["scale"] = "(qk_nope_head_dim + qk_rope_head_dim)^-0.5 × yarn mscale² (rope_scaling factor, mscale_all_dim)"
+        src["scale"] = "head_dim^-0.5 × yarn mscale² (rope_scaling: factor, mscale_all_dim)"
         return scale * m * m
     return scale
 

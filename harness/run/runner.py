@@ -221,6 +221,7 @@ def start_run(scenario, *, out_dir: Path, run_id: str | None = None) -> Path:
             "seed": scenario.seed,
             "baseline": getattr(scenario, "baseline", "sdpa"),
             "budget": dataclasses.asdict(scenario.budget),
+            **({"model": scenario.model.to_dict()} if getattr(scenario, "model", None) else {}),  # [model] table
         },
         "environment": collect_environment(),
         "calibration": {},

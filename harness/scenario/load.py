@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from harness import registry, workloads
 from harness.case import Case
+from harness.scenario.model_table import ModelInfo, parse_model_table
 from harness.scenario.schema import (
     GRID_META_KEYS,
     NAME_ALLOWED,
@@ -110,6 +111,7 @@ class Scenario:
     seed: int = 0
     baseline: str = "sdpa"  # reports show other implementations relative to this one
     reference: str = "sdpa"  # the CI gate compares ratios against this one (same run)
+    model: ModelInfo | None = None  # the [model] table: the model these grids come from
 
     def all_implementations(self) -> tuple[str, ...]:
         """Every implementation some grid runs, in first-seen order."""
@@ -141,6 +143,7 @@ class Scenario:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["grids"] = [g.to_dict() for g in self.grids]
+        d["model"] = self.model.to_dict() if self.model else None
         return d
 
 
@@ -215,6 +218,11 @@ def load_scenario(path_or_name: str | os.PathLike,
     known_impls defaults to harness.registry.names(); pass a list to validate without the registry.
     """
     path, data = _read(path_or_name)
+    return load_scenario_bytes(data, path, known_impls)
+
+
+def load_scenario_bytes(data: bytes, path: str, known_impls: Iterable[str] | None = None) -> Scenario:
+    """Validate scenario TOML given as bytes; `path` is where it is (or will be) written."""
     where = Where(_display(path))
     try:
         raw = tomllib.loads(data.decode("utf-8"))
@@ -264,8 +272,9 @@ def _parse(where: Where, path: str, raw: dict, known: tuple[str, ...]) -> Scenar
             picks[key] = value
         else:  # sdpa when the scenario runs it, else the first implementation listed
             picks[key] = "sdpa" if "sdpa" in used else used[0]
+    model = parse_model_table(where, raw["model"], tuple(names)) if "model" in raw else None
     return Scenario(name=name, description=description, path=path, implementations=impls,
-                    grids=grids, budget=budget, seed=seed, **picks)
+                    grids=grids, budget=budget, seed=seed, model=model, **picks)
 
 
 def _parse_grid(where: Where, raw: Any, i: int, impls: tuple[str, ...],

@@ -87,7 +87,7 @@ MIN_MEMORY_LIMIT_BYTES = 2 * 2**30
 
 
 TOP_KEYS = ("name", "description", "implementations", "seed", "baseline", "reference", "budget",
-            "grid")
+            "grid", "model")  # model: scenario/model_table.py
 GRID_META_KEYS = ("name", "implementations", "workload", "exclude")  # plus the workload's axes
 
 
