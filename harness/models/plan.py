@@ -22,7 +22,7 @@ from harness.models.geometry import SLIDING, Geometry, LayerType
 STEPS = ("prefill", "decode", "training", "serving")
 # (context, batch) per step when not given: sized so `attnbench run --model llama-3.1-8b` finishes in
 # a few minutes on 2 CPU cores with the model's real heads.
-STEP_DEFAULTS = {"prefill": (1024, 1), "training": (512, 1), "decode": (4096, 8), "serving": (2048, 8)}
+STEP_DEFAULTS = {"prefill": (2048, 1), "training": (1024, 1), "decode": (4096, 8), "serving": (2048, 8)}
 SERVING_CHUNK = 512  # new tokens of the prefill chunk in a serving step (capped at the context)
 # Left out of generated scenarios: compiled (minutes of compile time per shape on a CPU) and forced
 # SDPA backends (the same kernels sdpa picks); a user adds them to the TOML when wanted.

@@ -79,6 +79,9 @@ def build_report(run_dir: Path, info: dict, baseline: str | None = None) -> Repo
         sections[-1].paragraphs.append(
             f"{len(contended)} case(s) did not get the CPU they asked for (contended: another process was busy); "
             f"their times are marked ! and drawn hollow, and `compare` never judges them.")
+    from harness.report.model_summary import model_section
+
+    sections.append(model_section(rows, info, baseline))  # None unless the scenario has a [model] table
     groups = make_groups(rows)
     unmeasured = [g for g in groups if not measured(g)]  # listed with the skipped cases, no section
     groups = [g for g in groups if measured(g)]
