@@ -207,3 +207,44 @@ def test_model_table_errors(tmp_path, table, expect):
     with pytest.raises(ScenarioError) as err:
         load_scenario(f)
     assert expect in str(err.value), str(err.value)
+
+
+def test_two_layer_types_sum_into_the_step_time(tmp_path, capsys):
+    """A user's config with global and sliding layers: two grids, and the report's step time is each
+    type's best time × its layer count, summed (checked against the recorded medians)."""
+    from harness.results.store import read_measurements
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "mine", "num_attention_heads": 4, "num_key_value_heads": 2,
+                               "num_hidden_layers": 5, "hidden_size": 64, "sliding_window": 8,
+                               "layer_types": ["sliding_attention"] * 3 + ["full_attention"] * 2,
+                               "max_position_embeddings": 64}))
+    out = tmp_path / "results"
+    _ok(capsys, "run", "--model", str(cfg), "--context", "32", "--impl", "naive", "--impl", "sdpa",
+        "--out", str(out), "--run-id", "r", "--report-out", str(tmp_path / "rep"))
+    records = read_measurements(out / "r")
+    best = {g: min(m.median_s for m in records if m.case.grid == g and m.status == "ok") for g in ("global", "sliding")}
+    assert {m.case.params.window for m in records if m.case.grid == "sliding"} == {8}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    from harness.results.units import fmt_time_s
+
+    assert f"): {fmt_time_s(best['global'] * 2 + best['sliding'] * 3)}; per token:" in md
+    assert "| global | 2 |" in md and "| sliding | 3 |" in md
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen2.5-7b", "mistral-7b-v0.1", "smollm2-1.7b", "phi-3-mini"])
+@pytest.mark.parametrize("step", ["prefill", "training", "decode"])
+def test_generated_scenarios_validate(name, step):
+    """Models that need no form of the newer workloads: the written TOML loads as it is."""
+    from harness.scenario.load import load_scenario_bytes
+
+    model = resolve_config(name)
+    plan = plan_scenario(model, geometry_of(model), step)
+    scenario = load_scenario_bytes(plan.text.encode(), "x.toml")
+    assert dict(scenario.model.layers) == {t.kind: t.layers for t in geometry_of(model).layer_types}
+    assert all(c.heads_q == model.config["num_attention_heads"] for c in scenario.cases())
+
+
+def test_impl_without_a_path_for_the_step_is_one_line(capsys):
+    err = _fails(capsys, "run", "--model", "llama-3.1-8b", "--workload", "decode", "--impl", "flash")
+    assert "--impl flash: none runs workload 'decode'" in err

@@ -27,6 +27,7 @@ SERVING_CHUNK = 512  # new tokens of the prefill chunk in a serving step (capped
 # Left out of generated scenarios: compiled (minutes of compile time per shape on a CPU) and forced
 # SDPA backends (the same kernels sdpa picks); a user adds them to the TOML when wanted.
 LEFT_OUT = ("flex", "compiled_naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
+LEFT_OUT_ON_CPU = ("triton_flash", "triton_decode")  # Triton on a CPU is its interpreter: minutes a case
 BUDGET = {"warmup_s": 0.1, "min_time_s": 0.2, "max_time_s": 1.0, "target_spread": 0.05, "case_timeout_s": 300}
 MAX_BATCH = 65536
 
@@ -99,6 +100,10 @@ def plan_scenario(model: ModelConfig, geometry: Geometry, step: str, *, context=
     impls = {w: _implementations(w, device, implementations) for w in dict.fromkeys(
         a.get("workload", "prefill") for a in grids.values())}
     for w, names in impls.items():
+        if not names and implementations is not None:
+            raise ModelConfigError(f"--impl {' '.join(dict.fromkeys(n for v in implementations.values() for n in v)) or '…'}: "
+                                   f"none runs workload {w!r}; allowed: implementations with a {w} path "
+                                   f"(attnbench list)")
         if not names:
             raise ModelConfigError(f"no registered implementation runs workload {w!r} on {device} here "
                                    f"(attnbench list); allowed: another --workload or --device")
@@ -154,13 +159,17 @@ def _round(x: float) -> float:
 def _implementations(workload: str, device: str, chosen: dict | None) -> list[str]:
     from harness import registry
 
-    if chosen and chosen.get(workload):
-        return list(chosen[workload])
+    if chosen is not None:
+        return list(chosen.get(workload, ()))
     kind = device.split(":")[0]
+    left_out = LEFT_OUT + (LEFT_OUT_ON_CPU if kind == "cpu" else ())
     out = []
     for impl in registry.all_implementations():
-        if workload in impl.paths and kind in impl.devices and impl.name not in LEFT_OUT and impl.available(device):
-            out.append(impl.name)
+        if workload not in impl.paths or kind not in impl.devices or impl.name in left_out:
+            continue
+        if kind == "cpu" and not impl.available(device):  # CUDA grids are written to run elsewhere too
+            continue
+        out.append(impl.name)
     return out
 
 

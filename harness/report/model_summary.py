@@ -89,12 +89,14 @@ def _stacked_bars(single: dict, layers: dict, impls: list[str], step: str, name:
                       key=lambda i: sum(t[i] * layers[g] for g, t in single.items()))  # fastest on top
     fig, ax = new_figure((7.0, 0.6 + 0.45 * max(len(complete), 1) + 1.2))
     cmap = colormaps["tab10"]
+    longest = max((sum(t[i] * layers[g] for g, t in single.items()) for i in complete), default=1.0)
+    unit, scale = next((u, f) for u, f in (("s", 1.0), ("ms", 1e3), ("µs", 1e6)) if longest * f >= 1 or u == "µs")
     left = [0.0] * len(complete)
     for k, (g, t) in enumerate(single.items()):
-        widths = [t[i] * layers[g] * 1e3 for i in complete]
+        widths = [t[i] * layers[g] * scale for i in complete]
         ax.barh(complete, widths, left=left, color=cmap(k % 10), label=f"{g} × {layers[g]}")
         left = [a + b for a, b in zip(left, widths)]
-    ax.set_xlabel(f"attention time per {step} step (ms)")
+    ax.set_xlabel(f"attention time per {step} step ({unit})")
     ax.set_title(f"{name}: attention per {step} step, by layer type")
     ax.invert_yaxis()
     ax.legend(loc="best", fontsize=8)
