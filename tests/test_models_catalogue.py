@@ -172,3 +172,14 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text('{"model_type": "vit", "hidden_size": 768, "image_size": 224}')
     with pytest.raises(ModelConfigError, match=r"config.json: num_attention_heads: missing"):
         geometry_of(resolve_config(str(bad)))
+
+
+def test_older_field_names_are_read_like_transformers_attribute_map():
+    """GPT-2 style configs (n_head, n_layer, n_embd, n_positions): the geometry, and errors and
+    sources in the file's own key names."""
+    g = parse_geometry({"model_type": "gpt2", "n_head": 12, "n_layer": 12, "n_embd": 768, "n_positions": 1024},
+                       "gpt2.json")
+    assert (g.heads_q, g.heads_kv, g.head_dim, g.layers, g.max_context) == (12, 12, 64, 12, 1024)
+    assert g.sources["head_dim"] == "n_embd / n_head"
+    with pytest.raises(ModelConfigError, match=r"^gpt2.json: n_head: 12.5 is not allowed"):
+        parse_geometry({"n_head": 12.5, "n_layer": 2, "n_embd": 768}, "gpt2.json")

@@ -30,6 +30,10 @@ HF_LAYER_TYPES = {"full_attention": GLOBAL, "sliding_attention": SLIDING}
 SINK_MODEL_TYPES = ("gpt_oss",)  # the architecture has a learned sink logit per query head
 ALTERNATING_MODEL_TYPES = ("gemma2",)  # even layers slide, odd layers are global
 PATTERN_DEFAULTS = {"gemma3": 6, "gemma3_text": 6}  # transformers' default sliding_window_pattern
+# Older configs name some fields differently; transformers maps them (each config class's attribute_map)
+ALIASES = {"num_attention_heads": ("n_head", "num_heads"), "num_hidden_layers": ("n_layer", "num_layers"),
+           "hidden_size": ("n_embd", "d_model"), "num_key_value_heads": ("num_kv_heads",),
+           "max_position_embeddings": ("n_positions", "max_sequence_length", "seq_length")}
 MAX_DIM = 1 << 20  # far above any real head count or width; keeps a hostile config's numbers sane
 
 
@@ -88,10 +92,13 @@ class _Reader:
     """Typed reads of one config dict; every bad or missing key is one line naming the file."""
 
     def __init__(self, config: dict, shown: str):
-        self.c, self.shown = config, shown
+        self.shown = shown
+        self.names = {k: a for k, aliases in ALIASES.items() if config.get(k) is None
+                      for a in aliases[::-1] if config.get(a) is not None}  # canonical -> the file's key
+        self.c = {**config, **{k: config[a] for k, a in self.names.items()}}
 
     def fail(self, key: str, why: str) -> ModelConfigError:
-        return ModelConfigError(f"{self.shown}: {key}: {why}")
+        return ModelConfigError(f"{self.shown}: {self.names.get(key, key)}: {why}")
 
     def has(self, key: str) -> bool:
         return self.c.get(key) is not None
@@ -160,6 +167,8 @@ def parse_geometry(config: dict, shown: str) -> Geometry:
     max_context = r.int("max_position_embeddings", default=0, low=0)
     if max_context:
         src["max_context"] = "max_position_embeddings"
+    for canonical, used in r.names.items():
+        src = {k: v.replace(canonical, used) for k, v in src.items()}
     if prefix:
         src = {k: f"{prefix}{v}" for k, v in src.items()}
     return Geometry(types, heads_q, heads_kv, head_dim, head_dim_v, scale, softcap, sinks, mla, max_context, src)
