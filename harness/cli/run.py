@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
         "a model's attention (instead of SCENARIO)",
         "builds the scenario from a model's geometry, one grid per layer type (global / sliding), writes it "
         "as scenario.toml in the run folder (edit it, run it again with attnbench run PATH) and reports the "
-        "attention time per step and per token. Defaults (context, batch): " + ", ".join(
-            f"{k} {c}, {b}" for k, (c, b) in _step_defaults().items()) + " (serving: a 512-token prefill chunk "
+        "attention time per step and per token. Defaults: " + "; ".join(
+            f"{k}: context {c}, batch {b}" for k, (c, b) in _step_defaults().items()) + " (serving: a 512-token prefill chunk "
         "after CONTEXT cached tokens + BATCH decodes at CONTEXT); CPU float32 (bfloat16 with --device cuda)")
     model.add_argument("--model", metavar="NAME|PATH", help="a catalogue name (attnbench models) or a Hugging "
                                                              "Face config.json")

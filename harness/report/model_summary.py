@@ -61,7 +61,8 @@ def model_section(rows: list[Row], info: dict, baseline: str, styles: dict | Non
     best_total = sum(min(t.values()) * layers[g] for g, t in single.items())
     picks = ", ".join(f"{g}: {min(t, key=t.get)}" for g, t in single.items())
     sec.paragraphs.append(f"Attention per {step} step with the best implementation per layer type ({picks}): "
-                          f"{fmt_time_s(best_total)}; per token: {fmt_time_s(best_total / tokens)}.")
+                          f"{fmt_time_s(best_total)}; per token: {fmt_time_s(best_total / tokens)} (the step's time / its "
+                          f"{tokens} token(s)).")
     impls = list(dict.fromkeys(i for t in single.values() for i in t))
     ranked = []
     for impl in impls:
