@@ -34,9 +34,19 @@ def _fails(capsys, *argv) -> str:
     return err
 
 
+def _too_wide(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if max(len(ln), len(ln.encode())) > 100]
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "gemma-3-27b", "gpt-oss-120b"])
+def test_model_detail_fits_100_columns(capsys, name):
+    out = _ok(capsys, "models", "--model", name)
+    assert not _too_wide(out) and f"model        {name}" in out
+
+
 def test_models_lists_every_entry_within_100_columns(capsys):
     out = _ok(capsys, "models")
-    assert not [ln for ln in out.splitlines() if len(ln) > 100]
+    assert not _too_wide(out)
     starts = [ln.split()[0] for ln in out.splitlines() if ln.strip()]
     for name in catalogue_names():
         assert name in starts
@@ -62,7 +72,7 @@ def test_models_model_path_shows_a_user_config(tmp_path, capsys):
     out = _ok(capsys, "models", "--model", str(cfg))
     assert "sliding      6 layers, window 256 (sliding_window)" in out
     assert "head_dim     64  (hidden_size / num_attention_heads)" in out
-    assert not [ln for ln in out.splitlines() if len(ln) > 100]
+    assert not _too_wide(out)
 
 
 @pytest.mark.parametrize("argv, expect", [

@@ -77,11 +77,11 @@ def format_table(entries) -> str:
 
 def detail_lines(model, g) -> list[str]:
     src = g.sources
-    out = [f"model        {model.name}", f"source       {_cut(model.source, WIDTH - 13)}"]
+    out = [_cut(f"model        {model.name}", WIDTH), _cut(f"source       {model.source}", WIDTH)]
     for t in g.layer_types:
         window = f", window {t.window} ({src.get('window', '')})" if t.window else ""
-        out.append(f"{t.kind:<12} {t.layers} layers{window}")
-    out.append(f"layer types  {src.get('layer_types', '')}")
+        out.append(_cut(f"{t.kind:<12} {t.layers} layers{window}", WIDTH))
+    out.append(_cut(f"layer types  {src.get('layer_types', '')}", WIDTH))
     rows = [("heads_q", g.heads_q, "heads_q"), ("heads_kv", g.heads_kv, "heads_kv"),
             ("head_dim", g.head_dim, "head_dim"), ("head_dim_v", g.head_dim_v, "head_dim_v"),
             ("scale", f"{g.scale:.9g}", "scale"), ("softcap", f"{g.softcap:g}" if g.softcap else "none", "softcap"),
@@ -89,9 +89,14 @@ def detail_lines(model, g) -> list[str]:
     for label, value, key in rows:
         out.append(_cut(f"{label:<12} {value}" + (f"  ({src[key]})" if key in src else ""), WIDTH))
     if g.mla is not None:
-        out.append("MLA          " + ", ".join(f"{k} {v}" for k, v in vars(g.mla).items()))
+        out.append(_cut("MLA          " + ", ".join(f"{k} {v}" for k, v in vars(g.mla).items()), WIDTH))
     return out
 
 
 def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """At most `width` characters and UTF-8 bytes (what awk and cut count), "..." where cut."""
+    if len(text.encode()) <= width:
+        return text
+    while len(text.encode()) > width - 3:
+        text = text[:-1]
+    return text + "..."
