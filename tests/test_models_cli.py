@@ -258,3 +258,16 @@ def test_generated_scenarios_validate(name, step):
 def test_impl_without_a_path_for_the_step_is_one_line(capsys):
     err = _fails(capsys, "run", "--model", "llama-3.1-8b", "--workload", "decode", "--impl", "flash")
     assert "--impl flash: none runs workload 'decode'" in err
+
+
+def test_default_context_never_exceeds_a_short_model(tmp_path):
+    from harness.models.configs import resolve_config as rc
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"num_attention_heads": 4, "num_hidden_layers": 2, "hidden_size": 64,
+                               "max_position_embeddings": 600}))
+    model = rc(str(cfg))
+    for step, ctx in (("prefill", 600), ("decode", 600), ("serving", 88)):
+        data = tomllib.loads(plan_scenario(model, geometry_of(model), step,
+                                           implementations={w: ["naive"] for w in ("prefill", "decode", "serving")}).text)
+        assert data["model"]["context"] == ctx, step

@@ -69,10 +69,10 @@ def plan_scenario(model: ModelConfig, geometry: Geometry, step: str, *, context=
     g = geometry
     default_ctx, default_batch = STEP_DEFAULTS[step]
     limit = g.max_context or 2**24
-    ctx = check_size("--context", default_ctx if context is None else context, limit,
+    if context is None:  # the default, but never beyond the model's longest context
+        context = min(default_ctx, limit) if step != "serving" else min(default_ctx, max(limit - SERVING_CHUNK, 1))
+    ctx = check_size("--context", context, limit,
                      f"the longest context of {model.name}: {g.max_context}" if g.max_context else "tokens")
-    if context is None and g.max_context:
-        ctx = min(ctx, g.max_context)
     b = check_size("--batch", default_batch if batch is None else batch, MAX_BATCH, "sequences")
     chunk = min(SERVING_CHUNK, ctx)
     if step == "serving" and g.max_context and ctx + chunk > g.max_context:
