@@ -25,9 +25,10 @@ def model_section(rows: list[Row], info: dict, baseline: str, styles: dict | Non
         return None
     layers = {str(k): int(v) for k, v in model["layers"].items() if isinstance(v, int) and v > 0}
     step, tokens = str(model.get("step", "step")), int(model.get("tokens") or 1)
+    name, source = str(model.get("name", "?")), str(model.get("source") or "")
     sec = Section(f"Model: {model.get('name', '?')}, attention per {step} step")
     sec.paragraphs.append(
-        f"{model.get('name', '?')} ({model.get('source') or 'no source given'}): one {step} step at context "
+        f"{name}{f' ({source})' if source and source != name else ''}: one {step} step at context "
         f"{model.get('context', '?')}, batch {model.get('batch', '?')}, {tokens} token(s) per step. Each layer "
         f"type's time per layer (median) × its layer count, summed over the layer types: "
         + ", ".join(f"{g} × {n}" for g, n in layers.items()) + ".")
@@ -78,12 +79,15 @@ def model_section(rows: list[Row], info: dict, baseline: str, styles: dict | Non
     sec.tables.append(Table(f"One implementation for every layer: attention per {step} step",
                             ["impl", "per step", "per token", "vs best per type"], totals,
                             note="a time marked ! was contended, ~ noisy (see the summary)"))
-    sec.figures.append(_stacked_bars(single, layers, impls, step, str(model.get("name", "model"))))
+    contended = {i for (g, i), mark in marks.items() if g in single and "!" in mark}
+    sec.figures.append(_stacked_bars(single, layers, impls, step, str(model.get("name", "model")), contended))
     return sec
 
 
-def _stacked_bars(single: dict, layers: dict, impls: list[str], step: str, name: str) -> Figure:
-    """One bar per implementation that ran every layer type, its segments the layer types."""
+def _stacked_bars(single: dict, layers: dict, impls: list[str], step: str, name: str,
+                  contended: set[str] = frozenset()) -> Figure:
+    """One bar per implementation that ran every layer type, its segments the layer types; a bar
+    with a contended time is hatched."""
     from matplotlib import colormaps
 
     complete = sorted((i for i in impls if all(i in t for t in single.values())),
@@ -95,12 +99,19 @@ def _stacked_bars(single: dict, layers: dict, impls: list[str], step: str, name:
     left = [0.0] * len(complete)
     for k, (g, t) in enumerate(single.items()):
         widths = [t[i] * layers[g] * scale for i in complete]
-        ax.barh(complete, widths, left=left, color=cmap(k % 10), label=f"{g} × {layers[g]}")
+        bars = ax.barh(complete, widths, left=left, color=cmap(k % 10))
+        for bar, impl in zip(bars, complete):
+            if impl in contended:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
         left = [a + b for a, b in zip(left, widths)]
-    ax.set_xlabel(f"attention time per {step} step ({unit})")
+    ax.set_xlabel(f"attention time per {step} step ({unit})" + ("; hatched: contended" if contended else ""))
     ax.set_title(f"{name}: attention per {step} step, by layer type")
     ax.invert_yaxis()
-    ax.legend(loc="best", fontsize=8)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=cmap(k % 10), label=f"{g} × {layers[g]}") for k, g in enumerate(single)],
+              loc="best", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return Figure("00-model-step.png", png_bytes(fig), f"{name}: attention per {step} step, by implementation "
                                                       f"and layer type")
