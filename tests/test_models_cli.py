@@ -144,7 +144,7 @@ def test_mla_prefill_and_decode():
     assert g["scale"] == pytest.approx(192 ** -0.5 * (1 + 0.1 * __import__("math").log(40)) ** 2)
     d = _plan("deepseek-v3", "decode", context=1000, batch=2)
     m = _grids(d)["global"]
-    assert m["workload"] == "mla_decode"
+    assert m["workload"] == "mla_decode" and "head_dim" not in m and "heads_kv" not in m  # derived there
     assert (m["kv_lora_rank"], m["qk_rope_head_dim"], m["kv_lens"], m["seq_len_q"], m["batch"]) == (512, 64, 1000, 1, 2)
     assert m["scale"] == pytest.approx(g["scale"])
     assert d["model"]["tokens"] == 2
@@ -165,7 +165,9 @@ def test_serving_batch_spec():
     g = _grids(data)
     assert g["global"]["batch_spec"] == "1x512p@1024+4x1d@1024"
     assert g["sliding"]["batch_spec"] == "1x512p@128+4x1d@128"
-    assert data["model"]["tokens"] == 516 and "batch" not in g["global"]
+    assert data["model"]["tokens"] == 516 and "batch" not in g["global"] and "scale" not in g["global"]
+    gemma = _grids(_plan("gemma-2-27b", "serving", context=1024))
+    assert gemma["global"]["scale"] == pytest.approx(144 ** -0.5)
 
 
 # ---------------------------------------------------------------- a real run and its re-run

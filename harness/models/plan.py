@@ -134,11 +134,11 @@ def _grid(g: Geometry, lt: LayerType, step: str, ctx: int, b: int, chunk: int) -
         m = g.mla
         notes.append(f"MLA decode in the absorbed form: every query head reads one latent row per token, "
                      f"{m.kv_lora_rank} + {m.qk_rope_head_dim} wide for scores, its first {m.kv_lora_rank} "
-                     f"columns as values (head_dim = their sum)")
-        return {"workload": "mla_decode", "batch": b, "heads_q": g.heads_q,
-                "head_dim": m.kv_lora_rank + m.qk_rope_head_dim, "kv_lora_rank": m.kv_lora_rank,
+                     f"columns as values; the scale is the model's (q·k {g.head_dim}), always written since the "
+                     f"workload's default is 1/sqrt({m.kv_lora_rank + m.qk_rope_head_dim})")
+        return {"workload": "mla_decode", "batch": b, "heads_q": g.heads_q, "kv_lora_rank": m.kv_lora_rank,
                 "qk_rope_head_dim": m.qk_rope_head_dim, "seq_len_q": 1, "kv_lens": kv,
-                "kv_layout": "contiguous", **scale}, notes
+                "kv_layout": "contiguous", "scale": _round(g.scale)}, notes
     if step == "decode":
         if g.head_dim_v != g.head_dim:
             notes.append(f"v head dim {g.head_dim_v} != q·k {g.head_dim}: decode has no head_dim_v axis; "
@@ -146,10 +146,9 @@ def _grid(g: Geometry, lt: LayerType, step: str, ctx: int, b: int, chunk: int) -
         return {"workload": "decode", "batch": b, **heads, "query_tokens": 1, "kv_lens": kv,
                 "kv_layout": "contiguous", **scale, **sinks}, notes
     # serving: one chunk of new prompt tokens after its cached prefix, and a batch of decodes
-    for axis, what, on in (("scale", "softmax scale", scale), ("sinks", "attention sinks", sinks)):
-        if on:
-            notes.append(f"the serving workload has no {axis} axis: measured without the model's {what}")
-    return {"workload": "serving", **heads, "batch_spec": f"1x{chunk}p@{kv}+{b}x1d@{kv}"}, notes
+    if sinks:
+        notes.append("the serving workload has no sinks axis: measured without the model's attention sinks")
+    return {"workload": "serving", **heads, "batch_spec": f"1x{chunk}p@{kv}+{b}x1d@{kv}", **scale}, notes
 
 
 def _round(x: float) -> float:
