@@ -23,7 +23,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from harness.registry import YES, Support, no, register, register_decode
+from harness.registry import YES, Support, no, register, register_decode, register_path
 from implementations._shared import variants as _variants
 from implementations._shared.contract import causal_visible, check_args, mask_4d
 from implementations._shared.decode_contract import (
@@ -32,6 +32,7 @@ from implementations._shared.decode_contract import (
     padded_cache,
     padded_len,
 )
+from implementations._shared.varlen_contract import check_varlen_args
 
 VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
@@ -324,3 +325,55 @@ def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=dims.group > 1
     )  # (B, Hq, Nq, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving (docs/contracts.md, "Serving"): what torch offers a packed batch -- pad every sequence to
+# the longest (queries and keys), one scaled_dot_product_attention call with a boolean mask that
+# hides the padding and applies each sequence's bottom-right causality, then gather the real rows
+# back. The padded call computes every (padded query, padded key) pair; the case records how much
+# of it no sequence needs (padded_token_ratio, padded_flop_waste; harness/workloads/serving).
+
+
+def _serving_padding(cu, longest: int, device):
+    """For packed rows with cumulative lengths `cu` (S+1 on the host): the row of each packed
+    token in the padded (S·longest) layout, (T,) int64."""
+    lens = torch.tensor([b - a for a, b in zip(cu, cu[1:])], device=device)  # (S,)
+    starts = torch.tensor(cu[:-1], device=device)  # (S,)
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)  # (T,)
+    return seq * longest + torch.arange(cu[-1], device=device) - starts[seq]  # (T,)
+
+
+def _sdpa_serving_memory_model(case) -> int:
+    e = case.element_bytes
+    S, Hq, Hkv, D = case.batch, case.heads_q, case.heads_kv, case.head_dim
+    mq = max(case.q_lens)
+    mk = max(n + c for n, c in zip(case.q_lens, case.cached_lens))
+    padded = e * S * D * (2 * Hq * mq + 2 * Hkv * mk)  # q, k, v and the output, padded
+    mask = (1 + e) * S * mq * mk  # boolean mask and torch's additive copy of it
+    return padded + mask + e * case.seq_len_q * Hq * D + _fused_model("flash")(case.replace(
+        workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk, causal=False))
+
+
+@register_path("serving", "sdpa", memory_model=_sdpa_serving_memory_model)
+def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
+    dims = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    S, Hq, Hkv, D = dims.sequences, dims.heads_q, dims.heads_kv, dims.head_dim
+    mq = max(b - a for a, b in zip(dims.cu_q, dims.cu_q[1:]))
+    mk = max(b - a for a, b in zip(dims.cu_k, dims.cu_k[1:]))
+    rows_q = _serving_padding(dims.cu_q, mq, q.device)  # (Tq,)
+    rows_k = _serving_padding(dims.cu_k, mk, q.device)  # (Tk,)
+    qp = q.new_zeros(S * mq, Hq, D).index_copy_(0, rows_q, q)  # (S·mq, Hq, D)
+    kp = k.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, k)  # (S·mk, Hkv, D)
+    vp = v.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, v)
+    cached = torch.tensor([c for *_, c in dims.spans()], device=q.device).view(S, 1, 1, 1)  # (S, 1, 1, 1)
+    i = torch.arange(mq, device=q.device).view(1, 1, mq, 1)
+    j = torch.arange(mk, device=q.device).view(1, 1, 1, mk)
+    # Query i of sequence s sees key j <= i + c_s: never a padded key for a real query, and every
+    # padded query row sees key 0 at least (no fully masked row, no NaN to clean up).
+    mask = j <= i + cached  # (S, 1, mq, mk)
+    out = F.scaled_dot_product_attention(
+        qp.view(S, mq, Hq, D).transpose(1, 2), kp.view(S, mk, Hkv, D).transpose(1, 2),
+        vp.view(S, mk, Hkv, D).transpose(1, 2), attn_mask=mask, scale=scale, enable_gqa=dims.group > 1,
+    )  # (S, Hq, mq, D)
+    return out.transpose(1, 2).reshape(S * mq, Hq, D).index_select(0, rows_q)  # (Tq, Hq, D)
