@@ -44,8 +44,8 @@ MAX_SEQ_KEYS = 2**24  # cached + new tokens of one sequence
 MAX_QUERY_TOKENS = 2**24  # new tokens of the whole step
 MAX_KEY_TOKENS = 2**30  # keys of the whole step
 
-_NUM = r"\d+|U\(\d+,\d+\)"
-_TERM = re.compile(rf"(?P<count>\d+)x(?P<new>{_NUM})(?P<kind>[pd])(?:@(?P<cached>{_NUM}))?")
+_NUM = r"[0-9]+|U\([0-9]+,[0-9]+\)"
+_TERM = re.compile(rf"(?P<count>[0-9]+)x(?P<new>{_NUM})(?P<kind>[pd])(?:@(?P<cached>{_NUM}))?")
 
 
 @dataclass(frozen=True)
