@@ -79,10 +79,9 @@ def _plan(q_lens, k_lens, heads_kv: int, group: int, workers: int) -> list[_Piec
             seqs.append((q0, nq, k0, nk, bq, _key_block(group * bq)))
         q0, k0 = q0 + nq, k0 + nk
     n_tiles = sum(-(-nq // bq) for _, nq, _, _, bq, _ in seqs)
-    chunks = 1
-    while chunks < heads_kv and n_tiles * chunks < ITEMS_PER_WORKER * workers:
-        chunks += 1
-    step = -(-heads_kv // chunks)
+    step = heads_kv  # kv heads per piece: fewer while there are too few items for the workers
+    while step > 1 and n_tiles * -(-heads_kv // step) < ITEMS_PER_WORKER * workers:
+        step -= 1
     return [_Piece(q0, nq, k0, nk, h0, min(h0 + step, heads_kv), bq, bk)
             for q0, nq, k0, nk, bq, bk in seqs for h0 in range(0, heads_kv, step)]
 
