@@ -108,9 +108,6 @@ class Serving(Workload):
         rows = packed.reference_rows(case)
         return rows, packed.reference(inputs, rows)
 
-    def reference_key(self, case: Case) -> str:
-        return case.replace(impl="", grid="", threads=None).case_id
-
     def flops(self, case: Case) -> int:
         return packed.serving_flops(case)
 
