@@ -48,9 +48,9 @@ class ServingParams(WorkloadParams):
 
     def spec_label(self) -> str:
         """The spec, with a digest of the drawn lengths when it has distributions."""
-        if parse_batch_spec(self.batch_spec).random:
+        if "U(" in self.batch_spec:  # a distribution: the drawn lengths are not in the text
             return f"{self.batch_spec}#{lengths_digest(self.q_lens, self.cached_lens)}"
-        return self.batch_spec
+        return self.batch_spec or "-"
 
     def id_parts(self, case: Case) -> list[str]:
         scale = [f"scale{self.scale:g}"] if self.scale else []
@@ -123,10 +123,13 @@ class Serving(Workload):
 
     def label_bits(self, row) -> list[str]:
         p = row.case.params
-        prefill, decode = parse_batch_spec(p.batch_spec).counts()
-        return [f"serving {p.spec_label()} ({prefill} prefill + {decode} decode, {row['seq_len_q']} new tokens;"
-                f" padded to the longest: {p.padded_token_ratio:.0%} of its tokens used, "
-                f"{p.padded_flop_waste:.0%} of its FLOPs wasted)"]
+        try:
+            prefill, decode = parse_batch_spec(p.batch_spec).counts()
+            mix = f"{prefill} prefill + {decode} decode, "
+        except ValueError:  # a hand-made record without a spec
+            mix = ""
+        return [f"serving {p.spec_label()} ({mix}{row['seq_len_q']} new tokens; padded to the longest: "
+                f"{p.padded_token_ratio:.0%} of its tokens used, {p.padded_flop_waste:.0%} of its FLOPs wasted)"]
 
 
 WORKLOAD = Serving()
