@@ -141,12 +141,13 @@ def naive_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
 
 
 def _serving_memory_model(case) -> int:
-    """The output, plus the largest sequence's scores and softmax (float32) and its head-major
-    copies of q, k, v and of its output."""
+    """The output, plus the largest sequence's scores and softmax (float32) and its grouped query
+    and output copies; k and v are read through strided views in float32, copied for the half
+    precision matmuls."""
     e = case.element_bytes
     Hq, Hkv, D = case.heads_q, case.heads_kv, case.head_dim
-    per_seq = [4 * 2 * Hq * n * (n + c) + e * D * (2 * Hq * n + 2 * Hkv * (n + c))
-               for n, c in zip(case.q_lens, case.cached_lens)]
+    kv = 0 if e == 4 else 2 * e * Hkv * D
+    per_seq = [4 * 2 * Hq * n * (n + c) + e * D * 2 * Hq * n + kv * (n + c) for n, c in zip(case.q_lens, case.cached_lens)]
     return e * case.seq_len_q * Hq * D + max(per_seq)
 
 

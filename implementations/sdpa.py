@@ -345,14 +345,19 @@ def _serving_padding(cu, longest: int, device):
 
 
 def _sdpa_serving_memory_model(case) -> int:
+    """The padded q, k, v, output and mask held throughout; the peak is the larger of the SDPA call
+    (+ the mask as an additive float copy and the kernel's row statistics and tiles) and the gather
+    after it (+ the padded output made contiguous and the packed output)."""
     e = case.element_bytes
     S, Hq, Hkv, D = case.batch, case.heads_q, case.heads_kv, case.head_dim
     mq = max(case.q_lens)
     mk = max(n + c for n, c in zip(case.q_lens, case.cached_lens))
-    padded = e * S * D * (2 * Hq * mq + 2 * Hkv * mk)  # q, k, v and the output, padded
-    mask = (1 + e) * S * mq * mk  # boolean mask and torch's additive copy of it
-    return padded + mask + e * case.seq_len_q * Hq * D + _fused_model("flash")(case.replace(
-        workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk, causal=False))
+    held = e * S * D * (2 * Hq * mq + 2 * Hkv * mk) + S * mq * mk + 8 * (case.seq_len_q + case.seq_len_kv)
+    kernel = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
+    kernel -= e * S * Hq * mq * D  # its output is counted in `held`
+    during = e * S * mq * mk + kernel
+    after = e * D * Hq * (S * mq + case.seq_len_q)
+    return held + max(during, after)
 
 
 @register_path("serving", "sdpa", memory_model=_sdpa_serving_memory_model)

@@ -162,3 +162,14 @@ def test_attnbench_run_of_a_tiny_serving_scenario(tmp_path):
             assert by[(impl, spec)]["status"] == "ok", by[(impl, spec)]["message"]
     assert by[("chunked", "4x1d@9")]["status"] == "skipped" and "no serving path" in by[("chunked", "4x1d@9")]["message"]
     assert 0 < by[("sdpa", "4x1d@9")]["case"]["padded_token_ratio"] <= 1
+
+
+@pytest.mark.parametrize("impl", ["flash", "sdpa", "naive"])
+def test_memory_models_predict_the_measured_peak(impl):
+    from harness.measure.peak_memory import measure_peak_bytes
+
+    case = _case("1x256p+7x1d@U(128,1024)", Hq=8, Hkv=2, D=64, impl=impl, threads=2)
+    prepared = checked_call.prepare(case, seed=0)
+    measured = measure_peak_bytes(checked_call.build_callable(registry.get(impl), prepared, case), "cpu")
+    predicted = registry.get(impl).predicted_peak_bytes(case)
+    assert 0.8 <= predicted / measured <= 1.25, (predicted, measured)
