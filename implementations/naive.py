@@ -8,7 +8,8 @@ the input dtype for float16 / bfloat16) plus the boolean visibility for the back
 allocates a few more score-sized gradient matrices (see _memory_model).
 
 Its decode path (naive_decode, at the end; README, "Decode") is the same attention over a KV cache:
-gather the whole cache (padded to the longest sequence), mask by length, full softmax.
+gather the whole cache (padded to the longest sequence), mask by length, full softmax. Its serving
+path (naive_serving, after it) runs a packed batch one sequence at a time.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ bottom-right, so for Nq != Nk causality becomes a boolean mask (combined with at
 see no key are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
 
 `sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
-padded to the longest sequence, and one call with a boolean length mask and enable_gqa.
+padded to the longest sequence, and one call with a boolean length mask and enable_gqa. Its serving
+path (sdpa_serving, after it; docs/contracts.md "Serving") pads every sequence of a packed batch
+to the longest in one masked call.
 """
 
 from __future__ import annotations
@@ -356,6 +358,8 @@ def _sdpa_serving_memory_model(case) -> int:
     kernel = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
     kernel -= e * S * Hq * mq * D  # its output is counted in `held`
     during = e * S * mq * mk + kernel
+    if case.device != "cpu" and Hq != Hkv:  # k and v repeated per query head (no enable_gqa)
+        during += 2 * e * S * Hq * mk * D
     after = e * D * Hq * (S * mq + case.seq_len_q)
     return held + max(during, after)
 
@@ -377,8 +381,11 @@ def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     # Query i of sequence s sees key j <= i + c_s: never a padded key for a real query, and every
     # padded query row sees key 0 at least (no fully masked row, no NaN to clean up).
     mask = j <= i + cached  # (S, 1, mq, mk)
+    kh, vh = kp.view(S, mk, Hkv, D).transpose(1, 2), vp.view(S, mk, Hkv, D).transpose(1, 2)  # (S, Hkv, mk, D)
+    gqa = dims.group > 1
+    if gqa and q.device.type != "cpu":  # CUDA's masked (efficient) kernel takes no enable_gqa: repeat k, v
+        kh, vh, gqa = kh.repeat_interleave(dims.group, dim=1), vh.repeat_interleave(dims.group, dim=1), False
     out = F.scaled_dot_product_attention(
-        qp.view(S, mq, Hq, D).transpose(1, 2), kp.view(S, mk, Hkv, D).transpose(1, 2),
-        vp.view(S, mk, Hkv, D).transpose(1, 2), attn_mask=mask, scale=scale, enable_gqa=dims.group > 1,
+        qp.view(S, mq, Hq, D).transpose(1, 2), kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa,
     )  # (S, Hq, mq, D)
     return out.transpose(1, 2).reshape(S * mq, Hq, D).index_select(0, rows_q)  # (Tq, Hq, D)
