@@ -178,6 +178,8 @@ def padding_waste(q_lens, cached_lens) -> tuple[float, float]:
     S = len(q_lens)
     k_lens = [n + c for n, c in zip(q_lens, cached_lens)]
     mq, mk = max(q_lens), max(k_lens)
+    if not (mq and mk):  # no new token anywhere (a hand-made case): nothing to pad
+        return 1.0, 0.0
     token_ratio = (sum(q_lens) + sum(k_lens)) / (S * (mq + mk))
     waste = 1.0 - serving_pairs(q_lens, cached_lens) / (S * mq * mk)
     return token_ratio, waste
