@@ -34,7 +34,7 @@ from implementations._shared.decode_contract import (
     padded_cache,
     padded_len,
 )
-from implementations._shared.varlen_contract import check_varlen_args
+from implementations._shared.varlen_contract import check_varlen_args, padded_rows
 
 VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
@@ -337,15 +337,6 @@ def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
 # of it no sequence needs (padded_token_ratio, padded_flop_waste; harness/workloads/serving).
 
 
-def _serving_padding(cu, longest: int, device):
-    """For packed rows with cumulative lengths `cu` (S+1 on the host): the row of each packed
-    token in the padded (S·longest) layout, (T,) int64."""
-    lens = torch.tensor([b - a for a, b in zip(cu, cu[1:])], device=device)  # (S,)
-    starts = torch.tensor(cu[:-1], device=device)  # (S,)
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)  # (T,)
-    return seq * longest + torch.arange(cu[-1], device=device) - starts[seq]  # (T,)
-
-
 def _sdpa_serving_memory_model(case) -> int:
     """The padded q, k, v, output and mask held throughout; the peak is the larger of the SDPA call
     (+ the mask as an additive float copy and the kernel's row statistics and tiles) and the gather
@@ -370,8 +361,8 @@ def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     S, Hq, Hkv, D = dims.sequences, dims.heads_q, dims.heads_kv, dims.head_dim
     mq = max(b - a for a, b in zip(dims.cu_q, dims.cu_q[1:]))
     mk = max(b - a for a, b in zip(dims.cu_k, dims.cu_k[1:]))
-    rows_q = _serving_padding(dims.cu_q, mq, q.device)  # (Tq,)
-    rows_k = _serving_padding(dims.cu_k, mk, q.device)  # (Tk,)
+    rows_q = padded_rows(dims.cu_q, mq, q.device)  # (Tq,)
+    rows_k = padded_rows(dims.cu_k, mk, q.device)  # (Tk,)
     qp = q.new_zeros(S * mq, Hq, D).index_copy_(0, rows_q, q)  # (S·mq, Hq, D)
     kp = k.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, k)  # (S·mk, Hkv, D)
     vp = v.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, v)

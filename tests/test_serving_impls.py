@@ -173,3 +173,9 @@ def test_memory_models_predict_the_measured_peak(impl):
     measured = measure_peak_bytes(checked_call.build_callable(registry.get(impl), prepared, case), "cpu")
     predicted = registry.get(impl).predicted_peak_bytes(case)
     assert 0.8 <= predicted / measured <= 1.25, (predicted, measured)
+
+
+def test_padded_rows_place_each_sequence_at_its_own_block():
+    from implementations._shared.varlen_contract import padded_rows
+
+    assert padded_rows([0, 2, 2, 5], 3, "cpu").tolist() == [0, 1, 6, 7, 8]

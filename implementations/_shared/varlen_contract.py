@@ -79,3 +79,12 @@ def check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if scale is not None and not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
     return dims
+
+
+def padded_rows(cu, longest: int, device) -> torch.Tensor:
+    """For packed rows with cumulative lengths `cu` (S+1, on the host): the row of each packed token
+    in the layout that pads every sequence to `longest` rows (S·longest), (T,) int64."""
+    lens = torch.tensor([b - a for a, b in zip(cu, cu[1:])], device=device)  # (S,)
+    starts = torch.tensor(cu[:-1], device=device)  # (S,)
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)  # (T,)
+    return seq * longest + torch.arange(cu[-1], device=device) - starts[seq]  # (T,)
