@@ -17,7 +17,7 @@ e.g. `2x2048p+32x1d@4096`, `16x1d@U(512,4096)`, `4xU(64,512)p@1024`. Every seque
 own cached tokens and, causally, to its own new tokens: its keys are cached + new tokens.
 
 `U(lo,hi)`: every sequence of the term draws its own integer, uniform on [lo, hi] inclusive, from
-`random.Random` seeded by sha256(scenario seed, the canonical spec); draws go term by term,
+`random.Random(seed_of(scenario seed, "serving", canonical spec))`; draws go term by term,
 sequence by sequence, the new-token count before the cached count. The same spec and seed give
 the same lengths in every process (sequence_lengths).
 
