@@ -103,7 +103,10 @@ class _VarlenScratch(_Scratch):
         self.q = torch.empty(sizes["qacc"], **e) if copy_q else None
         self.acc = torch.empty(sizes["qacc"], **e)
         self.rowstats = torch.empty(6, sizes["rows"], **e)
+        # fp32 k / v tiles (low precision), under both names the forward has used for them: one
+        # (2, n) buffer `kv`, or `k` and `v` (since values may be Dv wide; here Dv = D)
         self.kv = torch.empty(2, sizes["kv"], **e) if upcast else None
+        self.k, self.v = (self.kv[0], self.kv[1]) if upcast else (None, None)
 
 
 def flash_varlen(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
