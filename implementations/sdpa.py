@@ -12,8 +12,8 @@ see no key are set to zeros afterwards, whatever the backend returned for them (
 
 `sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
 padded to the longest sequence, and one call with a boolean length mask and enable_gqa. Its serving
-path (sdpa_serving, after it; docs/contracts.md "Serving") pads every sequence of a packed batch
-to the longest in one masked call.
+path (sdpa_serving, after it; docs/contracts.md "Serving") is one call on the packed batch padded to
+its longest sequence, with a mask (_shared/padded_varlen.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from implementations._shared.decode_contract import (
     padded_cache,
     padded_len,
 )
-from implementations._shared.varlen_contract import check_varlen_args, padded_rows
+from implementations._shared.padded_varlen import padded_call, padded_memory_model, padded_shape
 
 VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
@@ -330,53 +330,29 @@ def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Serving (docs/contracts.md, "Serving"): what torch offers a packed batch -- pad every sequence to
-# the longest (queries and keys), one scaled_dot_product_attention call with a boolean mask that
-# hides the padding and applies each sequence's bottom-right causality, then gather the real rows
-# back. The padded call computes every (padded query, padded key) pair; the case records how much
-# of it no sequence needs (padded_token_ratio, padded_flop_waste; harness/workloads/serving).
+# Serving (docs/contracts.md, "Serving"): what torch offers a packed batch -- one SDPA call on the
+# batch padded to its longest sequence, with a mask (implementations/_shared/padded_varlen.py).
+
+
+def _sdpa_padded(qp, kp, vp, mask, scale, group: int):
+    gqa = group > 1
+    if gqa and qp.device.type != "cpu":  # CUDA's masked (efficient) kernel takes no enable_gqa: repeat k, v
+        kp, vp, gqa = kp.repeat_interleave(group, dim=1), vp.repeat_interleave(group, dim=1), False
+    return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def _sdpa_serving_memory_model(case) -> int:
-    """The padded q, k, v, output and mask held throughout; the peak is the larger of the SDPA call
-    (+ the mask as an additive float copy and the kernel's row statistics and tiles) and the gather
-    after it (+ the padded output made contiguous and the packed output)."""
-    e = case.element_bytes
-    S, Hq, Hkv, D = case.batch, case.heads_q, case.heads_kv, case.head_dim
-    mq = max(case.q_lens)
-    mk = max(n + c for n, c in zip(case.q_lens, case.cached_lens))
-    held = e * S * D * (2 * Hq * mq + 2 * Hkv * mk) + S * mq * mk + 8 * (case.seq_len_q + case.seq_len_kv)
-    kernel = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
-    kernel -= e * S * Hq * mq * D  # its output is counted in `held`
-    during = e * S * mq * mk + kernel
-    if case.device != "cpu" and Hq != Hkv:  # k and v repeated per query head (no enable_gqa)
-        during += 2 * e * S * Hq * mk * D
-    after = e * D * Hq * (S * mq + case.seq_len_q)
-    return held + max(during, after)
+    """The kernel on the padded shape (its output counted by padded_memory_model) plus the mask as
+    an additive float copy, and k, v repeated per query head where enable_gqa is not used."""
+    e, (mq, mk) = case.element_bytes, padded_shape(case)
+    S, Hq, D = case.batch, case.heads_q, case.head_dim
+    call = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
+    call += e * S * mq * mk - e * S * Hq * mq * D
+    if case.device != "cpu" and Hq != case.heads_kv:
+        call += 2 * e * S * Hq * mk * D
+    return padded_memory_model(case, call)
 
 
 @register_path("serving", "sdpa", memory_model=_sdpa_serving_memory_model)
 def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
-    dims = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
-    S, Hq, Hkv, D = dims.sequences, dims.heads_q, dims.heads_kv, dims.head_dim
-    mq = max(b - a for a, b in zip(dims.cu_q, dims.cu_q[1:]))
-    mk = max(b - a for a, b in zip(dims.cu_k, dims.cu_k[1:]))
-    rows_q = padded_rows(dims.cu_q, mq, q.device)  # (Tq,)
-    rows_k = padded_rows(dims.cu_k, mk, q.device)  # (Tk,)
-    qp = q.new_zeros(S * mq, Hq, D).index_copy_(0, rows_q, q)  # (S·mq, Hq, D)
-    kp = k.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, k)  # (S·mk, Hkv, D)
-    vp = v.new_zeros(S * mk, Hkv, D).index_copy_(0, rows_k, v)
-    cached = torch.tensor([c for *_, c in dims.spans()], device=q.device).view(S, 1, 1, 1)  # (S, 1, 1, 1)
-    i = torch.arange(mq, device=q.device).view(1, 1, mq, 1)
-    j = torch.arange(mk, device=q.device).view(1, 1, 1, mk)
-    # Query i of sequence s sees key j <= i + c_s: never a padded key for a real query, and every
-    # padded query row sees key 0 at least (no fully masked row, no NaN to clean up).
-    mask = j <= i + cached  # (S, 1, mq, mk)
-    kh, vh = kp.view(S, mk, Hkv, D).transpose(1, 2), vp.view(S, mk, Hkv, D).transpose(1, 2)  # (S, Hkv, mk, D)
-    gqa = dims.group > 1
-    if gqa and q.device.type != "cpu":  # CUDA's masked (efficient) kernel takes no enable_gqa: repeat k, v
-        kh, vh, gqa = kh.repeat_interleave(dims.group, dim=1), vh.repeat_interleave(dims.group, dim=1), False
-    out = F.scaled_dot_product_attention(
-        qp.view(S, mq, Hq, D).transpose(1, 2), kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa,
-    )  # (S, Hq, mq, D)
-    return out.transpose(1, 2).reshape(S * mq, Hq, D).index_select(0, rows_q)  # (Tq, Hq, D)
+    return padded_call(_sdpa_padded, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
