@@ -117,13 +117,12 @@ def reference_rows(case: Case) -> "torch.Tensor":
 
 
 def reference(inputs: ServingInputs, rows: "torch.Tensor") -> "torch.Tensor":
-    """float64 CPU output on packed query `rows`, (1, Hq, R, D): one sequence at a time, its rows
-    against its own keys, heads expanded, bottom-right causal against its cached prefix."""
+    """float64 CPU output on packed query `rows`, (1, Hq, R, D): one sequence at a time (only its
+    keys copied to float64), its rows against its own keys, heads expanded, bottom-right causal
+    against its cached prefix."""
     import torch
 
-    q = inputs.packed_q.detach().to("cpu", torch.float64)  # (Tq, Hq, D)
-    k = inputs.k.detach().to("cpu", torch.float64)  # (Tk, Hkv, D)
-    v = inputs.v.detach().to("cpu", torch.float64)
+    q, k, v = inputs.packed_q.detach(), inputs.k.detach(), inputs.v.detach()  # float64 per sequence below
     Hq, D = q.shape[1], q.shape[2]
     group = Hq // k.shape[1]
     scale = 1.0 / math.sqrt(D) if inputs.scale is None else float(inputs.scale)
@@ -133,9 +132,9 @@ def reference(inputs: ServingInputs, rows: "torch.Tensor") -> "torch.Tensor":
     for s in seq_of.unique().tolist():
         pick = (seq_of == s).nonzero().squeeze(1)  # positions in `rows`
         i = rows[pick] - cu_q[s]  # (r,) query index within the sequence
-        ks = k[cu_k[s]:cu_k[s + 1]].transpose(0, 1).repeat_interleave(group, dim=0)  # (Hq, n+c, D)
-        vs = v[cu_k[s]:cu_k[s + 1]].transpose(0, 1).repeat_interleave(group, dim=0)
-        qs = q[rows[pick]].transpose(0, 1)  # (Hq, r, D)
+        ks, vs = (t[cu_k[s]:cu_k[s + 1]].to("cpu", torch.float64).transpose(0, 1).repeat_interleave(group, dim=0)
+                  for t in (k, v))  # (Hq, n+c, D) each
+        qs = q[rows[pick].to(q.device)].to("cpu", torch.float64).transpose(0, 1)  # (Hq, r, D)
         scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale  # (Hq, r, n+c)
         j = torch.arange(ks.shape[1]).unsqueeze(0)  # (1, n+c)
         scores = scores.masked_fill(j > (i + inputs.cached_lens[s]).unsqueeze(1), float("-inf"))
