@@ -136,6 +136,7 @@ def test_another_seed_draws_other_lengths_and_another_id(tmp_path):
 @pytest.mark.parametrize("body,key,needle", [
     ('batch_spec = "2x5q"\n', "grid[0].batch_spec", "term '2x5q' does not parse"),
     ('batch_spec = ["1x1p", "1x1d"]\n', "grid[0].batch_spec[1]", "needs @KV"),
+    ('batch_spec = ["1x1p", "1x1p", "2x"]\n', "grid[0].batch_spec[2]", "does not parse"),
     ('batch_spec = "70000x1d@1"\n', "grid[0].batch_spec", "at most 65536"),
     ("batch_spec = 5\n", "grid[0].batch_spec", "5 is not allowed"),
     ('batch_spec = ""\n', "grid[0].batch_spec", "is not allowed"),

@@ -84,11 +84,11 @@ class Serving(Workload):
 
     def check_grid(self, where, at: str, table: dict, values: dict[str, tuple], seed: int) -> None:
         raw = table["batch_spec"]
-        for j, text in enumerate(values["batch_spec"]):
+        for text in values["batch_spec"]:
             try:
                 parse_batch_spec(text)
             except ValueError as exc:
-                key = f"{at}.batch_spec[{j}]" if isinstance(raw, list) else f"{at}.batch_spec"
+                key = f"{at}.batch_spec[{raw.index(text)}]" if isinstance(raw, list) else f"{at}.batch_spec"
                 raise where.error(key, str(exc)) from None
 
     def make_case(self, f: dict[str, Any], impl: str, grid: str, seed: int) -> Case:
