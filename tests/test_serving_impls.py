@@ -179,3 +179,13 @@ def test_padded_rows_place_each_sequence_at_its_own_block():
     from implementations._shared.varlen_contract import padded_rows
 
     assert padded_rows([0, 2, 2, 5], 3, "cpu").tolist() == [0, 1, 6, 7, 8]
+
+
+@pytest.mark.parametrize("impl", ["flash", "sdpa", "naive"])
+def test_strided_inputs_as_a_fused_qkv_projection_gives_them(impl):
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(12, 6 + 2 + 2, 8, generator=g)  # (T, Hq + 2·Hkv, D): q, k, v are strided slices
+    q, k, v = qkv[:, :6], qkv[:, 6:8], qkv[:, 8:]
+    got = _call(impl, q, k, v, [0, 3, 4, 12], [0, 3, 4, 12])
+    want = _call("naive", q.contiguous(), k.contiguous(), v.contiguous(), [0, 3, 4, 12], [0, 3, 4, 12])
+    assert torch.allclose(got, want, atol=1e-6)
