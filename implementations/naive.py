@@ -8,14 +8,15 @@ the input dtype for float16 / bfloat16) plus the boolean visibility for the back
 allocates a few more score-sized gradient matrices (see _memory_model).
 
 Its decode path (naive_decode, at the end; README, "Decode") is the same attention over a KV cache:
-gather the whole cache (padded to the longest sequence), mask by length, full softmax.
+gather the whole cache (padded to the longest sequence), mask by length, full softmax. Its serving
+path (naive_serving, after it) runs a packed batch one sequence at a time.
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.registry import register, register_decode
+from harness.registry import register, register_decode, register_path
 from implementations._shared import variants as _variants
 from implementations._shared.contract import (
     causal_visible,
@@ -32,6 +33,7 @@ from implementations._shared.decode_contract import (
     padded_cache,
     padded_len,
 )
+from implementations._shared.varlen_contract import check_varlen_args
 
 
 def _memory_model(case) -> int:
@@ -132,3 +134,31 @@ def naive_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
     s = s.masked_fill(~length_mask(kv_lens, Nq, Npad), float("-inf"))  # (B, Hq, Nq, Npad)
     p = torch.softmax(s, dim=-1).to(v.dtype).view(B, Hkv, G * Nq, Npad)  # (B, Hkv, G·Nq, Npad)
     return torch.matmul(p, v).view(B, Hq, Nq, D)  # (B, Hq, Nq, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving (docs/contracts.md, "Serving"): the packed batch one sequence at a time, each through
+# the textbook attention above (its new tokens against its cached + new keys, bottom-right causal).
+
+
+def _serving_memory_model(case) -> int:
+    """The output, plus the largest sequence's scores and softmax (float32) and its grouped query
+    and output copies; k and v are read through strided views in float32, copied for the half
+    precision matmuls."""
+    e = case.element_bytes
+    Hq, Hkv, D = case.heads_q, case.heads_kv, case.head_dim
+    kv = 0 if e == 4 else 2 * e * Hkv * D
+    per_seq = [4 * 2 * Hq * n * (n + c) + e * D * 2 * Hq * n + kv * (n + c) for n, c in zip(case.q_lens, case.cached_lens)]
+    return e * case.seq_len_q * Hq * D + max(per_seq)
+
+
+@register_path("serving", "naive", memory_model=_serving_memory_model)
+def naive_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
+    dims = check_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    out = torch.empty_like(q)  # (Tq, Hq, D)
+    for q0, q1, k0, k1, _ in dims.spans():
+        if q1 == q0:
+            continue
+        seq = (t.transpose(0, 1).unsqueeze(0) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))  # (1, H, n, D) each
+        out[q0:q1] = naive_attention(*seq, causal=True, scale=scale)[0].transpose(0, 1)  # (n, Hq, D)
+    return out

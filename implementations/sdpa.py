@@ -11,7 +11,9 @@ bottom-right, so for Nq != Nk causality becomes a boolean mask (combined with at
 see no key are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
 
 `sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
-padded to the longest sequence, and one call with a boolean length mask and enable_gqa.
+padded to the longest sequence, and one call with a boolean length mask and enable_gqa. Its serving
+path (sdpa_serving, after it; docs/contracts.md "Serving") is one call on the packed batch padded to
+its longest sequence, with a mask (_shared/padded_varlen.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from harness.registry import YES, Support, no, register, register_decode
+from harness.registry import YES, Support, no, register, register_decode, register_path
 from implementations._shared import variants as _variants
 from implementations._shared.contract import causal_visible, check_args, mask_4d
 from implementations._shared.decode_contract import (
@@ -32,6 +34,7 @@ from implementations._shared.decode_contract import (
     padded_cache,
     padded_len,
 )
+from implementations._shared.padded_varlen import padded_call, padded_memory_model, padded_shape
 
 VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
 
@@ -324,3 +327,32 @@ def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=dims.group > 1
     )  # (B, Hq, Nq, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving (docs/contracts.md, "Serving"): what torch offers a packed batch -- one SDPA call on the
+# batch padded to its longest sequence, with a mask (implementations/_shared/padded_varlen.py).
+
+
+def _sdpa_padded(qp, kp, vp, mask, scale, group: int):
+    gqa = group > 1
+    if gqa and qp.device.type != "cpu":  # CUDA's masked (efficient) kernel takes no enable_gqa: repeat k, v
+        kp, vp, gqa = kp.repeat_interleave(group, dim=1), vp.repeat_interleave(group, dim=1), False
+    return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def _sdpa_serving_memory_model(case) -> int:
+    """The kernel on the padded shape (its output counted by padded_memory_model) plus the mask as
+    an additive float copy, and k, v repeated per query head where enable_gqa is not used."""
+    e, (mq, mk) = case.element_bytes, padded_shape(case)
+    S, Hq, D = case.batch, case.heads_q, case.head_dim
+    call = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
+    call += e * S * mq * mk - e * S * Hq * mq * D
+    if case.device != "cpu" and Hq != case.heads_kv:
+        call += 2 * e * S * Hq * mk * D
+    return padded_memory_model(case, call)
+
+
+@register_path("serving", "sdpa", memory_model=_sdpa_serving_memory_model)
+def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
+    return padded_call(_sdpa_padded, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)

@@ -9,10 +9,10 @@ implementations that run it (registry.register_path), and ship a scenario.
 
 from __future__ import annotations
 
-from harness.workloads import decode, prefill
+from harness.workloads import decode, prefill, serving
 from harness.workloads.base import Workload
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD, serving.WORKLOAD)}
 
 
 def get(name: str) -> Workload:

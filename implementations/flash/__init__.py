@@ -84,3 +84,6 @@ def flash_attention(
         # FA2 backward (flash/backward.py): saves q, k, v, out and the row log-sum-exp only.
         return FlashFunction.apply(q, k, v, dims, causal, attn_mask, scale, block_q, block_k)
     return flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, var=var)[0]
+
+
+from implementations.flash import varlen as _varlen  # noqa: E402,F401  (its serving path; after "flash" is registered)
