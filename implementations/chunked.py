@@ -39,9 +39,8 @@ def _memory_model(case, block_q: int = BLOCK_Q) -> int:
     e = case.element_bytes
     dv = case.head_dim_v or case.head_dim
     out_bytes = e * case.batch * case.heads_q * case.seq_len_q * dv
-    chunk = 4 * rows * nk * 2  # fp32 scores and probabilities of one chunk
-    if case.sinks:
-        chunk += 4 * rows * nk  # the scores with the sink column appended (then their softmax)
+    chunk = 4 * rows * nk * 2  # fp32 scores and probabilities of one chunk (sinks: a column more each;
+    # the scores are freed once the sink column is appended, so still two at a time)
     chunk += e * rows * dv  # the chunk's output before it is copied into out
     if e != 4:
         chunk += e * rows * nk  # the low-precision matmul result, before its float32 copy
