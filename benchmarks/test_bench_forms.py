@@ -13,44 +13,17 @@ Shared machine: the ratio comes from calls interleaved round by round in this pr
 from __future__ import annotations
 
 import os
-import statistics
-import time
-
-import pytest
-import torch
 
 from harness import registry
 from harness.case import Case
 from harness.workloads.prefill import WORKLOAD as PREFILL
 from harness.workloads.prefill.inputs import make_inputs
+# calls interleaved round by round (median per call), and the autouse fixture setting THREADS = 2
+from test_bench_variants import THREADS, _interleaved, threads  # noqa: F401
 
-THREADS = 2
 ROUNDS = 7
 N, HEADS, DQK, DV = 4096, 8, 192, 128
 MAX_FLOP_SCALED_RATIO = 1.15
-
-
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(old)
-
-
-def _interleaved(calls: dict, rounds: int = ROUNDS) -> dict:
-    """Median seconds per call, one call of each per round, order alternated per round."""
-    names = list(calls)
-    times = {n: [] for n in names}
-    with torch.no_grad():
-        for name in names:  # warm-up outside the timed rounds
-            calls[name]()
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                t0 = time.perf_counter()
-                calls[name]()
-                times[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(ts) for n, ts in times.items()}
 
 
 def test_flash_dv_smaller_than_dqk_costs_its_flops():
@@ -60,7 +33,7 @@ def test_flash_dv_smaller_than_dqk_costs_its_flops():
     cases["dv192"] = cases["dv128"].replace(head_dim_v=0)
     inputs = {name: make_inputs(c, 0) for name, c in cases.items()}
     calls = {name: (lambda i=i: flash(i.q, i.k, i.v, causal=True)) for name, i in inputs.items()}
-    t = _interleaved(calls)
+    t = _interleaved(calls, ROUNDS)
     flop_ratio = PREFILL.flops(cases["dv128"]) / PREFILL.flops(cases["dv192"])  # (192 + 128) / (192 + 192)
     ratio = t["dv128"] / t["dv192"]
     limit = MAX_FLOP_SCALED_RATIO * flop_ratio

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from attn_cases import check_within_error_rule
 from harness import registry
 from harness.case import Case, case_shape
 from harness.measure import checked_call
@@ -187,21 +188,7 @@ def _supported(name, case):
 @pytest.mark.parametrize("cfg", FCFGS, ids=[c[0] for c in FCFGS])
 def test_implementations_within_the_error_rule(cfg, dtype):
     prepared = checked_call.prepare(_case("naive", cfg, dtype), 0)
-    ran = []
-    for name in EAGER:
-        case = _case(name, cfg, dtype)
-        impl = _supported(name, case)
-        if impl is None:
-            continue
-        acc = checked_call.check_impl(impl, prepared, case)
-        assert not acc.wrong, f"{name} {case.case_id}: {acc.wrong}"
-        ran.append(name)
-        if name in TILED:  # small tiles: the online softmax, lazy rescaling and partial tiles run
-            inp = prepared.inputs
-            with torch.no_grad():
-                out = impl.fn(inp.q, inp.k, inp.v, **inp.call_kwargs(), **TILED[name])
-            acc = checked_call.check_output(out, prepared, dtype)
-            assert not acc.wrong, f"{name} small tiles {case.case_id}: {acc.wrong}"
+    ran = check_within_error_rule(prepared, EAGER, lambda name: _case(name, cfg, dtype), TILED)
     want = {"naive", "flash", "chunked", "memory_efficient"} | (set() if "softcap" in cfg[-1] else {"sdpa", "sdpa_math"})
     assert want <= set(ran), ran
     if _supported("triton_flash", _case("triton_flash", cfg, dtype)) is not None:
