@@ -141,7 +141,10 @@ class Prefill(Workload):
     product_order = ("device", "dtype", "pass_kind", "batch", "heads_q", "heads_kv", "seq_len_q", "seq_len_kv",
                      "head_dim", "head_dim_v", "causal", "mask", "mask_fraction", "threads", "scale", "window",
                      "softcap", "alibi", "documents", "sinks")
-    group_params = ("mask", "mask_fraction", "pass_kind", "head_dim_v", "scale", "sinks")
+    # a report group holds one value of each (variants and forms included: a sinks grid over window =
+    # [0, 128] is two groups, each titled by its own bits)
+    group_params = ("mask", "mask_fraction", "pass_kind", "head_dim_v", "scale", "window", "softcap", "alibi",
+                    "documents", "sinks")
 
     # ------------------------------------------------------------------ scenario
     def check_table(self, where, at: str, table: dict) -> None:
@@ -243,11 +246,7 @@ class Prefill(Workload):
     # ------------------------------------------------------------------ report
     def label_bits(self, row) -> list[str]:
         bits = [f"{row['mask']} {row['mask_fraction'] or 0:g}"] if row["mask"] and row["mask"] != "none" else []
-        if row["head_dim_v"]:
-            bits.append(f"Dv {row['head_dim_v']}")
-        if row["scale"]:
-            bits.append(f"scale {row['scale']:g}")
-        return bits + (["sinks"] if row["sinks"] else [])
+        return bits + row.case.params.variant_bits()  # dv128 sc0.0625 w128 cap30 alibi docs8 sinks
 
 
 WORKLOAD = Prefill()
