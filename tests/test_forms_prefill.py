@@ -391,3 +391,26 @@ def test_flash_memory_model_follows_dv():
     Dv = D), so its Dv dependence is checked: what 40 fewer value columns save, measured vs model."""
     (m_plain, p_plain), (m_dv, p_dv) = _peaks("flash", {}), _peaks("flash", dict(head_dim_v=24))
     assert m_dv < m_plain and abs((m_plain - m_dv) - (p_plain - p_dv)) <= 0.2 * (p_plain - p_dv)
+
+
+def test_report_groups_split_by_forms_and_variants_and_say_which():
+    """A sinks grid over window = [0, 128] and an MLA grid over head_dim_v = [128, 192] are each two
+    report groups, titled by their bits (never two points of one implementation at one N)."""
+    from harness.report.groups import make_groups
+    from harness.results.records import Measurement
+    from harness.results.rows import Row
+
+    def row(impl, n, **kw):
+        case = Case(impl, heads_q=8, heads_kv=2, seq_len_q=n, seq_len_kv=n, causal=True, **kw)
+        return Row(Measurement(case, "ok", stats={"median_s": 1e-3 * n}))
+
+    rows = [row(i, n, grid="sinks", sinks=True, window=w) for i in ("naive", "flash") for n in (256, 512)
+            for w in (0, 128)]
+    rows += [row(i, n, grid="mla", head_dim=192, head_dim_v=dv) for i in ("naive", "flash") for n in (256, 512)
+             for dv in (0, 128)]
+    groups = make_groups(rows)
+    assert len(groups) == 4 and all(len(g.rows) == 4 for g in groups)
+    labels = sorted(g.label for g in groups)
+    assert any(lab.endswith("causal sinks") for lab in labels) and any("causal w128 sinks" in lab for lab in labels)
+    assert any("d192" in lab and "dv128" in lab for lab in labels)
+    assert any("d192" in lab and "dv" not in lab for lab in labels)
