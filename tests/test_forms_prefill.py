@@ -279,6 +279,7 @@ BAD = [
     ("scale = -0.1\n", "grid[0].scale", "-0.1", "a finite number >= 0"),
     ("scale = nan\n", "grid[0].scale", "nan", "a finite number >= 0"),
     ('scale = "0.1"\n', "grid[0].scale", "'0.1'", "a finite number >= 0"),
+    ("scale = 1e300\n", "grid[0].scale", "1e+300", "a finite number in [0, 10000]"),
     ('sinks = "yes"\n', "grid[0].sinks", "'yes'", "true, false"),
     ("sinks = 1\n", "grid[0].sinks", "1", "true, false"),
 ]

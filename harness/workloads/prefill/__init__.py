@@ -36,6 +36,7 @@ from harness.workloads.prefill import passes
 from harness.workloads.visibility import document_lengths, visible_pairs
 
 MASK_KINDS = ("none", "key_padding")
+SCALE_MAX = 1e4  # 1/sqrt(D) is 0.03 to 1 in practice; 1e4 keeps float32 scores of sane inputs finite
 VARIANTS = ("window", "softcap", "alibi", "document", "sinks")
 
 
@@ -170,7 +171,11 @@ class Prefill(Workload):
                         window, float(f["softcap"]), f["alibi"], docs, dv, float(f["scale"]), f["sinks"]))
 
     def check_case(self, where, at: str, case: Case) -> None:
-        """A case's variants fit its shape: documents need self-attention and at most N documents."""
+        """A case's variants fit its shape: documents need self-attention and at most N documents;
+        a scale stays where float32 scores cannot overflow (SCALE_MAX)."""
+        if case.params.scale > SCALE_MAX:
+            raise where.bad(f"{at}.scale", case.params.scale, f"a finite number in [0, {SCALE_MAX:g}] (the softmax "
+                            f"scale; 0 = 1/sqrt(head_dim)); larger ones overflow float32 scores")
         docs = case.params.documents
         if docs and case.seq_len_q != case.seq_len_kv:
             raise where.bad(f"{at}.documents", docs, "0 with cross-attention (seq_len_q "
