@@ -62,16 +62,12 @@ def _compiled_flex(family: tuple):
 
 def _mask_mod(offset, window, doc_ids, pad, causal: bool, sink_key=None):
     """mask_mod(b, h, q, kv) -> bool from the captured tensors; None when nothing is hidden.
-    sink_key: the index Nk of an appended sink key (a 0-d tensor), always visible; the masks' own
-    tensors are then read at min(kv, Nk − 1)."""
+    sink_key: the index Nk of an appended sink key (a 0-d tensor), always visible; doc_ids and pad
+    then have a column for it too (_extend_for_sink_key)."""
     if not causal and pad is None and sink_key is None:
         return None
 
     def mask_mod(b, h, q_idx, kv_idx):
-        is_sink = None
-        if sink_key is not None:
-            is_sink = kv_idx == sink_key
-            kv_idx = torch.minimum(kv_idx, sink_key - 1)  # never read past the real keys
         keep = kv_idx >= 0
         if causal:
             keep = keep & (kv_idx <= q_idx + offset)
@@ -82,7 +78,7 @@ def _mask_mod(offset, window, doc_ids, pad, causal: bool, sink_key=None):
         if pad is not None:  # (b, h, nq, nk) with size-1 dims broadcast by index 0
             keep = keep & pad[b if pad.shape[0] > 1 else 0, h if pad.shape[1] > 1 else 0,
                               q_idx if pad.shape[2] > 1 else 0, kv_idx]
-        return keep if is_sink is None else keep | is_sink
+        return keep if sink_key is None else keep | (kv_idx == sink_key)
 
     return mask_mod
 
@@ -109,6 +105,17 @@ def _sinks_by_lse(device: torch.device) -> bool:
     """Does the compiled FlexAttention return the log-sum-exp here? (torch 2.13: not on the CPU,
     "torch.compile on CPU only supports inference and `return_lse` is not supported yet".)"""
     return device.type != "cpu"
+
+
+def _extend_for_sink_key(docs, pad):
+    """doc_ids and the padding mask with a column for the sink key at index Nk (document −1, hidden:
+    the mask_mod lets it through by its index), so that a mask_mod never reads past its tensors --
+    Inductor's CPU FlexAttention failed an index check on clamped indices."""
+    if docs is not None:
+        docs = torch.cat([docs, docs.new_full((1,), -1)])  # (Nk + 1,)
+    if pad is not None:
+        pad = torch.cat([pad, pad.new_zeros(*pad.shape[:-1], 1)], dim=-1)  # (b, h, nq, Nk + 1)
+    return docs, pad
 
 
 def _append_sink_key(k, v):
@@ -171,6 +178,8 @@ def _flex(q, k, v, dims, var, causal: bool, attn_mask, scale, compiled):
         k, v = _append_sink_key(k, v)  # (B, Hkv, Nk + 1, ·)
     nk = Nk + (sink_key is not None)
     pad = mask_4d(attn_mask)
+    if sink_key is not None:
+        docs, pad = _extend_for_sink_key(docs, pad)
     mask_mod = _mask_mod(offset, win, docs, pad, causal, sink_key)
     block_mask = None
     if mask_mod is not None:

@@ -35,6 +35,8 @@ FCFGS = [
     ("sinks-window", 53, 53, 6, 3, 16, dict(sinks=True, window=7)),
     ("sinks-window-cross", 29, 61, 4, 2, 24, dict(sinks=True, window=9, head_dim_v=8, scale=0.3)),
     ("sinks-all", 71, 71, 6, 2, 16, dict(sinks=True, window=11, softcap=1.5, alibi=True, documents=3)),
+    ("sinks-padding-dv", 40, 33, 4, 2, 16, dict(sinks=True, head_dim_v=12, mask="key_padding", mask_fraction=0.4)),
+    ("sinks-alibi-cross", 19, 44, 4, 4, 16, dict(sinks=True, alibi=True, scale=0.4)),
 ]
 TILED = {"flash": dict(block_q=8, block_k=5), "memory_efficient": dict(query_chunk=8, key_chunk=5),
          "chunked": dict(block_q=7)}
@@ -47,9 +49,9 @@ def _case(impl, cfg, dtype="float32", **kw) -> Case:
                 causal=True, **{**fields, **kw})
 
 
-def _brute(q, k, v, causal, window=0, softcap=0.0, alibi=False, doc=None, scale=None, sinks=None):
+def _brute(q, k, v, causal, window=0, softcap=0.0, alibi=False, doc=None, scale=None, sinks=None, pad=None):
     """Attention straight from the definitions, one (b, h, i) row at a time, float64: the sink is
-    one more term exp(sink_h − m) of the denominator with no value."""
+    one more term exp(sink_h − m) of the denominator with no value. pad: a (B, 1, 1, Nk) key mask."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     scale = 1 / math.sqrt(D) if scale is None else scale
@@ -62,7 +64,7 @@ def _brute(q, k, v, causal, window=0, softcap=0.0, alibi=False, doc=None, scale=
         for j in range(Nk):
             if (causal or window or doc) and j > i + off or window and j <= i + off - window:
                 continue
-            if doc is not None and doc[i] != doc[j]:
+            if doc is not None and doc[i] != doc[j] or pad is not None and not pad[b, 0, 0, j]:
                 continue
             x = float(q[b, h, i] @ k[b, kh, j]) * scale
             if alibi:
@@ -91,7 +93,7 @@ def test_reference_matches_the_definition(cfg):
     assert ref.shape == (2, case.heads_q, case.seq_len_q, value_dim(case))
     doc = None if inp.doc_ids is None else inp.doc_ids.tolist()
     brute = _brute(inp.q, inp.k, inp.v, inp.causal, case.window, case.softcap, case.alibi, doc,
-                   inp.scale or None, inp.sinks)
+                   inp.scale or None, inp.sinks, inp.attn_mask)
     torch.testing.assert_close(ref, brute, rtol=1e-10, atol=1e-12)
 
 
@@ -326,10 +328,13 @@ def _compiled(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["flex", "compiled_naive"])
-def test_compiled_implementations_with_the_forms(name):
+@pytest.mark.parametrize("name,fields", [
+    ("flex", dict(window=9)), ("compiled_naive", dict(window=9)),
+    ("flex", dict(mask="key_padding", mask_fraction=0.3)),  # the sink key past the padding mask's columns
+], ids=["flex", "compiled_naive", "flex-padding"])
+def test_compiled_implementations_with_the_forms(name, fields):
     impl = _compiled(name)
-    cfg = ("sinks-window-dv-scale", 29, 45, 4, 2, 24, dict(sinks=True, window=9, head_dim_v=8, scale=0.3))
+    cfg = ("sinks-dv-scale", 29, 45, 4, 2, 24, dict(sinks=True, head_dim_v=8, scale=0.3, **fields))
     case = _case(name, cfg)
     prepared = checked_call.prepare(case, 0)
     acc = checked_call.check_impl(impl, prepared, case)
