@@ -30,11 +30,9 @@ def _supports(case) -> Support:
     for name, d in (("head_dim", case.head_dim), ("head_dim_v", case.head_dim_v)):
         if d > 256:
             return no(f"{name} {d} > 256 does not fit the kernel's on-chip tiles")
-    if case.pass_kind != "forward" and case.head_dim > 128:
-        return no(f"head_dim {case.head_dim} > 128: the backward kernels' tiles (K, V, dK, dV on chip) do not fit")
-    if case.pass_kind != "forward" and case.head_dim_v:
-        return no("triton_flash's backward kernels take one head dim for q, k and v (head_dim_v "
-                  f"{case.head_dim_v} != head_dim {case.head_dim}): forward only")
+    for name, d in (("head_dim", case.head_dim), ("head_dim_v", case.head_dim_v)):
+        if case.pass_kind != "forward" and d > 128:
+            return no(f"{name} {d} > 128: the backward kernels' tiles (K, V, dK, dV on chip) do not fit")
     return YES
 
 
@@ -47,8 +45,9 @@ def _memory_model(case) -> int:
     if case.pass_kind == "forward":
         return out_bytes
     rows = 4 * case.batch * case.heads_q * case.seq_len_q  # one float32 per query row
-    kv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
-    bwd = rows + out_bytes + 2 * kv_bytes  # D; dq, dk, dv
+    dq_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    dkv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * (case.head_dim + (case.head_dim_v or case.head_dim))
+    bwd = rows + dq_bytes + dkv_bytes  # D; dq, dk, dv
     if case.pass_kind == "backward":
         return bwd
     return out_bytes + rows + bwd  # forward_backward: out and lse stay alive through the backward
@@ -71,8 +70,8 @@ def triton_flash_attention(
 ):
     """block_m / block_n override the single autotune config (BLOCK_M x BLOCK_N). Triton needs
     power-of-two tile sides (tl.arange) of at least 16 (tl.dot), so a requested size is rounded
-    up to the next such value: block_m=7 runs 16-row tiles. v may have its own head dim (forward;
-    its tiles are Dv wide); sinks (forward only) join each row's denominator at the end."""
+    up to the next such value: block_m=7 runs 16-row tiles. v may have its own head dim (its tiles,
+    forward and backward, are Dv wide); sinks (forward only) join each row's denominator at the end."""
     dims = check_args(q, k, v, attn_mask, scale)
     check_sinks(sinks, dims.heads_q)
     if any(b is not None and b < 1 for b in (block_m, block_n)):
@@ -81,7 +80,7 @@ def triton_flash_attention(
     if not support:
         raise RuntimeError(support.reason)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        if sinks is not None or dims.value_dim != dims.head_dim:
-            raise NotImplementedError("triton_flash's backward takes no sinks and one head dim for q, k and v")
+        if sinks is not None:
+            raise NotImplementedError("triton_flash implements sinks in the forward pass only")
         return attention_with_grad(q, k, v, causal, attn_mask, scale, block_m, block_n)
     return launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n, sinks=sinks)
