@@ -204,7 +204,10 @@ def _sink_bytes(case) -> int:
     kv = e * case.batch * case.heads_kv * nk * (case.head_dim + (case.head_dim_v or case.head_dim))
     dense = case.causal or case.mask != "none" or case.alibi
     rows = case.seq_len_q if dense else 1
-    return kv + 2 * e * (case.batch if case.mask != "none" else 1) * case.heads_q * rows * nk
+    bm = case.batch if case.mask != "none" else 1
+    # the float bias of the keys (per head with ALiBi, else one shared by the heads), then the bias
+    # with the sink column, (b, Hq, rows, Nk + 1)
+    return kv + e * bm * rows * nk * (case.heads_q + (case.heads_q if case.alibi else 1))
 
 
 def _common_bytes(case) -> int:

@@ -387,7 +387,7 @@ def _peaks(name, fields):
     return measure_peak_bytes(fn), impl.predicted_peak_bytes(case)
 
 
-@pytest.mark.parametrize("name", ["naive", "chunked", "memory_efficient"])
+@pytest.mark.parametrize("name", ["naive", "chunked", "memory_efficient", "sdpa"])
 @pytest.mark.parametrize("fields", [dict(head_dim_v=24), dict(head_dim_v=96, sinks=True)], ids=["dv24", "dv96-sinks"])
 def test_memory_models_follow_dv_and_sinks(name, fields):
     """The predicted peak above the inputs within 15% of the allocator's measured peak, with v (and
