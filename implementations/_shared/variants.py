@@ -1,8 +1,8 @@
 """Attention variants for the implementations: sliding window, soft cap, ALiBi, packed documents,
 attention sinks.
 
-The contract (README "Variants"; harness/measure/variants.py defines the same rules for the
-reference), offset = Nk − Nq:
+The contract (docs/contracts.md "Variants"; harness/workloads/prefill/reference.py computes the
+float64 reference by the same rules), offset = Nk − Nq:
 - window=W (W ≥ 1): query i sees key j iff i + offset − W < j ≤ i + offset (implies causal);
 - softcap=c (c > 0): scaled scores s → c·tanh(s / c) before the softmax (after the ALiBi bias);
 - alibi=True: query head h adds −m_h·(i + offset − j), m_h the standard slopes (alibi_slopes);
