@@ -8,7 +8,12 @@ score and mask pieces exist (_family). Everything that varies within a family is
 capture (offset Nk − Nq, window, soft cap, slopes, doc ids, the padding mask), never a Python
 number, so Dynamo guards on its shape, not its value. Sequence lengths are dynamic. The block mask
 of a (mask, shape) is built once and reused (as a model does across its layers), keyed by the
-mask's content. Compile time is recorded apart from latency, and a shape whose dynamic-shape compile
+mask's content. v may have its own head dim (FlexAttention takes it as is). Attention sinks, which
+no score_mod can put into the denominator: where the compiled kernel returns the log-sum-exp
+(CUDA), the output is rescaled by 1/(1 + exp(sink − lse)) (variants.rescale_by_sink); on the CPU,
+whose compiled FlexAttention returns no log-sum-exp, the sink is one extra key -- a zero key and
+value row appended to k and v, always visible, whose score the score_mod sets to the head's sink.
+Compile time is recorded apart from latency, and a shape whose dynamic-shape compile
 fails in Inductor is compiled statically instead, with a note in the record
 (implementations/_shared/compile_support.py: ShapeCompiled).
 """
@@ -55,9 +60,11 @@ def _compiled_flex(family: tuple):
     return fn
 
 
-def _mask_mod(offset, window, doc_ids, pad, causal: bool):
-    """mask_mod(b, h, q, kv) -> bool from the captured tensors; None when nothing is hidden."""
-    if not causal and pad is None:
+def _mask_mod(offset, window, doc_ids, pad, causal: bool, sink_key=None):
+    """mask_mod(b, h, q, kv) -> bool from the captured tensors; None when nothing is hidden.
+    sink_key: the index Nk of an appended sink key (a 0-d tensor), always visible; doc_ids and pad
+    then have a column for it too (_extend_for_sink_key)."""
+    if not causal and pad is None and sink_key is None:
         return None
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -71,13 +78,15 @@ def _mask_mod(offset, window, doc_ids, pad, causal: bool):
         if pad is not None:  # (b, h, nq, nk) with size-1 dims broadcast by index 0
             keep = keep & pad[b if pad.shape[0] > 1 else 0, h if pad.shape[1] > 1 else 0,
                               q_idx if pad.shape[2] > 1 else 0, kv_idx]
-        return keep
+        return keep if sink_key is None else keep | (kv_idx == sink_key)
 
     return mask_mod
 
 
-def _score_mod(offset, slopes, cap):
-    if slopes is None and cap is None:
+def _score_mod(offset, slopes, cap, sinks=None, sink_key=None):
+    """score_mod from the captured tensors; None when scores are used as they are. With sink_key
+    the score of key Nk (the appended sink key) becomes sinks[h]."""
+    if slopes is None and cap is None and sink_key is None:
         return None
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -85,9 +94,35 @@ def _score_mod(offset, slopes, cap):
             score = score - slopes[h] * (q_idx + offset - kv_idx).to(slopes.dtype)
         if cap is not None:
             score = cap * torch.tanh(score / cap)
+        if sink_key is not None:
+            score = torch.where(kv_idx == sink_key, sinks[h].to(score.dtype), score)
         return score
 
     return score_mod
+
+
+def _sinks_by_lse(device: torch.device) -> bool:
+    """Does the compiled FlexAttention return the log-sum-exp here? (torch 2.13: not on the CPU,
+    "torch.compile on CPU only supports inference and `return_lse` is not supported yet".)"""
+    return device.type != "cpu"
+
+
+def _extend_for_sink_key(docs, pad):
+    """doc_ids and the padding mask with a column for the sink key at index Nk (document −1, hidden:
+    the mask_mod lets it through by its index), so that a mask_mod never reads past its tensors --
+    Inductor's CPU FlexAttention failed an index check on clamped indices."""
+    if docs is not None:
+        docs = torch.cat([docs, docs.new_full((1,), -1)])  # (Nk + 1,)
+    if pad is not None:
+        pad = torch.cat([pad, pad.new_zeros(*pad.shape[:-1], 1)], dim=-1)  # (b, h, nq, Nk + 1)
+    return docs, pad
+
+
+def _append_sink_key(k, v):
+    """k, v with a zero row appended: (B, Hkv, Nk + 1, ·), the sink key (its score is set by the
+    score_mod, its value is 0)."""
+    zero = lambda t: t.new_zeros(*t.shape[:2], 1, t.shape[3])  # noqa: E731
+    return torch.cat([k, zero(k)], dim=2), torch.cat([v, zero(v)], dim=2)
 
 
 def _block_mask(mask_mod, key: tuple, B, H, Nq, Nk, device):
@@ -120,35 +155,54 @@ def _digest(t: torch.Tensor | None):
     params={"variants": _variants.ALL, "compiled": True, "report_kernels": True},
 )
 def flex_attention_impl(q, k, v, *, causal=False, attn_mask=None, scale=None, window=0, softcap=0.0,
-                        alibi=False, doc_ids=None):
+                        alibi=False, doc_ids=None, sinks=None):
     dims = check_args(q, k, v, attn_mask, scale)
-    var = _variants.variants(dims, window, softcap, alibi, doc_ids)
-    causal = causal or (var is not None and var.masks)
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids, sinks)
+    return _flex(q, k, v, dims, var, causal or (var is not None and var.masks), attn_mask, scale, _compiled_flex)
+
+
+def _flex(q, k, v, dims, var, causal: bool, attn_mask, scale, compiled):
+    """One call; `compiled(family)` gives the flex_attention to run (tests pass the eager one to
+    check the log-sum-exp path of the sinks on the CPU)."""
     B, Hq, Nq, Nk = dims.batch, dims.heads_q, dims.seq_len_q, dims.seq_len_kv
     dev = q.device
     offset = torch.tensor(Nk - Nq, device=dev)
     win = torch.tensor(var.window, device=dev) if var is not None and var.window else None
     docs = var.doc_ids.to(dev) if var is not None and var.doc_ids is not None else None
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    sinks = var.sinks.to(dev, acc) if var is not None and var.sinks is not None else None
+    by_lse = sinks is not None and _sinks_by_lse(dev)
+    sink_key = None
+    if sinks is not None and not by_lse:  # the sink as key Nk (module docstring)
+        sink_key = torch.tensor(Nk, device=dev)
+        k, v = _append_sink_key(k, v)  # (B, Hkv, Nk + 1, ·)
+    nk = Nk + (sink_key is not None)
     pad = mask_4d(attn_mask)
-    mask_mod = _mask_mod(offset, win, docs, pad, causal)
+    if sink_key is not None:
+        docs, pad = _extend_for_sink_key(docs, pad)
+    mask_mod = _mask_mod(offset, win, docs, pad, causal, sink_key)
     block_mask = None
     if mask_mod is not None:
         mb = 1 if pad is None else pad.shape[0]
         mh = 1 if pad is None or pad.shape[1] == 1 else Hq
-        key = (str(dev), B, Hq, Nq, Nk, causal, var.window if win is not None else 0,
-               _digest(docs), _digest(pad))
-        block_mask = _block_mask(mask_mod, key, None if mb == 1 else B, None if mh == 1 else Hq, Nq, Nk, dev)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        key = (str(dev), B, Hq, Nq, nk, causal, var.window if win is not None else 0,
+               _digest(docs), _digest(pad), sink_key is not None)
+        block_mask = _block_mask(mask_mod, key, None if mb == 1 else B, None if mh == 1 else Hq, Nq, nk, dev)
     slopes = var.slopes.to(dev, acc) if var is not None and var.slopes is not None else None
     cap = torch.tensor(var.softcap, device=dev, dtype=acc) if var is not None and var.softcap else None
-    score_mod = _score_mod(offset, slopes, cap)
-    family = (str(dev), q.dtype, dims.head_dim, dims.group > 1, mask_mod is not None, causal, win is not None,
-              docs is not None, None if pad is None else tuple(s > 1 for s in pad.shape), slopes is not None,
-              cap is not None)
-    fn = _compiled_flex(family)
-    out = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=default_scale(dims.head_dim, scale),
-             enable_gqa=dims.group > 1)
-    return out  # a row that sees no key is already zeros (FlexAttention's l = 0 rows)
+    score_mod = _score_mod(offset, slopes, cap, sinks, sink_key)
+    family = (str(dev), q.dtype, dims.head_dim, dims.value_dim, dims.group > 1, mask_mod is not None, causal,
+              win is not None, docs is not None, None if pad is None else tuple(s > 1 for s in pad.shape),
+              slopes is not None, cap is not None, sink_key is not None, by_lse)
+    fn = compiled(family)
+    kw = dict(score_mod=score_mod, block_mask=block_mask, scale=default_scale(dims.head_dim, scale),
+              enable_gqa=dims.group > 1)
+    if by_lse:
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        out, aux = fn(q, k, v, return_aux=AuxRequest(lse=True), **kw)  # lse: (B, Hq, Nq), natural log
+        return _variants.rescale_by_sink(out, aux.lse, sinks)
+    return fn(q, k, v, **kw)  # a row that sees no key is already zeros (FlexAttention's l = 0 rows)
 
 
 flex_attention_impl.compile_seconds = CLOCK  # read by harness/measure/compile_time.py

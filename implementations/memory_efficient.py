@@ -45,15 +45,16 @@ BLOCK_K = 1024
 def _memory_model(case, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K) -> int:
     bq, bk = min(query_chunk, case.seq_len_q), min(key_chunk, case.seq_len_kv)
     B, Hq, Hkv, D = case.batch, case.heads_q, case.heads_kv, case.head_dim
+    Dv = case.head_dim_v or D
     rows = B * Hq * bq
     e = case.element_bytes
     q_elems = B * Hq * case.seq_len_q * D
-    out_bytes = e * q_elems
+    out_bytes = e * B * Hq * case.seq_len_q * Dv
     lse_bytes = 4 * B * Hq * case.seq_len_q  # float32 log-sum-exp per query row
     fwd = 4 * rows * bk  # one key chunk's scores, exponentiated in place
-    fwd += 3 * 4 * rows * D  # scaled queries, running values, chunk values
+    fwd += 4 * rows * (D + 2 * Dv)  # scaled queries, running values, chunk values
     fwd += 8 * 4 * rows  # running max / sum, chunk max / sum, rescale factors
-    kv_chunk = 4 * B * Hkv * bk * D  # one float32 key or value chunk
+    kv_chunk = 2 * B * Hkv * bk * (D + Dv)  # the mean of one float32 key and value chunk
     if e != 4:
         fwd += 2 * kv_chunk  # fp32 k / v chunks
     if case.causal:
@@ -67,9 +68,9 @@ def _memory_model(case, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K) ->
     # accumulators (and float32 k / v chunks for half inputs), per tile the float32 query and dO
     # chunks, lse / D rows, and P and dP (dS in place) -- the peak. At the end dq is cast from its
     # accumulator for half inputs.
-    kv_bytes = e * B * Hkv * case.seq_len_kv * D
-    common = 4 * B * Hq * case.seq_len_q + 4 * q_elems + 2 * kv_bytes  # D, dQ accumulator, dk, dv
-    loop = 2 * kv_chunk + 2 * 4 * rows * D + 8 * rows + 2 * 4 * rows * bk
+    kv_bytes = e * B * Hkv * case.seq_len_kv * (D + Dv)  # dk + dv
+    common = 4 * B * Hq * case.seq_len_q + 4 * q_elems + kv_bytes  # D, dQ accumulator, dk, dv
+    loop = 2 * kv_chunk + 4 * rows * (D + Dv) + 8 * rows + 2 * 4 * rows * bk
     if e != 4:
         loop += 2 * kv_chunk
     if case.causal:
@@ -99,12 +100,13 @@ def _supports(case) -> Support:
 )
 def memory_efficient_attention(
     q, k, v, *, causal=False, attn_mask=None, scale=None, query_chunk: int = BLOCK_Q, key_chunk: int = BLOCK_K,
-    window=0, softcap=0.0, alibi=False, doc_ids=None,
+    window=0, softcap=0.0, alibi=False, doc_ids=None, sinks=None,
 ):
     """Variants (forward only, implementations/_shared/variants.py): key chunks before the first key a
-    query chunk's window / documents allow are never visited."""
+    query chunk's window / documents allow are never visited; sinks join the merged weight sum once
+    per query chunk. v may have its own head dim Dv (out: Dv wide)."""
     dims = check_args(q, k, v, attn_mask, scale)
-    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids, sinks)  # None: plain attention
     causal = causal or (var is not None and var.masks)
     if query_chunk < 1 or key_chunk < 1:
         raise ValueError(f"query_chunk and key_chunk must be positive, got {query_chunk}, {key_chunk}")
@@ -145,23 +147,26 @@ class _MemoryEfficientAttention(torch.autograd.Function):
 
 
 def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
-    """Returns out (B, Hq, Nq, D) and, if want_lse, the float32 log-sum-exp of the scaled scores
+    """Returns out (B, Hq, Nq, Dv) and, if want_lse, the float32 log-sum-exp of the scaled scores
     of every query row, laid out (B, Hkv, G, Nq); +inf for rows that see no key (so that
     exp(s − lse) = 0 there in the backward)."""
     dims, offset, scale = cfg.dims, cfg.offset, cfg.scale
     query_chunk, key_chunk = cfg.query_chunk, cfg.key_chunk
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
-    Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
+    Nq, Nk, Dv = dims.seq_len_q, dims.seq_len_kv, dims.value_dim
     acc = compute_dtype(q.dtype)
     var = getattr(cfg, "var", None)
+    sink = None  # (1, Hkv, G, 1) sink logits, joined to each query chunk's weight sum
+    if var is not None and var.sinks is not None:
+        sink = _variants.sink_logits(var.sinks, Hkv, G, 1.0, acc, q.device)
     mask5 = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk) or None
     # A chunk row with no visible key has max −inf; clamping maxima to the lowest finite float
     # keeps exp(−inf − m) = 0 and exp(m_c − m) finite, so nothing is ever NaN.
     lowest = torch.finfo(acc).min
 
-    q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
-    out = torch.empty_like(q)  # (B, Hq, Nq, D)
-    out5 = out.view(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
+    q5 = q.reshape(B, Hkv, G, Nq, dims.head_dim)  # (B, Hkv, G, Nq, D)
+    out = q.new_empty(B, dims.heads_q, Nq, Dv)  # (B, Hq, Nq, Dv)
+    out5 = out.view(B, Hkv, G, Nq, Dv)  # (B, Hkv, G, Nq, Dv)
     lse5 = torch.full((B, Hkv, G, Nq), float("inf"), dtype=acc, device=q.device) if want_lse else None
     for i0 in range(0, Nq, query_chunk):
         i1 = min(i0 + query_chunk, Nq)
@@ -171,13 +176,13 @@ def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
         if k_stop <= k0:  # causality (or the window) hides every key from this query chunk
             out5[:, :, :, i0:i1].zero_()
             continue
-        qc = (q5[:, :, :, i0:i1].to(acc) * scale).reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D)
+        qc = (q5[:, :, :, i0:i1].to(acc) * scale).reshape(B, Hkv, G * nb, -1)  # (B, Hkv, G·nb, D)
         m = l = values = None  # merged summary: running max, weight sum, weighted values
 
         for j0 in range(k0, k_stop, key_chunk):
             j1 = min(j0 + key_chunk, k_stop)
             kc = k[:, :, j0:j1].to(acc)  # (B, Hkv, w, D), a view for float32
-            vc = v[:, :, j0:j1].to(acc)  # (B, Hkv, w, D)
+            vc = v[:, :, j0:j1].to(acc)  # (B, Hkv, w, Dv)
             # summarize_chunk: local max, exp, weighted values, weight sum
             s = torch.matmul(qc, kc.transpose(-1, -2))  # (B, Hkv, G·nb, w)
             if var is not None and var.mods:
@@ -191,7 +196,7 @@ def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
             m_c = s.amax(dim=-1, keepdim=True).clamp_min_(lowest)  # (B, Hkv, G·nb, 1)
             s.sub_(m_c).exp_()  # exp(s − m_c), in place
             l_c = s.sum(dim=-1, keepdim=True)  # (B, Hkv, G·nb, 1)
-            v_c = torch.matmul(s, vc)  # (B, Hkv, G·nb, D)
+            v_c = torch.matmul(s, vc)  # (B, Hkv, G·nb, Dv)
             del s
             if m is None:
                 m, l, values = m_c, l_c, v_c
@@ -200,19 +205,22 @@ def _forward(q, k, v, attn_mask, cfg, want_lse: bool):
             m_new = torch.maximum(m, m_c)  # (B, Hkv, G·nb, 1)
             a_old = (m - m_new).exp_()  # (B, Hkv, G·nb, 1)
             a_new = (m_c - m_new).exp_()
-            values.mul_(a_old).add_(v_c.mul_(a_new))  # (B, Hkv, G·nb, D)
+            values.mul_(a_old).add_(v_c.mul_(a_new))  # (B, Hkv, G·nb, Dv)
             l.mul_(a_old).add_(l_c.mul_(a_new))
             m = m_new
             del v_c  # free before the next chunk's scores are allocated
 
+        if sink is not None:  # the sink joins the weight sum (no value); m is finite (clamped), and a
+            # row that saw no key (m = lowest) gets l = inf, so 0 / inf = 0
+            l = l + torch.exp(sink - m.view(B, Hkv, G, nb)).view(B, Hkv, G * nb, 1)
         if lse5 is not None:  # log Σ exp(s) = m + log l; rows with l == 0 keep +inf
             seen = l > 0  # (B, Hkv, G·nb, 1)
             lse_c = torch.where(seen, m + torch.log(torch.where(seen, l, 1.0)), float("inf"))
             lse5[:, :, :, i0:i1] = lse_c.view(B, Hkv, G, nb)
         # l >= 1 wherever a key was visible (the overall maximum contributes exp(0) = 1);
         # l == 0 means none was, values == 0 there, and dividing by 1 yields the required zeros.
-        chunk_out = values.div_(l.clamp_min_(1.0))  # (B, Hkv, G·nb, D)
-        out5[:, :, :, i0:i1] = chunk_out.view(B, Hkv, G, nb, D)
+        chunk_out = values.div_(l.clamp_min_(1.0))  # (B, Hkv, G·nb, Dv)
+        out5[:, :, :, i0:i1] = chunk_out.view(B, Hkv, G, nb, Dv)
         del qc, values, chunk_out  # free before the next query chunk allocates its own
     return out, lse5
 
@@ -232,11 +240,12 @@ def _backward(q, k, v, out, lse5, grad_out, attn_mask, cfg):
     mask5 = grouped_mask(attn_mask, dims)  # (b, hkv, g, nq, nk) or None
 
     q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
-    do5 = grad_out.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
-    delta5 = (do5.to(acc) * out.reshape(B, Hkv, G, Nq, D).to(acc)).sum(-1)  # D: (B, Hkv, G, Nq)
+    Dv = dims.value_dim
+    do5 = grad_out.reshape(B, Hkv, G, Nq, Dv)  # (B, Hkv, G, Nq, Dv)
+    delta5 = (do5.to(acc) * out.reshape(B, Hkv, G, Nq, Dv).to(acc)).sum(-1)  # D: (B, Hkv, G, Nq)
     dq5 = torch.zeros(B, Hkv, G, Nq, D, dtype=acc, device=q.device)  # dQ accumulator
     dk = torch.zeros_like(k)  # (B, Hkv, Nk, D); keys no query sees keep 0
-    dv = torch.zeros_like(v)  # (B, Hkv, Nk, D)
+    dv = torch.zeros_like(v)  # (B, Hkv, Nk, Dv)
     for j0 in range(0, Nk, key_chunk):
         j1 = min(j0 + key_chunk, Nk)
         w = j1 - j0
@@ -245,14 +254,14 @@ def _backward(q, k, v, out, lse5, grad_out, attn_mask, cfg):
         if i_start >= Nq:  # no query sees any key of this chunk (nor of later ones)
             break
         kc = k[:, :, j0:j1].to(acc)  # (B, Hkv, w, D), a view for float32
-        vc = v[:, :, j0:j1].to(acc)  # (B, Hkv, w, D)
+        vc = v[:, :, j0:j1].to(acc)  # (B, Hkv, w, Dv)
         dk_j = torch.zeros(B, Hkv, w, D, dtype=acc, device=q.device)  # dK_j accumulator
-        dv_j = torch.zeros(B, Hkv, w, D, dtype=acc, device=q.device)  # dV_j accumulator
+        dv_j = torch.zeros(B, Hkv, w, Dv, dtype=acc, device=q.device)  # dV_j accumulator
         for i0 in range(i_start - i_start % query_chunk, Nq, query_chunk):
             i1 = min(i0 + query_chunk, Nq)
             nb = i1 - i0
             qc = (q5[:, :, :, i0:i1].to(acc) * scale).reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D)
-            doc = do5[:, :, :, i0:i1].to(acc).reshape(B, Hkv, G * nb, D)  # (B, Hkv, G·nb, D)
+            doc = do5[:, :, :, i0:i1].to(acc).reshape(B, Hkv, G * nb, Dv)  # (B, Hkv, G·nb, Dv)
             lse_c = lse5[:, :, :, i0:i1].reshape(B, Hkv, G * nb, 1)  # (B, Hkv, G·nb, 1)
             delta_c = delta5[:, :, :, i0:i1].reshape(B, Hkv, G * nb, 1)  # (B, Hkv, G·nb, 1)
             p = torch.matmul(qc, kc.transpose(-1, -2))  # S·scale: (B, Hkv, G·nb, w)
@@ -260,7 +269,7 @@ def _backward(q, k, v, out, lse5, grad_out, attn_mask, cfg):
             if visible is not None:
                 p.view(B, Hkv, G, nb, w).masked_fill_(visible.logical_not(), float("-inf"))
             p.sub_(lse_c).exp_()  # P = exp(S·scale − lse); 0 where hidden or the row sees nothing
-            dv_j.add_(torch.matmul(p.transpose(-1, -2), doc))  # dV_j += Pᵀ dO: (B, Hkv, w, D)
+            dv_j.add_(torch.matmul(p.transpose(-1, -2), doc))  # dV_j += Pᵀ dO: (B, Hkv, w, Dv)
             ds = torch.matmul(doc, vc.transpose(-1, -2))  # dP = dO Vᵀ: (B, Hkv, G·nb, w)
             ds.sub_(delta_c).mul_(p)  # dS = P∘(dP − D), in place
             del p

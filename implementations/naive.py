@@ -42,11 +42,13 @@ def _memory_model(case) -> int:
     pairs = case.batch * case.heads_q * case.seq_len_q * case.seq_len_kv
     score_bytes = 4 * pairs  # one float32 (B, Hq, Nq, Nk) matrix
     e = case.element_bytes
-    out_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
-    kv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim
+    dv = case.head_dim_v or case.head_dim
+    out_bytes = e * case.batch * case.heads_q * case.seq_len_q * dv
+    q_bytes = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    kv_bytes = e * case.batch * case.heads_kv * case.seq_len_kv * (case.head_dim + dv)
     if case.pass_kind == "forward":
-        return 2 * score_bytes + out_bytes  # the scores and their softmax
-    grads = out_bytes + 2 * kv_bytes  # dq, dk, dv
+        return 2 * score_bytes + out_bytes  # the scores and their softmax (sinks: with a column more)
+    grads = q_bytes + kv_bytes  # dq, dk, dv
     # Autograd keeps the float32 probabilities (plus their input-dtype cast for float16 / bfloat16).
     # Its backward then holds dP, the softmax gradient and the gradients of the masked and scaled
     # scores: in float32 about four score matrices at its peak (three besides the saved
@@ -54,7 +56,7 @@ def _memory_model(case) -> int:
     # the peak is about two score matrices in backward-only runs and three with the forward.
     if case.pass_kind == "backward":  # graph built beforehand (retained), gradients timed
         return (4 if e == 4 else 2) * score_bytes + grads
-    return (4 if e == 4 else 3) * score_bytes + out_bytes + grads  # forward_backward
+    return (4 if e == 4 else 3) * score_bytes + out_bytes + grads  # forward_backward (no sinks: forward only)
 
 
 @register(
@@ -66,9 +68,11 @@ def _memory_model(case) -> int:
     params={"variants": _variants.ALL},
 )
 def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window=0, softcap=0.0, alibi=False,
-                    doc_ids=None):
+                    doc_ids=None, sinks=None):
+    """v may have its own head dim Dv (out: (B, Hq, Nq, Dv)); sinks join the softmax as one more
+    column (the gpt-oss reference code's way), dropped before P·V."""
     dims = check_args(q, k, v, attn_mask, scale)
-    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids, sinks)  # None: plain attention
     scale = default_scale(dims.head_dim, scale)
     acc = compute_dtype(q.dtype)
     # GQA: stack the query heads that share a kv head, one matmul per kv head, no k/v copies.
@@ -92,10 +96,14 @@ def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window
         # a finite (uniform) softmax instead of NaN -- in the forward and in its gradient -- and
         # its output is zeroed below. Visible scores beat it by far, so exp() of it is exactly 0.
         scores.masked_fill_(~visible, torch.finfo(acc).min)
+    if sinks is not None:  # (B, Hq, Nq, Nk + 1): the sink logit as one more key with no value
+        scores = _variants.sink_column(scores, sinks.view(1, -1, 1, 1))
     probs = torch.softmax(scores, dim=-1)  # (B, Hq, Nq, Nk); autograd keeps it for the backward
     del scores
+    if sinks is not None:
+        probs = probs[..., : dims.seq_len_kv].contiguous()  # (B, Hq, Nq, Nk): the keys' share
     pg = group_queries(probs.to(v.dtype), dims)  # (B, Hkv, G*Nq, Nk)
-    out = ungroup(torch.matmul(pg, v), dims)  # (B, Hq, Nq, D)
+    out = ungroup(torch.matmul(pg, v), dims)  # (B, Hq, Nq, Dv)
     if visible is not None:
         # A row with no visible key outputs zeros (the contract). Zeroing the output -- not the
         # probabilities autograd saved -- also zeroes that row's upstream gradient, so its

@@ -9,6 +9,11 @@ is skipped with a reason rather than failing at run time.
 Contract adaptations (see _shared/contract.py): torch's is_causal is top-left aligned, ours
 bottom-right, so for Nq != Nk causality becomes a boolean mask (combined with attn_mask); rows that
 see no key are set to zeros afterwards, whatever the backend returned for them (NaN or zeros).
+v with its own head dim (Dv != D) runs where torch's kernel takes it (math, efficient; not the
+flash or cudnn kernels, which want one head dim). Attention sinks, which SDPA has no argument for,
+become one extra key: a zero key and a zero value row appended to k and v, whose score is set to
+the head's sink by an additive float bias (so it joins the denominator with no value) -- at the
+price of copying k and v and of a dense float bias instead of is_causal.
 
 `sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
 padded to the longest sequence, and one call with a boolean length mask and enable_gqa. Its serving
@@ -36,7 +41,8 @@ from implementations._shared.decode_contract import (
 )
 from implementations._shared.padded_varlen import padded_call, padded_memory_model, padded_shape
 
-VARIANTS = ("window", "alibi", "document")  # as a dense boolean mask / float bias; no soft cap in SDPA
+VARIANTS = ("window", "alibi", "document", "sinks")  # a dense boolean mask / float bias; no soft cap in SDPA
+_ONE_HEAD_DIM = ("flash", "cudnn")  # kernels that need q, k and v to share one head dim
 
 # What torch documents for the CUDA backends (the CPU flash kernel takes every case).
 _HALF_ONLY = ("flash", "cudnn")  # no float32 on CUDA
@@ -74,12 +80,17 @@ def _attention(q, k, v, causal, attn_mask, scale, backend: str | None, variants:
             visible = causal_visible(0, Nq, 0, Nk, Nk - Nq, q.device)  # (Nq, Nk)
             mask = visible if mask is None else (mask & visible)
     sdpa_mask = mask
+    sinks = None if var is None else var.sinks
+    if is_causal and ((var is not None and var.slopes is not None) or sinks is not None):
+        # a float bias follows; SDPA takes no attn_mask together with is_causal
+        is_causal, mask = False, causal_visible(0, Nq, 0, Nk, 0, q.device)  # (Nq, Nk)
+        sdpa_mask = mask
     if var is not None and var.slopes is not None:  # ALiBi as an additive float bias (−inf = hidden)
-        if is_causal:  # SDPA takes no attn_mask together with is_causal
-            is_causal, mask = False, causal_visible(0, Nq, 0, Nk, 0, q.device)  # (Nq, Nk)
         sdpa_mask = _variants.alibi_bias(var, Nq, Nk, q.dtype, q.device)  # (1, Hq, Nq, Nk)
         if mask is not None:
             sdpa_mask = sdpa_mask.masked_fill(mask.logical_not(), float("-inf"))
+    if sinks is not None:  # the sink as one more key: zero k and v rows, its score set by the bias
+        k, v, sdpa_mask = _sink_key(k, v, sdpa_mask, sinks, Hq=dims.heads_q, dtype=q.dtype)
     gqa = dims.group > 1
     if gqa and backend in _NO_GQA:
         k = k.repeat_interleave(dims.group, dim=1)  # (B, Hq, Nk, D)
@@ -101,6 +112,25 @@ def _attention(q, k, v, causal, attn_mask, scale, backend: str | None, variants:
         else:
             out.masked_fill_(empty, 0.0)
     return out
+
+
+def _sink_key(k, v, sdpa_mask, sinks, Hq: int, dtype):
+    """k, v with a zero row appended (B, Hkv, Nk + 1, ·) and the float bias (b, Hq|1, nq, Nk + 1):
+    the given mask or bias (boolean → 0 / −inf) for the keys and sink_h for the extra one, whose
+    score q·0 + sink_h is then exactly the sink (and its value 0)."""
+    zero = lambda t: t.new_zeros(*t.shape[:2], 1, t.shape[3])  # noqa: E731
+    k2, v2 = torch.cat([k, zero(k)], dim=2), torch.cat([v, zero(v)], dim=2)  # (B, Hkv, Nk + 1, D | Dv)
+    if sdpa_mask is None:
+        bias = torch.zeros(1, 1, 1, k.shape[2], dtype=dtype, device=k.device)  # (1, 1, 1, Nk)
+    elif sdpa_mask.dtype == torch.bool:
+        bias = torch.zeros(sdpa_mask.shape, dtype=dtype, device=k.device).masked_fill_(~sdpa_mask, float("-inf"))
+    else:
+        bias = sdpa_mask
+    bias = mask_4d(bias)  # (b, h, nq, Nk), size-1 dims kept
+    b, _, nq, nk = bias.shape
+    bias = bias.expand(b, Hq, nq, nk)
+    col = sinks.to(dtype).view(1, Hq, 1, 1).expand(b, Hq, nq, 1)
+    return k2, v2, torch.cat([bias, col], dim=-1)  # (b, Hq, nq, Nk + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +167,9 @@ def _supports_for(backend: str | None):
     """Documented CUDA constraints (torch 2.x sdp_utils); the CPU kernels take every case."""
 
     def supports(case) -> Support:
+        if case.head_dim_v and backend in _ONE_HEAD_DIM:
+            return no(f"SDPA {backend} needs one head dim for q, k and v (head_dim {case.head_dim}, "
+                      f"head_dim_v {case.head_dim_v})")
         if case.variants and backend in _NO_MASK and case.device != "cpu":
             return no(f"SDPA {backend} on CUDA takes no attn_mask, which the {', '.join(case.variants)} variant needs")
         if backend is None or backend == "math" or case.device == "cpu":
@@ -152,8 +185,10 @@ def _supports_for(backend: str | None):
             return no(f"SDPA flash on CUDA takes head_dim <= 256, not {d}")
         if backend == "cudnn" and (d > 128 or d % 8):
             return no(f"SDPA cudnn on CUDA takes head_dim <= 128 and a multiple of 8, not {d}")
-        if backend == "efficient" and d % (4 if case.dtype == "float32" else 8):
-            return no(f"SDPA efficient on CUDA takes head_dim a multiple of 8 (4 for float32), not {d}")
+        align = 4 if case.dtype == "float32" else 8
+        for name, dim in (("head_dim", d), ("head_dim_v", case.head_dim_v)):
+            if backend == "efficient" and dim % align:
+                return no(f"SDPA efficient on CUDA takes {name} a multiple of 8 (4 for float32), not {dim}")
         return YES
 
     return supports
@@ -163,16 +198,31 @@ def _supports_for(backend: str | None):
 # Memory models (bytes above the inputs; the output included).
 
 
+def _sink_bytes(case) -> int:
+    """The sinks' extra key: k and v copied one row longer, and the float bias (dense when a mask
+    or causality hides keys, a single row per head otherwise)."""
+    if not case.sinks:
+        return 0
+    e, nk = case.element_bytes, case.seq_len_kv + 1
+    kv = e * case.batch * case.heads_kv * nk * (case.head_dim + (case.head_dim_v or case.head_dim))
+    dense = case.causal or case.mask != "none" or case.alibi
+    rows = case.seq_len_q if dense else 1
+    bm = case.batch if case.mask != "none" else 1
+    # the float bias of the keys (per head with ALiBi, else one shared by the heads), then the bias
+    # with the sink column, (b, Hq, rows, Nk + 1)
+    return kv + e * bm * rows * nk * (case.heads_q + (case.heads_q if case.alibi else 1))
+
+
 def _common_bytes(case) -> int:
     e = case.element_bytes
-    out = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
+    out = e * case.batch * case.heads_q * case.seq_len_q * (case.head_dim_v or case.head_dim)
     mask = 0
     if case.causal and case.seq_len_q > 1 and (case.seq_len_q != case.seq_len_kv or case.mask != "none"):
         # the (Nq, Nk) causal mask, its (B, 1, Nq, Nk) combination with a key padding mask, and
         # torch's additive float copy of whichever is passed
         pairs = case.seq_len_q * case.seq_len_kv
         mask = (1 + case.batch * (1 + e)) * pairs if case.mask != "none" else (1 + e) * pairs
-    return out + mask + case.batch * case.heads_q * case.seq_len_q  # + empty-row flags
+    return out + mask + case.batch * case.heads_q * case.seq_len_q + _sink_bytes(case)  # + empty-row flags
 
 
 def _math_model(case) -> int:
@@ -235,7 +285,10 @@ def _grad_bytes(case) -> int:
 
 
 def _auto_model(case) -> int:
-    # On the CPU torch picks its flash kernel for these inputs; on CUDA a fused kernel as well.
+    # On the CPU torch picks its flash kernel for these inputs (its math path when v has its own
+    # head dim, which the flash kernel refuses); on CUDA a fused kernel as well.
+    if case.head_dim_v and case.device == "cpu":
+        return _math_model(case)
     return _fused_model("flash")(case)
 
 

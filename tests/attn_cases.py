@@ -192,3 +192,27 @@ def block_params(impl: registry.Implementation) -> list[str]:
         return []
     return [p for p, default in impl.params.items()
             if ("block" in p or "chunk" in p) and isinstance(default, int) and p in accepted]
+
+
+def check_within_error_rule(prepared, names, case_of, small_tiles: dict) -> list[str]:
+    """Every implementation in `names` that supports `case_of(name)` (and runs on this machine),
+    judged on the prepared inputs (harness.measure.checked_call); those in `small_tiles` once more
+    with those keyword arguments (small blocks: the online softmax, block skipping and partial
+    tiles run). Returns the names that ran; fails on the first wrong output."""
+    from harness.measure import checked_call
+
+    ran = []
+    for name in names:
+        impl, case = registry.get(name), case_of(name)
+        if not impl.available(case.device) or not impl.supports(case):
+            continue
+        acc = checked_call.check_impl(impl, prepared, case)
+        assert not acc.wrong, f"{name} {case.case_id}: {acc.wrong}"
+        ran.append(name)
+        if name in small_tiles:
+            inp = prepared.inputs
+            with torch.no_grad():
+                out = impl.fn(inp.q, inp.k, inp.v, **inp.call_kwargs(), **small_tiles[name])
+            acc = checked_call.check_output(out, prepared, case.dtype)
+            assert not acc.wrong, f"{name} small blocks {case.case_id}: {acc.wrong}"
+    return ran

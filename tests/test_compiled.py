@@ -31,7 +31,7 @@ def test_compiled_implementations_declare_themselves():
     for name in ("flex", "compiled_naive"):
         impl = registry.get(name)
         assert impl.params["compiled"] and impl.params["report_kernels"]
-        assert set(impl.params["variants"]) == {"window", "softcap", "alibi", "document"}
+        assert set(impl.params["variants"]) == {"window", "softcap", "alibi", "document", "sinks"}
         assert callable(impl.fn.compile_seconds)
         bwd = impl.supports(Case(impl=name, pass_kind="backward"))
         assert not bwd and "forward" in bwd.reason

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from attn_cases import check_within_error_rule
 from harness import registry
 from harness.case import Case, case_shape
 from harness.measure import accuracy, checked_call
@@ -178,21 +179,7 @@ def test_reference_matches_the_definition(cfg):
 @pytest.mark.parametrize("cfg", VCFGS, ids=[c[0] for c in VCFGS])
 def test_implementations_within_the_error_rule(cfg, dtype):
     prepared = checked_call.prepare(_case("naive", cfg, dtype), 0)
-    ran = []
-    for name in DECLARING:
-        impl = registry.get(name)
-        case = _case(name, cfg, dtype)
-        if not impl.supports(case):
-            continue
-        acc = checked_call.check_impl(impl, prepared, case)
-        assert not acc.wrong, f"{name} {case.case_id}: {acc.wrong}"
-        ran.append(name)
-        if name in TILED:  # small blocks: the online softmax, block skipping and partial tiles run
-            inp = prepared.inputs
-            with torch.no_grad():
-                out = impl.fn(inp.q, inp.k, inp.v, **inp.call_kwargs(), **TILED[name])
-            acc = checked_call.check_output(out, prepared, dtype)
-            assert not acc.wrong, f"{name} small blocks {case.case_id}: {acc.wrong}"
+    ran = check_within_error_rule(prepared, DECLARING, lambda name: _case(name, cfg, dtype), TILED)
     assert {"naive", "flash", "chunked", "memory_efficient"} <= set(ran)
 
 

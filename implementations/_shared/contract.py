@@ -1,8 +1,10 @@
 """The call contract of every implementation: argument checks and mask helpers.
 
-The contract (see README): q (B, Hq, Nq, D); k, v (B, Hkv, Nk, D) with Hq % Hkv == 0; optional
-boolean attn_mask broadcastable to (B, Hq, Nq, Nk), True = may attend; causal is bottom-right
-aligned: query i sees key j iff j <= i + (Nk - Nq). A query row that sees no key outputs zeros.
+The contract (docs/contracts.md): q (B, Hq, Nq, D); k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv) with
+Hq % Hkv == 0 and Dv the value head dim (= D but for MLA-style attention); out (B, Hq, Nq, Dv);
+optional boolean attn_mask broadcastable to (B, Hq, Nq, Nk), True = may attend; causal is
+bottom-right aligned: query i sees key j iff j <= i + (Nk - Nq). A query row that sees no key
+outputs zeros. `scale` defaults to 1/sqrt(D).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ class Dims:
     seq_len_q: int
     seq_len_kv: int
     head_dim: int
+    head_dim_v: int = 0  # v's and the output's head dim; 0 = head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Dv: the head dim of v and of the output."""
+        return self.head_dim_v or self.head_dim
 
     @property
     def group(self) -> int:
@@ -44,8 +52,8 @@ def check_args(q, k, v, attn_mask=None, scale=None) -> Dims:
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     B, Hq, Nq, D = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v shapes differ in more than the head dim: {tuple(k.shape)} vs {tuple(v.shape)}")
     Bk, Hkv, Nk, Dk = k.shape
     if Bk != B:
         raise ValueError(f"batch differs: q has {B}, k/v have {Bk}")
@@ -69,7 +77,7 @@ def check_args(q, k, v, attn_mask=None, scale=None) -> Dims:
             )
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
-    return Dims(B, Hq, Hkv, Nq, Nk, D)
+    return Dims(B, Hq, Hkv, Nq, Nk, D, v.shape[3])
 
 
 def default_scale(head_dim: int, scale: float | None) -> float:

@@ -1,12 +1,18 @@
-"""Attention variants for the implementations: sliding window, soft cap, ALiBi, packed documents.
+"""Attention variants for the implementations: sliding window, soft cap, ALiBi, packed documents,
+attention sinks.
 
-The contract (README "Variants"; harness/measure/variants.py defines the same rules for the
-reference), offset = Nk − Nq:
+The contract (docs/contracts.md "Variants"; harness/workloads/prefill/reference.py computes the
+float64 reference by the same rules), offset = Nk − Nq:
 - window=W (W ≥ 1): query i sees key j iff i + offset − W < j ≤ i + offset (implies causal);
 - softcap=c (c > 0): scaled scores s → c·tanh(s / c) before the softmax (after the ALiBi bias);
 - alibi=True: query head h adds −m_h·(i + offset − j), m_h the standard slopes (alibi_slopes);
 - doc_ids: (Nk,) non-decreasing integer document index per position, self-attention only; query i
-  sees key j iff doc_ids[i] == doc_ids[j] and j ≤ i (implies causal).
+  sees key j iff doc_ids[i] == doc_ids[j] and j ≤ i (implies causal);
+- sinks: (Hq,) float tensor, one logit per query head that joins the softmax denominator with no
+  value: p_ij = exp(s_ij − m) / (exp(sink_h − m) + Σ_j exp(s_ij − m)) (gpt-oss). A row that sees
+  no key is 0 with a sink too. Dense implementations append it as one more softmax column
+  (sink_column); online-softmax ones add exp(sink − m) to the running sum at the end (sink_logits);
+  one that returns the log-sum-exp rescales its output by 1/(1 + exp(sink − lse)) (rescale_by_sink).
 The harness passes these keywords only when a variant is active. Tiled implementations use
 Variants.key_range to skip key blocks no query of a block can see -- the point of a window or of
 documents -- and tile_visible / mod_ for the tiles they do visit.
@@ -22,7 +28,7 @@ import torch
 from harness.case import Case
 from harness.registry import YES, Support, no
 
-ALL = ("window", "softcap", "alibi", "document")
+ALL = ("window", "softcap", "alibi", "document", "sinks")
 LOG2E = 1.4426950408889634
 
 
@@ -58,6 +64,7 @@ class Variants:
     doc_ids: torch.Tensor | None  # (Nk,) on the inputs' device
     doc_start: list | None  # first position of the document of each position
     offset: int  # Nk − Nq
+    sinks: torch.Tensor | None = None  # (Hq,) sink logits, as given (float32 for the harness)
 
     @property
     def masks(self) -> bool:
@@ -118,13 +125,23 @@ class Variants:
         return s5
 
 
-def variants(dims, window=0, softcap=0.0, alibi=False, doc_ids=None) -> Variants | None:
+def check_sinks(sinks, heads_q: int) -> None:
+    """sinks: None or a floating (Hq,) tensor."""
+    if sinks is None:
+        return
+    if not isinstance(sinks, torch.Tensor) or not sinks.dtype.is_floating_point or tuple(sinks.shape) != (heads_q,):
+        got = f"{tuple(sinks.shape)} {sinks.dtype}" if isinstance(sinks, torch.Tensor) else type(sinks).__name__
+        raise ValueError(f"sinks must be a floating tensor of shape (Hq,) = ({heads_q},), got {got}")
+
+
+def variants(dims, window=0, softcap=0.0, alibi=False, doc_ids=None, sinks=None) -> Variants | None:
     """Check the variant keywords of one call; None when none is active."""
     if not (isinstance(window, int) and window >= 0):
         raise ValueError(f"window must be an integer >= 0 (0 = no window), got {window!r}")
     if not (isinstance(softcap, (int, float)) and softcap >= 0 and math.isfinite(softcap)):
         raise ValueError(f"softcap must be a finite number >= 0 (0 = no cap), got {softcap!r}")
-    if not window and not softcap and not alibi and doc_ids is None:
+    check_sinks(sinks, dims.heads_q)
+    if not window and not softcap and not alibi and doc_ids is None and sinks is None:
         return None
     doc = start = None
     if doc_ids is not None:
@@ -142,7 +159,8 @@ def variants(dims, window=0, softcap=0.0, alibi=False, doc_ids=None) -> Variants
                 first = p
             start.append(first)
     slopes = torch.tensor(alibi_slopes(dims.heads_q), dtype=torch.float64) if alibi else None
-    return Variants(int(window), float(softcap), slopes, doc, doc_ids, start, dims.seq_len_kv - dims.seq_len_q)
+    return Variants(int(window), float(softcap), slopes, doc, doc_ids, start, dims.seq_len_kv - dims.seq_len_q,
+                    sinks)
 
 
 def dense_visible(v: Variants | None, nq: int, nk: int, device) -> torch.Tensor | None:
@@ -165,3 +183,28 @@ def alibi_bias(v: Variants, nq: int, nk: int, dtype, device) -> torch.Tensor:
     j = torch.arange(nk, device=device, dtype=dtype).unsqueeze(0)
     m = v.slopes.to(device=device, dtype=dtype).view(1, -1, 1, 1)
     return -m * ((i + v.offset) - j)  # (1, Hq, nq, nk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention sinks, three ways (module docstring).
+
+
+def sink_logits(sinks: torch.Tensor, heads_kv: int, group: int, unit: float, dtype, device) -> torch.Tensor:
+    """unit·sinks as (1, Hkv, G, 1): broadcasts against a grouped-query row layout (B, Hkv, G, rows)
+    (unit = log2(e) for base-2 kernels)."""
+    return (sinks.to(device=device, dtype=dtype) * unit).view(1, heads_kv, group, 1)
+
+
+def sink_column(scores: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """scores (..., Nk) with the sink logits appended as column Nk: (..., Nk + 1), for a dense
+    softmax whose first Nk columns are then the probabilities; `sink` broadcasts to
+    scores[..., :1] (e.g. (1, Hq, 1, 1) for (B, Hq, Nq, Nk) scores)."""
+    return torch.cat([scores, sink.to(scores.dtype).expand(*scores.shape[:-1], 1)], dim=-1)
+
+
+def rescale_by_sink(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """out (B, Hq, Nq, Dv) normalised without the sink, lse (B, Hq, Nq) its natural log-sum-exp:
+    with the sink the denominator is exp(lse) + exp(sink), so out·1/(1 + exp(sink − lse)) =
+    out·sigmoid(lse − sink). A row that sees no key (lse = −inf) gets 0."""
+    w = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))  # (B, Hq, Nq)
+    return (out.float() * w.unsqueeze(-1)).to(out.dtype)

@@ -66,13 +66,14 @@ def _supports(case) -> Support:
 )
 def flash_attention(
     q, k, v, *, causal=False, attn_mask=None, scale=None, block_q: int | None = None, block_k: int = BLOCK_K,
-    window=0, softcap=0.0, alibi=False, doc_ids=None,
+    window=0, softcap=0.0, alibi=False, doc_ids=None, sinks=None,
 ):
     """block_q=None: BLOCK_Q, or BLOCK_Q_CAUSAL when causal. Variants
     (implementations/_shared/variants.py): key blocks a window or the documents hide from a whole
-    query block are never visited."""
+    query block are never visited; sinks join each row's running sum once, at the end. v may have
+    its own head dim Dv: the P·V side is Dv wide throughout (no padding to the larger dim)."""
     dims = check_args(q, k, v, attn_mask, scale)
-    var = _variants.variants(dims, window, softcap, alibi, doc_ids)  # None: plain attention
+    var = _variants.variants(dims, window, softcap, alibi, doc_ids, sinks)  # None: plain attention
     causal = causal or (var is not None and var.masks)  # a window and documents are causal
     if block_q is None:
         block_q = BLOCK_Q_CAUSAL if causal else BLOCK_Q

@@ -61,17 +61,19 @@ class _BwdScratch:
     """One worker's buffers, flat so edge tiles are prefix views; allocated by the calling thread
     (the CPU profiler records that thread's allocations)."""
 
-    def __init__(self, bh, rows, bk, d, copy_q, upcast, n_bias, dq_partial, dtype, device):
+    def __init__(self, bh, rows, bk, d, dv, copy_q, upcast, n_bias, dq_partial, dtype, device):
         e = dict(dtype=dtype, device=device)
         self.bias = torch.empty(n_bias, **e) if n_bias else None  # additive mask tile (forward._hide_)
         self.s = torch.empty(bh * rows * bk, **e)  # scores -> P
         self.dp = torch.empty(bh * rows * bk, **e)  # dP -> dS
-        self.t = torch.empty(bh * rows * d, **e)  # dS·K tile; dO∘O in phase 1
+        self.t = torch.empty(bh * rows * max(d, dv), **e)  # dS·K tile (D); dO∘O in phase 1 (Dv)
         self.q = torch.empty(bh * rows * d, **e) if copy_q else None  # grouped / fp32 q block
-        self.do = torch.empty(bh * rows * d, **e) if copy_q else None  # grouped / fp32 dO block
+        self.do = torch.empty(bh * rows * dv, **e) if copy_q else None  # grouped / fp32 dO block
         self.rows = torch.empty(2, bh * rows, **e)  # −lse2 and D of the query block
-        self.kv = torch.empty(2, bh * bk * d, **e) if upcast else None  # fp32 k / v tiles
-        self.dkv = torch.empty(2, bh * bk * d, **e)  # dK, dV accumulators of the key block
+        self.k = torch.empty(bh * bk * d, **e) if upcast else None  # fp32 k tile
+        self.v = torch.empty(bh * bk * dv, **e) if upcast else None  # fp32 v tile
+        self.dk = torch.empty(bh * bk * d, **e)  # dK accumulator of the key block
+        self.dv = torch.empty(bh * bk * dv, **e)  # dV accumulator of the key block
         self.dq = dq_partial  # (B, Hkv, G, Nq, D) fp32, this worker's share of dQ
 
 
@@ -84,7 +86,7 @@ class _Masking:
 
 def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, block_q, block_k):
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
-    Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
+    Nq, Nk, D, Dv = dims.seq_len_q, dims.seq_len_kv, dims.head_dim, dims.value_dim
     BH = B * Hkv
     bq, bk = min(block_q, Nq), min(block_k, Nk)
     acc_dtype = compute_dtype(q.dtype)
@@ -100,14 +102,14 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
     masked = causal or attn_mask is not None
 
     q5 = q.reshape(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
-    do5 = dout.contiguous().view(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D); autograd may pass expanded
-    o5 = out.view(B, Hkv, G, Nq, D)  # (B, Hkv, G, Nq, D)
+    do5 = dout.contiguous().view(B, Hkv, G, Nq, Dv)  # (B, Hkv, G, Nq, Dv); autograd may pass expanded
+    o5 = out.view(B, Hkv, G, Nq, Dv)  # (B, Hkv, G, Nq, Dv)
     lse4 = lse2.view(B, Hkv, G, Nq)  # (B, Hkv, G, Nq)
-    k3, v3 = k.reshape(BH, Nk, D), v.reshape(BH, Nk, D)  # (B·Hkv, Nk, D)
+    k3, v3 = k.reshape(BH, Nk, D), v.reshape(BH, Nk, Dv)  # (B·Hkv, Nk, D), (B·Hkv, Nk, Dv)
     dq = torch.empty(B, dims.heads_q, Nq, D, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
     dk = torch.empty(B, Hkv, Nk, D, dtype=q.dtype, device=q.device)  # (B, Hkv, Nk, D)
-    dv = torch.empty(B, Hkv, Nk, D, dtype=q.dtype, device=q.device)  # (B, Hkv, Nk, D)
-    dk3, dv3 = dk.view(BH, Nk, D), dv.view(BH, Nk, D)
+    dv = torch.empty(B, Hkv, Nk, Dv, dtype=q.dtype, device=q.device)  # (B, Hkv, Nk, Dv)
+    dk3, dv3 = dk.view(BH, Nk, D), dv.view(BH, Nk, Dv)
     delta = torch.empty(B, Hkv, G, Nq, **opts)  # (B, Hkv, G, Nq): D = rowsum(dO ∘ O)
 
     k_starts = list(range(0, Nk, bk))  # causal: key block 0 has the most query blocks, so first
@@ -117,14 +119,14 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
     partials = [dq.view(B, Hkv, G, Nq, D)] if not upcast else []
     partials += [torch.empty(B, Hkv, G, Nq, D, **opts) for _ in range(n_workers - len(partials))]
     scratch = [
-        _BwdScratch(BH, G * bq, bk, D, copy_q, upcast, n_bias, partials[w], **opts) for w in range(n_workers)
+        _BwdScratch(BH, G * bq, bk, D, Dv, copy_q, upcast, n_bias, partials[w], **opts) for w in range(n_workers)
     ]
 
     def phase1(s, i0):  # D for query rows [i0, i1), and zero every partial dQ there
         i1 = min(i0 + bq, Nq)
-        t = s.t[: BH * G * (i1 - i0) * D].view(B, Hkv, G, i1 - i0, D)
+        t = s.t[: BH * G * (i1 - i0) * Dv].view(B, Hkv, G, i1 - i0, Dv)
         if upcast:
-            t.copy_(o5[:, :, :, i0:i1]).mul_(s.q[: t.numel()].view_as(t).copy_(do5[:, :, :, i0:i1]))
+            t.copy_(o5[:, :, :, i0:i1]).mul_(s.do[: t.numel()].view_as(t).copy_(do5[:, :, :, i0:i1]))
         else:
             torch.mul(o5[:, :, :, i0:i1], do5[:, :, :, i0:i1], out=t)
         torch.sum(t, dim=-1, out=delta[:, :, :, i0:i1])
@@ -136,23 +138,23 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
 
     def _key_block(s, j0, j1):
         w = j1 - j0
-        kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (B·Hkv, w, D)
+        kb, vb = k3[:, j0:j1], v3[:, j0:j1]  # (B·Hkv, w, D), (B·Hkv, w, Dv)
         if upcast:  # fp32 copies so every matmul accumulates in fp32
-            kb = s.kv[0, : BH * w * D].view(BH, w, D).copy_(kb)
-            vb = s.kv[1, : BH * w * D].view(BH, w, D).copy_(vb)
-        dk_acc = s.dkv[0, : BH * w * D].view(BH, w, D).zero_()  # (B·Hkv, w, D)
-        dv_acc = s.dkv[1, : BH * w * D].view(BH, w, D).zero_()  # (B·Hkv, w, D)
+            kb = s.k[: BH * w * D].view(BH, w, D).copy_(kb)
+            vb = s.v[: BH * w * Dv].view(BH, w, Dv).copy_(vb)
+        dk_acc = s.dk[: BH * w * D].view(BH, w, D).zero_()  # (B·Hkv, w, D)
+        dv_acc = s.dv[: BH * w * Dv].view(BH, w, Dv).zero_()  # (B·Hkv, w, Dv)
         for i0 in q_starts:
             i1 = min(i0 + bq, Nq)
             if offset is not None and i1 - 1 + offset < j0:
                 continue  # causality hides the whole key block from these queries
             nb = i1 - i0
             R = G * nb  # query rows per kv head
-            qb, gb = q5[:, :, :, i0:i1], do5[:, :, :, i0:i1]  # (B, Hkv, G, nb, D)
+            qb, gb = q5[:, :, :, i0:i1], do5[:, :, :, i0:i1]  # (B, Hkv, G, nb, D), (…, Dv)
             if copy_q:  # G > 1 (stack the group's rows) or low precision (fp32)
                 qb = s.q[: BH * R * D].view(B, Hkv, G, nb, D).copy_(qb)
-                gb = s.do[: BH * R * D].view(B, Hkv, G, nb, D).copy_(gb)
-            qb, gb = qb.reshape(BH, R, D), gb.reshape(BH, R, D)  # (B·Hkv, G·nb, D), views
+                gb = s.do[: BH * R * Dv].view(B, Hkv, G, nb, Dv).copy_(gb)
+            qb, gb = qb.reshape(BH, R, D), gb.reshape(BH, R, Dv)  # (B·Hkv, G·nb, D | Dv), views
             nl = s.rows[0, : BH * R].view(B, Hkv, G, nb)
             torch.neg(lse4[:, :, :, i0:i1], out=nl)  # −lse2; −inf for rows that see no key
             dl = s.rows[1, : BH * R].view(B, Hkv, G, nb).copy_(delta[:, :, :, i0:i1])
@@ -163,7 +165,7 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
             if masked:
                 _hide_(masking, p.view(B, Hkv, G, nb, w), i0, i1, j0, j1, s.bias)
             p.exp2_()
-            dv_acc.baddbmm_(p.transpose(1, 2), gb)  # dV += Pᵀ dO, (B·Hkv, w, D)
+            dv_acc.baddbmm_(p.transpose(1, 2), gb)  # dV += Pᵀ dO, (B·Hkv, w, Dv)
             ds = s.dp[: BH * R * w].view(BH, R, w)
             torch.bmm(gb, vb.transpose(1, 2), out=ds)  # dP = dO Vᵀ, (B·Hkv, G·nb, w)
             ds.sub_(dl).mul_(p)  # dS = P ∘ (dP − D); scale applied to dK/dQ below
@@ -192,27 +194,28 @@ def flash_backward(q, k, v, out, lse2, dout, dims, causal, attn_mask, scale, blo
 def backward_memory_model(case, block_q: int, block_k: int) -> int:
     """Peak bytes above the inputs for pass kinds backward / forward_backward: O(N), no N² term."""
     B, Hq, Hkv, D = case.batch, case.heads_q, case.heads_kv, case.head_dim
+    Dv = case.head_dim_v or D
     Nq, Nk, eb = case.seq_len_q, case.seq_len_kv, case.element_bytes
     bq, bk = min(block_q, Nq), min(block_k, Nk)
     upcast = case.dtype != "float32"
     workers = _workers_for(case.device, -(-Nk // bk), case.threads)
     rows = B * Hq * bq  # query rows of a tile, all heads
-    per_worker = 2 * 4 * rows * bk + 4 * rows * D + 2 * 4 * rows  # P, dS, dS·K, −lse2 and D
-    per_worker += 2 * 4 * B * Hkv * bk * D  # dK, dV accumulators
+    per_worker = 2 * 4 * rows * bk + 4 * rows * max(D, Dv) + 2 * 4 * rows  # P, dS, dS·K, −lse2 and D
+    per_worker += 4 * B * Hkv * bk * (D + Dv)  # dK, dV accumulators
     if case.mask != "none":
         per_worker += 4 * B * bk  # additive key-padding bias tile
     if upcast or Hq != Hkv:
-        per_worker += 2 * 4 * rows * D  # grouped / fp32 q and dO blocks
+        per_worker += 4 * rows * (D + Dv)  # grouped / fp32 q and dO blocks
     if upcast:
-        per_worker += 2 * 4 * B * Hkv * bk * D  # fp32 k, v tiles
-    grads = eb * (B * Hq * Nq * D + 2 * B * Hkv * Nk * D)  # dq, dk, dv
+        per_worker += 4 * B * Hkv * bk * (D + Dv)  # fp32 k, v tiles
+    grads = eb * (B * Hq * Nq * D + B * Hkv * Nk * (D + Dv))  # dq, dk, dv
     delta = 4 * B * Hq * Nq
     partials = 4 * B * Hq * Nq * D * (workers - (0 if upcast else 1))
     backward = grads + delta + partials + workers * per_worker
     if case.pass_kind == "backward":
         return backward
-    saved = eb * B * Hq * Nq * D + 4 * B * Hq * Nq  # out and lse2, held from forward to backward
+    saved = eb * B * Hq * Nq * Dv + 4 * B * Hq * Nq  # out and lse2, held from forward to backward
     forward_scratch = forward_memory_model(case.replace(pass_kind="forward"), block_q, block_k)
-    forward_scratch -= eb * B * Hq * Nq * D  # out, counted in saved
+    forward_scratch -= eb * B * Hq * Nq * Dv  # out, counted in saved
     return saved + max(forward_scratch, backward)
 

@@ -47,16 +47,17 @@ def forward_memory_model(case, block_q: int, block_k: int = BLOCK_K) -> int:
     n_blocks = -(-case.seq_len_q // bq)
     workers = _workers_for(case.device, n_blocks, case.threads)
     rows = case.batch * case.heads_q * bq  # query rows in flight per worker
+    dv = case.head_dim_v or case.head_dim
     per_worker = 4 * rows * bk  # fp32 score tile
-    per_worker += 4 * rows * case.head_dim  # accumulator
+    per_worker += 4 * rows * dv  # accumulator
     if case.dtype != "float32" or case.heads_q != case.heads_kv:
         per_worker += 4 * rows * case.head_dim  # grouped / fp32 copy of the query block
     per_worker += 6 * 4 * rows  # row statistics: m (two), l (two), alpha, shift
     if case.dtype != "float32":
-        per_worker += 2 * 4 * case.batch * case.heads_kv * bk * case.head_dim  # fp32 k/v tiles
+        per_worker += 4 * case.batch * case.heads_kv * bk * (case.head_dim + dv)  # fp32 k/v tiles
     if case.mask != "none":
         per_worker += 4 * case.batch * bk  # additive bias of a (B, 1, 1, Nk) key-padding mask tile
-    shared = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * case.head_dim  # out
+    shared = case.element_bytes * case.batch * case.heads_q * case.seq_len_q * dv  # out
     # Nothing else per call: the causal band is a cached constant and masks are used as given.
     return shared + workers * per_worker
 
@@ -65,14 +66,15 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
     """The tiled forward. Returns (out, lse2): lse2 (B, Hq, Nq) fp32 is the base-2 log-sum-exp of
     the scaled scores, log2 Σ_j exp2(c·q·k_j) with c = scale·log2(e) (= lse·log2(e)), +inf for rows
     that see no key; None unless want_lse (the backward's only saved statistic, FA2 Algorithm 1
-    line 13)."""
+    line 13). v and out have their own head dim Dv: every buffer and matmul on the value side is Dv
+    wide, nothing is padded to the larger of D and Dv."""
     B, Hkv, G = dims.batch, dims.heads_kv, dims.group
-    Nq, Nk, D = dims.seq_len_q, dims.seq_len_kv, dims.head_dim
+    Nq, Nk, D, Dv = dims.seq_len_q, dims.seq_len_kv, dims.head_dim, dims.value_dim
     bq, bk = min(block_q, Nq), min(block_k, Nk)
     acc_dtype = compute_dtype(q.dtype)
     opts = dict(dtype=acc_dtype, device=q.device)
 
-    out = torch.empty(B, dims.heads_q, Nq, D, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, D)
+    out = torch.empty(B, dims.heads_q, Nq, Dv, dtype=q.dtype, device=q.device)  # (B, Hq, Nq, Dv)
     lse = torch.empty(B, dims.heads_q, Nq, **opts) if want_lse else None  # (B, Hq, Nq) fp32
     # No tensor op runs on the calling thread: one big enough to start an OpenMP region (e.g.
     # attn_mask.logical_not() or building the causal band, ~200k elements) left an OpenMP helper
@@ -82,7 +84,7 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
     band = _causal_band(bq, bk, acc_dtype, q.device) if causal else None
 
     k3 = k.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
-    v3 = v.reshape(B * Hkv, Nk, D)  # (B·Hkv, Nk, D)
+    v3 = v.reshape(B * Hkv, Nk, Dv)  # (B·Hkv, Nk, Dv)
     ctx = _Ctx(
         q5=q.reshape(B, Hkv, G, Nq, D),  # (B, Hkv, G, Nq, D), a view for contiguous q
         # Key-block views built once per call, not per tile: Python time per tile is what two
@@ -91,7 +93,7 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
             (j0, min(j0 + bk, Nk), k3[:, j0 : j0 + bk].transpose(1, 2), v3[:, j0 : j0 + bk])
             for j0 in range(0, Nk, bk)
         ],
-        out5=out.view(B, Hkv, G, Nq, D),  # (B, Hkv, G, Nq, D)
+        out5=out.view(B, Hkv, G, Nq, Dv),  # (B, Hkv, G, Nq, Dv)
         lse4=None if lse is None else lse.view(B, Hkv, G, Nq),  # (B, Hkv, G, Nq)
         visible=visible,
         band=band,
@@ -101,6 +103,8 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
         bk=bk,
         Nk=Nk,
         var=var,
+        # sinks in log2 units, (1, Hkv, G, 1): they join l at the end of each query block
+        sink2=None if var is None or var.sinks is None else _variants.sink_logits(var.sinks, Hkv, G, LOG2E, **opts),
     )
     starts = list(range(0, Nq, bq))
     if causal:
@@ -112,7 +116,7 @@ def flash_forward(q, k, v, dims, causal, attn_mask, scale, block_q, block_k, wan
     upcast = q.dtype != acc_dtype
     copy_q = upcast or G > 1
     n_bias = mask_bias_numel(visible, bq, bk, B * dims.heads_q * bq * bk)
-    scratch = [_Scratch(B * Hkv, G * bq, bk, D, copy_q, upcast, n_bias, **opts) for _ in range(n_workers)]
+    scratch = [_Scratch(B * Hkv, G * bq, bk, D, Dv, copy_q, upcast, n_bias, **opts) for _ in range(n_workers)]
     run_parallel(starts, scratch, lambda s, i0: _query_block(ctx, s, i0))
     return out, lse
 
@@ -153,8 +157,8 @@ class _Ctx:
     """Read-only views and constants shared by every query block of one call."""
 
     q5: torch.Tensor  # (B, Hkv, G, Nq, D)
-    tiles: list  # per key block: (j0, j1, kᵀ (B·Hkv, D, w), v (B·Hkv, w, D)), views
-    out5: torch.Tensor  # (B, Hkv, G, Nq, D), the output
+    tiles: list  # per key block: (j0, j1, kᵀ (B·Hkv, D, w), v (B·Hkv, w, Dv)), views
+    out5: torch.Tensor  # (B, Hkv, G, Nq, Dv), the output
     lse4: torch.Tensor | None  # (B, Hkv, G, Nq) fp32 base-2 log-sum-exp, when the backward needs it
     visible: torch.Tensor | None  # (b, hkv, g, nq, nk) boolean, True = may attend
     band: torch.Tensor | None  # (bq, 2·bk + bq) additive causal band (0 / −inf), see _causal_band
@@ -163,20 +167,23 @@ class _Ctx:
     bq: int
     bk: int
     Nk: int
-    var: "_variants.Variants | None" = None  # window / softcap / alibi / documents
+    var: "_variants.Variants | None" = None  # window / softcap / alibi / documents / sinks
+    sink2: torch.Tensor | None = None  # (1, Hkv, G, 1) sinks·log2(e), when the call has sinks
 
 
 class _Scratch:
     """One worker's buffers, flat so a smaller edge tile is a contiguous prefix view."""
 
-    def __init__(self, bh: int, rows: int, bk: int, d: int, copy_q: bool, upcast: bool, n_bias: int, dtype, device):
+    def __init__(self, bh: int, rows: int, bk: int, d: int, dv: int, copy_q: bool, upcast: bool, n_bias: int,
+                 dtype, device):
         e = dict(dtype=dtype, device=device)
         self.bias = torch.empty(n_bias, **e) if n_bias else None  # additive mask tile, see _hide_
         self.s = torch.empty(bh * rows * bk, **e)  # score / probability tile
         self.q = torch.empty(bh * rows * d, **e) if copy_q else None  # grouped / fp32 query block
-        self.acc = torch.empty(bh * rows * d, **e)  # unnormalised output block
+        self.acc = torch.empty(bh * rows * dv, **e)  # unnormalised output block, Dv wide
         self.rowstats = torch.empty(6, bh * rows, **e)  # m, m_new, l, l_blk, alpha, shift
-        self.kv = torch.empty(2, bh * bk * d, **e) if upcast else None  # fp32 k/v tiles
+        self.k = torch.empty(bh * bk * d, **e) if upcast else None  # fp32 k tile
+        self.v = torch.empty(bh * bk * dv, **e) if upcast else None  # fp32 v tile
 
 
 def _query_block(ctx: _Ctx, s: _Scratch, i0: int) -> None:
@@ -210,6 +217,7 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     exact per-block rescaling.
     """
     B, Hkv, G, _, D = ctx.q5.shape
+    Dv = ctx.out5.shape[-1]
     BH = B * Hkv
     nb = i1 - i0
     rows = G * nb  # query rows per kv head in this block
@@ -217,7 +225,7 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     if s.q is not None:  # G > 1 (rows of G heads are stacked) or low precision: copy
         qb = s.q[: BH * rows * D].view(B, Hkv, G, nb, D).copy_(qb)
     qb = qb.reshape(BH, rows, D)  # (B·Hkv, G·nb, D), a view after the copy
-    acc = s.acc[: BH * rows * D].view(BH, rows, D)  # (B·Hkv, G·nb, D)
+    acc = s.acc[: BH * rows * Dv].view(BH, rows, Dv)  # (B·Hkv, G·nb, Dv)
     m, m_new, l, l_blk, alpha, shift = (r[: BH * rows].view(BH, rows, 1) for r in s.rowstats)
     st_full = s.s[: BH * rows * ctx.bk].view(BH, rows, ctx.bk)  # (B·Hkv, G·nb, bk)
     shift_full = shift.expand(BH, rows, ctx.bk)  # −m broadcast over a full key block
@@ -241,9 +249,9 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             kT, vb = kT[:, :, :w], vb[:, :w]
             st = s.s[: BH * rows * w].view(BH, rows, w)  # (B·Hkv, G·nb, w)
             sh_e = shift.expand(BH, rows, w)
-        if s.kv is not None:  # low precision: fp32 copies, so both matmuls accumulate in fp32
-            kT = s.kv[0, : BH * w * D].view(BH, D, w).copy_(kT)  # (B·Hkv, D, w)
-            vb = s.kv[1, : BH * w * D].view(BH, w, D).copy_(vb)  # (B·Hkv, w, D)
+        if s.k is not None:  # low precision: fp32 copies, so both matmuls accumulate in fp32
+            kT = s.k[: BH * w * D].view(BH, D, w).copy_(kT)  # (B·Hkv, D, w)
+            vb = s.v[: BH * w * Dv].view(BH, w, Dv).copy_(vb)  # (B·Hkv, w, Dv)
         if frozen:
             if mods:  # ALiBi / soft cap act on the scores before −m
                 torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)
@@ -257,7 +265,7 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
             st.exp2_()  # p = exp2(s − m), possibly > 1
             torch.sum(st, dim=-1, keepdim=True, out=l_blk)  # (B·Hkv, G·nb, 1)
             l.add_(l_blk)
-            acc.baddbmm_(st, vb)  # (B·Hkv, G·nb, D)
+            acc.baddbmm_(st, vb)  # (B·Hkv, G·nb, Dv)
             continue
         # st = c·q·kᵀ: scale·log2(e) is applied by the matmul's alpha, not by a separate pass
         torch.baddbmm(st, qb, kT, beta=0.0, alpha=c, out=st)  # (B·Hkv, G·nb, w)
@@ -278,12 +286,12 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
         st.sub_(sh).exp2_()  # p = exp2(s − m) in [0, 1]
         if first:
             torch.sum(st, dim=-1, keepdim=True, out=l)  # (B·Hkv, G·nb, 1)
-            torch.bmm(st, vb, out=acc)  # (B·Hkv, G·nb, D)
+            torch.bmm(st, vb, out=acc)  # (B·Hkv, G·nb, Dv)
         else:
             torch.sub(m, sh, out=alpha).exp2_()  # rescales the old statistics; 0 where m = −inf
             torch.sum(st, dim=-1, keepdim=True, out=l_blk)
             l.mul_(alpha).add_(l_blk)
-            acc.mul_(alpha).baddbmm_(st, vb)  # (B·Hkv, G·nb, D)
+            acc.mul_(alpha).baddbmm_(st, vb)  # (B·Hkv, G·nb, Dv)
             m, m_new = m_new, m  # the new maximum becomes the running one (swap, no copy)
         if lazy and (not may_be_empty or bool(torch.isfinite(m).all())):
             torch.neg(m, out=shift)
@@ -293,13 +301,18 @@ def _sweep_keys(ctx: _Ctx, s: _Scratch, i0: int, i1: int, k_stop: int, lazy: boo
     # (a finite-but-huge sum only triggers a harmless exact redo).
     if frozen and not math.isfinite(float(acc.sum()) + float(l.sum())):
         return False
+    if ctx.sink2 is not None:  # the sink joins the denominator: l += exp2(sink2 − m), no value.
+        # A row that saw no key has m = −inf, so l = inf and its output 0 / inf = 0.
+        a4 = alpha.view(B, Hkv, G, nb)
+        torch.sub(ctx.sink2, m.view(B, Hkv, G, nb), out=a4).exp2_()
+        l.add_(alpha)
     if ctx.lse4 is not None:  # lse2 = m + log2(l); a row that saw no key: -inf + -inf -> +inf
         torch.log2(l, out=l_blk).add_(m).nan_to_num_(nan=math.inf, posinf=math.inf, neginf=math.inf)
         ctx.lse4[:, :, :, i0:i1].copy_(l_blk.view(B, Hkv, G, nb))
     # l >= 1 for any row that saw a key (its maximum contributed exp2(0) = 1 exactly); l == 0
     # means it saw none, and then acc == 0 too, so dividing by 1 gives the zeros the contract wants.
     acc.div_(l.clamp_min_(1.0))
-    ctx.out5[:, :, :, i0:i1].copy_(acc.view(B, Hkv, G, nb, D))  # casts in place: no temporary
+    ctx.out5[:, :, :, i0:i1].copy_(acc.view(B, Hkv, G, nb, Dv))  # casts in place: no temporary
     return True
 
 

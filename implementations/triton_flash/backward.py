@@ -58,28 +58,31 @@ def _kernels():
         svb, svh, svn, svd,  # v strides
         sdb, sdh, sdm, sdd,  # grad_out strides (B, Hq, Nq, D)
         sdkb, sdkh, sdkn, sdkd,  # dk strides (B, Hkv, Nk, D)
-        sdvb, sdvh, sdvn, sdvd,  # dv strides
+        sdvb, sdvh, sdvn, sdvd,  # dv strides (B, Hkv, Nk, Dv)
         smb, smh, smm, smn,  # mask strides, 0 where it broadcasts
-        Hq, Hkv, group, Nq, Nk, D, sm_scale, qk_scale, causal_offset,
+        Hq, Hkv, group, Nq, Nk, D, Dv, sm_scale, qk_scale, causal_offset,
         HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ):
         start_n = tl.program_id(0)
         bhk = tl.program_id(1)
         b = bhk // Hkv
         hk = bhk % Hkv
         offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key indices
-        offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+        offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) q / k columns
+        offs_dv = tl.arange(0, BLOCK_DV)  # (BLOCK_DV,) v / dO columns (Dv may differ from D)
         col_ok = offs_n < Nk
         d_ok = offs_d < D
+        dv_ok = offs_dv < Dv
         kv_ok = col_ok[:, None] & d_ok[None, :]  # (BLOCK_N, BLOCK_D)
+        vv_ok = col_ok[:, None] & dv_ok[None, :]  # (BLOCK_N, BLOCK_DV)
         k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_ok, other=0.0)
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_ok, other=0.0)
+        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=vv_ok, other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # (BLOCK_N, BLOCK_D)
-        dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # (BLOCK_N, BLOCK_D)
+        dv = tl.zeros((BLOCK_N, BLOCK_DV), tl.float32)  # (BLOCK_N, BLOCK_DV)
 
         lo = 0
         if CAUSAL:  # bottom-right: query i sees key start_n·BLOCK_N iff i >= start_n·BLOCK_N − offset
@@ -95,9 +98,9 @@ def _kernels():
                     mask=row_ok[None, :] & d_ok[:, None], other=0.0,
                 )  # (BLOCK_D, BLOCK_M)
                 do = tl.load(
-                    DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-                )  # (BLOCK_M, BLOCK_D)
+                    DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                    mask=row_ok[:, None] & dv_ok[None, :], other=0.0,
+                )  # (BLOCK_M, BLOCK_DV)
                 if UPCAST:
                     qT = qT.to(tl.float32)
                     do = do.to(tl.float32)
@@ -132,8 +135,8 @@ def _kernels():
         dk = dk * sm_scale
         tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
                  dk.to(DK.dtype.element_ty), mask=kv_ok)
-        tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvn + offs_d[None, :] * sdvd,
-                 dv.to(DV.dtype.element_ty), mask=kv_ok)
+        tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvn + offs_dv[None, :] * sdvd,
+                 dv.to(DV.dtype.element_ty), mask=vv_ok)
 
     @triton.jit
     def dq_kernel(
@@ -144,9 +147,9 @@ def _kernels():
         sdb, sdh, sdm, sdd,  # grad_out strides (B, Hq, Nq, D)
         sdqb, sdqh, sdqm, sdqd,  # dq strides (B, Hq, Nq, D)
         smb, smh, smm, smn,  # mask strides, 0 where it broadcasts
-        Hq, group, Nq, Nk, D, sm_scale, qk_scale, causal_offset,
+        Hq, group, Nq, Nk, D, Dv, sm_scale, qk_scale, causal_offset,
         HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ):
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -156,11 +159,14 @@ def _kernels():
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
         offs_n0 = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
         offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+        offs_dv = tl.arange(0, BLOCK_DV)  # (BLOCK_DV,) v / dO columns
         row_ok = offs_m < Nq
         d_ok = offs_d < D
+        dv_ok = offs_dv < Dv
         q_ok = row_ok[:, None] & d_ok[None, :]  # (BLOCK_M, BLOCK_D)
         q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_ok, other=0.0)
-        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=q_ok, other=0.0)
+        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                     mask=row_ok[:, None] & dv_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_DV)
         if UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
@@ -174,9 +180,10 @@ def _kernels():
         for start_n in range(0, hi, BLOCK_N):
             cols = start_n + offs_n0  # (BLOCK_N,)
             col_ok = cols < Nk
-            kvT_ok = col_ok[None, :] & d_ok[:, None]  # (BLOCK_D, BLOCK_N)
-            kT = tl.load(K + b * skb + hk * skh + cols[None, :] * skn + offs_d[:, None] * skd, mask=kvT_ok, other=0.0)
-            vT = tl.load(V + b * svb + hk * svh + cols[None, :] * svn + offs_d[:, None] * svd, mask=kvT_ok, other=0.0)
+            kT_ok = col_ok[None, :] & d_ok[:, None]  # (BLOCK_D, BLOCK_N)
+            kT = tl.load(K + b * skb + hk * skh + cols[None, :] * skn + offs_d[:, None] * skd, mask=kT_ok, other=0.0)
+            vT = tl.load(V + b * svb + hk * svh + cols[None, :] * svn + offs_dv[:, None] * svd,
+                         mask=col_ok[None, :] & dv_ok[:, None], other=0.0)  # (BLOCK_DV, BLOCK_N)
             if UPCAST:
                 kT = kT.to(tl.float32)
                 vT = vT.to(tl.float32)
@@ -213,15 +220,15 @@ def launch_backward(q, k, v, out, lse, grad_out, causal, attn_mask, scale, block
     """dq, dk, dv (each like its input) from the saved tensors and the upstream gradient."""
     triton, preprocess, dkdv, dq_kernel = _kernels()
     B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     group = Hq // Hkv
     bm, bn = tile_sizes(triton, block_m, block_n)
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d, block_dv = (max(16, triton.next_power_of_2(d)) for d in (D, Dv))
     sm_scale = default_scale(D, scale)
     delta = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)  # D = rowsum(dO ∘ O)
-    preprocess[(triton.cdiv(Nq, bm), B * Hq)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), Hq, Nq, D,
-        BLOCK_M=bm, BLOCK_D=block_d, num_warps=NUM_WARPS,
+    preprocess[(triton.cdiv(Nq, bm), B * Hq)](  # over out and dO: Dv wide
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), Hq, Nq, Dv,
+        BLOCK_M=bm, BLOCK_D=block_dv, num_warps=NUM_WARPS,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask, mask_strides = kernel_mask(attn_mask, B, Hq, Nq, Nk)
@@ -229,18 +236,18 @@ def launch_backward(q, k, v, out, lse, grad_out, causal, attn_mask, scale, block
     flags = dict(
         HAS_MASK=mask is not None, CAUSAL=bool(causal),
         UPCAST=q.dtype == torch.bfloat16, IEEE=q.dtype != torch.float16,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=NUM_WARPS,
     )
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     dkdv[(triton.cdiv(Nk, bn), B * Hkv)](
         q, k, v, grad_out, dk, dv, lse, delta, mask_arg,
         *common, *dk.stride(), *dv.stride(), *mask_strides,
-        Hq, Hkv, group, Nq, Nk, D, sm_scale, sm_scale * LOG2E, Nk - Nq, **flags,
+        Hq, Hkv, group, Nq, Nk, D, Dv, sm_scale, sm_scale * LOG2E, Nk - Nq, **flags,
     )
     dq_kernel[(triton.cdiv(Nq, bm), B * Hq)](
         q, k, v, grad_out, dq, lse, delta, mask_arg,
         *common, *dq.stride(), *mask_strides,
-        Hq, group, Nq, Nk, D, sm_scale, sm_scale * LOG2E, Nk - Nq, **flags,
+        Hq, group, Nq, Nk, D, Dv, sm_scale, sm_scale * LOG2E, Nk - Nq, **flags,
     )
     return dq, dk, dv
 

@@ -28,15 +28,16 @@ def _kernels():
     def fwd(
         Q, K, V, O, M,  # tensors; M is a uint8 view of the boolean mask (unused without HAS_MASK)
         L,  # float32 (B, Hq, Nq) log-sum-exp in log2 units, written only when STORE_LSE
+        S,  # float32 (Hq,) sink logits in log2 units, read only when HAS_SINKS
         sqb, sqh, sqm, sqd,  # q strides (B, Hq, Nq, D)
         skb, skh, skn, skd,  # k strides (B, Hkv, Nk, D)
         svb, svh, svn, svd,  # v strides
         sob, soh, som, sod,  # out strides
         smb, smh, smm, smn,  # mask strides, 0 where it broadcasts
-        Hq, group, Nq, Nk, D, qk_scale, causal_offset,
+        Hq, group, Nq, Nk, D, Dv, qk_scale, causal_offset,
         HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-        STORE_LSE: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        STORE_LSE: tl.constexpr, HAS_SINKS: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ):
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -45,9 +46,11 @@ def _kernels():
         hk = h // group  # GQA: query head h reads kv head h // (Hq / Hkv)
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
         offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-        offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+        offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,) q / k columns
+        offs_dv = tl.arange(0, BLOCK_DV)  # (BLOCK_DV,) v / out columns: Dv may differ from D
         row_ok = offs_m < Nq
         d_ok = offs_d < D
+        dv_ok = offs_dv < Dv
 
         q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
         q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
@@ -58,7 +61,7 @@ def _kernels():
 
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max, log2 units
         l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum
-        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # unnormalised output
+        acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)  # unnormalised output
 
         hi = Nk
         if CAUSAL:  # bottom-right: the block's last row sees keys j <= last_row + Nk - Nq
@@ -72,10 +75,10 @@ def _kernels():
                 other=0.0,
             )  # (BLOCK_D, BLOCK_N)
             v = tl.load(
-                v_base + cols[:, None] * svn + offs_d[None, :] * svd,
-                mask=col_ok[:, None] & d_ok[None, :],
+                v_base + cols[:, None] * svn + offs_dv[None, :] * svd,
+                mask=col_ok[:, None] & dv_ok[None, :],
                 other=0.0,
-            )  # (BLOCK_N, BLOCK_D)
+            )  # (BLOCK_N, BLOCK_DV)
             if UPCAST:
                 kT = kT.to(tl.float32)
                 v = v.to(tl.float32)
@@ -104,10 +107,12 @@ def _kernels():
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
 
+        if HAS_SINKS:  # the sink joins the denominator (no value); m = −inf rows get l = inf, out 0
+            l_i = l_i + tl.math.exp2(tl.load(S + h) - m_i)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # no visible key: acc is 0, the output zeros
         out = acc / l_safe[:, None]
-        o_ptrs = O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        o_ptrs = O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
         if STORE_LSE:  # for the backward (Dao 2023, Algorithm 1 line 13): L = m + log2(l), log2 units;
             # +inf where no key is visible, so that P = exp2(S·scale·log2e − L) is 0 on those rows
             lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe))  # (BLOCK_M,)
@@ -115,7 +120,7 @@ def _kernels():
 
     tuned = triton.autotune(
         configs=[triton.Config({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=NUM_WARPS, num_stages=NUM_STAGES)],
-        key=["Nq", "Nk", "D", "HAS_MASK", "CAUSAL", "STORE_LSE"],
+        key=["Nq", "Nk", "D", "Dv", "HAS_MASK", "CAUSAL", "STORE_LSE", "HAS_SINKS"],
     )(fwd)
     return triton, fwd, tuned
 
@@ -130,19 +135,22 @@ def kernel_mask(attn_mask, B: int, Hq: int, Nq: int, Nk: int):
     return mask, mask.stride()
 
 
-def launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n, lse=None):
-    """Run the forward kernel; out (B, Hq, Nq, D). With lse (a float32 (B, Hq, Nq) tensor) it also
-    stores each row's log-sum-exp in log2 units for the backward."""
+def launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n, lse=None, sinks=None):
+    """Run the forward kernel; out (B, Hq, Nq, Dv). With lse (a float32 (B, Hq, Nq) tensor) it also
+    stores each row's log-sum-exp in log2 units for the backward; sinks (Hq,) join each row's
+    denominator."""
     triton, fwd, tuned = _kernels()
     B, Hq, Nq, D = q.shape
-    Nk = k.shape[2]
+    Nk, Dv = k.shape[2], v.shape[3]
     group = Hq // k.shape[1]
-    out = torch.empty_like(q)  # (B, Hq, Nq, D)
+    out = q.new_empty(B, Hq, Nq, Dv)  # (B, Hq, Nq, Dv)
     mask, mask_strides = kernel_mask(attn_mask, B, Hq, Nq, Nk)
+    sink2 = None if sinks is None else (sinks.to(device=q.device, dtype=torch.float32) * LOG2E).contiguous()
     args = (
         q, k, v, out, out if mask is None else mask, out if lse is None else lse,  # unused: never read
+        out if sink2 is None else sink2,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        Hq, group, Nq, Nk, D, default_scale(D, scale) * LOG2E, Nk - Nq,
+        Hq, group, Nq, Nk, D, Dv, default_scale(D, scale) * LOG2E, Nk - Nq,
     )
     flags = dict(
         HAS_MASK=mask is not None,
@@ -150,7 +158,9 @@ def launch_forward(q, k, v, causal, attn_mask, scale, block_m, block_n, lse=None
         UPCAST=q.dtype == torch.bfloat16,  # bf16 tiles become float32 before tl.dot
         IEEE=q.dtype != torch.float16,  # float32 (and upcast bf16) dots in full precision, not TF32
         STORE_LSE=lse is not None,
+        HAS_SINKS=sink2 is not None,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
     )
     if block_m is None and block_n is None:
         grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)  # noqa: E731

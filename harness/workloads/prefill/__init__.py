@@ -1,10 +1,13 @@
 """Prefill: the 2017 attention function over whole sequences, `fn(q, k, v, *, causal, attn_mask,
 scale, [variant kwargs]) -> out`, forward or training passes (docs/contracts.md).
 
-Parameters: a key-padding mask (and the fraction of keys it hides) and the variants -- a sliding
-window, a soft cap, ALiBi, packed documents (harness/workloads/visibility.py). Inputs:
-inputs.py; float64 reference: reference.py (outputs) and gradients.py (training passes); what a
-pass counts and times: passes.py. FLOPs: 4·B·Hq·D·(visible pairs) for the forward (a window and
+Parameters: a key-padding mask (and the fraction of keys it hides), the forms of current models
+-- a value head dim of its own (`head_dim_v`, MLA prefill: Dqk 192, Dv 128), a softmax scale
+override (`scale`, Gemma's query_pre_attn_scalar) -- and the variants: a sliding window, a soft
+cap, ALiBi, packed documents (harness/workloads/visibility.py) and attention sinks (gpt-oss: a
+logit per query head in the softmax denominator). Inputs: inputs.py; float64 reference:
+reference.py (outputs) and gradients.py (training passes); what a pass counts and times:
+passes.py. FLOPs: 2·B·Hq·(Dqk + Dv)·(visible pairs) for the forward (Q·Kᵀ and P·V; a window and
 documents hide pairs, a padding mask does not: DESIGN "Measurement rules"), scaled by the pass.
 """
 
@@ -16,13 +19,25 @@ from typing import Any, Callable
 
 from harness.case import Case, WorkloadParams, common_id_parts, common_shape_bits, workload_params
 from harness.support import Support
-from harness.workloads.axes import AXIS_MAX, Axis, boolean, choice, is_int, is_number, pos_upto, upto
+from harness.workloads.axes import (
+    AXIS_MAX,
+    SCALE_AXIS,
+    SINKS_AXIS,
+    Axis,
+    boolean,
+    choice,
+    is_int,
+    is_number,
+    pos_upto,
+    upto,
+)
 from harness.workloads.base import Workload, declared_variants_support
 from harness.workloads.prefill import passes
 from harness.workloads.visibility import document_lengths, visible_pairs
 
 MASK_KINDS = ("none", "key_padding")
-VARIANTS = ("window", "softcap", "alibi", "document")
+SCALE_MAX = 1e4  # 1/sqrt(D) is 0.03 to 1 in practice; 1e4 keeps float32 scores of sane inputs finite
+VARIANTS = ("window", "softcap", "alibi", "document", "sinks")
 
 
 @workload_params
@@ -38,19 +53,29 @@ class PrefillParams(WorkloadParams):
     softcap: float = 0.0
     alibi: bool = False
     documents: int = 0
+    # forms (docs/contracts.md "Prefill"): v's own head dim (0 = head_dim; stored as 0 when equal, so
+    # a plain case keeps its id), the softmax scale (0 = 1/sqrt(head_dim)), attention sinks (a
+    # variant: a seeded learned logit per query head joins the softmax denominator).
+    head_dim_v: int = 0
+    scale: float = 0.0
+    sinks: bool = False
 
     @property
     def variants(self) -> tuple[str, ...]:
         """The active variants, by name (VARIANTS order); () for plain attention."""
-        on = (self.window > 0, self.softcap > 0, self.alibi, self.documents > 0)
+        on = (self.window > 0, self.softcap > 0, self.alibi, self.documents > 0, self.sinks)
         return tuple(name for name, active in zip(VARIANTS, on) if active)
 
     def variant_bits(self) -> list[str]:
-        """`w256`, `cap30`, `alibi`, `docs8` for the active variants, in that order."""
-        bits = [f"w{self.window}"] if self.window > 0 else []
+        """`dv128`, `sc0.0625`, then `w256`, `cap30`, `alibi`, `docs8`, `sinks` for what is set, in
+        that order; nothing for a plain case."""
+        bits = [f"dv{self.head_dim_v}"] if self.head_dim_v else []
+        bits += [f"sc{self.scale:g}"] if self.scale > 0 else []
+        bits += [f"w{self.window}"] if self.window > 0 else []
         bits += [f"cap{self.softcap:g}"] if self.softcap > 0 else []
         bits += ["alibi"] if self.alibi else []
-        return bits + ([f"docs{self.documents}"] if self.documents > 0 else [])
+        bits += [f"docs{self.documents}"] if self.documents > 0 else []
+        return bits + (["sinks"] if self.sinks else [])
 
     def id_parts(self, case: Case) -> list[str]:
         mask = self.mask if self.mask == "none" else f"{self.mask}{self.mask_fraction:g}"
@@ -64,9 +89,15 @@ class PrefillParams(WorkloadParams):
 
 
 @functools.lru_cache(maxsize=4096)
-def _params(mask: str, mask_fraction: float, window: int, softcap: float, alibi: bool, documents: int) -> PrefillParams:
+def _params(mask: str, mask_fraction: float, window: int, softcap: float, alibi: bool, documents: int,
+            head_dim_v: int, scale: float, sinks: bool) -> PrefillParams:
     """One shared instance per combination: a grid repeats a few combinations over many shapes."""
-    return PrefillParams(mask, mask_fraction, window, softcap, alibi, documents)
+    return PrefillParams(mask, mask_fraction, window, softcap, alibi, documents, head_dim_v, scale, sinks)
+
+
+def value_dim(case: Case) -> int:
+    """Dv, the head dim of v and of the output: head_dim_v, or head_dim when it is 0."""
+    return case.params.head_dim_v or case.head_dim
 
 
 def effective_causal(case: Case) -> bool:
@@ -100,13 +131,21 @@ class Prefill(Workload):
         boolean("alibi"),
         Axis("documents", "documents", lambda v: is_int(v) and v >= 0,
              "an integer >= 0 (packed documents per sequence, self-attention only; 0 = none)"),
+        Axis("head_dim_v", "head_dim_v", lambda v: is_int(v) and 0 <= v <= AXIS_MAX["head_dim"],
+             f"an integer in [0, {AXIS_MAX['head_dim']}] (the head dim of v and of the output; 0 = head_dim)"),
+        SCALE_AXIS,
+        SINKS_AXIS,
     )
     defaults = {"seq_len_kv": (None,), "causal": (False,), "mask": ("none",), "mask_fraction": (0.0,),
-                "pass_kind": ("forward",), "window": (0,), "softcap": (0.0,), "alibi": (False,), "documents": (0,)}
+                "pass_kind": ("forward",), "window": (0,), "softcap": (0.0,), "alibi": (False,), "documents": (0,),
+                "head_dim_v": (0,), "scale": (0.0,), "sinks": (False,)}
     product_order = ("device", "dtype", "pass_kind", "batch", "heads_q", "heads_kv", "seq_len_q", "seq_len_kv",
-                     "head_dim", "causal", "mask", "mask_fraction", "threads", "window", "softcap", "alibi",
-                     "documents")
-    group_params = ("mask", "mask_fraction", "pass_kind")
+                     "head_dim", "head_dim_v", "causal", "mask", "mask_fraction", "threads", "scale", "window",
+                     "softcap", "alibi", "documents", "sinks")
+    # a report group holds one value of each (variants and forms included: a sinks grid over window =
+    # [0, 128] is two groups, each titled by its own bits)
+    group_params = ("mask", "mask_fraction", "pass_kind", "head_dim_v", "scale", "window", "softcap", "alibi",
+                    "documents", "sinks")
 
     # ------------------------------------------------------------------ scenario
     def check_table(self, where, at: str, table: dict) -> None:
@@ -121,6 +160,7 @@ class Prefill(Workload):
 
     def make_case(self, f: dict[str, Any], impl: str, grid: str, seed: int) -> Case:
         window, docs = f["window"], f["documents"]
+        dv = 0 if f["head_dim_v"] == f["head_dim"] else f["head_dim_v"]  # Dv = Dqk is the plain case
         return Case(impl=impl, batch=f["batch"], heads_q=f["heads_q"],
                     heads_kv=f["heads_q"] if f["heads_kv"] is None else f["heads_kv"], seq_len_q=f["seq_len_q"],
                     seq_len_kv=f["seq_len_q"] if f["seq_len_kv"] is None else f["seq_len_kv"],
@@ -128,10 +168,14 @@ class Prefill(Workload):
                     causal=f["causal"] or window > 0 or docs > 0, pass_kind=f["pass_kind"], threads=f["threads"],
                     grid=grid, params=_params(
                         f["mask"], f["mask_fraction"] if f["mask"] != "none" else 0.0,  # no mask: moot
-                        window, float(f["softcap"]), f["alibi"], docs))
+                        window, float(f["softcap"]), f["alibi"], docs, dv, float(f["scale"]), f["sinks"]))
 
     def check_case(self, where, at: str, case: Case) -> None:
-        """A case's variants fit its shape: documents need self-attention and at most N documents."""
+        """A case's variants fit its shape: documents need self-attention and at most N documents;
+        a scale stays where float32 scores cannot overflow (SCALE_MAX)."""
+        if case.params.scale > SCALE_MAX:
+            raise where.bad(f"{at}.scale", case.params.scale, f"a finite number in [0, {SCALE_MAX:g}] (the softmax "
+                            f"scale; 0 = 1/sqrt(head_dim)); larger ones overflow float32 scores")
         docs = case.params.documents
         if docs and case.seq_len_q != case.seq_len_kv:
             raise where.bad(f"{at}.documents", docs, "0 with cross-attention (seq_len_q "
@@ -146,6 +190,7 @@ class Prefill(Workload):
         return declared_variants_support(impl_name, tuple(path.params.get("variants", ())), case.params.variants)
 
     def unsupported_pass(self, case: Case) -> str:
+        # Dv != Dqk and a scale override are no variants: gradients.py has their float64 reference.
         if case.pass_kind != "forward" and case.params.variants:
             return (f"no float64 gradient reference for {', '.join(case.params.variants)} yet: variants are "
                     f"measured forward only")
@@ -170,14 +215,23 @@ class Prefill(Workload):
 
     def flops(self, case: Case) -> int:
         """Nominal FLOPs of one call of the case's pass (module docstring: what counts)."""
-        forward = 4 * case.batch * case.heads_q * case.head_dim * case_visible_pairs(case)
+        dims = case.head_dim + value_dim(case)  # Q·Kᵀ over Dqk, P·V over Dv: 2 FLOPs per multiply-add
+        forward = 2 * case.batch * case.heads_q * dims * case_visible_pairs(case)
         return passes.flops(forward, case.pass_kind)
 
+    def _tensor_bytes(self, case: Case) -> passes.TensorBytes:
+        e, dv = case.element_bytes, value_dim(case)
+        rows_q, rows_kv = case.batch * case.heads_q * case.seq_len_q, case.batch * case.heads_kv * case.seq_len_kv
+        return passes.TensorBytes(q=e * rows_q * case.head_dim, out=e * rows_q * dv, k=e * rows_kv * case.head_dim,
+                                  v=e * rows_kv * dv)
+
     def min_bytes(self, case: Case) -> int:
-        e = case.element_bytes
-        q = case.batch * case.heads_q * case.seq_len_q * case.head_dim * e  # = |o| = |dO| = |dq|
-        kv = 2 * case.batch * case.heads_kv * case.seq_len_kv * case.head_dim * e  # |k| + |v|
-        return passes.min_bytes(q, kv, case.pass_kind)
+        return passes.min_bytes(self._tensor_bytes(case), case.pass_kind)
+
+    def input_bytes(self, case: Case) -> int:
+        """q, k and v as allocated (v with Dv), and the sinks (Hq float32) when active."""
+        t = self._tensor_bytes(case)
+        return t.q + t.k + t.v + (4 * case.heads_q if case.params.sinks else 0)
 
     def timed_callable(self, fn: Callable, case: Case, prepared):
         i = prepared.inputs
@@ -187,8 +241,8 @@ class Prefill(Workload):
         """grad_out, ref_grads (float64) and, for low precision, naive_grads."""
         from harness.workloads.prefill import gradients
 
-        g = gradients.upstream_grad(case, seed, like=inputs.q)
-        kw = dict(causal=inputs.causal, attn_mask=inputs.attn_mask)
+        g = gradients.upstream_grad(case, seed, like=inputs.q, width=value_dim(case))  # shaped like out
+        kw = dict(causal=inputs.causal, attn_mask=inputs.attn_mask, scale=inputs.scale or None)
         out = dict(grad_out=g, ref_grads=gradients.reference_grads(inputs.q, inputs.k, inputs.v, g, **kw))
         if case.dtype in ("float16", "bfloat16"):
             out["naive_grads"] = gradients.naive_grads(inputs.q, inputs.k, inputs.v, g, **kw)
@@ -196,7 +250,8 @@ class Prefill(Workload):
 
     # ------------------------------------------------------------------ report
     def label_bits(self, row) -> list[str]:
-        return [f"{row['mask']} {row['mask_fraction'] or 0:g}"] if row["mask"] and row["mask"] != "none" else []
+        bits = [f"{row['mask']} {row['mask_fraction'] or 0:g}"] if row["mask"] and row["mask"] != "none" else []
+        return bits + row.case.params.variant_bits()  # dv128 sc0.0625 w128 cap30 alibi docs8 sinks
 
 
 WORKLOAD = Prefill()

@@ -4,7 +4,8 @@ implementation's gradients against them is harness.measure.accuracy.check_grads.
 
 dq, dk, dv are checked whole (dk and dv sum over every query row, so no row subset suffices):
 the float64 reference runs in query-row chunks with autograd, accumulating dk and dv, from the
-same already-rounded inputs and the same upstream gradient the implementation gets.
+same already-rounded inputs and the same upstream gradient the implementation gets. v (and so out,
+dO, dv) may have its own head dim Dv; `scale` defaults to 1/√Dqk.
 
 Pass rule: float32 relative L2 ≤ 1e-4 per gradient. That is 10× the forward's bound because a
 gradient sums over a whole sequence (dk_j = Σ_i dS_ij q_i, dv_j = Σ_i P_ij dO_i) in float32, and
@@ -26,14 +27,16 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 64 * 2**20
 
 
-def upstream_grad(case: Case, seed: int, like: "torch.Tensor") -> "torch.Tensor":
-    """A fixed random dO (seeded from the case's shape and seed, never ones), like the output."""
+def upstream_grad(case: Case, seed: int, like: "torch.Tensor", width: int | None = None) -> "torch.Tensor":
+    """A fixed random dO (seeded from the case's shape and seed, never ones), shaped like the
+    output: `like` (q) with its last dim `width` (Dv; default: like's)."""
     import torch
 
     from harness.workloads.prefill.inputs import input_seed
 
     gen = torch.Generator(device="cpu").manual_seed(input_seed(case, seed) ^ 0x5EED)
-    g = torch.randn(tuple(like.shape), generator=gen, dtype=torch.float32)  # (B, Hq, Nq, D)
+    shape = (*like.shape[:-1], like.shape[-1] if width is None else width)
+    g = torch.randn(shape, generator=gen, dtype=torch.float32)  # (B, Hq, Nq, Dv)
     return g.to(device=like.device, dtype=like.dtype)
 
 
@@ -61,7 +64,7 @@ def _attend(q, k, v, rows, Nq: int, causal: bool, mask, scale: float, acc_dtype)
 
     G = q.shape[1] // k.shape[1]
     kk = k.repeat_interleave(G, dim=1)  # (B, Hq, Nk, D)
-    vv = v.repeat_interleave(G, dim=1)  # (B, Hq, Nk, D)
+    vv = v.repeat_interleave(G, dim=1)  # (B, Hq, Nk, Dv)
     s = torch.matmul(q, kk.transpose(-1, -2)).to(acc_dtype) * scale  # (B, Hq, R, Nk)
     vis = _visible(Nq, k.shape[2], rows, causal, mask)
     if vis is not None:
@@ -72,14 +75,14 @@ def _attend(q, k, v, rows, Nq: int, causal: bool, mask, scale: float, acc_dtype)
     p = torch.exp(s - m)  # (B, Hq, R, Nk); exactly 0 where hidden
     denom = p.sum(dim=-1, keepdim=True)  # (B, Hq, R, 1)
     p = p / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.matmul(p.to(v.dtype), vv)  # (B, Hq, R, D)
+    return torch.matmul(p.to(v.dtype), vv)  # (B, Hq, R, Dv)
 
 
-def _grads(q, k, v, grad_out, causal, mask, dtype, acc_dtype) -> dict[str, "torch.Tensor"]:
+def _grads(q, k, v, grad_out, causal, mask, scale, dtype, acc_dtype) -> dict[str, "torch.Tensor"]:
     import torch
 
     B, Hq, Nq, D = q.shape
-    scale = 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q_ = q.detach().to(dtype).requires_grad_(True)
     k_ = k.detach().to(dtype).requires_grad_(True)
     v_ = v.detach().to(dtype).requires_grad_(True)
@@ -97,18 +100,20 @@ def _grads(q, k, v, grad_out, causal, mask, dtype, acc_dtype) -> dict[str, "torc
     return {"dq": dq, "dk": k_.grad, "dv": v_.grad}
 
 
-def reference_grads(q, k, v, grad_out, *, causal: bool = False, attn_mask=None) -> dict[str, "torch.Tensor"]:
+def reference_grads(q, k, v, grad_out, *, causal: bool = False, attn_mask=None,
+                    scale: float | None = None) -> dict[str, "torch.Tensor"]:
     """float64 dq, dk, dv on the CPU."""
     import torch
 
     to = dict(device="cpu")
     return _grads(q.detach().to(**to), k.detach().to(**to), v.detach().to(**to), grad_out.detach().to(**to),
-                  causal, attn_mask, torch.float64, torch.float64)
+                  causal, attn_mask, scale, torch.float64, torch.float64)
 
 
-def naive_grads(q, k, v, grad_out, *, causal: bool = False, attn_mask=None) -> dict[str, "torch.Tensor"]:
+def naive_grads(q, k, v, grad_out, *, causal: bool = False, attn_mask=None,
+                scale: float | None = None) -> dict[str, "torch.Tensor"]:
     """The textbook computation in the inputs' dtype (scores and softmax in float32): the
     low-precision baseline."""
     import torch
 
-    return _grads(q, k, v, grad_out, causal, attn_mask, q.dtype, torch.float32)
+    return _grads(q, k, v, grad_out, causal, attn_mask, scale, q.dtype, torch.float32)

@@ -5,6 +5,11 @@ on the CPU from a generator seeded by (seed, shape) only, then cast and moved. T
 impl, dtype, device, threads, pass kind and masking: the same shape gets the same q/k/v whichever
 implementation, dtype or device runs it, so a float16 CUDA case and a float32 CPU case differ
 only by the rounding of their inputs.
+
+Attention sinks (gpt-oss) are drawn after q, k and v from the same generator, so a case with sinks
+sees the same q, k, v as without: one float32 logit per query head, N(0, 1)·2 (SINK_STD) -- the
+size of the learned sinks of gpt-oss's released checkpoints, which sit within a few units of 0, so
+a sink takes a visible share of the softmax on some heads and almost none on others.
 """
 
 from __future__ import annotations
@@ -18,22 +23,26 @@ from harness.case import Case
 if TYPE_CHECKING:  # torch is imported inside functions: nothing heavy at import time
     import torch
 
+SINK_STD = 2.0  # sinks ~ N(0, SINK_STD²), float32, one per query head
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value to compare with
 class Inputs:
     q: "torch.Tensor"  # (B, Hq, Nq, D)
     k: "torch.Tensor"  # (B, Hkv, Nk, D)
-    v: "torch.Tensor"  # (B, Hkv, Nk, D)
+    v: "torch.Tensor"  # (B, Hkv, Nk, Dv)
     attn_mask: "torch.Tensor | None"  # (B, 1, 1, Nk) bool, True = may attend; None = no mask
     causal: bool  # True also for a window or documents (they are causal)
     window: int = 0  # variants (harness/workloads/visibility.py): 0 / False / None = off
     softcap: float = 0.0
     alibi: bool = False
     doc_ids: "torch.Tensor | None" = None  # (Nk,) int64 document index per position
+    sinks: "torch.Tensor | None" = None  # (Hq,) float32 sink logit per query head
+    scale: float = 0.0  # the softmax scale; 0 = the implementation's default 1/sqrt(D)
 
     def variant_kwargs(self) -> dict:
-        """window=, softcap=, alibi=, doc_ids= -- only those that are active, so an implementation
-        that knows no variant is called exactly as before."""
+        """window=, softcap=, alibi=, doc_ids=, sinks= -- only those that are active, so an
+        implementation that knows no variant is called exactly as before."""
         kw: dict = {"window": self.window} if self.window > 0 else {}
         if self.softcap > 0:
             kw["softcap"] = self.softcap
@@ -41,15 +50,19 @@ class Inputs:
             kw["alibi"] = True
         if self.doc_ids is not None:
             kw["doc_ids"] = self.doc_ids
+        if self.sinks is not None:
+            kw["sinks"] = self.sinks
         return kw
 
     def call_kwargs(self) -> dict:
-        """Keyword arguments for an implementation call: fn(q, k, v, **inputs.call_kwargs())."""
-        return {"causal": self.causal, "attn_mask": self.attn_mask, **self.variant_kwargs()}
+        """Keyword arguments for an implementation call: fn(q, k, v, **inputs.call_kwargs()); scale=
+        only when the case overrides it."""
+        scale = {"scale": self.scale} if self.scale > 0 else {}
+        return {"causal": self.causal, "attn_mask": self.attn_mask, **scale, **self.variant_kwargs()}
 
     def reference_kwargs(self) -> dict:
         """Keyword arguments of the float64 reference (harness/workloads/prefill/reference.py)."""
-        return dict(causal=self.causal, attn_mask=self.attn_mask, scale=None, **self.variant_kwargs())
+        return dict(causal=self.causal, attn_mask=self.attn_mask, scale=self.scale or None, **self.variant_kwargs())
 
     def call(self, fn):
         """One call of an implementation's prefill function on these inputs."""
@@ -57,7 +70,8 @@ class Inputs:
 
     def named_tensors(self) -> dict:
         """Every input tensor by name, for checksumming (an implementation must not write them)."""
-        named = {"q": self.q, "k": self.k, "v": self.v, "attn_mask": self.attn_mask, "doc_ids": self.doc_ids}
+        named = {"q": self.q, "k": self.k, "v": self.v, "attn_mask": self.attn_mask, "doc_ids": self.doc_ids,
+                 "sinks": self.sinks}
         return {n: t for n, t in named.items() if t is not None}
 
     def tensors(self) -> tuple:
@@ -112,7 +126,8 @@ def key_padding_mask(batch: int, seq_len_kv: int, mask_fraction: float, device="
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
-    """Standard-normal q, k, v for `case` on case.device in case.dtype, plus its mask.
+    """Standard-normal q, k, v for `case` on case.device in case.dtype (v with the value head dim
+    Dv), plus its mask, document ids and sinks (module docstring).
 
     For pass kinds with a backward pass q, k and v are leaf tensors that require grad.
     """
@@ -126,7 +141,11 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
     Nq, Nk, D = case.seq_len_q, case.seq_len_kv, case.head_dim
     q = torch.randn((B, Hq, Nq, D), generator=gen, dtype=torch.float32)  # (B, Hq, Nq, D)
     k = torch.randn((B, Hkv, Nk, D), generator=gen, dtype=torch.float32)  # (B, Hkv, Nk, D)
-    v = torch.randn((B, Hkv, Nk, D), generator=gen, dtype=torch.float32)  # (B, Hkv, Nk, D)
+    Dv = case.head_dim_v or D
+    v = torch.randn((B, Hkv, Nk, Dv), generator=gen, dtype=torch.float32)  # (B, Hkv, Nk, Dv)
+    sinks = None
+    if case.sinks:  # drawn last: q, k, v stay those of the same case without sinks
+        sinks = (torch.randn((Hq,), generator=gen, dtype=torch.float32) * SINK_STD).to(case.device)  # (Hq,)
     needs_grad = case.pass_kind in ("backward", "forward_backward")
     q, k, v = (t.to(device=case.device, dtype=dtype).requires_grad_(needs_grad) for t in (q, k, v))
     mask = None
@@ -138,4 +157,4 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
 
         doc_ids = torch.tensor(document_ids(Nk, case.documents), dtype=torch.long, device=case.device)
     return Inputs(q=q, k=k, v=v, attn_mask=mask, causal=case.causal or case.window > 0 or case.documents > 0, window=case.window,
-                  softcap=float(case.softcap), alibi=case.alibi, doc_ids=doc_ids)
+                  softcap=float(case.softcap), alibi=case.alibi, doc_ids=doc_ids, sinks=sinks, scale=float(case.scale))

@@ -4,7 +4,10 @@ and the same rows computed the way `naive` does in the inputs' dtype (the low-pr
 Every query row is checked while the float64 reference is affordable (B·Hq·Nq·Nk ≤ 2^25 pairs);
 above that, 512 evenly spaced rows including the first and the last (rows_for): attention rows are
 independent, so a row's reference needs only that row of q and all of k, v. Variants (window,
-softcap, ALiBi, documents) as defined in harness/workloads/visibility.py.
+softcap, ALiBi, documents) as defined in harness/workloads/visibility.py. v may have its own head
+dim Dv (the output then has it too); `scale` defaults to 1/√Dqk. Sinks (one logit per query head)
+join each row's softmax denominator with no value: p_ij = exp(s_ij − m) / (exp(sink_h − m) +
+Σ_j exp(s_ij − m)), m = max(sink_h, max_j s_ij); a row that sees no key is 0 with or without one.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def _score_mod(s, rows, seq_len_q: int, seq_len_kv: int, softcap: float, alibi: 
 def _check(q, k, v, rows):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be 4-D (B, H, N, D)")
+    if k.shape[-1] != q.shape[-1] or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"k must be shaped like q's head dim and v like k but for its own head dim, got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"heads_q ({q.shape[1]}) must be a multiple of heads_kv ({k.shape[1]})")
     if rows.dim() != 1:
@@ -103,9 +109,16 @@ def _chunk_rows(q, k) -> int:
     return max(1, CHUNK_BYTES // max(per_row, 1))
 
 
+def _sink_logits(sinks, Hkv: int, G: int, dtype, device):
+    """(Hq,) sinks as (1, Hkv, G, 1, 1) logits of the scores' layout, or None."""
+    if sinks is None:
+        return None
+    return sinks.detach().to(device=device, dtype=dtype).view(1, Hkv, G, 1, 1)
+
+
 def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
-                   window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
-    """Exact-as-possible attention for query `rows`, float64 on CPU: (B, Hq, R, D).
+                   window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None, sinks=None):
+    """Exact-as-possible attention for query `rows`, float64 on CPU: (B, Hq, R, Dv).
 
     Bottom-right causal with absolute row indices (query i sees key j ≤ i + Nk − Nq); GQA (query
     head h uses kv head h // G); masks broadcast, with the mask's query dim indexed by absolute
@@ -117,13 +130,14 @@ def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale
     rows = torch.as_tensor(rows, dtype=torch.long).cpu()
     _check(q, k, v, rows)
     B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     # Only the checked rows of q are converted; k and v are needed whole (B·Hkv·Nk·D·8 bytes each).
     q64 = q.detach()[:, :, rows.to(q.device)].to(device="cpu", dtype=torch.float64)  # (B, Hq, R, D)
     k64 = k.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
-    v64 = v.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, D)
+    v64 = v.detach().to(device="cpu", dtype=torch.float64)  # (B, Hkv, Nk, Dv)
+    sink = _sink_logits(sinks, Hkv, G, torch.float64, "cpu")  # (1, Hkv, G, 1, 1) or None
     mask = None if attn_mask is None else attn_mask.detach().cpu()
     outs = []
     step = _chunk_rows(q, k)
@@ -138,34 +152,40 @@ def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale
         if vis is not None:
             s = s.masked_fill(~vis, float("-inf"))
         m = s.amax(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
+        if sink is not None:
+            m = torch.maximum(m, sink)  # the sink is one more logit of the row (finite)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-hidden rows: exp → 0
         p = torch.exp(s - m)  # (B, Hkv, G, R, Nk)
         denom = p.sum(dim=-1, keepdim=True)  # (B, Hkv, G, R, 1)
-        o = torch.matmul(p.view(B, Hkv, G * R, Nk), v64).view(B, Hkv, G, R, D)  # (B, Hkv, G, R, D)
+        if sink is not None:
+            denom = denom + torch.exp(sink - m)  # in the denominator only: it has no value
+        o = torch.matmul(p.view(B, Hkv, G * R, Nk), v64).view(B, Hkv, G, R, Dv)  # (B, Hkv, G, R, Dv)
         o = torch.where(denom > 0, o / torch.where(denom > 0, denom, torch.ones_like(denom)), 0.0)
-        outs.append(o.reshape(B, Hq, R, D))
+        outs.append(o.reshape(B, Hq, R, Dv))
     if not outs:
-        return torch.zeros((B, Hq, 0, D), dtype=torch.float64)
-    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
+        return torch.zeros((B, Hq, 0, Dv), dtype=torch.float64)
+    return torch.cat(outs, dim=2)  # (B, Hq, R, Dv)
 
 
 def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
-               window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None):
+               window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None, sinks=None):
     """The same rows computed the way implementations/naive.py does, in the inputs' dtype and on
     their device: Q·Kᵀ in the input dtype, scale/mask/softmax in float32, probabilities cast to
-    the input dtype, P·V in the input dtype. Its error is the low-precision baseline for judge().
-    Returns (B, Hq, R, D) in the input dtype on the input device."""
+    the input dtype, P·V in the input dtype (sinks: one more softmax column, dropped after). Its
+    error is the low-precision baseline for judge(). Returns (B, Hq, R, Dv) in the input dtype on
+    the input device."""
     import torch
 
     rows = torch.as_tensor(rows, dtype=torch.long)
     _check(q, k, v, rows)
     B, Hq, Nq, D = q.shape
-    Hkv, Nk = k.shape[1], k.shape[2]
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     rows = rows.to(q.device)
-    kk, vv = k.detach(), v.detach()  # (B, Hkv, Nk, D)
+    kk, vv = k.detach(), v.detach()  # (B, Hkv, Nk, D), (B, Hkv, Nk, Dv)
+    sink = _sink_logits(sinks, Hkv, G, acc, q.device)  # (1, Hkv, G, 1, 1) or None
     mask = None if attn_mask is None else attn_mask.detach()
     outs = []
     step = _chunk_rows(q, k)
@@ -179,11 +199,13 @@ def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: fl
         vis = _visible(r, Nq, Nk, causal, mask, Hkv, G, window, doc_ids)
         if vis is not None:
             s.masked_fill_(~vis, float("-inf"))
-        p = torch.softmax(s, dim=-1)  # (B, Hkv, G, R, Nk)
+        if sink is not None:  # one more logit per row, dropped after the softmax
+            s = torch.cat([s, sink.expand(B, Hkv, G, R, 1)], dim=-1)  # (B, Hkv, G, R, Nk + 1)
+        p = torch.softmax(s, dim=-1)[..., :Nk]  # (B, Hkv, G, R, Nk)
         if vis is not None:
             p = p.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # no visible key → zeros
-        o = torch.matmul(p.to(v.dtype).view(B, Hkv, G * R, Nk), vv)  # (B, Hkv, G*R, D)
-        outs.append(o.reshape(B, Hq, R, D))
+        o = torch.matmul(p.to(v.dtype).reshape(B, Hkv, G * R, Nk), vv)  # (B, Hkv, G*R, Dv)
+        outs.append(o.reshape(B, Hq, R, Dv))
     if not outs:
-        return torch.zeros((B, Hq, 0, D), dtype=q.dtype, device=q.device)
-    return torch.cat(outs, dim=2)  # (B, Hq, R, D)
+        return torch.zeros((B, Hq, 0, Dv), dtype=q.dtype, device=q.device)
+    return torch.cat(outs, dim=2)  # (B, Hq, R, Dv)
