@@ -24,7 +24,13 @@ per-op OpenMP barriers stall under load). The caller runs only small ops: a larg
 its OpenMP team, whose threads spin-wait afterwards on the cores the workers need. On CUDA one
 thread issues everything in order.
 
-CPU float32: a C kernel per partition (`cpu_decode.c`, built on first use by `kernel_build.py`).
+Attention sinks join the merge: a sink logit is one more term of the log-sum-exp, a weight in the
+denominator and none in the numerator. A low-precision cache (bfloat16, float8 e4m3 with a scale
+per tensor or per kv head) is read in its stored type by the C kernel (converted in registers);
+the torch step copies each partition to float32 and folds the float8 scales into q and the
+partial output.
+
+CPU float32 queries: a C kernel per partition (`cpu_decode.c`, built on first use by `kernel_build.py`).
 Through torch the partition is two skinny matmuls that BLAS runs compute-bound at about half the
 streaming-read rate of a core, plus a gathered copy of K when paged (measured on a shared 2-core
 AMD EPYC, 1 thread, B=8, Hq=32, Hkv=8, D=128, KV=8192: K·qᵀ ~10 GB/s, p·V ~9-10 GB/s, a plain
@@ -94,8 +100,11 @@ def _memory_model_torch(case, partition: int | None = None) -> int:
 
 
 def _runs_c(case) -> bool:
-    """Does flash_decoding run `case` with the C kernel (float32 on the CPU)?"""
+    """Does flash_decoding run `case` with the C kernel (float32 queries on the CPU, any cache)?"""
     return case.device == "cpu" and case.dtype == "float32"
+
+
+FORMS = ("sinks", "scale", "kv_bfloat16", "kv_float8_e4m3fn")
 
 
 def _c_supports(case) -> Support:
@@ -124,11 +133,19 @@ class _Ctx:
     Nq: int
     part: int
     ps: int  # page size, 0 when contiguous
+    sinks2: torch.Tensor | None = None  # (Hkv, 1, G·Nq) sink logits · log2(e); None = no sinks
     # the C step (c_partitions.index_fields): element offsets of pages | partitions, elements
-    # between heads
+    # between heads and between tokens, the cache's kernel code, per-head scales, blocked variant
     offs: torch.Tensor | None = None
     head_stride: int = 0
+    row_stride: int = 0
+    dt: int = 0
+    blocked: bool = False
     q_c: torch.Tensor | None = None  # (B, Hkv, G·Nq, D) contiguous, unscaled
+    # per-head factors of the scores and the partial outputs (C: float8 scale · 2^120; torch:
+    # the float8 scale, None for other caches)
+    kscale: torch.Tensor | None = None
+    vscale: torch.Tensor | None = None
     # the torch step (torch_partitions.index_fields)
     k_rows: torch.Tensor | None = None  # paged: the pool viewed (num_pages·Hkv, ps·D), one row per (page, head)
     v_rows: torch.Tensor | None = None
@@ -141,8 +158,10 @@ class _Ctx:
     ones: torch.Tensor | None = None  # embedding_bag, paged: offsets of one-row bags, arange(Hkv·(part + ps))
 
 
-def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | None, c_kernel: bool):
-    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
+def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | None, c_kernel: bool,
+            sinks=None, k_scale=None, v_scale=None):
+    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale, sinks=sinks, k_scale=k_scale,
+                             v_scale=v_scale)
     if partition is not None and (not isinstance(partition, int) or partition < 1):
         raise ValueError(f"partition must be a positive int (or None: automatic), got {partition!r}")
     B, Hq, Nq, D = q.shape
@@ -161,9 +180,10 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     # Scaling q, the bag indices and the merge run in the workers.
     if c_kernel:
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()  # views of the inputs as given
-        fields = c_partitions.index_fields(q, k_cache, block_table, dims, part)
+        fields = c_partitions.index_fields(q, k_cache, block_table, dims, part, k_scale=k_scale, v_scale=v_scale)
     else:
         fields = torch_partitions.index_fields(q, k_cache, v_cache, block_table, dims, part)
+        fields.update(torch_partitions.head_scales(k_scale, v_scale, Hkv))
     ctx = _Ctx(
         q=q.reshape(B, Hkv, GN, D),  # a view: query head h·G + g, token i is row g·Nq + i of kv head h
         c=default_scale(D, scale) * LOG2E,  # softmax(x·scale) = 2^(x·c − max) / Σ
@@ -179,6 +199,7 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
         Nq=Nq,
         part=part,
         ps=dims.page_size,
+        sinks2=sink_rows(sinks, Hkv, G, Nq),
         **fields,
     )
     # Longest partitions first (all are `part` long but each sequence's last), so the short tails
@@ -192,11 +213,19 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
         scratch = [c_partitions.Scratch(ctx) for _ in range(n_workers)]
         run_parallel(items, scratch, lambda scr, item: c_partitions.partition(ctx, scr, *item))
     else:
-        scratch = [torch_partitions.Scratch(ctx, q.dtype != acc, acc) for _ in range(n_workers)]
+        scratch = [torch_partitions.Scratch(ctx, k_cache.dtype != acc, acc) for _ in range(n_workers)]
         run_parallel(items, scratch, lambda scr, item: torch_partitions.partition(ctx, scr, *item))
     merges = [_MergeScratch(P, Hkv, GN, D, acc, q.device) for _ in range(min(n_workers, B))]
-    run_parallel(range(B), merges, lambda mrg, b: _merge(ctx, mrg, b))
+    run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
     return ctx.out.view(B, Hq, Nq, D)
+
+
+def sink_rows(sinks, Hkv: int, G: int, Nq: int):
+    """(Hkv, 1, G·Nq) sink logits in log2 units, row g·Nq + i of kv head h = query head h·G + g;
+    None without sinks (a small op: Hq·Nq elements)."""
+    if sinks is None:
+        return None
+    return (sinks.float().view(Hkv, G, 1).expand(Hkv, G, Nq).reshape(Hkv, 1, G * Nq) * LOG2E).contiguous()
 
 
 @register_decode(
@@ -207,12 +236,15 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     supports=_c_supports,
     memory_model=_memory_model,
     description="Flash-Decoding: split-KV partitions merged by log-sum-exp, paged via the block table "
-                "(CPU float32 partitions: a C kernel; elsewhere torch ops)",
+                "(CPU float32 partitions: a C kernel reading float32, bfloat16 and float8 caches; elsewhere "
+                "torch ops)",
     params={"partition": f"auto: {PARTITION}, halved to >= {MIN_AUTO_PARTITION} while fewer partitions than threads"},
+    forms=FORMS,
 )
-def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, partition: int | None = None):
+def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
+                   v_scale=None, partition: int | None = None):
     use_c = q.device.type == "cpu" and q.dtype == torch.float32
-    return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, use_c)
+    return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, use_c, sinks, k_scale, v_scale)
 
 
 @register_decode(
@@ -223,10 +255,11 @@ def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None
     memory_model=_memory_model_torch,
     description="Flash-Decoding in torch ops only: the same split-KV algorithm, partitions as bmm + embedding_bag",
     params={"partition": f"auto: {PARTITION}, halved to >= {MIN_AUTO_PARTITION} while fewer partitions than threads"},
+    forms=FORMS,
 )
-def flash_decoding_torch(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None,
-                         partition: int | None = None):
-    return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, False)
+def flash_decoding_torch(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
+                         v_scale=None, partition: int | None = None):
+    return _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition, False, sinks, k_scale, v_scale)
 
 
 class _MergeScratch:
@@ -239,20 +272,26 @@ class _MergeScratch:
         self.w = torch.empty(P, Hkv, 1, GN, **opts)
         self.num = torch.empty(Hkv, GN, D, **opts)
         self.den = torch.empty(Hkv, GN, **opts)
+        self.sink = torch.empty(Hkv, 1, GN, **opts)  # the sink's weight
 
 
 def merge_bytes(P: int, Hkv: int, GN: int, D: int, acc_bytes: int) -> int:
     """Bytes of one _MergeScratch."""
-    return acc_bytes * (Hkv * GN + P * Hkv * GN + Hkv * GN * D + Hkv * GN)
+    return acc_bytes * (Hkv * GN + P * Hkv * GN + Hkv * GN * D + 2 * Hkv * GN)
 
 
-def _merge(ctx: _Ctx, mrg: _MergeScratch, b: int) -> None:
-    """out[b] from sequence b's partitions, merged by log-sum-exp (scores in log2 units); the
-    partials are scaled in place (they are this call's own buffers)."""
+def merge(ctx, mrg: _MergeScratch, b: int) -> None:
+    """out[b] from sequence b's partitions, merged by log-sum-exp (scores in log2 units), a sink
+    logit (ctx.sinks2) one more term of the denominator; the partials are scaled in place (they
+    are this call's own buffers)."""
     P = ctx.counts[b]
     m = ctx.m_part[b, :P]  # (P, Hkv, 1, G·Nq); −inf where a row saw no key of a partition
     torch.amax(m, dim=0, out=mrg.big_m)  # (Hkv, 1, G·Nq), finite: every row sees key 0
+    if ctx.sinks2 is not None:
+        torch.maximum(mrg.big_m, ctx.sinks2, out=mrg.big_m)
     w = torch.sub(m, mrg.big_m, out=mrg.w[:P]).exp2_().squeeze(2)  # (P, Hkv, G·Nq)
     torch.sum(ctx.l_part[b, :P].mul_(w), dim=0, out=mrg.den)  # (Hkv, G·Nq)
+    if ctx.sinks2 is not None:  # the sink's weight 2^(sink − M): in the denominator only
+        mrg.den.add_(torch.sub(ctx.sinks2, mrg.big_m, out=mrg.sink).exp2_().squeeze(1))
     torch.sum(ctx.o_part[b, :P].mul_(w.unsqueeze(-1)), dim=0, out=mrg.num)  # (Hkv, G·Nq, D)
     ctx.out[b].copy_(mrg.num.div_(mrg.den.unsqueeze(-1)))
