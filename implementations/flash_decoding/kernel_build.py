@@ -32,8 +32,8 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 SYMBOL = "attnbench_fd_partition"
@@ -166,8 +166,7 @@ def _open(path: Path):
     return Kernel(fn, int(width()))
 
 
-@dataclass(frozen=True)
-class Kernel:
+class Kernel(NamedTuple):
     """The loaded kernel: `partition` (see cpu_decode.c) and the vector width of its blocked
     variant."""
 
