@@ -15,7 +15,6 @@ import torch
 from implementations.flash_decoding import kernel_build
 
 KV_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float8_e4m3fn: 2}  # the kernel's kv_dtype
-E4M3_BIAS_FIX = 2.0**120  # the kernel reads an e4m3 code as a float32 2^120 times too small
 BLOCKED_MIN_ROWS = 16  # query rows per kv head from which the register-blocked variant runs
 
 
@@ -68,10 +67,12 @@ class Scratch:
 
 def head_scales(cache, scale, heads_kv: int) -> torch.Tensor:
     """The kernel's per-head factor of scores or outputs, (Hkv,) float32: the float8 scale (one
-    per tensor or per head) times 2^120 (see cpu_decode.c); ones for the other caches."""
+    per tensor or per head) over the factor the kernel reads codes with (cpu_decode.c, ldc); ones
+    for the other caches."""
     if cache.dtype != torch.float8_e4m3fn:
         return torch.ones(heads_kv, dtype=torch.float32)
-    return (scale.to(torch.float64) * E4M3_BIAS_FIX).to(torch.float32).expand(heads_kv).contiguous()
+    fix = 1.0 / kernel_build.kernel().fp8_read_factor
+    return (scale.to(torch.float64) * fix).to(torch.float32).expand(heads_kv).contiguous()
 
 
 def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_scale=None,

@@ -6,8 +6,8 @@
  *
  * The cache is read in its stored type, converted in registers (kv_dtype): float32; bfloat16
  * (its 16 bits are the top half of a float32: a shift); float8 e4m3fn (sign, 4 exponent bits with
- * bias 7, 3 mantissa bits: the 7 low bits shifted left by 20 are a float32 with bias 127, so the
- * value is that float times 2^120 -- exact for normals and subnormals; the caller folds 2^120 into
+ * bias 7, 3 mantissa bits: moved into a float16 or float32 of a larger exponent bias and read as
+ * its value times 2^-8 (see ldc) -- exact for normals and subnormals; the caller folds 2^8 into
  * the per-head scales; NaN codes, which a saturating encoder never writes, read as 480).
  * Per kv head h the scores use c·kscale[h] and the partial output is multiplied by vscale[h].
  *
@@ -51,8 +51,10 @@ static inline float hsum(v8 x) { float r = 0.f; for (int i = 0; i < 8; ++i) r +=
 /* keep a value in a register: stops the compiler from re-loading it as a memory operand */
 #define KEEP(x) __asm__("" : "+x"(x))
 
-#ifdef __AVX__
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#ifdef __AVX__
 /* lane i of the result = the sum of the 8 lanes of a[i] */
 static inline v8 hsum8(const v8 *a) {
     __m256 h01 = _mm256_hadd_ps((__m256)a[0], (__m256)a[1]), h23 = _mm256_hadd_ps((__m256)a[2], (__m256)a[3]);
@@ -66,16 +68,27 @@ static inline v8 hsum8(const v8 *a) { v8 r; for (int i = 0; i < 8; ++i) r[i] = h
 #define KEEP(x) ((void)0)
 #endif
 
-/* 8 cache elements from element i of row p, as float32 (dt is a constant where inlined) */
+/* 8 cache elements from element i of row p, as float32 (dt is a constant where inlined). A float8
+ * e4m3 code reads as its value times 2^-8 (FP8_READ_FACTOR; the caller folds 2^8 into the scales):
+ * with F16C its bits moved into a float16 (sign to bit 15, exponent and mantissa to bits 13..7:
+ * a float16 of exponent bias 15 instead of 7) converted by vcvtph2ps; elsewhere moved into a
+ * float32 (bits 30..20: bias 127, a factor 2^-120) and multiplied by 2^112. */
+#define FP8_READ_FACTOR 0x1p-8f
 static inline __attribute__((always_inline)) v8 ldc(const void *p, int64_t i, int dt) {
     if (dt == KV_F32) return ld((const float *)p + i);
     if (dt == KV_BF16) {
         u16x8 h; memcpy(&h, (const uint16_t *)p + i, sizeof h);
         return (v8)(__builtin_convertvector(h, i8) << 16);
     }
+#if defined(__AVX2__) && defined(__F16C__)
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i));
+    __m128i w = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(b), 7), _mm_set1_epi16((short)0xBFFF));
+    return (v8)_mm256_cvtph_ps(w);
+#else
     u8x8 b; memcpy(&b, (const uint8_t *)p + i, sizeof b);
     i8 x = __builtin_convertvector(b, i8);
-    return (v8)(((x & 0x7f) << 20) | ((x & 0x80) << 24));
+    return (v8)(((x & 0x7f) << 20) | ((x & 0x80) << 24)) * 0x1p112f;
+#endif
 }
 
 static inline __attribute__((always_inline)) float ldc1(const void *p, int64_t i, int dt) {
@@ -85,8 +98,11 @@ static inline __attribute__((always_inline)) float ldc1(const void *p, int64_t i
     if (dt == KV_BF16) u = (uint32_t)((const uint16_t *)p)[i] << 16;
     else { uint32_t x = ((const uint8_t *)p)[i]; u = ((x & 0x7f) << 20) | ((x & 0x80) << 24); }
     memcpy(&f, &u, sizeof f);
-    return f;
+    return dt == KV_FP8 ? f * 0x1p112f : f;
 }
+
+/* the factor a float8 code is read with (see ldc), for the caller's scales */
+float attnbench_fd_fp8_read_factor(void) { return FP8_READ_FACTOR; }
 
 /* 2^x for x <= 0 (scores minus their row max), 8 lanes: 2^round(x) · 2^f, f in [-0.5, 0.5],
  * 2^f by its Taylor series to degree 7 (relative error < 1e-8 before rounding); x below −125
@@ -171,35 +187,46 @@ static inline __attribute__((always_inline)) void scores(const float *q, float s
     }
 }
 
-/* o_r += Σ_{t < n} p[r*n + t] · V_t for rows r < GN (o zeroed by the caller) */
+/* o_r += Σ_{t < n} p[r*n + t] · V_t for rows r < GN (o zeroed by the caller). Four value rows per
+ * step: each chunk of o is loaded and stored once per four tokens, and each converted V chunk
+ * serves four query rows. */
 static inline __attribute__((always_inline)) void values(const float *p, const void *const *rows, int64_t GN,
                                                          int64_t D, int64_t n, int64_t pf, float *o, int dt) {
     const int64_t C = D / 8;
+    const int64_t bytes = D * ESZ[dt];
     int64_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-        const void *v0 = rows[t], *v1 = rows[t + 1];
-        if (t + pf + 1 < n) { prefetch_row(rows[t + pf], D * ESZ[dt]); prefetch_row(rows[t + pf + 1], D * ESZ[dt]); }
+    for (; t + 4 <= n; t += 4) {
+        const void *vr[4] = {rows[t], rows[t + 1], rows[t + 2], rows[t + 3]};
+        for (int u = 0; u < 4; ++u)
+            if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
         int64_t r = 0;
         for (; r + 4 <= GN; r += 4) {
-            v8 w0[4], w1[4];
-            for (int j = 0; j < 4; ++j) { w0[j] = bc(p[(r + j) * n + t]); w1[j] = bc(p[(r + j) * n + t + 1]); }
+            v8 w[4][4];
+            for (int j = 0; j < 4; ++j)
+                for (int u = 0; u < 4; ++u) w[j][u] = bc(p[(r + j) * n + t + u]);
             float *o0 = o + r * D;
             for (int64_t c = 0; c < C; ++c) {
-                v8 x0 = ldc(v0, 8 * c, dt), x1 = ldc(v1, 8 * c, dt);
-                KEEP(x0); KEEP(x1);
-                for (int j = 0; j < 4; ++j) st(o0 + j * D + 8 * c, ld(o0 + j * D + 8 * c) + w0[j] * x0 + w1[j] * x1);
+                v8 x[4];
+                for (int u = 0; u < 4; ++u) { x[u] = ldc(vr[u], 8 * c, dt); KEEP(x[u]); }
+                for (int j = 0; j < 4; ++j)
+                    st(o0 + j * D + 8 * c,
+                       ld(o0 + j * D + 8 * c) + w[j][0] * x[0] + w[j][1] * x[1] + w[j][2] * x[2] + w[j][3] * x[3]);
             }
             for (int64_t d = 8 * C; d < D; ++d)
-                for (int j = 0; j < 4; ++j) o0[j * D + d] += w0[j][0] * ldc1(v0, d, dt) + w1[j][0] * ldc1(v1, d, dt);
+                for (int j = 0; j < 4; ++j)
+                    for (int u = 0; u < 4; ++u) o0[j * D + d] += w[j][u][0] * ldc1(vr[u], d, dt);
         }
         for (; r < GN; ++r) {
-            v8 w0 = bc(p[r * n + t]), w1 = bc(p[r * n + t + 1]);
+            v8 w[4];
+            for (int u = 0; u < 4; ++u) w[u] = bc(p[r * n + t + u]);
             for (int64_t c = 0; c < C; ++c)
-                st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w0 * ldc(v0, 8 * c, dt) + w1 * ldc(v1, 8 * c, dt));
-            for (int64_t d = 8 * C; d < D; ++d) o[r * D + d] += w0[0] * ldc1(v0, d, dt) + w1[0] * ldc1(v1, d, dt);
+                st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w[0] * ldc(vr[0], 8 * c, dt) + w[1] * ldc(vr[1], 8 * c, dt)
+                                          + w[2] * ldc(vr[2], 8 * c, dt) + w[3] * ldc(vr[3], 8 * c, dt));
+            for (int64_t d = 8 * C; d < D; ++d)
+                for (int u = 0; u < 4; ++u) o[r * D + d] += w[u][0] * ldc1(vr[u], d, dt);
         }
     }
-    if (t < n)
+    for (; t < n; ++t)
         for (int64_t r = 0; r < GN; ++r) {
             v8 w = bc(p[r * n + t]);
             for (int64_t c = 0; c < C; ++c) st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w * ldc(rows[t], 8 * c, dt));

@@ -16,8 +16,8 @@ missing entry point marks it damaged too. The rebuild goes through the same priv
 path; only when the rebuild fails (its reason: the compiler's first error line) or the rebuilt binary
 still does not load is the kernel unavailable.
 
-`partition_kernel()` returns the ctypes function (`kernel()` it and the blocked variant's vector
-width), or raises KernelUnavailable with one line saying
+`partition_kernel()` returns the ctypes function (`kernel()` it, the blocked variant's vector
+width and the factor float8 codes read with), or raises KernelUnavailable with one line saying
 why (no compiler, compile error, unwritable cache); callers turn that into a skip with the reason.
 """
 
@@ -38,6 +38,7 @@ from typing import NamedTuple
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 SYMBOL = "attnbench_fd_partition"
 WIDTH_SYMBOL = "attnbench_fd_vector_width"  # lanes of the blocked variant (its scratch rounds rows up)
+FP8_SYMBOL = "attnbench_fd_fp8_read_factor"  # what a float8 code reads as, times its value
 FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wno-psabi", "-fPIC", "-shared"]
 NATIVE = ["-march=native"]
 COMPILE_TIMEOUT_S = 120
@@ -158,12 +159,12 @@ def _open(path: Path):
     fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 13 + [P] * 7
     fn.restype = ctypes.c_int
     try:
-        width = getattr(lib, WIDTH_SYMBOL)
+        width, fp8 = getattr(lib, WIDTH_SYMBOL), getattr(lib, FP8_SYMBOL)
     except AttributeError:
         _unload(lib)
-        raise _Damaged(f"it has no {WIDTH_SYMBOL}") from None
-    width.restype = ctypes.c_int64
-    return Kernel(fn, int(width()))
+        raise _Damaged(f"it has no {WIDTH_SYMBOL} or {FP8_SYMBOL}") from None
+    width.restype, fp8.restype = ctypes.c_int64, ctypes.c_float
+    return Kernel(fn, int(width()), float(fp8()))
 
 
 class Kernel(NamedTuple):
@@ -172,6 +173,7 @@ class Kernel(NamedTuple):
 
     partition: object
     vector_width: int
+    fp8_read_factor: float  # a float8 code reads as its value times this (scales carry 1 / it)
 
 
 def _unload(lib) -> None:
