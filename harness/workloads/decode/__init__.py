@@ -209,11 +209,11 @@ class Decode(Workload):
 
     def label_bits(self, row) -> list[str]:
         bits = ["paged " + str(row["page_size"]) if row["kv_layout"] == "paged" else "contiguous"]
-        if row.get("kv_dtype", "same") != "same":
-            bits.append(kv_quant.label(row["kv_dtype"], row.get("kv_scale", "tensor")) + " cache")
-        if row.get("sinks"):
+        if row["kv_dtype"] != "same":
+            bits.append(kv_quant.label(row["kv_dtype"], row["kv_scale"]) + " cache")
+        if row["sinks"]:
             bits.append("sinks")
-        if row.get("scale"):
+        if row["scale"]:
             bits.append(f"scale {row['scale']:g}")
         return bits
 
