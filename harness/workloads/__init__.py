@@ -9,10 +9,10 @@ implementations that run it (registry.register_path), and ship a scenario.
 
 from __future__ import annotations
 
-from harness.workloads import decode, prefill
+from harness.workloads import decode, mla_decode, prefill
 from harness.workloads.base import Workload
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD, mla_decode.WORKLOAD)}
 
 
 def get(name: str) -> Workload:

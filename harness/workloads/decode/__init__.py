@@ -105,6 +105,40 @@ def expand_kv_spec(spec: Any, batch: int, seed: int) -> tuple[int, ...]:
     return kv_cache.kv_lengths(list(spec) if isinstance(spec, tuple) else spec, batch, seed)
 
 
+def check_cache_lengths(where, at: str, table: dict, values: dict[str, tuple], seed: int, query_key: str) -> None:
+    """A paged grid gives page_size; every kv_lens spec expands for every batch; no sequence is
+    shorter than its query tokens (the axis `query_key`). Shared by the cache workloads."""
+    if "paged" in values["kv_layout"] and "page_size" not in table:
+        raise where.error(f"{at}.page_size", "missing; allowed: a positive integer (tokens per page), required "
+                                             'with kv_layout = "paged"')
+    raw = table["kv_lens"]
+    for j, spec in enumerate(values["kv_lens"]):
+        for batch in values["batch"]:
+            try:
+                lens = expand_kv_spec(spec, batch, seed)
+            except ValueError as exc:
+                key = f"{at}.kv_lens[{j}]" if isinstance(raw, list) else f"{at}.kv_lens"
+                raise where.bad(key, raw[j] if isinstance(raw, list) else raw,
+                                f"{KV_LENS_ALLOWED} ({exc})") from None
+            for nq in values["seq_len_q"]:
+                if nq > min(lens):
+                    raise where.bad(f"{at}.{query_key}", nq, f"a positive integer <= the shortest kv length "
+                                    f"{min(lens)} (a sequence's queries are in its cache)")
+
+
+def cache_x_axes(rows: list) -> list[tuple[XAxis, list]]:
+    """KV cache length on the x-axis (one query-token count), else query tokens (one cache length)."""
+    nq = sorted({int(r["seq_len_q"]) for r in rows})
+    nk = sorted({int(r["seq_len_kv"]) for r in rows})
+    if len(nq) == 1:
+        tokens = f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"
+        return [(XAxis("seq_len_kv", "KV", f"KV cache length (longest sequence; {tokens})", tokens), rows)]
+    if len(nk) == 1:
+        return [(XAxis("seq_len_q", "Nq", f"query tokens per sequence (KV cache up to {nk[0]} tokens)",
+                       f"KV {nk[0]}"), rows)]
+    return split_by_lengths(rows)
+
+
 class Decode(Workload):
     name = "decode"
     description = "query tokens against a KV cache (contiguous or paged), per-sequence lengths"
@@ -130,22 +164,7 @@ class Decode(Workload):
 
     # ------------------------------------------------------------------ scenario
     def check_grid(self, where, at: str, table: dict, values: dict[str, tuple], seed: int) -> None:
-        if "paged" in values["kv_layout"] and "page_size" not in table:
-            raise where.error(f"{at}.page_size", "missing; allowed: a positive integer (tokens per page), required "
-                                                 'with kv_layout = "paged"')
-        raw = table["kv_lens"]
-        for j, spec in enumerate(values["kv_lens"]):
-            for batch in values["batch"]:
-                try:
-                    lens = expand_kv_spec(spec, batch, seed)
-                except ValueError as exc:
-                    key = f"{at}.kv_lens[{j}]" if isinstance(raw, list) else f"{at}.kv_lens"
-                    raise where.bad(key, raw[j] if isinstance(raw, list) else raw,
-                                    f"{KV_LENS_ALLOWED} ({exc})") from None
-                for nq in values["seq_len_q"]:
-                    if nq > min(lens):
-                        raise where.bad(f"{at}.query_tokens", nq, f"a positive integer <= the shortest kv length "
-                                        f"{min(lens)} (a sequence's queries are in its cache)")
+        check_cache_lengths(where, at, table, values, seed, "query_tokens")
         kv_quant.check_grid(where, at, table, values)
 
     def make_case(self, f: dict[str, Any], impl: str, grid: str, seed: int) -> Case:
@@ -197,15 +216,7 @@ class Decode(Workload):
 
     # ------------------------------------------------------------------ report
     def x_axes(self, rows: list) -> list[tuple[XAxis, list]]:
-        nq = sorted({int(r["seq_len_q"]) for r in rows})
-        nk = sorted({int(r["seq_len_kv"]) for r in rows})
-        if len(nq) == 1:
-            tokens = f"{nq[0]} query token{'s' if nq[0] > 1 else ''}"
-            return [(XAxis("seq_len_kv", "KV", f"KV cache length (longest sequence; {tokens})", tokens), rows)]
-        if len(nk) == 1:
-            return [(XAxis("seq_len_q", "Nq", f"query tokens per sequence (KV cache up to {nk[0]} tokens)",
-                           f"KV {nk[0]}"), rows)]
-        return split_by_lengths(rows)
+        return cache_x_axes(rows)
 
     def label_bits(self, row) -> list[str]:
         bits = ["paged " + str(row["page_size"]) if row["kv_layout"] == "paged" else "contiguous"]

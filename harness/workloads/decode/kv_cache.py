@@ -84,7 +84,7 @@ class DecodeInputs:
 # --- kv lengths -----------------------------------------------------------------------------------
 
 
-def _seed_of(*key: Any) -> int:
+def seed_of(*key: Any) -> int:
     """A 63-bit seed from a tuple; stable across processes (hash() is salted per process)."""
     digest = hashlib.sha256(repr(key).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -116,7 +116,7 @@ def kv_lengths(spec: Any, batch: int, seed: int = 0) -> tuple[int, ...]:
         lo, hi = (_check_len(x, f"uniform bound {x!r}") for x in bounds)
         if lo > hi:
             raise ValueError(f"kv length spec uniform = [{lo}, {hi}]: lo must be <= hi")
-        rng = random.Random(_seed_of(int(seed), "kv_lengths", batch, lo, hi))
+        rng = random.Random(seed_of(int(seed), "kv_lengths", batch, lo, hi))
         return tuple(rng.randint(lo, hi) for _ in range(batch))
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not items:
@@ -142,7 +142,7 @@ def case_kv_lens(case: Case) -> tuple[int, ...]:
     return lens
 
 
-def _pages_of(lens, page_size: int) -> list[int]:
+def pages_of(lens, page_size: int) -> list[int]:
     return [-(-n // page_size) for n in lens]
 
 
@@ -163,7 +163,7 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
     if Hq % Hkv:
         raise ValueError(f"heads_q ({Hq}) must be a multiple of heads_kv ({Hkv})")
     dtype, dev = getattr(torch, case.dtype), case.device
-    gen = torch.Generator(device="cpu").manual_seed(_seed_of(int(seed), "decode", B, Hq, Hkv, Nq, D, lens))
+    gen = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "decode", B, Hq, Hkv, Nq, D, lens))
     q = torch.randn((B, Hq, Nq, D), generator=gen).to(device=dev, dtype=dtype)  # (B, Hq, Nq, D)
     # The logical cache, one sequence at a time (a B x Nmax float32 copy would not fit at scale):
     # drawn in the same order for every layout, so layouts differ only in where tokens live.
@@ -172,7 +172,7 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
         k = torch.randn((Hkv, n, D), generator=gen)  # (Hkv, n, D)
         v = torch.randn((Hkv, n, D), generator=gen)  # (Hkv, n, D)
         seqs.append((k, v))
-    junk = torch.Generator(device="cpu").manual_seed(_seed_of(int(seed), "junk", B, Hkv, D, lens))
+    junk = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "junk", B, Hkv, D, lens))
     kv_lens = torch.tensor(lens, dtype=torch.int32, device=dev)  # (B,)
     kvd, kvs = case.params.kv_dtype, case.params.kv_scale
     k_s, v_s = kv_quant.scales(kvd, kvs, seqs, Hkv)  # float8: from the logical cache only
@@ -195,7 +195,7 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
         return DecodeInputs(q, k_cache, v_cache, kv_lens, None, **extra)
 
     ps = case.page_size
-    pages = _pages_of(lens, ps)
+    pages = pages_of(lens, ps)
     total = sum(pages)
     order = torch.randperm(total, generator=junk).tolist()  # pool slot of the i-th logical page
     table = torch.full((B, max(pages)), -1, dtype=torch.int32)  # (B, max_pages)
@@ -235,7 +235,7 @@ def _form_inputs(case: Case, seed: int, k_s, v_s) -> dict:
     dev = case.device
     sinks = None
     if case.params.sinks:
-        gen = torch.Generator(device="cpu").manual_seed(_seed_of(int(seed), "sinks", case.heads_q))
+        gen = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "sinks", case.heads_q))
         sinks = (2.0 * torch.randn(case.heads_q, generator=gen)).to(dev)  # logits of the scores' size
     return dict(k_scale=None if k_s is None else k_s.to(dev), v_scale=None if v_s is None else v_s.to(dev),
                 sinks=sinks, scale=case.params.scale or None)
@@ -308,7 +308,7 @@ def decode_min_bytes(case: Case) -> int:
     kv = 2 * case.heads_kv * case.head_dim * kv_quant.cache_element_bytes(case) * sum(lens)
     meta = 4 * case.batch + kv_quant.scale_bytes(case) + (4 * case.heads_q if case.params.sinks else 0)
     if case.kv_layout == "paged":
-        meta += 4 * sum(_pages_of(lens, case.page_size))
+        meta += 4 * sum(pages_of(lens, case.page_size))
     return qo + kv + meta
 
 
@@ -318,7 +318,7 @@ def decode_input_bytes(case: Case) -> int:
     lens = case_kv_lens(case)
     q = case.batch * case.heads_q * case.seq_len_q * case.head_dim * case.element_bytes
     tokens = case.batch * max(lens) if case.kv_layout != "paged" else (
-        sum(_pages_of(lens, case.page_size)) * case.page_size)
+        sum(pages_of(lens, case.page_size)) * case.page_size)
     return q + 2 * case.heads_kv * case.head_dim * tokens * kv_quant.cache_element_bytes(case)
 
 
