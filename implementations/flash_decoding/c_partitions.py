@@ -40,12 +40,14 @@ def memory_model(case, part: int, merge_bytes, *, heads_kv: int | None = None, r
     GN = rows or Hq // Hkv * Nq
     partials = 4 * B * P * Hkv * GN * (dv + 2)  # o, m, l
     per_worker = 4 * GN * part + 8 * part  # scores, row pointers
+    q_t = 0
     if blocked(GN, case.kv_dtype):
-        per_worker = 4 * _round_up(GN) * (part + dk) + 8 * part  # scores and q transposed, rows padded
+        per_worker = 4 * _round_up(GN) * part + 8 * part  # scores, rows padded
+        q_t = 4 * B * Hkv * dk * _round_up(GN)  # q transposed and padded
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
     merge = min(workers, B) * merge_bytes(P, Hkv, GN, dv, 4)
-    return partials + workers * per_worker + merge + offsets + 8 * Hkv + 4 * B * Hq * Nq * dv
+    return partials + workers * per_worker + merge + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
 
 def _round_up(rows: int) -> int:
@@ -55,11 +57,11 @@ def _round_up(rows: int) -> int:
 
 class Scratch:
     """One worker's buffers: the scores of one head (G·Nq rows x part; blocked: rows rounded up to
-    the vector width, and q transposed) and the row pointers of one head's partition."""
+    the vector width) and the row pointers of one head's partition."""
 
     def __init__(self, ctx):
-        rows, dk = ctx.q.shape[2], ctx.q.shape[3]
-        size = rows * ctx.part if not ctx.blocked else _round_up(rows) * (ctx.part + dk)
+        rows = ctx.q.shape[2]
+        size = (_round_up(rows) if ctx.blocked else rows) * ctx.part
         self.s = torch.empty(size, dtype=torch.float32)
         self.rows = torch.empty(ctx.part, dtype=torch.int64)
         self.kernel = kernel_build.partition_kernel()
@@ -79,13 +81,20 @@ def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_sc
                  row_stride: int | None = None) -> dict:
     """offs: element offset of each page's slot 0 of head 0 (paged, (B, max_pages)) or of each
     partition's first token of head 0 (contiguous, (B, P)); head_stride: elements between heads;
-    q_c: q as (B, Hkv, G·Nq, D) contiguous (a view of the input when it is contiguous); the cache's
-    kernel code and per-head scales; row_stride: elements between tokens (default: head_dim)."""
+    q_c: q as (B, Hkv, G·Nq, D) contiguous (a view of the input when it is contiguous; for the
+    blocked variant transposed and padded, (B, Hkv, D, GNp)); the cache's kernel code and per-head
+    scales; row_stride: elements between tokens (default: head_dim)."""
     B, D, Hkv = q.shape[0], q.shape[3], dims.heads_kv
     row = row_stride or D
-    q_c = q.reshape(B, Hkv, -1, D).contiguous()
+    q_c = q.reshape(B, Hkv, -1, D)
     dt = KV_CODES[k_cache.dtype]
-    form = dict(q_c=q_c, dt=dt, row_stride=row, blocked=dt == 0 and blocked(q_c.shape[2]),
+    is_blocked = dt == 0 and blocked(q_c.shape[2])
+    if is_blocked:  # one copy per call: B·Hq·Nq·D elements, small beside the partitions' work
+        pad = _round_up(q_c.shape[2]) - q_c.shape[2]
+        q_c = torch.nn.functional.pad(q_c, (0, 0, 0, pad)).transpose(2, 3).contiguous()  # (B, Hkv, D, GNp)
+    else:
+        q_c = q_c.contiguous()
+    form = dict(q_c=q_c, dt=dt, row_stride=row, blocked=is_blocked,
                 kscale=head_scales(k_cache, k_scale, Hkv), vscale=head_scales(k_cache, v_scale, Hkv))
     if dims.paged:
         ps = dims.page_size
@@ -110,7 +119,7 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
     cols = ctx.offs.shape[1]
     first = b * cols + (j0 // ctx.ps if ctx.ps else p)  # the partition's first page | its run
     item = b * P + p
-    rc = scr.kernel(ctx.q_c.data_ptr() + 4 * b * Hkv * GN * Dk, ctx.c, ctx.k_cache.data_ptr(),
+    rc = scr.kernel(ctx.q_c[b].data_ptr(), ctx.c, ctx.k_cache.data_ptr(),
                     ctx.v_cache.data_ptr(), ctx.offs.data_ptr() + 8 * first, ctx.ps or ctx.part, ctx.head_stride,
                     ctx.row_stride, Hkv, GN, ctx.Nq, Dk, Dv, j0, min(ctx.part, L - j0), L - ctx.Nq, ctx.dt,
                     int(ctx.blocked), ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(),

@@ -15,7 +15,8 @@
  * row of 576 per token, its first 512 columns the value); with many query rows per kv head (MLA's
  * 128 heads) a register-blocked variant (`blocked`) computes the scores as a small matmul, vector
  * along the query rows (q transposed into scratch), and p·V with a tile of rows x value columns
- * in registers: that case is compute-bound, the plain one memory-bound.
+ * in registers (q arrives transposed: once per call, not per partition): that case is
+ * compute-bound, the plain one memory-bound.
  *
  * Why C: a decode step reads every K and V byte once and does G·Nq multiply-adds per element, so
  * it should run at memory speed. Through torch it is two skinny matmuls per partition (K·qᵀ and
@@ -265,12 +266,17 @@ static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l)
 #endif
 typedef float vw __attribute__((vector_size(4 * W)));
 typedef int32_t iw __attribute__((vector_size(4 * W)));
-#define VCOLS (W == 16 ? 4 : 2) /* value-column vectors of a p·V register tile (4 rows x VCOLS) */
-#define TT 6                    /* tokens of a score register tile (x 2 row vectors) */
+/* Register tiles, sized to the vector registers (32 with AVX-512, 16 with AVX2): scores, TT
+ * tokens x RV row vectors of accumulators (+ RV loads + 1 broadcast); p·V, VR rows x VCOLS value
+ * vectors (+ VCOLS loads + 1 broadcast). */
+#define TT 6
+#define RV (W == 16 ? 4 : 2)
+#define VR 6
+#define VCOLS (W == 16 ? 4 : 2)
 
 static inline vw ldw(const float *p) { vw x; memcpy(&x, p, sizeof x); return x; }
 static inline void stw(float *p, vw x) { memcpy(p, &x, sizeof x); }
-static inline vw bcw(float x) { vw r; for (int i = 0; i < W; ++i) r[i] = x; return r; }
+static inline vw bcw(float x) { return (vw){0} + x; } /* GCC/Clang broadcast a scalar operand */
 
 /* 2^x lane-wise for x <= 0, as exp2v */
 static inline vw exp2w(vw x) {
@@ -292,36 +298,38 @@ static inline vw exp2w(vw x) {
 static inline __attribute__((always_inline)) void score_tile(const float *qT, int64_t GNp, int64_t rb, int nv,
                                                              const void *const *rows, int64_t t0, int nt,
                                                              int64_t Dk, float c, float *sT) {
-    vw acc[TT][2];
+    vw acc[TT][RV];
     const float *k[TT];
-    for (int i = 0; i < nt; ++i) { acc[i][0] = bcw(0.f); acc[i][1] = bcw(0.f); k[i] = rows[t0 + i]; }
+    for (int i = 0; i < nt; ++i) {
+        k[i] = rows[t0 + i];
+        for (int v = 0; v < nv; ++v) acc[i][v] = bcw(0.f);
+    }
     for (int64_t d = 0; d < Dk; ++d) {
         const float *qd = qT + d * GNp + rb;
-        vw a0 = ldw(qd), a1 = nv > 1 ? ldw(qd + W) : a0;
+        vw a[RV];
+        for (int v = 0; v < nv; ++v) a[v] = ldw(qd + v * W);
         for (int i = 0; i < nt; ++i) {
             vw kv = bcw(k[i][d]);
-            acc[i][0] += a0 * kv;
-            if (nv > 1) acc[i][1] += a1 * kv;
+            for (int v = 0; v < nv; ++v) acc[i][v] += a[v] * kv;
         }
     }
     for (int i = 0; i < nt; ++i)
         for (int v = 0; v < nv; ++v) stw(sT + (t0 + i) * GNp + rb + v * W, acc[i][v] * c);
 }
 
-static void scores_blk(const float *q, float c, const void *const *rows, int64_t GN, int64_t GNp, int64_t Dk,
-                       int64_t n, float *qT, float *sT) {
-    for (int64_t d = 0; d < Dk; ++d)
-        for (int64_t r = 0; r < GNp; ++r) qT[d * GNp + r] = r < GN ? q[r * Dk + d] : 0.f;
+/* sT (n, GNp) = c · K qᵀ for q given transposed, qT (Dk, GNp) (rows past GN zero) */
+static void scores_blk(const float *qT, float c, const void *const *rows, int64_t GNp, int64_t Dk, int64_t n,
+                       float *sT) {
     int64_t t0 = 0;
     for (; t0 + TT <= n; t0 += TT) {
         int64_t rb = 0;
-        for (; rb + 2 * W <= GNp; rb += 2 * W) score_tile(qT, GNp, rb, 2, rows, t0, TT, Dk, c, sT);
-        if (rb < GNp) score_tile(qT, GNp, rb, 1, rows, t0, TT, Dk, c, sT);
+        for (; rb + RV * W <= GNp; rb += RV * W) score_tile(qT, GNp, rb, RV, rows, t0, TT, Dk, c, sT);
+        for (; rb < GNp; rb += W) score_tile(qT, GNp, rb, 1, rows, t0, TT, Dk, c, sT);
     }
     for (; t0 < n; ++t0) {
         int64_t rb = 0;
-        for (; rb + 2 * W <= GNp; rb += 2 * W) score_tile(qT, GNp, rb, 2, rows, t0, 1, Dk, c, sT);
-        if (rb < GNp) score_tile(qT, GNp, rb, 1, rows, t0, 1, Dk, c, sT);
+        for (; rb + RV * W <= GNp; rb += RV * W) score_tile(qT, GNp, rb, RV, rows, t0, 1, Dk, c, sT);
+        for (; rb < GNp; rb += W) score_tile(qT, GNp, rb, 1, rows, t0, 1, Dk, c, sT);
     }
 }
 
@@ -358,7 +366,7 @@ static void softmax_cols(float *sT, int64_t GN, int64_t GNp, int64_t n, int64_t 
 static inline __attribute__((always_inline)) void value_tile(const float *sT, int64_t GNp, int64_t r0, int nr,
                                                              const void *const *rows, int64_t t0, int64_t t1,
                                                              int64_t cb, int nc, int64_t Dv, float *o) {
-    vw acc[4][VCOLS];
+    vw acc[VR][VCOLS];
     for (int j = 0; j < nr; ++j)
         for (int v = 0; v < nc; ++v) acc[j][v] = ldw(o + (r0 + j) * Dv + cb + v * W);
     for (int64_t t = t0; t < t1; ++t) {
@@ -382,12 +390,12 @@ static void values_blk(const float *sT, const void *const *rows, int64_t GN, int
         int64_t t1 = t0 + TV < n ? t0 + TV : n, cb = 0;
         for (; cb + VCOLS * W <= full; cb += VCOLS * W) {
             int64_t r = 0;
-            for (; r + 4 <= GN; r += 4) value_tile(sT, GNp, r, 4, rows, t0, t1, cb, VCOLS, Dv, o);
+            for (; r + VR <= GN; r += VR) value_tile(sT, GNp, r, VR, rows, t0, t1, cb, VCOLS, Dv, o);
             for (; r < GN; ++r) value_tile(sT, GNp, r, 1, rows, t0, t1, cb, VCOLS, Dv, o);
         }
         for (; cb < full; cb += W) {
             int64_t r = 0;
-            for (; r + 4 <= GN; r += 4) value_tile(sT, GNp, r, 4, rows, t0, t1, cb, 1, Dv, o);
+            for (; r + VR <= GN; r += VR) value_tile(sT, GNp, r, VR, rows, t0, t1, cb, 1, Dv, o);
             for (; r < GN; ++r) value_tile(sT, GNp, r, 1, rows, t0, t1, cb, 1, Dv, o);
         }
         for (int64_t r = 0; r < GN; ++r)
@@ -400,13 +408,13 @@ static void values_blk(const float *sT, const void *const *rows, int64_t GN, int
 
 /* ---- the entry point ----------------------------------------------------------------------------- */
 
-/* See the top of the file. q (Hkv, GN, Dk) unscaled float32, c = scale·log2 e; k, v the cache
+/* See the top of the file. q (Hkv, GN, Dk) unscaled float32 (blocked: transposed and padded,
+ * (Hkv, Dk, GNp), GNp = GN rounded up to the vector width, rows past GN zero), c = scale·log2 e; k, v the cache
  * bases (dt: 0 float32, 1 bfloat16, 2 float8 e4m3fn); page_off[i]: element offset of page i of
  * the partition (head 0, slot 0); ps: tokens per page; head_stride: elements between heads in a
  * page; row_stride: elements between tokens; [j0, j0 + n): the partition's tokens, all < kv_len =
  * last + Nq; kscale, vscale (Hkv); blocked: the register-blocked variant (float32 only); scratch:
- * GN·n floats (blocked: GNp·(n + Dk), GNp = GN rounded up to the vector width, see
- * attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
+ * GN·n floats (blocked: GNp·n; see attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
  * -1 for an unknown dt or a blocked call on a non-float32 cache. */
 int attnbench_fd_partition(const float *q, float c, const void *k, const void *v, const int64_t *page_off,
                            int64_t ps, int64_t head_stride, int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq,
@@ -431,7 +439,7 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
         }
         fill_rows((const char *)k, page_off, ps, h * head_stride, row_stride, esz, n, rows);
         if (blocked) {
-            scores_blk(qh, ch, rows, GN, GNp, Dk, n, scratch + GNp * n, scratch);
+            scores_blk(q + h * Dk * GNp, ch, rows, GNp, Dk, n, scratch);
             softmax_cols(scratch, GN, GNp, n, Nq, last - j0 + 1, mh, lh);
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
             values_blk(scratch, rows, GN, GNp, Dv, n, oh);
