@@ -152,3 +152,14 @@ def test_missing_required_axes(tmp_path, capsys):
     f.write_text('name = "m"\nimplementations = ["naive"]\n[[grid]]\nworkload = "mla_decode"\nheads_q = 4\n')
     rc, _, err = main_in_process(capsys, "run", f, "--out", tmp_path / "out")
     assert_one_line(rc, err, "grid[0].kv_lens: missing")
+
+
+def test_roofline_names_the_compute_bound_workloads():
+    from harness.report.roofline import _compute_bound_note
+
+    pts = [{"arithmetic_intensity": 121.0, "workload": "mla_decode"}, {"arithmetic_intensity": 119.0, "workload":
+           "mla_decode"}, {"arithmetic_intensity": 1.0, "workload": "decode"}]
+    note = _compute_bound_note(pts, 100e9, 20e9, "cpu")
+    assert note == "cpu: ridge at 5 FLOP/B; compute-bound (right of it): mla_decode (119–121 FLOP/B)."
+    assert "every point is left of it" in _compute_bound_note(pts[2:], 100e9, 20e9, "cpu")
+    assert _compute_bound_note(pts, None, 20e9, "cpu") == ""
