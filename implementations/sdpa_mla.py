@@ -7,10 +7,12 @@ query head."""
 
 from __future__ import annotations
 
+# The registry imports implementations/ in name order: "sdpa" (its prefill registration) before this
+# module, which adds the MLA path to it (register_path attaches to an existing implementation).
+
 import torch
 import torch.nn.functional as F
 
-import implementations.sdpa  # noqa: F401  registers "sdpa" first; this module adds its MLA path
 from harness.registry import register_path
 from implementations._shared.decode_contract import length_mask, padded_len
 from implementations._shared.mla_contract import check_mla_args, gathered_bytes, padded_latent

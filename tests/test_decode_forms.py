@@ -13,7 +13,13 @@ import torch
 from harness import registry
 from harness.case import Case
 from harness.workloads.decode import kv_quant
-from harness.workloads.decode.kv_cache import decode_min_bytes, make_decode_inputs, reference_decode, softmax_with_sinks
+from harness.workloads.decode.kv_cache import (
+    decode_min_bytes,
+    make_decode_inputs,
+    quant_error,
+    reference_decode,
+    softmax_with_sinks,
+)
 from hostile_helpers import assert_one_line, main_in_process
 
 IMPLS = ("naive", "sdpa", "flash_decoding", "flash_decoding_torch")
@@ -90,7 +96,7 @@ def test_reference_is_attention_over_the_dequantised_cache_and_quant_error_is_se
         plain = type(inp)(inp.q, k, v, inp.kv_lens, inp.block_table, inp.lens)  # a cache holding those numbers
         ref = reference_decode(inp)
         assert torch.equal(ref, reference_decode(plain))
-        q_err = kv_quant.quant_error(case, inp, ref)
+        q_err = quant_error(case, inp, ref)
         exact = reference_decode(make_decode_inputs(_case(shape, "paged"), 5))
         assert q_err == pytest.approx(float((ref - exact).abs().max()))
         assert 1e-4 < q_err < (2e-2 if kv_dtype == "bfloat16" else 0.3), (kv_dtype, q_err)

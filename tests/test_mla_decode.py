@@ -78,6 +78,14 @@ def test_the_value_is_the_latents_first_columns_and_the_key_the_whole_row():
         assert _rel(out, moved) <= 2e-6
 
 
+def test_mla_paths_attach_to_the_existing_implementations():
+    """naive_mla.py and sdpa_mla.py register after naive.py and sdpa.py (name order): one
+    implementation each with both paths, not a second, MLA-only one."""
+    for impl in ("naive", "sdpa"):
+        assert {"prefill", "decode", "mla_decode"} <= set(registry.get(impl).paths), impl
+    assert {"decode", "mla_decode"} <= set(registry.get("flash_decoding").paths)
+
+
 def test_flops_and_bytes_are_exact():
     case = _case((8, 128, 1, 512, 64, (4096,) * 8))
     assert mla_flops(case) == 2 * 8 * 128 * 1 * 4096 * (576 + 512)

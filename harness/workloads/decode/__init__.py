@@ -200,7 +200,7 @@ class Decode(Workload):
         error rule uses) is from the float64 attention over the float32 cache it was made from."""
         if case.params.kv_dtype == "same":
             return {}
-        return {"quant_error": kv_quant.quant_error(case, inputs, ref)}
+        return {"quant_error": kv_cache.quant_error(case, inputs, ref)}
 
     def reference_key(self, case: Case) -> str:
         return case.replace(impl="", grid="", threads=None).case_id

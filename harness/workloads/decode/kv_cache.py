@@ -295,6 +295,13 @@ def softmax_with_sinks(s: "torch.Tensor", sinks: "torch.Tensor | None") -> "torc
     return p / (p.sum(dim=-1, keepdim=True) + torch.exp(sinks - m))
 
 
+def quant_error(case: Case, inputs: DecodeInputs, ref: "torch.Tensor") -> float:
+    """max |attention over the dequantised cache - attention over the float32 cache it was made
+    from| (both float64), on every query row; `ref` is the former, (B, Hq, Nq, D)."""
+    original = make_decode_inputs(case.replace(kv_dtype="same", kv_scale="tensor"), inputs.seed)
+    return float((ref - reference_decode(original)).abs().max())
+
+
 # --- work counts ----------------------------------------------------------------------------------
 
 

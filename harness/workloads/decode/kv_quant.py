@@ -16,7 +16,7 @@ the float32 cache it was made from.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -107,20 +107,3 @@ def dequantised(cache: "torch.Tensor", scale: "torch.Tensor | None") -> "torch.T
         return x
     s = scale.detach().to("cpu", torch.float64)
     return x * (s.reshape(1, -1, 1, 1) if s.dim() else s)
-
-
-def quant_error(case, inputs, ref: "torch.Tensor") -> float:
-    """max |attention over the dequantised cache - attention over the float32 cache it was made
-    from| (both float64), on every query row; `ref` is the former, (B, Hq, Nq, D)."""
-    from harness.workloads.decode import kv_cache
-
-    original = kv_cache.make_decode_inputs(case.replace(kv_dtype="same", kv_scale="tensor"), inputs.seed)
-    exact = kv_cache.reference_decode(original)
-    return float((ref - exact).abs().max())
-
-
-def kwargs_of(inputs: Any) -> dict:
-    """The scale keywords of a float8 cache (none for the others)."""
-    if inputs.k_scale is None:
-        return {}
-    return {"k_scale": inputs.k_scale, "v_scale": inputs.v_scale}
