@@ -22,7 +22,8 @@ def _memory_model(case) -> int:
     npad = padded_len(case)
     rows = case.batch * case.heads_q * case.seq_len_q
     e = case.element_bytes
-    return gathered_bytes(case) + 2 * 4 * rows * npad + 2 * rows * npad + e * rows * case.kv_lora_rank
+    values = e * case.batch * npad * case.kv_lora_rank  # SDPA's math path copies the strided value slice
+    return gathered_bytes(case) + values + 3 * 4 * rows * npad + 2 * rows * npad + e * rows * case.kv_lora_rank
 
 
 @register_path("mla_decode", "sdpa", dtypes=("float32", "float16", "bfloat16"), memory_model=_memory_model,

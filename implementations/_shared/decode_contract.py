@@ -109,7 +109,7 @@ def dequantised(cache, scale, dtype=torch.float32):
     x = cache.to(dtype)
     if scale is None:
         return x
-    return x * scale.to(dtype).reshape((1, -1, 1, 1) if scale.dim() else ())
+    return x.mul_(scale.to(dtype).reshape((1, -1, 1, 1) if scale.dim() else ()))  # x is a fresh copy
 
 
 def with_sinks(s, sinks):

@@ -51,16 +51,14 @@ import torch
 from harness.registry import YES, Support, no, register_decode
 from implementations._shared.contract import LOG2E, compute_dtype, default_scale
 from implementations._shared.decode_contract import check_decode_args
-from implementations._shared.thread_pool import run_parallel
 from implementations.flash_decoding import c_partitions, kernel_build, torch_partitions
 from implementations.flash_decoding.split import (
     MIN_AUTO_PARTITION,
     PARTITION,
     Ctx,
-    MergeScratch,
-    merge,
     merge_bytes,
     partition_for,
+    run_split,
     sink_rows,
     workers,
 )
@@ -143,21 +141,11 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
         sinks2=sink_rows(sinks, Hkv, G, Nq),
         **fields,
     )
-    # Longest partitions first (all are `part` long but each sequence's last), so the short tails
-    # of a ragged batch fill in at the end and the workers finish together.
-    items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
-                   key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
-    n_workers = workers(q.device, len(items))
-    # the caller allocates the workers' buffers; then the partitions, then the merge of each
-    # sequence (thread_pool.run_parallel: inline for one worker)
     if c_kernel:
-        scratch = [c_partitions.Scratch(ctx) for _ in range(n_workers)]
-        run_parallel(items, scratch, lambda scr, item: c_partitions.partition(ctx, scr, *item))
+        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc)
     else:
-        scratch = [torch_partitions.Scratch(ctx, k_cache.dtype != acc, acc) for _ in range(n_workers)]
-        run_parallel(items, scratch, lambda scr, item: torch_partitions.partition(ctx, scr, *item))
-    merges = [MergeScratch(P, Hkv, GN, D, acc, q.device) for _ in range(min(n_workers, B))]
-    run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
+        upcast = k_cache.dtype != acc
+        run_split(ctx, q.device, torch_partitions.partition, lambda: torch_partitions.Scratch(ctx, upcast, acc), acc)
     return ctx.out.view(B, Hq, Nq, D)
 
 

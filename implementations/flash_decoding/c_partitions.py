@@ -27,8 +27,8 @@ def blocked(rows: int, kv_dtype: str = "same") -> bool:
 def memory_model(case, part: int, merge_bytes, *, heads_kv: int | None = None, rows: int | None = None,
                  dk: int | None = None, dv: int | None = None) -> int:
     """Bytes above the inputs for partitions of `part` tokens (already a whole number of pages):
-    partial results, each worker's scores (and transposed q) and row pointers, the merge buffers of
-    min(workers, B) workers, the page/partition offsets, the per-head scales and the output. The
+    partial results, then the larger of the workers' scores and row pointers and the merge buffers
+    of min(workers, B) workers, the transposed q (blocked variant), the page/partition offsets, the per-head scales and the output. The
     keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths)."""
     B, Hq, Nq = case.batch, case.heads_q, case.seq_len_q
     Hkv = heads_kv or case.heads_kv
@@ -47,7 +47,8 @@ def memory_model(case, part: int, merge_bytes, *, heads_kv: int | None = None, r
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
     merge = min(workers, B) * merge_bytes(P, Hkv, GN, dv, 4)
-    return partials + workers * per_worker + merge + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
+    # the workers' buffers are freed before the merge's are allocated (split.run_split)
+    return partials + max(workers * per_worker, merge) + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
 
 def _round_up(rows: int) -> int:

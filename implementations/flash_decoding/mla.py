@@ -21,9 +21,8 @@ from harness.registry import YES, Support, no, register_path
 from implementations._shared.contract import LOG2E, compute_dtype, default_scale
 from implementations._shared.decode_contract import DecodeDims
 from implementations._shared.mla_contract import check_mla_args
-from implementations._shared.thread_pool import run_parallel
 from implementations.flash_decoding import c_partitions, kernel_build
-from implementations.flash_decoding.split import Ctx, MergeScratch, merge, merge_bytes, partition_for, workers
+from implementations.flash_decoding.split import Ctx, merge_bytes, partition_for, run_split, workers
 
 # Tokens per partition: a partition is (part x W) latent values for Hq·Nq rows, compute-bound; 512
 # keeps the C kernel's score tile (Hq·Nq x part, 256 KiB at Hq = 128) in L2 and halves the partial
@@ -63,7 +62,7 @@ def _memory_model(case, partition: int | None = None) -> int:
     per_worker = 4 * (3 * rows * part + (part + case.page_size) * case.head_dim + rows * case.head_dim)
     partials = 4 * case.batch * P * rows * (case.kv_lora_rank + 2)
     merges = min(n_workers, case.batch) * merge_bytes(P, 1, rows, case.kv_lora_rank, 4)
-    return partials + n_workers * per_worker + merges + case.element_bytes * case.batch * rows * case.kv_lora_rank
+    return partials + max(n_workers * per_worker, merges) + case.element_bytes * case.batch * rows * case.kv_lora_rank
 
 
 @register_path("mla_decode", "flash_decoding", dtypes=("float32", "float16", "bfloat16"), supports=_supports,
@@ -95,16 +94,10 @@ def flash_decoding_mla(q, latent_cache, *, kv_lens, kv_lora_rank, block_table=No
               o_part=torch.empty(B, P, 1, GN, R, **opts), m_part=torch.empty(B, P, 1, 1, GN, **opts),
               l_part=torch.empty(B, P, 1, GN, **opts), G=Hq, Nq=Nq, part=part, ps=dims.page_size,
               block_table=block_table, **fields)
-    items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
-                   key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
-    n_workers = workers(q.device, len(items))
     if use_c:
-        scratch = [c_partitions.Scratch(ctx) for _ in range(n_workers)]
-        run_parallel(items, scratch, lambda scr, item: c_partitions.partition(ctx, scr, *item))
+        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc)
     else:
-        run_parallel(items, [None] * n_workers, lambda _, item: _torch_partition(ctx, *item))
-    merges = [MergeScratch(P, 1, GN, R, acc, q.device) for _ in range(min(n_workers, B))]
-    run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
+        run_split(ctx, q.device, lambda c, _, b, p: _torch_partition(c, b, p), lambda: None, acc)
     return ctx.out.view(B, Hq, Nq, R)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from implementations._shared.contract import LOG2E
+from implementations._shared.thread_pool import run_parallel
 from implementations.flash_decoding import torch_partitions
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
@@ -88,6 +89,22 @@ def sink_rows(sinks, Hkv: int, G: int, Nq: int):
     if sinks is None:
         return None
     return (sinks.float().view(Hkv, G, 1).expand(Hkv, G, Nq).reshape(Hkv, 1, G * Nq) * LOG2E).contiguous()
+
+
+def run_split(ctx, device, step, new_scratch, acc) -> None:
+    """Every partition of every sequence on the workers (`step(ctx, scratch, b, p)`, each worker
+    with its `new_scratch()`), then each sequence's merge into ctx.out. Longest partitions first
+    (all are `part` long but each sequence's last), so the short tails of a ragged batch fill in
+    at the end and the workers finish together. The caller's thread allocates every buffer
+    (thread_pool.run_parallel: inline for one worker)."""
+    B, part, lens, counts = len(ctx.lens), ctx.part, ctx.lens, ctx.counts
+    items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
+                   key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
+    n_workers = workers(device, len(items))
+    run_parallel(items, [new_scratch() for _ in range(n_workers)], lambda scr, item: step(ctx, scr, *item))
+    _, P, Hkv, GN, Dv = ctx.o_part.shape
+    merges = [MergeScratch(P, Hkv, GN, Dv, acc, device) for _ in range(min(n_workers, B))]
+    run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
 
 
 class MergeScratch:

@@ -59,10 +59,11 @@ def memory_model(case, partition: int, merge_bytes) -> int:
         per_worker += 2 * 4 * Hkv * part * D  # float32 k/v copies
     workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker += acc * Hkv * GN * D  # scaled q of one sequence
-    small = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc) + case.element_bytes * B * Hq * Nq * D  # merge, out
+    merge = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc)
+    small = case.element_bytes * B * Hq * Nq * D  # out
     if paged and bag:
         small += 4 * Hkv * (part + case.page_size)  # one-row bag offsets
-    return partials + workers * per_worker + small
+    return partials + max(workers * per_worker, merge) + small  # the workers' buffers go before the merge's
 
 
 class Scratch:
