@@ -191,7 +191,7 @@ def test_form_axes_expand_and_normalise(tmp_path):
 
 @pytest.mark.parametrize("impl,tol", [("flash_decoding", 0.02), ("flash_decoding_torch", 0.03), ("naive", 0.05)])
 @pytest.mark.parametrize("kv_dtype,sinks,layout", [("float8_e4m3fn", True, "paged"), ("bfloat16", False, "contiguous")])
-def test_memory_models_bound_the_measured_peak(impl, tol, kv_dtype, sinks, layout):
+def test_memory_models_bound_the_measured_peak(impl, tol, kv_dtype, sinks, layout, torch_single_thread):
     from harness.measure.peak_memory import measure_peak_bytes
 
     case = Case(impl, workload="decode", batch=4, heads_q=32, heads_kv=8, seq_len_q=1, seq_len_kv=4096,
@@ -199,7 +199,6 @@ def test_memory_models_bound_the_measured_peak(impl, tol, kv_dtype, sinks, layou
                 page_size=16 if layout == "paged" else 0, kv_dtype=kv_dtype, sinks=sinks, threads=1)
     inp = make_decode_inputs(case, 0)
     fn = registry.get(impl).paths["decode"].fn
-    torch.set_num_threads(1)  # restored by the torch_single_thread fixture
     measured = measure_peak_bytes(lambda: inp.call(fn), "cpu")
     predicted = registry.get(impl).predicted_peak_bytes(case)
     assert abs(measured - predicted) <= tol * predicted, (measured, predicted)

@@ -175,14 +175,13 @@ def test_roofline_names_the_compute_bound_workloads():
 
 @pytest.mark.parametrize("impl,tol", [("flash_decoding", 0.02), ("naive", 0.05), ("sdpa", 0.05)])
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
-def test_memory_models_bound_the_measured_peak(impl, tol, layout):
+def test_memory_models_bound_the_measured_peak(impl, tol, layout, torch_single_thread):
     from harness.measure.peak_memory import measure_peak_bytes
 
     case = _case((2, 32, 1, 512, 64, (2000, 1500)), layout, impl=impl).replace(
         page_size=64 if layout == "paged" else 0, threads=1)
     inp = make_mla_inputs(case, 0)
     fn = registry.get(impl).paths["mla_decode"].fn
-    torch.set_num_threads(1)  # restored by the torch_single_thread fixture
     measured = measure_peak_bytes(lambda: inp.call(fn), "cpu")
     predicted = registry.get(impl).predicted_peak_bytes(case)
     assert abs(measured - predicted) <= tol * predicted, (measured, predicted)
