@@ -10,6 +10,12 @@ Writes the unnormalised partial output, its row max m and row sum l (log2 units)
 Kernel 2 (reduction), one program per (sequence, kv head): merges the splits of its sequence by
 log-sum-exp, out = Σ 2^(m_s − M)·o_s / Σ 2^(m_s − M)·l_s, and writes the rows to (B, Hq, Nq, D).
 
+Decode forms: `scale`; attention sinks start kernel 2's merge as one more partial (row max =
+the sink logit, row sum 1, no output); a bfloat16 cache is upcast after the load, a float8 e4m3
+cache is loaded as bytes and converted by bit arithmetic (sign and 7 low bits moved into a float16,
+exponent bias 15 for e4m3's 7: the value x 2^-8, the 2^8 folded into the per-head scales; float16
+subnormals convert exactly to float32), the same on every GPU and in the interpreter.
+
 Where it runs: CUDA with triton installed; on the CPU only under TRITON_INTERPRET=1 (NumPy
 interpreter: tests only). One config, no block pointers; bf16 tiles upcast before tl.dot.
 """
@@ -53,13 +59,13 @@ def _kernels():
 
     @triton.jit
     def split_kv(
-        Q, K, V, LENS, BT, OP, MP, LP,
+        Q, K, V, LENS, BT, OP, MP, LP, KS, VS,
         sqb, sqh, sqm, sqd,  # q strides (B, Hq, Nq, D)
         skp, skh, skn, skd,  # cache strides: paged (page, Hkv, slot, D) | contiguous (B, Hkv, N, D)
         svp, svh, svn, svd,
         sbt,  # block-table row stride
         Hkv, G, Nq, D, PAGE, split_len, qk_scale,
-        PAGED: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+        PAGED: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, FP8: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         b = tl.program_id(0)
@@ -98,14 +104,21 @@ def _kernels():
                          mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # (BLOCK_D, BLOCK_N)
             v = tl.load(V + hk * svh + vbase[:, None] + offs_d[None, :] * svd,
                         mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            if UPCAST:
+            if FP8:  # e4m3 bytes -> float16 bits (bias 15 for 7: the value · 2^-8; the 2^8 is in KS, VS)
+                kb = kT.to(tl.int32)
+                vb = v.to(tl.int32)
+                kT = (((kb & 0x80) << 8) | ((kb & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+                v = (((vb & 0x80) << 8) | ((vb & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+                kT = kT.to(tl.float32)
+                v = v.to(tl.float32)
+            elif UPCAST:
                 kT = kT.to(tl.float32)
                 v = v.to(tl.float32)
             if IEEE:
                 s = tl.dot(q, kT, input_precision="ieee")
             else:
                 s = tl.dot(q, kT)
-            s = s * qk_scale  # (BLOCK_M, BLOCK_N), scale·log2(e) folded in
+            s = s * (qk_scale * tl.load(KS + hk))  # (BLOCK_M, BLOCK_N), scale·log2(e)·k_scale folded in
             visible = col_ok[None, :] & row_ok[:, None] & (cols[None, :] <= last[:, None])
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -122,14 +135,14 @@ def _kernels():
         base = (b * Hkv + hk) * nsp + sp
         tl.store(MP + base * BLOCK_M + rows, m_i)
         tl.store(LP + base * BLOCK_M + rows, l_i)
-        tl.store(OP + (base * BLOCK_M + rows[:, None]) * BLOCK_D + offs_d[None, :], acc)
+        tl.store(OP + (base * BLOCK_M + rows[:, None]) * BLOCK_D + offs_d[None, :], acc * tl.load(VS + hk))
 
     @triton.jit
     def reduce(
-        OP, MP, LP, LENS, O,
+        OP, MP, LP, LENS, O, SINKS,
         sob, soh, som, sod,
         Hkv, G, Nq, D, split_len, n_splits,
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_SINKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         b = tl.program_id(0)
         hk = tl.program_id(1)
@@ -139,6 +152,10 @@ def _kernels():
         offs_d = tl.arange(0, BLOCK_D)
         m_all = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_all = tl.zeros((BLOCK_M,), tl.float32)
+        if HAS_SINKS:  # the sink as the first partial: max = its logit (log2 units), sum 1, no output
+            sink_ok = rows < G * Nq
+            m_all = tl.load(SINKS + hk * G + rows // Nq, mask=sink_ok, other=float("-inf")) * 1.4426950408889634
+            l_all = tl.where(sink_ok, 1.0, 0.0)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         for sp in range(0, n_used):
             base = (b * Hkv + hk) * n_splits + sp
@@ -174,10 +191,13 @@ def _kernels():
     description="Flash-Decoding as Triton kernels: split-KV + log-sum-exp reduction, paged via the block table "
     "(CUDA; CPU only via TRITON_INTERPRET=1)",
     params={"block_n": BLOCK_N, "num_warps": NUM_WARPS, "target_programs": TARGET_PROGRAMS},
+    forms=("sinks", "scale", "kv_bfloat16", "kv_float8_e4m3fn"),
 )
-def triton_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, num_splits: int | None = None):
+def triton_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
+                  v_scale=None, num_splits: int | None = None):
     """num_splits overrides the per-sequence split count (default: about TARGET_PROGRAMS programs)."""
-    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
+    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale, sinks=sinks, k_scale=k_scale,
+                             v_scale=v_scale)
     support = triton_available(str(q.device))
     if not support:
         raise RuntimeError(support.reason)
@@ -199,15 +219,31 @@ def triton_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None,
     l_part = torch.empty(B, Hkv, ns, block_m, **opts)  # partial row sums
     out = torch.empty_like(q)  # (B, Hq, Nq, D)
     bt = block_table if dims.paged else kv_lens  # never read when contiguous
+    fp8 = k_cache.dtype == torch.float8_e4m3fn
+    ks, vs = _head_scales(k_scale, Hkv, q.device), _head_scales(v_scale, Hkv, q.device)
+    if fp8:  # loaded as bytes (every triton backend and the interpreter read uint8)
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     split_kv[(B, Hkv, ns)](
-        q, k_cache, v_cache, kv_lens, bt, o_part, m_part, l_part,
+        q, k_cache, v_cache, kv_lens, bt, o_part, m_part, l_part, ks, vs,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), bt.stride(0),
         Hkv, G, Nq, D, max(dims.page_size, 1), split_len, default_scale(D, scale) * LOG2E,
-        PAGED=dims.paged, UPCAST=q.dtype == torch.bfloat16, IEEE=q.dtype != torch.float16,
+        PAGED=dims.paged, UPCAST=k_cache.dtype == torch.bfloat16, IEEE=q.dtype != torch.float16, FP8=fp8,
         BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     reduce[(B, Hkv)](
-        o_part, m_part, l_part, kv_lens, out, *out.stride(),
-        Hkv, G, Nq, D, split_len, ns, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=NUM_WARPS,
+        o_part, m_part, l_part, kv_lens, out, sinks if sinks is not None else ks, *out.stride(),
+        Hkv, G, Nq, D, split_len, ns, HAS_SINKS=sinks is not None, BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=NUM_WARPS,
     )
     return out
+
+
+E4M3_READ_FACTOR = 2.0**-8  # what split_kv reads an e4m3 code as, times its value
+
+
+def _head_scales(scale, heads_kv: int, device):
+    """(Hkv,) float32 factors of the scores / partial outputs: a float8 scale over the read factor,
+    else ones (small ops)."""
+    if scale is None:
+        return torch.ones(heads_kv, dtype=torch.float32, device=device)
+    return (scale.to(torch.float64) / E4M3_READ_FACTOR).to(torch.float32).expand(heads_kv).contiguous()

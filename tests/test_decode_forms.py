@@ -202,3 +202,17 @@ def test_memory_models_bound_the_measured_peak(impl, tol, kv_dtype, sinks, layou
     measured = measure_peak_bytes(lambda: inp.call(fn), "cpu")
     predicted = registry.get(impl).predicted_peak_bytes(case)
     assert abs(measured - predicted) <= tol * predicted, (measured, predicted)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("form", FORMS, ids=lambda f: "-".join(map(str, f)))
+def test_triton_decode_forms_interpreted(form, layout):
+    """triton_decode under TRITON_INTERPRET=1 (tests/conftest.py sets it; CUDA runs it natively)."""
+    pytest.importorskip("triton")
+    case = _case(SHAPES[0], layout, *form, impl="triton_decode")
+    why = registry.get("triton_decode").supports(case)
+    assert why, why.reason
+    inp = make_decode_inputs(case, seed=4)
+    fn = registry.get("triton_decode").paths["decode"].fn
+    for splits in (None, 3):
+        assert _rel(fn(*inp.args(), **inp.kwargs(), num_splits=splits), reference_decode(inp)) <= 2e-6
