@@ -185,3 +185,17 @@ def test_memory_models_bound_the_measured_peak(impl, tol, layout, torch_single_t
     measured = measure_peak_bytes(lambda: inp.call(fn), "cpu")
     predicted = registry.get(impl).predicted_peak_bytes(case)
     assert abs(measured - predicted) <= tol * predicted, (measured, predicted)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["g10-nq2", "g16-norope", "g60-odd", "g33"])
+def test_triton_mla_interpreted(shape, layout):
+    """triton_decode's MLA path under TRITON_INTERPRET=1 (tests/conftest.py sets it)."""
+    pytest.importorskip("triton")
+    case = _case(shape, layout, 0.0722, "triton_decode")
+    assert registry.get("triton_decode").supports(case)
+    assert {"decode", "mla_decode"} <= set(registry.get("triton_decode").paths)
+    inp = make_mla_inputs(case, seed=6)
+    fn = registry.get("triton_decode").paths["mla_decode"].fn
+    for splits in (None, 3):
+        assert _rel(inp.call(lambda *a, **k: fn(*a, **k, num_splits=splits)), reference_mla(inp)) <= 2e-6
