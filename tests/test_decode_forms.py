@@ -24,8 +24,11 @@ from hostile_helpers import assert_one_line, main_in_process
 
 IMPLS = ("naive", "sdpa", "flash_decoding", "flash_decoding_torch")
 # (B, Hq, Hkv, Nq, D, kv_lens): odd head dims (scalar tails of the C kernel), GQA 3, ragged
-# lengths, and 15 query rows per kv head (the C kernel's plain variant) and 16 (its blocked one)
-SHAPES = [(3, 6, 2, 2, 37, (45, 17, 30)), (2, 15, 1, 1, 24, (300, 77)), (1, 16, 1, 1, 40, (129,))]
+# lengths, 4 query rows per kv head with an odd D (the kernel's two-token score loop of converted
+# caches, with its tail), and 15 query rows per kv head (the C kernel's plain variant) and 16 (its
+# blocked one for float32)
+SHAPES = [(3, 6, 2, 2, 37, (45, 17, 30)), (2, 15, 1, 1, 24, (300, 77)), (1, 16, 1, 1, 40, (129,)),
+          (2, 8, 2, 1, 37, (77, 301))]
 FORMS = [("same", "tensor", True, 0.0), ("same", "tensor", False, 0.3), ("bfloat16", "tensor", False, 0.0),
          ("bfloat16", "tensor", True, 0.7), ("float8_e4m3fn", "tensor", False, 0.0),
          ("float8_e4m3fn", "head", True, 0.0), ("float8_e4m3fn", "head", False, 0.25)]
@@ -45,7 +48,7 @@ def _rel(out, ref) -> float:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
 @pytest.mark.parametrize("form", FORMS, ids=lambda f: "-".join(map(str, f)))
-@pytest.mark.parametrize("shape", SHAPES, ids=["gqa3-d37", "g15-d24", "g16-d40"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["gqa3-d37", "g15-d24", "g16-d40", "g4-d37"])
 def test_every_decode_path_matches_the_float64_reference(impl, layout, form, shape):
     case = _case(shape, layout, *form, impl=impl)
     why = registry.get(impl).supports(case)
