@@ -220,13 +220,23 @@ class Decode(Workload):
 
     def label_bits(self, row) -> list[str]:
         bits = ["paged " + str(row["page_size"]) if row["kv_layout"] == "paged" else "contiguous"]
-        if row["kv_dtype"] != "same":
-            bits.append(kv_quant.label(row["kv_dtype"], row["kv_scale"]) + " cache")
-        if row["sinks"]:
+        form = {k: _field(row, k, d) for k, d in (("kv_dtype", "same"), ("kv_scale", "tensor"), ("sinks", False),
+                                                  ("scale", 0.0))}
+        if form["kv_dtype"] != "same":
+            bits.append(kv_quant.label(form["kv_dtype"], form["kv_scale"]) + " cache")
+        if form["sinks"]:
             bits.append("sinks")
-        if row["scale"]:
-            bits.append(f"scale {row['scale']:g}")
+        if form["scale"]:
+            bits.append(f"scale {form['scale']:g}")
         return bits
+
+
+def _field(row, key: str, default):
+    """A report row's field, or its "off" default for rows that do not carry it."""
+    try:
+        return row[key]
+    except KeyError:
+        return default
 
 
 # The forms beyond plain attention an implementation's decode path declares (register_decode's
