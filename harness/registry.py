@@ -262,10 +262,13 @@ def register_decode(
     memory_model: Callable[[Case], int] | None = None,
     description: str = "",
     params: dict | None = None,
+    forms: tuple[str, ...] | list[str] = (),
+    forms_missing: dict | None = None,
 ):
     """Decorator: record `fn(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None)` as
     the decode path of `name` (docs/contracts.md, "Decode"): register_path("decode", ...) with
-    the cache layouts it reads."""
+    the cache layouts it reads and the decode forms it implements (`forms`: "sinks", "scale",
+    "kv_bfloat16", "kv_float8_e4m3fn"; `forms_missing`: the reason per form it cannot express)."""
     from harness.workloads.decode import KV_LAYOUTS
 
     bad = [x for x in layouts if x not in KV_LAYOUTS]
@@ -273,7 +276,8 @@ def register_decode(
         raise ValueError(f"register_decode({name!r}): unknown layouts {bad}; allowed: {KV_LAYOUTS}")
     return register_path("decode", name, devices=devices, dtypes=dtypes, supports=supports, available=available,
                          memory_model=memory_model, description=description, params=params,
-                         options={"layouts": tuple(layouts)})
+                         options={"layouts": tuple(layouts), "forms": tuple(forms),
+                                  "forms_missing": dict(forms_missing or {})})
 
 
 def _load_builtins() -> None:

@@ -28,10 +28,14 @@ from implementations._shared.contract import (
     ungroup,
 )
 from implementations._shared.decode_contract import (
+    cache_element_bytes,
     check_decode_args,
+    dequantised,
+    dequantised_bytes,
     length_mask,
     padded_cache,
     padded_len,
+    with_sinks,
 )
 from implementations._shared.varlen_contract import check_varlen_args
 
@@ -120,27 +124,35 @@ def naive_attention(q, k, v, *, causal=False, attn_mask=None, scale=None, window
 def _decode_memory_model(case) -> int:
     npad = padded_len(case)
     e = case.element_bytes
-    gathered = 2 * e * case.batch * case.heads_kv * npad * case.head_dim if case.kv_layout == "paged" else 0
-    scores = 4 * case.batch * case.heads_q * case.seq_len_q * npad  # float32 scores, then probs
+    gathered = 2 * cache_element_bytes(case) * case.batch * case.heads_kv * npad * case.head_dim \
+        if case.kv_layout == "paged" else 0
+    scores = 4 * case.batch * case.heads_q * case.seq_len_q * (npad + case.sinks)  # float32 scores, then probs
     raw = e * case.batch * case.heads_q * case.seq_len_q * npad  # matmul output before the upcast
     mask = case.batch * case.seq_len_q * npad
     out = e * case.batch * case.heads_q * case.seq_len_q * case.head_dim
-    return gathered + 2 * scores + (raw if e != 4 else 0) + mask + out
+    return gathered + dequantised_bytes(case) + (3 if case.sinks else 2) * scores + (raw if e != 4 else 0) + mask + out
 
 
 @register_decode("naive", layouts=("contiguous", "paged"), dtypes=("float32", "float16", "bfloat16"),
-                 memory_model=_decode_memory_model)
-def naive_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None):
-    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale)
+                 memory_model=_decode_memory_model, forms=("sinks", "scale", "kv_bfloat16", "kv_float8_e4m3fn"))
+def naive_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
+                 v_scale=None):
+    """A low-precision cache is dequantised to q's dtype (float32) first; sinks join the softmax
+    as one more column (no value)."""
+    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale, sinks=sinks, k_scale=k_scale,
+                             v_scale=v_scale)
     B, Hq, Nq, D = q.shape
     Hkv, G = dims.heads_kv, dims.group
     k, v = padded_cache(k_cache, v_cache, block_table)  # (B, Hkv, Npad, D) each
+    if k.dtype != q.dtype:
+        k, v = dequantised(k, k_scale, q.dtype), dequantised(v, v_scale, q.dtype)
     Npad = k.shape[2]
     qg = q.reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): the G query heads of a kv head stacked
     s = torch.matmul(qg, k.transpose(-1, -2)).view(B, Hq, Nq, Npad)  # (B, Hq, Nq, Npad)
     s = s.to(compute_dtype(q.dtype)) * default_scale(D, scale)
     s = s.masked_fill(~length_mask(kv_lens, Nq, Npad), float("-inf"))  # (B, Hq, Nq, Npad)
-    p = torch.softmax(s, dim=-1).to(v.dtype).view(B, Hkv, G * Nq, Npad)  # (B, Hkv, G·Nq, Npad)
+    p = torch.softmax(with_sinks(s, sinks), dim=-1)[..., :Npad]  # the sink column has no value
+    p = p.to(v.dtype).reshape(B, Hkv, G * Nq, Npad)  # (B, Hkv, G·Nq, Npad)
     return torch.matmul(p, v).view(B, Hq, Nq, D)  # (B, Hq, Nq, D)
 
 

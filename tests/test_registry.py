@@ -191,7 +191,7 @@ def test_builtins_are_the_public_modules_and_packages_never_their_helpers():
         "registry.ensure_loaded()\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('implementations.'))\n"
         "fns = [f for i in registry._REGISTRY.values() if i.source == 'builtin'\n"
-        "       for f in (i.fn, i.decode and i.decode.fn) if f is not None]\n"
+        "       for f in (i.fn, *(p.fn for p in i.paths.values())) if f is not None]\n"
         "registering = sorted({'.'.join(f.__module__.split('.')[:2]) for f in fns})\n"
         "print(json.dumps([sorted(n for n in asked if n.startswith('implementations')), loaded, registering,\n"
         "                  registry.names()]))\n"

@@ -85,6 +85,8 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     compile_start = compile_time.start(impl)  # compile time is recorded apart from latency
     prepared = checked_call.prepare(case, seed)
     sums = guards.checksums(prepared.inputs)  # before any call of the implementation
+    if prepared.metrics:
+        partial["metrics"] = dict(prepared.metrics)
     if check_call:
         acc = checked_call.check_impl(impl, prepared, case)
         partial.update(acc.fields())
@@ -92,7 +94,7 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
             return finish(case, vocab.WRONG, acc.wrong, started, partial)
     if case.pass_kind != "forward":
         gc = checked_call.check_impl_grads(impl, prepared, case)
-        partial["metrics"] = dict(gc.metrics)
+        partial["metrics"] = {**partial.get("metrics", {}), **gc.metrics}
         if gc.wrong:
             return finish(case, vocab.WRONG, gc.wrong, started, partial)
     fn = checked_call.build_callable(impl, prepared, case)

@@ -36,6 +36,7 @@ class Prepared:
     grad_out: "torch.Tensor | None" = None  # (B, Hq, Nq, D), the inputs' dtype and device
     ref_grads: dict | None = None  # {"dq", "dk", "dv"} float64 on the CPU
     naive_grads: dict | None = None  # same, in the inputs' dtype (low precision only)
+    metrics: dict | None = None  # the workload's reference_metrics (of the inputs, not of a call)
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,13 @@ def prepare(case: Case, seed: int) -> Prepared:
             path = registry.get("naive").paths.get(case.workload)
             base = wl.naive_rows(case, inputs, rows, path.fn if path else None)
             naive_errs = None if base is None else accuracy.errors(base, ref)  # None: no low-precision rule
-        _remember(key, (rows, ref, naive_errs, {}))
-    rows, ref, naive_errs, grads = _REFERENCE_CACHE[key]
+        _remember(key, (rows, ref, naive_errs, {}, wl.reference_metrics(case, inputs, rows, ref)))
+    rows, ref, naive_errs, grads, metrics = _REFERENCE_CACHE[key]
     if case.pass_kind != "forward" and not grads:
         grads.update(wl.gradient_reference(case, seed, inputs))
     if case.pass_kind == "forward":
         grads = {}
-    return Prepared(case, inputs, rows, ref, naive_errs, **grads)
+    return Prepared(case, inputs, rows, ref, naive_errs, **grads, metrics=metrics)
 
 
 def call(impl, case: Case, inputs):

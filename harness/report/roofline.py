@@ -2,7 +2,11 @@
 bytes) for every case that ran OK, one marker style per implementation, with both measured
 ceilings drawn (the matmul peak, flat; the read bandwidth, the diagonal bytes/s x intensity).
 A table beside it gives each case's % of its roofline time and whether it is memory- or
-compute-bound. Decode lives at the far left (memory-bound); long prefill at the right.
+compute-bound. Decode lives at the far left (memory-bound); long prefill at the right, and so does
+MLA decode in its absorbed form (each shared latent row serves every query head: ~120 FLOP/B in
+float32 at 128 heads, right of a CPU's ridge point: compute-bound). The ridge (where the two
+ceilings meet) is marked, and a line under the figure names the workloads whose points lie right of
+it.
 """
 
 from __future__ import annotations
@@ -32,10 +36,30 @@ def roofline_section(rows: list[Row], calibration: dict, styles: dict) -> Sectio
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", device)
         sec.figures.append(Figure(f"90-roofline-{slug}.png", fig, f"roofline: {device}"))
         sec.tables.append(_table(pts, peaks, bws, device))
+        note = _compute_bound_note(pts, peak, bw, device)
+        if note:
+            sec.paragraphs.append(note)
     sec.paragraphs.append("Achieved FLOP/s against arithmetic intensity (FLOPs / minimum bytes moved); the lines are "
                           "the ceilings measured in this run (matmul peak; read bandwidth × intensity). % of roofline "
                           "= roofline time / median time, roofline time = max(FLOPs / peak, bytes / bandwidth).")
     return sec
+
+
+def _compute_bound_note(pts: list[Row], peak: float | None, bw: float | None, device: str) -> str:
+    """`cpu: ridge at 5.1 FLOP/B; compute-bound (right of it): mla_decode (121 FLOP/B), ...`."""
+    if not (peak and bw):
+        return ""
+    knee = peak / bw
+    right: dict[str, list[float]] = {}
+    for r in pts:
+        ai = float(r["arithmetic_intensity"])
+        if ai > knee:
+            right.setdefault(r["workload"], []).append(ai)
+    if not right:
+        return f"{device}: ridge at {knee:.3g} FLOP/B; every point is left of it (memory-bound)."
+    parts = [f"{w} ({min(a):.3g}" + (f"–{max(a):.3g}" if max(a) > min(a) * 1.01 else "") + " FLOP/B)"
+             for w, a in right.items()]
+    return f"{device}: ridge at {knee:.3g} FLOP/B; compute-bound (right of it): {', '.join(parts)}."
 
 
 def _plot(pts: list[Row], device: str, peak: float | None, bw: float | None, styles: dict) -> bytes:
@@ -46,6 +70,10 @@ def _plot(pts: list[Row], device: str, peak: float | None, bw: float | None, sty
         knee = peak / bw  # intensity where the two ceilings meet
         xs = [lo, min(max(knee, lo), hi), hi]
         ax.plot(xs, [min(peak, bw * x) / 1e12 for x in xs], "-", color="0.2", lw=1.4, label="roofline (measured)")
+        if lo < knee < hi:  # the ridge: memory-bound to its left, compute-bound to its right
+            ax.axvline(knee, color="0.5", lw=0.8, ls=":")
+            ax.annotate(f" ridge {knee:.3g} FLOP/B: compute-bound →", (knee, peak / 1e12), fontsize=7,
+                        color="0.35", va="top", xytext=(2, -4), textcoords="offset points")
     elif peak:
         ax.axhline(peak / 1e12, color="0.2", lw=1.4, label="matmul peak (measured)")
     for impl in dict.fromkeys(r.impl for r in pts):

@@ -95,6 +95,9 @@ METRICS: tuple[Metric, ...] = (
            2.0**-20),
     Metric("max_abs_error", "max err", "max abs error", "", LOWER, "error", spec=".2e", console=True),
     Metric("rel_l2_error", "rel L2 err", "max rel L2 error", "", LOWER, "error", spec=".2e"),
+    # a low-precision KV cache's own rounding, apart from the kernel's error (workloads/decode/kv_quant.py)
+    Metric("quant_error", "quant err", "quantisation error of the cache (max abs)", "", LOWER, "error",
+           spec=".2e"),
     Metric("error_passed", "error check", "error check passed", "", None, "error", judge="pass",
            verdict=vocab.REGRESSED_ERROR),
     Metric("flops", "FLOPs", "FLOPs counted per call", "FLOP", None, "info", spec=".4g"),

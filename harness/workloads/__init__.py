@@ -9,10 +9,11 @@ implementations that run it (registry.register_path), and ship a scenario.
 
 from __future__ import annotations
 
-from harness.workloads import decode, prefill, serving
+from harness.workloads import decode, mla_decode, prefill, serving
 from harness.workloads.base import Workload
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD, serving.WORKLOAD)}
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (prefill.WORKLOAD, decode.WORKLOAD, mla_decode.WORKLOAD,
+                                                       serving.WORKLOAD)}
 
 
 def get(name: str) -> Workload:

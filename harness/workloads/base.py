@@ -102,6 +102,12 @@ class Workload:
         (B, Hq, R, Dv) on the CPU."""
         raise NotImplementedError
 
+    def reference_metrics(self, case: Case, inputs, rows, ref) -> dict:
+        """Metrics of the inputs themselves, computed once with the reference and recorded with
+        every implementation's measurement (e.g. decode's `quant_error`: the error a low-precision
+        cache brings before any kernel runs). Default: none."""
+        return {}
+
     def naive_rows(self, case: Case, inputs, rows, naive: Callable | None) -> "torch.Tensor | None":
         """The checked rows as `naive` computes them in the case's dtype (the low-precision
         baseline of the error rule); `naive` is the registry's naive path for this workload."""

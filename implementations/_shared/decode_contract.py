@@ -1,9 +1,13 @@
-"""Argument checks and helpers shared by the decode paths (README, "Decode").
+"""Argument checks and helpers shared by the decode paths (docs/contracts.md, "Decode").
 
-fn(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None): q (B, Hq, Nq, D); contiguous
-k_cache, v_cache (B, Hkv, Nmax, D); paged (num_pages, Hkv, page_size, D) with block_table
-(B, max_pages) int32; kv_lens (B,) int32, Nq <= kv_lens[b]. Query i of sequence b sees cached key
-j iff j <= i + (kv_lens[b] - Nq); query head h uses kv head h // (Hq / Hkv).
+fn(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
+v_scale=None): q (B, Hq, Nq, D); contiguous k_cache, v_cache (B, Hkv, Nmax, D); paged
+(num_pages, Hkv, page_size, D) with block_table (B, max_pages) int32; kv_lens (B,) int32,
+Nq <= kv_lens[b]. Query i of sequence b sees cached key j iff j <= i + (kv_lens[b] - Nq); query
+head h uses kv head h // (Hq / Hkv). Low-precision caches (float32 q only): bfloat16, or
+float8_e4m3fn with float32 k_scale, v_scale of shape () (per tensor) or (Hkv,) (per kv head),
+the stored value times its scale being the cached number. sinks: (Hq,) float32 logits, each
+adding exp(sinks[h]) to query head h's softmax denominator.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from implementations._shared.contract import FLOATING
+
+LOW_PRECISION_CACHES = (torch.bfloat16, torch.float8_e4m3fn)  # with float32 queries
 
 
 @dataclass(frozen=True)
@@ -24,21 +30,47 @@ class DecodeDims:
     head_dim: int
     paged: bool
     page_size: int  # 0 when contiguous
+    cache_dtype: torch.dtype = torch.float32
 
     @property
     def group(self) -> int:
         return self.heads_q // self.heads_kv
 
 
-def check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale) -> DecodeDims:
+def _check_cache_dtypes(q, k_cache, v_cache) -> None:
+    if q.dtype not in FLOATING:
+        raise ValueError(f"q has dtype {q.dtype}; allowed: float32, float16, bfloat16, float64")
+    if k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"k_cache and v_cache dtypes differ: {k_cache.dtype}, {v_cache.dtype}")
+    if k_cache.dtype == q.dtype:
+        return
+    if q.dtype == torch.float32 and k_cache.dtype in LOW_PRECISION_CACHES:
+        return
+    raise ValueError(f"q has dtype {q.dtype}, the cache {k_cache.dtype}; allowed: the same dtype, or a "
+                     "bfloat16 / float8_e4m3fn cache with float32 q")
+
+
+def _check_scales(k_cache, k_scale, v_scale, Hkv: int, dev) -> None:
+    fp8 = k_cache.dtype == torch.float8_e4m3fn
+    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not fp8:
+            if s is not None:
+                raise ValueError(f"{name} is for a float8_e4m3fn cache, not {k_cache.dtype}")
+            continue
+        if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or s.shape not in ((), (Hkv,)):
+            raise ValueError(f"a float8_e4m3fn cache needs {name}: a float32 tensor of shape () or ({Hkv},), "
+                             f"got {getattr(s, 'shape', s)!r}")
+        if s.device != dev:
+            raise ValueError(f"{name} is on {s.device}, q on {dev}")
+
+
+def check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale, *, sinks=None, k_scale=None,
+                      v_scale=None) -> DecodeDims:
     """Validate shapes, dtypes and devices; raise ValueError saying what is wrong."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D torch.Tensor, got {getattr(t, 'shape', type(t))}")
-        if t.dtype not in FLOATING:
-            raise ValueError(f"{name} has dtype {t.dtype}; allowed: float32, float16, bfloat16, float64")
-    if not (q.dtype == k_cache.dtype == v_cache.dtype):
-        raise ValueError(f"q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    _check_cache_dtypes(q, k_cache, v_cache)
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache and v_cache shapes differ: {tuple(k_cache.shape)} vs {tuple(v_cache.shape)}")
     B, Hq, Nq, D = q.shape
@@ -62,7 +94,31 @@ def check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale) -> Decod
         raise ValueError(f"contiguous cache batch {k_cache.shape[0]} != q batch {B}")
     if scale is not None and not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
-    return DecodeDims(B, Hq, Hkv, Nq, D, paged, k_cache.shape[2] if paged else 0)
+    _check_scales(k_cache, k_scale, v_scale, Hkv, q.device)
+    if sinks is not None:
+        if not isinstance(sinks, torch.Tensor) or sinks.shape != (Hq,) or sinks.dtype != torch.float32:
+            raise ValueError(f"sinks must be a float32 tensor of shape ({Hq},), got {getattr(sinks, 'shape', sinks)!r}")
+        if sinks.device != q.device:
+            raise ValueError(f"sinks is on {sinks.device}, q on {q.device}")
+    return DecodeDims(B, Hq, Hkv, Nq, D, paged, k_cache.shape[2] if paged else 0, k_cache.dtype)
+
+
+def dequantised(cache, scale, dtype=torch.float32):
+    """A cache (heads at dim 1) as `dtype`: the stored value times its scale (float8), or the stored
+    value (bfloat16 and the others)."""
+    x = cache.to(dtype)
+    if scale is None:
+        return x
+    return x.mul_(scale.to(dtype).reshape((1, -1, 1, 1) if scale.dim() else ()))  # x is a fresh copy
+
+
+def with_sinks(s, sinks):
+    """Scores (B, Hq, Nq, N) with each head's sink logit appended as a last column (no value:
+    drop that column of the softmax); `s` itself when there are no sinks."""
+    if sinks is None:
+        return s
+    B, Hq, Nq, _ = s.shape
+    return torch.cat([s, sinks.to(s.dtype).view(1, Hq, 1, 1).expand(B, Hq, Nq, 1)], dim=-1)
 
 
 def padded_cache(k_cache, v_cache, block_table):
@@ -88,6 +144,19 @@ def length_mask(kv_lens, query_tokens: int, n_keys: int):
     j = torch.arange(n_keys, device=dev).view(1, 1, n_keys)  # (1, 1, Npad)
     last = (kv_lens.long() - query_tokens).view(-1, 1, 1)  # (B, 1, 1)
     return (j <= i + last).unsqueeze(1)  # (B, 1, Nq, Npad)
+
+
+def cache_element_bytes(case) -> int:
+    """Bytes of one stored cache element of a decode Case (its kv_dtype, else its dtype)."""
+    return {"bfloat16": 2, "float8_e4m3fn": 1}.get(case.kv_dtype, case.element_bytes)
+
+
+def dequantised_bytes(case) -> int:
+    """Bytes of a float32 copy of a low-precision cache, padded (dequantised() of k and v); 0 for
+    a cache in the case's dtype."""
+    if case.kv_dtype == "same":
+        return 0
+    return 2 * 4 * case.batch * case.heads_kv * padded_len(case) * case.head_dim
 
 
 def padded_len(case) -> int:

@@ -1,7 +1,22 @@
-/* One Flash-Decoding partition on the CPU, fp32: the partial attention of one sequence's query
- * rows over cached tokens [j0, j0 + n) of every kv head, read through page offsets (a contiguous
- * cache is one "page"). Built and loaded by implementations/flash_decoding/kernel_build.py;
- * called once per partition from flash_decoding's worker threads (ctypes releases the GIL).
+/* One Flash-Decoding partition on the CPU, fp32 queries and accumulation: the partial attention
+ * of one sequence's query rows over cached tokens [j0, j0 + n) of every kv head, read through page
+ * offsets (a contiguous cache is one "page"). Built and loaded by
+ * implementations/flash_decoding/kernel_build.py; called once per partition from flash_decoding's
+ * worker threads (ctypes releases the GIL).
+ *
+ * The cache is read in its stored type, converted in registers (kv_dtype): float32; bfloat16
+ * (its 16 bits are the top half of a float32: a shift); float8 e4m3fn (sign, 4 exponent bits with
+ * bias 7, 3 mantissa bits: moved into a float16 or float32 of a larger exponent bias and read as
+ * its value times 2^-8 (see ldc) -- exact for normals and subnormals; the caller folds 2^8 into
+ * the per-head scales; NaN codes, which a saturating encoder never writes, read as 480).
+ * Per kv head h the scores use c·kscale[h] and the partial output is multiplied by vscale[h].
+ *
+ * Keys and values may be rows of different widths Dk and Dv of one row stride (MLA: one latent
+ * row of 576 per token, its first 512 columns the value); with many query rows per kv head (MLA's
+ * 128 heads) a register-blocked variant (`blocked`) computes the scores as a small matmul, vector
+ * along the query rows (q transposed into scratch), and p·V with a tile of rows x value columns
+ * in registers (q arrives transposed: once per call, not per partition): that case is
+ * compute-bound, the plain one memory-bound.
  *
  * Why C: a decode step reads every K and V byte once and does G·Nq multiply-adds per element, so
  * it should run at memory speed. Through torch it is two skinny matmuls per partition (K·qᵀ and
@@ -24,6 +39,11 @@
 
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint8_t u8x8 __attribute__((vector_size(8)));
+
+enum { KV_F32 = 0, KV_BF16 = 1, KV_FP8 = 2 };
+static const int64_t ESZ[3] = {4, 2, 1};
 
 static inline v8 ld(const float *p) { v8 x; memcpy(&x, p, sizeof x); return x; }
 static inline void st(float *p, v8 x) { memcpy(p, &x, sizeof x); }
@@ -32,8 +52,10 @@ static inline float hsum(v8 x) { float r = 0.f; for (int i = 0; i < 8; ++i) r +=
 /* keep a value in a register: stops the compiler from re-loading it as a memory operand */
 #define KEEP(x) __asm__("" : "+x"(x))
 
-#ifdef __AVX__
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#ifdef __AVX__
 /* lane i of the result = the sum of the 8 lanes of a[i] */
 static inline v8 hsum8(const v8 *a) {
     __m256 h01 = _mm256_hadd_ps((__m256)a[0], (__m256)a[1]), h23 = _mm256_hadd_ps((__m256)a[2], (__m256)a[3]);
@@ -46,6 +68,42 @@ static inline v8 hsum8(const v8 *a) { v8 r; for (int i = 0; i < 8; ++i) r[i] = h
 #undef KEEP
 #define KEEP(x) ((void)0)
 #endif
+
+/* 8 cache elements from element i of row p, as float32 (dt is a constant where inlined). A float8
+ * e4m3 code reads as its value times 2^-8 (FP8_READ_FACTOR; the caller folds 2^8 into the scales):
+ * with F16C its bits moved into a float16 (sign to bit 15, exponent and mantissa to bits 13..7:
+ * a float16 of exponent bias 15 instead of 7) converted by vcvtph2ps; elsewhere moved into a
+ * float32 (bits 30..20: bias 127, a factor 2^-120) and multiplied by 2^112. */
+#define FP8_READ_FACTOR 0x1p-8f
+static inline __attribute__((always_inline)) v8 ldc(const void *p, int64_t i, int dt) {
+    if (dt == KV_F32) return ld((const float *)p + i);
+    if (dt == KV_BF16) {
+        u16x8 h; memcpy(&h, (const uint16_t *)p + i, sizeof h);
+        return (v8)(__builtin_convertvector(h, i8) << 16);
+    }
+#if defined(__AVX2__) && defined(__F16C__)
+    __m128i b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i));
+    __m128i w = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(b), 7), _mm_set1_epi16((short)0xBFFF));
+    return (v8)_mm256_cvtph_ps(w);
+#else
+    u8x8 b; memcpy(&b, (const uint8_t *)p + i, sizeof b);
+    i8 x = __builtin_convertvector(b, i8);
+    return (v8)(((x & 0x7f) << 20) | ((x & 0x80) << 24)) * 0x1p112f;
+#endif
+}
+
+static inline __attribute__((always_inline)) float ldc1(const void *p, int64_t i, int dt) {
+    uint32_t u;
+    float f;
+    if (dt == KV_F32) return ((const float *)p)[i];
+    if (dt == KV_BF16) u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    else { uint32_t x = ((const uint8_t *)p)[i]; u = ((x & 0x7f) << 20) | ((x & 0x80) << 24); }
+    memcpy(&f, &u, sizeof f);
+    return dt == KV_FP8 ? f * 0x1p112f : f;
+}
+
+/* the factor a float8 code is read with (see ldc), for the caller's scales */
+float attnbench_fd_fp8_read_factor(void) { return FP8_READ_FACTOR; }
 
 /* 2^x for x <= 0 (scores minus their row max), 8 lanes: 2^round(x) · 2^f, f in [-0.5, 0.5],
  * 2^f by its Taylor series to degree 7 (relative error < 1e-8 before rounding); x below −125
@@ -67,35 +125,63 @@ static inline v8 exp2v(v8 x) {
 }
 
 
-/* rows[t] = address of cached token t (of this partition and head) */
-static void fill_rows(const float *base, const int64_t *page_off, int64_t ps, int64_t hoff, int64_t D,
-                      int64_t n, const float **rows) {
+/* rows[t] = address of cached token t (of this partition and head); offsets and strides in
+ * elements of esz bytes */
+static void fill_rows(const char *base, const int64_t *page_off, int64_t ps, int64_t hoff, int64_t stride,
+                      int64_t esz, int64_t n, const void **rows) {
     int64_t t = 0;
     for (int64_t p = 0; t < n; ++p) {
-        const float *pg = base + page_off[p] + hoff;
-        for (int64_t i = 0; i < ps && t < n; ++i, ++t) rows[t] = pg + i * D;
+        const char *pg = base + (page_off[p] + hoff) * esz;
+        for (int64_t i = 0; i < ps && t < n; ++i, ++t) rows[t] = pg + i * stride * esz;
     }
 }
 
-static inline void prefetch_row(const float *row, int64_t D) {
+static inline void prefetch_row(const void *row, int64_t bytes) {
     const char *p = (const char *)row;
-    for (int64_t b = 0; b < D * 4; b += 64) __builtin_prefetch(p + b, 0, 0);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 0);
 }
 
 /* s[r*n + t] = c · (q_r · K_t) for t < n, rows r < GN; q is (GN, D) */
-static void scores(const float *q, float scale, const float *const *rows, int64_t GN, int64_t D, int64_t n,
-                   int64_t pf, float *s) {
+static inline __attribute__((always_inline)) void scores(const float *q, float scale, const void *const *rows,
+                                                         int64_t GN, int64_t D, int64_t n, int64_t pf, float *s,
+                                                         int dt) {
     const int64_t C = D / 8;
-    for (int64_t t = 0; t < n; ++t) {
-        const float *k = rows[t];
-        if (t + pf < n) prefetch_row(rows[t + pf], D);
+    int64_t t = 0;
+    if (dt != KV_F32 && GN % 4 == 0) /* converted caches: two tokens share each q load (fewer uops per byte) */
+        for (; t + 2 <= n; t += 2) {
+            const void *k0 = rows[t], *k1 = rows[t + 1];
+            if (t + pf + 1 < n) { prefetch_row(rows[t + pf], D * ESZ[dt]); prefetch_row(rows[t + pf + 1], D * ESZ[dt]); }
+            for (int64_t r = 0; r < GN; r += 4) {
+                const float *q0 = q + r * D;
+                v8 a[8] = {0}; /* a[2j + u]: row r + j, token t + u */
+                for (int64_t c = 0; c < C; ++c) {
+                    v8 x0 = ldc(k0, 8 * c, dt), x1 = ldc(k1, 8 * c, dt);
+                    KEEP(x0); KEEP(x1);
+                    for (int j = 0; j < 4; ++j) {
+                        v8 qv = ld(q0 + j * D + 8 * c);
+                        a[2 * j] += qv * x0;
+                        a[2 * j + 1] += qv * x1;
+                    }
+                }
+                v8 h = hsum8(a);
+                for (int j = 0; j < 4; ++j)
+                    for (int u = 0; u < 2; ++u) {
+                        float x = h[2 * j + u];
+                        for (int64_t d = 8 * C; d < D; ++d) x += q0[j * D + d] * ldc1(u ? k1 : k0, d, dt);
+                        s[(r + j) * n + t + u] = x * scale;
+                    }
+            }
+        }
+    for (; t < n; ++t) {
+        const void *k = rows[t];
+        if (t + pf < n) prefetch_row(rows[t + pf], D * ESZ[dt]);
         int64_t r = 0;
         for (; r + 4 <= GN; r += 4) {
             const float *q0 = q + r * D;
             v8 a[8] = {0};
             int64_t c = 0;
             for (; c + 2 <= C; c += 2) {
-                v8 x0 = ld(k + 8 * c), x1 = ld(k + 8 * c + 8);
+                v8 x0 = ldc(k, 8 * c, dt), x1 = ldc(k, 8 * c + 8, dt);
                 KEEP(x0); KEEP(x1);
                 for (int j = 0; j < 4; ++j) {
                     a[j] += ld(q0 + j * D + 8 * c) * x0;
@@ -103,13 +189,13 @@ static void scores(const float *q, float scale, const float *const *rows, int64_
                 }
             }
             if (c < C) {
-                v8 x0 = ld(k + 8 * c);
+                v8 x0 = ldc(k, 8 * c, dt);
                 for (int j = 0; j < 4; ++j) a[j] += ld(q0 + j * D + 8 * c) * x0;
             }
             v8 h = hsum8(a);
             for (int j = 0; j < 4; ++j) {
                 float x = h[j] + h[4 + j];
-                for (int64_t d = 8 * C; d < D; ++d) x += q0[j * D + d] * k[d];
+                for (int64_t d = 8 * C; d < D; ++d) x += q0[j * D + d] * ldc1(k, d, dt);
                 s[(r + j) * n + t] = x * scale;
             }
         }
@@ -117,50 +203,61 @@ static void scores(const float *q, float scale, const float *const *rows, int64_
             v8 a0 = {0}, a1 = {0};
             int64_t c = 0;
             for (; c + 2 <= C; c += 2) {
-                a0 += ld(q + r * D + 8 * c) * ld(k + 8 * c);
-                a1 += ld(q + r * D + 8 * c + 8) * ld(k + 8 * c + 8);
+                a0 += ld(q + r * D + 8 * c) * ldc(k, 8 * c, dt);
+                a1 += ld(q + r * D + 8 * c + 8) * ldc(k, 8 * c + 8, dt);
             }
-            if (c < C) a0 += ld(q + r * D + 8 * c) * ld(k + 8 * c);
+            if (c < C) a0 += ld(q + r * D + 8 * c) * ldc(k, 8 * c, dt);
             float x = hsum(a0 + a1);
-            for (int64_t d = 8 * C; d < D; ++d) x += q[r * D + d] * k[d];
+            for (int64_t d = 8 * C; d < D; ++d) x += q[r * D + d] * ldc1(k, d, dt);
             s[r * n + t] = x * scale;
         }
     }
 }
 
-/* o_r += Σ_{t < n} p[r*n + t] · V_t for rows r < GN (o zeroed by the caller) */
-static void values(const float *p, const float *const *rows, int64_t GN, int64_t D, int64_t n, int64_t pf,
-                   float *o) {
+/* o_r += Σ_{t < n} p[r*n + t] · V_t for rows r < GN (o zeroed by the caller). Four value rows per
+ * step: each chunk of o is loaded and stored once per four tokens, and each converted V chunk
+ * serves four query rows. */
+static inline __attribute__((always_inline)) void values(const float *p, const void *const *rows, int64_t GN,
+                                                         int64_t D, int64_t n, int64_t pf, float *o, int dt) {
     const int64_t C = D / 8;
+    const int64_t bytes = D * ESZ[dt];
     int64_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-        const float *v0 = rows[t], *v1 = rows[t + 1];
-        if (t + pf + 1 < n) { prefetch_row(rows[t + pf], D); prefetch_row(rows[t + pf + 1], D); }
+    for (; t + 4 <= n; t += 4) {
+        const void *vr[4] = {rows[t], rows[t + 1], rows[t + 2], rows[t + 3]};
+        for (int u = 0; u < 4; ++u)
+            if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
         int64_t r = 0;
         for (; r + 4 <= GN; r += 4) {
-            v8 w0[4], w1[4];
-            for (int j = 0; j < 4; ++j) { w0[j] = bc(p[(r + j) * n + t]); w1[j] = bc(p[(r + j) * n + t + 1]); }
+            v8 w[4][4];
+            for (int j = 0; j < 4; ++j)
+                for (int u = 0; u < 4; ++u) w[j][u] = bc(p[(r + j) * n + t + u]);
             float *o0 = o + r * D;
             for (int64_t c = 0; c < C; ++c) {
-                v8 x0 = ld(v0 + 8 * c), x1 = ld(v1 + 8 * c);
-                KEEP(x0); KEEP(x1);
-                for (int j = 0; j < 4; ++j) st(o0 + j * D + 8 * c, ld(o0 + j * D + 8 * c) + w0[j] * x0 + w1[j] * x1);
+                v8 x[4];
+                for (int u = 0; u < 4; ++u) { x[u] = ldc(vr[u], 8 * c, dt); KEEP(x[u]); }
+                for (int j = 0; j < 4; ++j)
+                    st(o0 + j * D + 8 * c,
+                       ld(o0 + j * D + 8 * c) + w[j][0] * x[0] + w[j][1] * x[1] + w[j][2] * x[2] + w[j][3] * x[3]);
             }
             for (int64_t d = 8 * C; d < D; ++d)
-                for (int j = 0; j < 4; ++j) o0[j * D + d] += w0[j][0] * v0[d] + w1[j][0] * v1[d];
+                for (int j = 0; j < 4; ++j)
+                    for (int u = 0; u < 4; ++u) o0[j * D + d] += w[j][u][0] * ldc1(vr[u], d, dt);
         }
         for (; r < GN; ++r) {
-            v8 w0 = bc(p[r * n + t]), w1 = bc(p[r * n + t + 1]);
+            v8 w[4];
+            for (int u = 0; u < 4; ++u) w[u] = bc(p[r * n + t + u]);
             for (int64_t c = 0; c < C; ++c)
-                st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w0 * ld(v0 + 8 * c) + w1 * ld(v1 + 8 * c));
-            for (int64_t d = 8 * C; d < D; ++d) o[r * D + d] += w0[0] * v0[d] + w1[0] * v1[d];
+                st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w[0] * ldc(vr[0], 8 * c, dt) + w[1] * ldc(vr[1], 8 * c, dt)
+                                          + w[2] * ldc(vr[2], 8 * c, dt) + w[3] * ldc(vr[3], 8 * c, dt));
+            for (int64_t d = 8 * C; d < D; ++d)
+                for (int u = 0; u < 4; ++u) o[r * D + d] += w[u][0] * ldc1(vr[u], d, dt);
         }
     }
-    if (t < n)
+    for (; t < n; ++t)
         for (int64_t r = 0; r < GN; ++r) {
             v8 w = bc(p[r * n + t]);
-            for (int64_t c = 0; c < C; ++c) st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w * ld(rows[t] + 8 * c));
-            for (int64_t d = 8 * C; d < D; ++d) o[r * D + d] += w[0] * rows[t][d];
+            for (int64_t c = 0; c < C; ++c) st(o + r * D + 8 * c, ld(o + r * D + 8 * c) + w * ldc(rows[t], 8 * c, dt));
+            for (int64_t d = 8 * C; d < D; ++d) o[r * D + d] += w[0] * ldc1(rows[t], d, dt);
         }
 }
 
@@ -186,35 +283,211 @@ static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l)
     *l = hsum(sum) + tail;
 }
 
-/* See the top of the file. q (Hkv, GN, D) unscaled, c = scale·log2 e; page_off[i]: element offset
- * of page i of the partition (head 0, slot 0) from k/v; ps: tokens per page; head_stride: elements
- * between heads in a page; [j0, j0 + n): the partition's tokens, all < kv_len = last + Nq;
- * scratch: GN·n floats; rows: n pointers; o (Hkv, GN, D), m and l (Hkv, GN). Returns 0. */
-int attnbench_fd_partition_f32(const float *q, float c, const float *k, const float *v, const int64_t *page_off,
-                               int64_t ps, int64_t head_stride, int64_t Hkv, int64_t GN, int64_t Nq,
-                               int64_t D, int64_t j0, int64_t n, int64_t last, float *scratch,
-                               const float **rows, float *o, float *m, float *l) {
-    /* software prefetch distance: ~8 KiB of rows ahead (16 rows at D = 128). Measured with 2
-     * threads (B=8, Hq=32, Hkv=8, D=128, KV=8192): 1 KiB 27.0/30.8 ms (contiguous/paged 16),
-     * 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9. */
-    const int64_t pf = 8192 / (D * 4) > 2 ? 8192 / (D * 4) : 2;
+/* ---- the register-blocked variant (float32 cache, many query rows per kv head: MLA) ---------- */
+
+#if defined(__AVX512F__)
+#define W 16
+#else
+#define W 8
+#endif
+typedef float vw __attribute__((vector_size(4 * W)));
+typedef int32_t iw __attribute__((vector_size(4 * W)));
+/* Register tiles, sized to the vector registers (32 with AVX-512, 16 with AVX2): scores, TT
+ * tokens x RV row vectors of accumulators (+ RV loads + 1 broadcast); p·V, VR rows x VCOLS value
+ * vectors (+ VCOLS loads + 1 broadcast). */
+#define TT 6
+#define RV (W == 16 ? 4 : 2)
+#define VR 6
+#define VCOLS (W == 16 ? 4 : 2)
+
+static inline vw ldw(const float *p) { vw x; memcpy(&x, p, sizeof x); return x; }
+static inline void stw(float *p, vw x) { memcpy(p, &x, sizeof x); }
+static inline vw bcw(float x) { return (vw){0} + x; } /* GCC/Clang broadcast a scalar operand */
+
+/* 2^x lane-wise for x <= 0, as exp2v */
+static inline vw exp2w(vw x) {
+    const vw lo = bcw(-125.f), magic = bcw(12582912.f);
+    iw small = x < lo;
+    x = (vw)((small & (iw)lo) | (~small & (iw)x));
+    vw r = (x + magic) - magic;
+    vw f = x - r;
+    vw p = bcw(1.525273380405984e-05f);
+    p = p * f + 0.00015403530393381608f; p = p * f + 0.0013333558146428443f; p = p * f + 0.009618129107628477f;
+    p = p * f + 0.05550410866482158f; p = p * f + 0.2402265069591007f; p = p * f + 0.6931471805599453f;
+    p = p * f + 1.f;
+    iw e = __builtin_convertvector(r, iw) << 23;
+    return (vw)((iw)p + e);
+}
+
+/* sT[(t0 + i)·GNp + rb + v·W + lane] = c · (q · K_t) for nt tokens from t0, nv row vectors from rb;
+ * qT (Dk, GNp) */
+static inline __attribute__((always_inline)) void score_tile(const float *qT, int64_t GNp, int64_t rb, int nv,
+                                                             const void *const *rows, int64_t t0, int nt,
+                                                             int64_t Dk, float c, float *sT) {
+    vw acc[TT][RV];
+    const float *k[TT];
+    for (int i = 0; i < nt; ++i) {
+        k[i] = rows[t0 + i];
+        for (int v = 0; v < nv; ++v) acc[i][v] = bcw(0.f);
+    }
+    for (int64_t d = 0; d < Dk; ++d) {
+        const float *qd = qT + d * GNp + rb;
+        vw a[RV];
+        for (int v = 0; v < nv; ++v) a[v] = ldw(qd + v * W);
+        for (int i = 0; i < nt; ++i) {
+            vw kv = bcw(k[i][d]);
+            for (int v = 0; v < nv; ++v) acc[i][v] += a[v] * kv;
+        }
+    }
+    for (int i = 0; i < nt; ++i)
+        for (int v = 0; v < nv; ++v) stw(sT + (t0 + i) * GNp + rb + v * W, acc[i][v] * c);
+}
+
+/* sT (n, GNp) = c · K qᵀ for q given transposed, qT (Dk, GNp) (rows past GN zero) */
+static void scores_blk(const float *qT, float c, const void *const *rows, int64_t GNp, int64_t Dk, int64_t n,
+                       float *sT) {
+    int64_t t0 = 0;
+    for (; t0 + TT <= n; t0 += TT) {
+        int64_t rb = 0;
+        for (; rb + RV * W <= GNp; rb += RV * W) score_tile(qT, GNp, rb, RV, rows, t0, TT, Dk, c, sT);
+        for (; rb < GNp; rb += W) score_tile(qT, GNp, rb, 1, rows, t0, TT, Dk, c, sT);
+    }
+    for (; t0 < n; ++t0) {
+        int64_t rb = 0;
+        for (; rb + RV * W <= GNp; rb += RV * W) score_tile(qT, GNp, rb, RV, rows, t0, 1, Dk, c, sT);
+        for (; rb < GNp; rb += W) score_tile(qT, GNp, rb, 1, rows, t0, 1, Dk, c, sT);
+    }
+}
+
+/* Column-wise softmax numerators of sT (n, GNp) in place: row r sees tokens t < tn_r, its max m[r]
+ * and sum l[r] (m = −inf, l = 0 and zeros for a row that sees none) */
+static void softmax_cols(float *sT, int64_t GN, int64_t GNp, int64_t n, int64_t Nq, int64_t first, float *m,
+                         float *l) {
+    for (int64_t rb = 0; rb < GNp; rb += W) {
+        iw tn;
+        for (int i = 0; i < W; ++i) {
+            int64_t x = (rb + i) % Nq + first;
+            tn[i] = (int32_t)(x < 0 ? 0 : (x > n ? n : x));
+        }
+        vw mx = bcw(-INFINITY);
+        for (int64_t t = 0; t < n; ++t) {
+            vw x = ldw(sT + t * GNp + rb);
+            iw take = (iw){0} + (int32_t)t < tn;
+            take &= (iw)(x > mx);
+            mx = (vw)((take & (iw)x) | (~take & (iw)mx));
+        }
+        iw none = mx == bcw(-INFINITY);
+        vw base = (vw)(~none & (iw)mx), sum = bcw(0.f);
+        for (int64_t t = 0; t < n; ++t) {
+            iw take = (iw){0} + (int32_t)t < tn;
+            vw e = (vw)(take & (iw)exp2w(ldw(sT + t * GNp + rb) - base));
+            stw(sT + t * GNp + rb, e);
+            sum += e;
+        }
+        for (int i = 0; i < W && rb + i < GN; ++i) { m[rb + i] = mx[i]; l[rb + i] = sum[i]; }
+    }
+}
+
+/* o[r0 + j][cb + v·W ..] += Σ_t sT[t][r0 + j] · V_t[cb + v·W ..] for nr rows, nc column vectors */
+static inline __attribute__((always_inline)) void value_tile(const float *sT, int64_t GNp, int64_t r0, int nr,
+                                                             const void *const *rows, int64_t t0, int64_t t1,
+                                                             int64_t cb, int nc, int64_t Dv, float *o) {
+    vw acc[VR][VCOLS];
+    for (int j = 0; j < nr; ++j)
+        for (int v = 0; v < nc; ++v) acc[j][v] = ldw(o + (r0 + j) * Dv + cb + v * W);
+    for (int64_t t = t0; t < t1; ++t) {
+        const float *vr = (const float *)rows[t] + cb;
+        vw x[VCOLS];
+        for (int v = 0; v < nc; ++v) x[v] = ldw(vr + v * W);
+        for (int j = 0; j < nr; ++j) {
+            vw w = bcw(sT[t * GNp + r0 + j]);
+            for (int v = 0; v < nc; ++v) acc[j][v] += w * x[v];
+        }
+    }
+    for (int j = 0; j < nr; ++j)
+        for (int v = 0; v < nc; ++v) stw(o + (r0 + j) * Dv + cb + v * W, acc[j][v]);
+}
+
+static void values_blk(const float *sT, const void *const *rows, int64_t GN, int64_t GNp, int64_t Dv, int64_t n,
+                       float *o) {
+    const int64_t TV = 96; /* tokens per tile: a tile's value columns stay in L1 across the rows */
+    const int64_t full = Dv / W * W;
+    for (int64_t t0 = 0; t0 < n; t0 += TV) {
+        int64_t t1 = t0 + TV < n ? t0 + TV : n, cb = 0;
+        for (; cb + VCOLS * W <= full; cb += VCOLS * W) {
+            int64_t r = 0;
+            for (; r + VR <= GN; r += VR) value_tile(sT, GNp, r, VR, rows, t0, t1, cb, VCOLS, Dv, o);
+            for (; r < GN; ++r) value_tile(sT, GNp, r, 1, rows, t0, t1, cb, VCOLS, Dv, o);
+        }
+        for (; cb < full; cb += W) {
+            int64_t r = 0;
+            for (; r + VR <= GN; r += VR) value_tile(sT, GNp, r, VR, rows, t0, t1, cb, 1, Dv, o);
+            for (; r < GN; ++r) value_tile(sT, GNp, r, 1, rows, t0, t1, cb, 1, Dv, o);
+        }
+        for (int64_t r = 0; r < GN; ++r)
+            for (int64_t t = t0; t < t1; ++t) {
+                const float *vr = (const float *)rows[t];
+                for (int64_t d = full; d < Dv; ++d) o[r * Dv + d] += sT[t * GNp + r] * vr[d];
+            }
+    }
+}
+
+/* ---- the entry point ----------------------------------------------------------------------------- */
+
+/* See the top of the file. q (Hkv, GN, Dk) unscaled float32 (blocked: transposed and padded,
+ * (Hkv, Dk, GNp), GNp = GN rounded up to the vector width, rows past GN zero), c = scale·log2 e; k, v the cache
+ * bases (dt: 0 float32, 1 bfloat16, 2 float8 e4m3fn); page_off[i]: element offset of page i of
+ * the partition (head 0, slot 0); ps: tokens per page; head_stride: elements between heads in a
+ * page; row_stride: elements between tokens; [j0, j0 + n): the partition's tokens, all < kv_len =
+ * last + Nq; kscale, vscale (Hkv); blocked: the register-blocked variant (float32 only); scratch:
+ * GN·n floats (blocked: GNp·n; see attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
+ * -1 for an unknown dt or a blocked call on a non-float32 cache. */
+int attnbench_fd_partition(const float *q, float c, const void *k, const void *v, const int64_t *page_off,
+                           int64_t ps, int64_t head_stride, int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq,
+                           int64_t Dk, int64_t Dv, int64_t j0, int64_t n, int64_t last, int64_t dt, int64_t blocked,
+                           const float *kscale, const float *vscale, float *scratch, const void **rows, float *o,
+                           float *m, float *l) {
+    if (dt < 0 || dt > 2 || (blocked && dt != KV_F32)) return -1;
+    /* software prefetch distance: ~8 KiB of rows ahead (16 rows at D = 128 in float32). Measured
+     * with 2 threads (B=8, Hq=32, Hkv=8, D=128, KV=8192, float32): 1 KiB 27.0/30.8 ms
+     * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9. */
+    const int64_t esz = ESZ[dt], rb = Dk * esz;
+    const int64_t pf = 8192 / rb > 2 ? 8192 / rb : 2;
+    const int64_t GNp = (GN + W - 1) / W * W;
     for (int64_t h = 0; h < Hkv; ++h) {
-        const float *qh = q + h * GN * D;
-        float *oh = o + h * GN * D, *mh = m + h * GN, *lh = l + h * GN;
-        memset(oh, 0, sizeof(float) * (size_t)(GN * D));
+        const float *qh = q + h * GN * Dk;
+        float *oh = o + h * GN * Dv, *mh = m + h * GN, *lh = l + h * GN;
+        const float ch = c * kscale[h];
+        memset(oh, 0, sizeof(float) * (size_t)(GN * Dv));
         if (n == 0) {
             for (int64_t r = 0; r < GN; ++r) { mh[r] = -INFINITY; lh[r] = 0.f; }
             continue;
         }
-        fill_rows(k, page_off, ps, h * head_stride, D, n, rows);
-        scores(qh, c, rows, GN, D, n, pf, scratch);
-        for (int64_t r = 0; r < GN; ++r) {
-            int64_t tn = (r % Nq) + last - j0 + 1;
-            tn = tn < 0 ? 0 : (tn > n ? n : tn);
-            softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
+        fill_rows((const char *)k, page_off, ps, h * head_stride, row_stride, esz, n, rows);
+        if (blocked) {
+            scores_blk(q + h * Dk * GNp, ch, rows, GNp, Dk, n, scratch);
+            softmax_cols(scratch, GN, GNp, n, Nq, last - j0 + 1, mh, lh);
+            fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
+            values_blk(scratch, rows, GN, GNp, Dv, n, oh);
+        } else {
+            if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
+            else if (dt == KV_BF16) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
+            else scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
+            for (int64_t r = 0; r < GN; ++r) {
+                int64_t tn = (r % Nq) + last - j0 + 1;
+                tn = tn < 0 ? 0 : (tn > n ? n : tn);
+                softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
+            }
+            fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
+            if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
+            else if (dt == KV_BF16) values(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
+            else values(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
         }
-        fill_rows(v, page_off, ps, h * head_stride, D, n, rows);
-        values(scratch, rows, GN, D, n, pf, oh);
+        if (vscale[h] != 1.f)
+            for (int64_t i = 0; i < GN * Dv; ++i) oh[i] *= vscale[h];
     }
     return 0;
 }
+
+/* lanes of the blocked variant's vectors (its scratch rounds GN up to a multiple) */
+int64_t attnbench_fd_vector_width(void) { return W; }

@@ -16,7 +16,8 @@ missing entry point marks it damaged too. The rebuild goes through the same priv
 path; only when the rebuild fails (its reason: the compiler's first error line) or the rebuilt binary
 still does not load is the kernel unavailable.
 
-`partition_kernel()` returns the ctypes function, or raises KernelUnavailable with one line saying
+`partition_kernel()` returns the ctypes function (`kernel()` it, the blocked variant's vector
+width and the factor float8 codes read with), or raises KernelUnavailable with one line saying
 why (no compiler, compile error, unwritable cache); callers turn that into a skip with the reason.
 """
 
@@ -32,9 +33,12 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
-SYMBOL = "attnbench_fd_partition_f32"
+SYMBOL = "attnbench_fd_partition"
+WIDTH_SYMBOL = "attnbench_fd_vector_width"  # lanes of the blocked variant (its scratch rounds rows up)
+FP8_SYMBOL = "attnbench_fd_fp8_read_factor"  # what a float8 code reads as, times its value
 FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wno-psabi", "-fPIC", "-shared"]
 NATIVE = ["-march=native"]
 COMPILE_TIMEOUT_S = 120
@@ -152,9 +156,24 @@ def _open(path: Path):
         _unload(lib)  # else dlopen of the rebuilt file at the same path would return this library again
         raise _Damaged(f"it has no {SYMBOL}") from None
     P, I = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 9 + [P, P, P, P, P]
+    fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 13 + [P] * 7
     fn.restype = ctypes.c_int
-    return fn
+    try:
+        width, fp8 = getattr(lib, WIDTH_SYMBOL), getattr(lib, FP8_SYMBOL)
+    except AttributeError:
+        _unload(lib)
+        raise _Damaged(f"it has no {WIDTH_SYMBOL} or {FP8_SYMBOL}") from None
+    width.restype, fp8.restype = ctypes.c_int64, ctypes.c_float
+    return Kernel(fn, int(width()), float(fp8()))
+
+
+class Kernel(NamedTuple):
+    """The loaded kernel: `partition` (see cpu_decode.c) and the vector width of its blocked
+    variant."""
+
+    partition: object
+    vector_width: int
+    fp8_read_factor: float  # a float8 code reads as its value times this (scales carry 1 / it)
 
 
 def _unload(lib) -> None:
@@ -216,10 +235,15 @@ def _load():
 
 def partition_kernel():
     """The C function (see cpu_decode.c), built and loaded once per process."""
-    fn, why = _load()
-    if fn is None:
+    return kernel().partition
+
+
+def kernel() -> Kernel:
+    """The loaded kernel, built and loaded once per process (KernelUnavailable saying why not)."""
+    k, why = _load()
+    if k is None:
         raise KernelUnavailable(why)
-    return fn
+    return k
 
 
 def unavailable_reason() -> str | None:

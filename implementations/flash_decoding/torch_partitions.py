@@ -22,9 +22,18 @@ def part_len(partition: int, page_size: int) -> int:
 
 def bag_v(dtype, device) -> bool:
     """V is read by embedding_bag (weighted sums of cache rows, straight from the cache or the page
-    pool) for full-precision CPU inputs; elsewhere by a matmul (low precision needs float32 copies
-    to accumulate in float32; embedding_bag's GPU kernel has no such advantage)."""
+    pool) for a full-precision cache on the CPU; elsewhere by a matmul (low precision needs float32
+    copies to accumulate in float32; embedding_bag's GPU kernel has no such advantage)."""
     return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
+def head_scales(k_scale, v_scale, heads_kv: int) -> dict:
+    """A float8 cache's scales per kv head, as the torch step applies them: kscale (Hkv, 1, 1)
+    multiplies q (the scores), vscale (Hkv, 1, 1) the partial output; None for other caches."""
+    if k_scale is None:
+        return {}
+    return {"kscale": k_scale.float().expand(heads_kv).reshape(heads_kv, 1, 1),
+            "vscale": v_scale.float().expand(heads_kv).reshape(heads_kv, 1, 1)}
 
 
 def memory_model(case, partition: int, merge_bytes) -> int:
@@ -37,21 +46,24 @@ def memory_model(case, partition: int, merge_bytes) -> int:
     GN = Hq // Hkv * Nq
     acc = 8 if case.dtype == "float64" else 4
     partials = acc * B * P * Hkv * GN * (D + 2)  # o, m, l
-    bag = case.device == "cpu" and case.dtype in ("float32", "float64")
+    low = case.kv_dtype != "same"  # a bfloat16 / float8 cache: copied to float32 per partition
+    bag = case.device == "cpu" and case.dtype in ("float32", "float64") and not low
     per_worker = 2 * acc * Hkv * GN * part  # score and probability tiles
     if bag:
         per_worker += 4 * Hkv * GN * part + 4 * Hkv * (part + case.page_size) + acc * Hkv * GN * D  # int32 bag
         # indices, token rows, bag output
     if paged:  # gathered K pages (and V pages without embedding_bag)
-        per_worker += (1 if bag else 2) * case.element_bytes * Hkv * (part + case.page_size) * D
-    if case.dtype not in ("float32", "float64"):
+        e = {"bfloat16": 2, "float8_e4m3fn": 1}.get(case.kv_dtype, case.element_bytes)
+        per_worker += (1 if bag else 2) * e * Hkv * (part + case.page_size) * D
+    if case.dtype not in ("float32", "float64") or low:
         per_worker += 2 * 4 * Hkv * part * D  # float32 k/v copies
     workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker += acc * Hkv * GN * D  # scaled q of one sequence
-    small = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc) + case.element_bytes * B * Hq * Nq * D  # merge, out
+    merge = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc)
+    small = case.element_bytes * B * Hq * Nq * D  # out
     if paged and bag:
         small += 4 * Hkv * (part + case.page_size)  # one-row bag offsets
-    return partials + workers * per_worker + small
+    return partials + max(workers * per_worker, merge) + small  # the workers' buffers go before the merge's
 
 
 class Scratch:
@@ -94,6 +106,8 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
     _, Hkv, GN, D = ctx.q.shape
     bag = scr.idx is not None
     qg = scr.q.copy_(ctx.q[b]).mul_(ctx.c)  # (Hkv, G·Nq, D) · scale·log2(e), accumulation dtype
+    if ctx.kscale is not None:  # float8: the scores of kv head h are (q · k_scale[h]) · codes
+        qg.mul_(ctx.kscale)
     v = None
     if ctx.ps:  # read this partition's pages through the block table, nothing else
         p0, p1 = j0 // ctx.ps, -(-j1 // ctx.ps)
@@ -152,6 +166,8 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
         o.view(Hkv * GN, D).copy_(out)
     else:
         torch.bmm(pr, v, out=o)  # (Hkv, G·Nq, D)
+    if ctx.vscale is not None:
+        o.mul_(ctx.vscale)
 
 
 def index_fields(q, k_cache, v_cache, block_table, dims, part: int) -> dict:
@@ -161,7 +177,7 @@ def index_fields(q, k_cache, v_cache, block_table, dims, part: int) -> dict:
     B, D = q.shape[0], q.shape[3]
     Hkv, ps = dims.heads_kv, dims.page_size
     row_idx = _row_index(block_table, Hkv) if dims.paged else None  # (B, Hkv, max_pages)
-    bag = bag_v(q.dtype, q.device)
+    bag = bag_v(q.dtype, q.device) and k_cache.dtype == q.dtype
     itype = torch.int32 if v_cache.numel() // D < 2**31 else torch.int64
     if bag and dims.paged:
         bag_base = (row_idx * ps).to(itype)  # (B, Hkv, max_pages): row of slot 0

@@ -2,10 +2,13 @@
 byte and FLOP counts of one decode step.
 
 The decode contract (docs/contracts.md, "Decode"): fn(q, k_cache, v_cache, *, kv_lens, block_table=None,
-scale=None) -> out. q (B, Hq, Nq, D); contiguous k_cache, v_cache (B, Hkv, Nmax, D); paged
-k_cache, v_cache (num_pages, Hkv, page_size, D) with block_table (B, max_pages) int32 (entry p =
-pool index of the sequence's p-th page, -1 where unused); kv_lens int32 (B,). Query i of
-sequence b sees cached key j iff j <= i + (kv_lens[b] - Nq) (bottom-right causal).
+scale=None, sinks=None, k_scale=None, v_scale=None) -> out. q (B, Hq, Nq, D); contiguous k_cache,
+v_cache (B, Hkv, Nmax, D); paged k_cache, v_cache (num_pages, Hkv, page_size, D) with block_table
+(B, max_pages) int32 (entry p = pool index of the sequence's p-th page, -1 where unused); kv_lens
+int32 (B,). Query i of sequence b sees cached key j iff j <= i + (kv_lens[b] - Nq) (bottom-right
+causal). The cache may be stored in bfloat16 or float8 e4m3 (kv_quant.py: `k_scale`, `v_scale`);
+`sinks` (Hq,) float32 adds exp(sinks[h]) to query head h's softmax denominator; the keywords
+beyond kv_lens and block_table are passed only when the case uses them.
 
 Inputs are drawn like the prefill's (harness/workloads/prefill/inputs.py): float32 on the CPU from a generator seeded by
 (seed, shape, kv lengths) only, then cast and moved, so every implementation, layout, dtype and
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.case import Case
+from harness.workloads.decode import kv_quant
 from harness.workloads.visibility import visible_pairs
 
 if TYPE_CHECKING:  # torch is imported inside functions: nothing heavy at import time
@@ -38,6 +42,11 @@ class DecodeInputs:
     kv_lens: "torch.Tensor"  # (B,) int32 on q's device
     block_table: "torch.Tensor | None"  # (B, max_pages) int32, -1 where unused; None = contiguous
     lens: tuple[int, ...] = ()  # kv_lens on the host
+    k_scale: "torch.Tensor | None" = None  # float8 cache: float32 () per tensor | (Hkv,) per kv head
+    v_scale: "torch.Tensor | None" = None
+    sinks: "torch.Tensor | None" = None  # (Hq,) float32 sink logits; None = no sinks
+    scale: float | None = None  # softmax scale; None = 1/sqrt(D)
+    seed: int = 0  # the seed the inputs were drawn with
 
     @property
     def paged(self) -> bool:
@@ -48,7 +57,14 @@ class DecodeInputs:
         return (self.q, self.k_cache, self.v_cache)
 
     def kwargs(self) -> dict:
-        return {"kv_lens": self.kv_lens, "block_table": self.block_table}
+        kw = {"kv_lens": self.kv_lens, "block_table": self.block_table}
+        if self.scale is not None:
+            kw["scale"] = self.scale
+        if self.sinks is not None:
+            kw["sinks"] = self.sinks
+        if self.k_scale is not None:
+            kw.update(k_scale=self.k_scale, v_scale=self.v_scale)
+        return kw
 
     def call(self, fn):
         """One call of an implementation's decode function on these inputs."""
@@ -57,7 +73,8 @@ class DecodeInputs:
     def named_tensors(self) -> dict:
         """Every input tensor by name, for checksumming (an implementation must not write them)."""
         named = {"q": self.q, "k_cache": self.k_cache, "v_cache": self.v_cache, "kv_lens": self.kv_lens,
-                 "block_table": self.block_table}
+                 "block_table": self.block_table, "k_scale": self.k_scale, "v_scale": self.v_scale,
+                 "sinks": self.sinks}
         return {n: t for n, t in named.items() if t is not None}
 
     def tensors(self) -> tuple:
@@ -67,7 +84,7 @@ class DecodeInputs:
 # --- kv lengths -----------------------------------------------------------------------------------
 
 
-def _seed_of(*key: Any) -> int:
+def seed_of(*key: Any) -> int:
     """A 63-bit seed from a tuple; stable across processes (hash() is salted per process)."""
     digest = hashlib.sha256(repr(key).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -99,7 +116,7 @@ def kv_lengths(spec: Any, batch: int, seed: int = 0) -> tuple[int, ...]:
         lo, hi = (_check_len(x, f"uniform bound {x!r}") for x in bounds)
         if lo > hi:
             raise ValueError(f"kv length spec uniform = [{lo}, {hi}]: lo must be <= hi")
-        rng = random.Random(_seed_of(int(seed), "kv_lengths", batch, lo, hi))
+        rng = random.Random(seed_of(int(seed), "kv_lengths", batch, lo, hi))
         return tuple(rng.randint(lo, hi) for _ in range(batch))
     items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     if not items:
@@ -125,7 +142,7 @@ def case_kv_lens(case: Case) -> tuple[int, ...]:
     return lens
 
 
-def _pages_of(lens, page_size: int) -> list[int]:
+def pages_of(lens, page_size: int) -> list[int]:
     return [-(-n // page_size) for n in lens]
 
 
@@ -133,7 +150,8 @@ def _pages_of(lens, page_size: int) -> list[int]:
 
 
 def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
-    """Seeded q, cache, lengths (and block table) for a decode case, on case.device in case.dtype."""
+    """Seeded q, cache, lengths (and block table) for a decode case, on case.device in case.dtype
+    (the cache in its kv_dtype, with its scales), plus the sinks and scale of the case."""
     import torch
 
     if case.kv_layout not in ("contiguous", "paged"):
@@ -145,7 +163,7 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
     if Hq % Hkv:
         raise ValueError(f"heads_q ({Hq}) must be a multiple of heads_kv ({Hkv})")
     dtype, dev = getattr(torch, case.dtype), case.device
-    gen = torch.Generator(device="cpu").manual_seed(_seed_of(int(seed), "decode", B, Hq, Hkv, Nq, D, lens))
+    gen = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "decode", B, Hq, Hkv, Nq, D, lens))
     q = torch.randn((B, Hq, Nq, D), generator=gen).to(device=dev, dtype=dtype)  # (B, Hq, Nq, D)
     # The logical cache, one sequence at a time (a B x Nmax float32 copy would not fit at scale):
     # drawn in the same order for every layout, so layouts differ only in where tokens live.
@@ -154,31 +172,36 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
         k = torch.randn((Hkv, n, D), generator=gen)  # (Hkv, n, D)
         v = torch.randn((Hkv, n, D), generator=gen)  # (Hkv, n, D)
         seqs.append((k, v))
-    junk = torch.Generator(device="cpu").manual_seed(_seed_of(int(seed), "junk", B, Hkv, D, lens))
+    junk = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "junk", B, Hkv, D, lens))
     kv_lens = torch.tensor(lens, dtype=torch.int32, device=dev)  # (B,)
+    kvd, kvs = case.params.kv_dtype, case.params.kv_scale
+    k_s, v_s = kv_quant.scales(kvd, kvs, seqs, Hkv)  # float8: from the logical cache only
+    enc = kv_quant.encoder(kvd, dtype)  # float32 (heads at dim 1) -> the stored dtype
+    store = kv_quant.stored_dtype(kvd, dtype)
+    extra = dict(lens=lens, seed=int(seed), **_form_inputs(case, seed, k_s, v_s))
 
     if case.kv_layout == "contiguous":
         shape = (B, Hkv, max(lens), D)
-        k_cache = torch.empty(shape, dtype=dtype, device=dev)  # (B, Hkv, Nmax, D)
-        v_cache = torch.empty(shape, dtype=dtype, device=dev)  # (B, Hkv, Nmax, D)
+        k_cache = torch.empty(shape, dtype=store, device=dev)  # (B, Hkv, Nmax, D)
+        v_cache = torch.empty(shape, dtype=store, device=dev)  # (B, Hkv, Nmax, D)
         for b, (k, v) in enumerate(seqs):
             n = lens[b]
-            k_cache[b, :, :n] = k.to(dtype)
-            v_cache[b, :, :n] = v.to(dtype)
+            k_cache[b : b + 1, :, :n] = enc(k.unsqueeze(0), k_s)
+            v_cache[b : b + 1, :, :n] = enc(v.unsqueeze(0), v_s)
             if n < shape[2]:  # padding: random, never read by a correct implementation
-                pad = (Hkv, shape[2] - n, D)
-                k_cache[b, :, n:] = torch.randn(pad, generator=junk).to(dtype)
-                v_cache[b, :, n:] = torch.randn(pad, generator=junk).to(dtype)
-        return DecodeInputs(q, k_cache, v_cache, kv_lens, None, lens)
+                pad = (1, Hkv, shape[2] - n, D)
+                k_cache[b : b + 1, :, n:] = enc(torch.randn(pad, generator=junk), k_s)
+                v_cache[b : b + 1, :, n:] = enc(torch.randn(pad, generator=junk), v_s)
+        return DecodeInputs(q, k_cache, v_cache, kv_lens, None, **extra)
 
     ps = case.page_size
-    pages = _pages_of(lens, ps)
+    pages = pages_of(lens, ps)
     total = sum(pages)
     order = torch.randperm(total, generator=junk).tolist()  # pool slot of the i-th logical page
     table = torch.full((B, max(pages)), -1, dtype=torch.int32)  # (B, max_pages)
     pool_shape = (total, Hkv, ps, D)
-    k_cache = torch.empty(pool_shape, dtype=dtype, device=dev)  # (num_pages, Hkv, page_size, D)
-    v_cache = torch.empty(pool_shape, dtype=dtype, device=dev)  # (num_pages, Hkv, page_size, D)
+    k_cache = torch.empty(pool_shape, dtype=store, device=dev)  # (num_pages, Hkv, page_size, D)
+    v_cache = torch.empty(pool_shape, dtype=store, device=dev)  # (num_pages, Hkv, page_size, D)
     i = 0
     for b, (k, v) in enumerate(seqs):
         n, np_ = lens[b], pages[b]
@@ -191,9 +214,31 @@ def make_decode_inputs(case: Case, seed: int = 0) -> DecodeInputs:
         i += np_
         table[b, :np_] = torch.tensor(slots, dtype=torch.int32)
         idx = torch.tensor(slots, dtype=torch.long, device=dev)
-        k_cache.index_copy_(0, idx, kp.to(device=dev, dtype=dtype))
-        v_cache.index_copy_(0, idx, vp.to(device=dev, dtype=dtype))
-    return DecodeInputs(q, k_cache, v_cache, kv_lens, table.to(dev), lens)
+        _put_pages(k_cache, idx, enc(kp, k_s).to(dev))
+        _put_pages(v_cache, idx, enc(vp, v_s).to(dev))
+    return DecodeInputs(q, k_cache, v_cache, kv_lens, table.to(dev), **extra)
+
+
+def _put_pages(pool, idx, pages) -> None:
+    """pool[idx] = pages (index_copy_ has no float8 kernel: bytes are copied as bytes)."""
+    if pool.element_size() == 1 and pool.is_floating_point():
+        import torch
+
+        pool, pages = pool.view(torch.uint8), pages.view(torch.uint8)
+    pool.index_copy_(0, idx, pages)
+
+
+def _form_inputs(case: Case, seed: int, k_s, v_s) -> dict:
+    """The keyword inputs of the case's form: float8 scales, seeded sinks (Hq,) float32, scale."""
+    import torch
+
+    dev = case.device
+    sinks = None
+    if case.params.sinks:
+        gen = torch.Generator(device="cpu").manual_seed(seed_of(int(seed), "sinks", case.heads_q))
+        sinks = (2.0 * torch.randn(case.heads_q, generator=gen)).to(dev)  # logits of the scores' size
+    return dict(k_scale=None if k_s is None else k_s.to(dev), v_scale=None if v_s is None else v_s.to(dev),
+                sinks=sinks, scale=case.params.scale or None)
 
 
 def gather_cache(inputs: DecodeInputs) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
@@ -214,26 +259,47 @@ def gather_cache(inputs: DecodeInputs) -> list[tuple["torch.Tensor", "torch.Tens
     return out
 
 
-def reference_decode(inputs: DecodeInputs, scale: float | None = None) -> "torch.Tensor":
-    """float64 CPU output (B, Hq, Nq, D), one sequence at a time from its gathered cache: heads
-    expanded (query head h uses kv head h // G), bottom-right causal over the sequence's length."""
+def reference_decode(inputs: DecodeInputs) -> "torch.Tensor":
+    """float64 CPU output (B, Hq, Nq, D), one sequence at a time from its gathered cache
+    (dequantised: stored value x scale): heads expanded (query head h uses kv head h // G),
+    bottom-right causal over the sequence's length, the sink logits in the denominator."""
     import torch
 
     q = inputs.q.detach().to("cpu", torch.float64)
     B, Hq, Nq, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(D) if inputs.scale is None else float(inputs.scale)
+    sinks = None if inputs.sinks is None else inputs.sinks.detach().to("cpu", torch.float64).view(Hq, 1, 1)
     outs = []
     for b, (k, v) in enumerate(gather_cache(inputs)):
         n = inputs.lens[b]
         group = Hq // k.shape[0]
-        k = k.to("cpu", torch.float64).repeat_interleave(group, dim=0)  # (Hq, n, D)
-        v = v.to("cpu", torch.float64).repeat_interleave(group, dim=0)  # (Hq, n, D)
+        k = kv_quant.dequantised(k.unsqueeze(0), inputs.k_scale)[0].repeat_interleave(group, dim=0)  # (Hq, n, D)
+        v = kv_quant.dequantised(v.unsqueeze(0), inputs.v_scale)[0].repeat_interleave(group, dim=0)  # (Hq, n, D)
         s = torch.matmul(q[b], k.transpose(-1, -2)) * scale  # (Hq, Nq, n)
         i = torch.arange(Nq).unsqueeze(1)  # (Nq, 1)
         j = torch.arange(n).unsqueeze(0)  # (1, n)
         s = s.masked_fill(j > i + (n - Nq), float("-inf"))
-        outs.append(torch.matmul(torch.softmax(s, dim=-1), v))  # (Hq, Nq, D)
+        outs.append(torch.matmul(softmax_with_sinks(s, sinks), v))  # (Hq, Nq, D)
     return torch.stack(outs)  # (B, Hq, Nq, D)
+
+
+def softmax_with_sinks(s: "torch.Tensor", sinks: "torch.Tensor | None") -> "torch.Tensor":
+    """softmax over the last dim with exp(sink) added to each row's denominator (sinks broadcast
+    against s without its last dim; None = the plain softmax)."""
+    import torch
+
+    if sinks is None:
+        return torch.softmax(s, dim=-1)
+    m = torch.maximum(s.amax(dim=-1, keepdim=True), sinks)
+    p = torch.exp(s - m)
+    return p / (p.sum(dim=-1, keepdim=True) + torch.exp(sinks - m))
+
+
+def quant_error(case: Case, inputs: DecodeInputs, ref: "torch.Tensor") -> float:
+    """max |attention over the dequantised cache - attention over the float32 cache it was made
+    from| (both float64), on every query row; `ref` is the former, (B, Hq, Nq, D)."""
+    original = make_decode_inputs(case.replace(kv_dtype="same", kv_scale="tensor"), inputs.seed)
+    return float((ref - reference_decode(original)).abs().max())
 
 
 # --- work counts ----------------------------------------------------------------------------------
@@ -246,11 +312,21 @@ def decode_min_bytes(case: Case) -> int:
     lens = case_kv_lens(case)
     e = case.element_bytes
     qo = 2 * case.batch * case.heads_q * case.seq_len_q * case.head_dim * e
-    kv = 2 * case.heads_kv * case.head_dim * e * sum(lens)
-    meta = 4 * case.batch
+    kv = 2 * case.heads_kv * case.head_dim * kv_quant.cache_element_bytes(case) * sum(lens)
+    meta = 4 * case.batch + kv_quant.scale_bytes(case) + (4 * case.heads_q if case.params.sinks else 0)
     if case.kv_layout == "paged":
-        meta += 4 * sum(_pages_of(lens, case.page_size))
+        meta += 4 * sum(pages_of(lens, case.page_size))
     return qo + kv + meta
+
+
+def decode_input_bytes(case: Case) -> int:
+    """Bytes of the inputs as allocated: q, and the cache (padded to the longest sequence, or whole
+    pages) in its stored dtype."""
+    lens = case_kv_lens(case)
+    q = case.batch * case.heads_q * case.seq_len_q * case.head_dim * case.element_bytes
+    tokens = case.batch * max(lens) if case.kv_layout != "paged" else (
+        sum(pages_of(lens, case.page_size)) * case.page_size)
+    return q + 2 * case.heads_kv * case.head_dim * tokens * kv_quant.cache_element_bytes(case)
 
 
 def decode_flops(case: Case) -> int:
