@@ -11,7 +11,7 @@ Targets, all measured in this run:
 - flash forward_backward throughput >= 0.6x sdpa's (CPU flash-attention backward), causal and
   non-causal: median over interleaved pairs (order alternating) of sdpa time / flash time;
 - flash forward_backward peak memory above the inputs (harness.memory: the profiler's allocator
-  events) <= 5% of naive's (plain autograd through implementations/naive.py, non-causal: its
+  events) <= 5% of naive's (plain autograd through implementations/naive/, non-causal: its
   causal peak is no larger), and flash's peak grows <= 2.2x from N = 2048 to 4096 (O(N)).
 """
 

@@ -79,8 +79,8 @@ def test_the_value_is_the_latents_first_columns_and_the_key_the_whole_row():
 
 
 def test_mla_paths_attach_to_the_existing_implementations():
-    """naive_mla.py and sdpa_mla.py register after naive.py and sdpa.py (name order): one
-    implementation each with both paths, not a second, MLA-only one."""
+    """naive/mla_decode.py and sdpa/mla_decode.py attach to the naive and sdpa implementations:
+    one implementation each with every path, not a second, MLA-only one."""
     for impl in ("naive", "sdpa"):
         assert {"prefill", "decode", "mla_decode"} <= set(registry.get(impl).paths), impl
     assert {"decode", "mla_decode"} <= set(registry.get("flash_decoding").paths)

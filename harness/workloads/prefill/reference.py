@@ -169,7 +169,7 @@ def reference_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale
 
 def naive_rows(q, k, v, rows, *, causal: bool = False, attn_mask=None, scale: float | None = None,
                window: int = 0, softcap: float = 0.0, alibi: bool = False, doc_ids=None, sinks=None):
-    """The same rows computed the way implementations/naive.py does, in the inputs' dtype and on
+    """The same rows computed the way implementations/naive/ does, in the inputs' dtype and on
     their device: Q·Kᵀ in the input dtype, scale/mask/softmax in float32, probabilities cast to
     the input dtype, P·V in the input dtype (sinks: one more softmax column, dropped after). Its
     error is the low-precision baseline for judge(). Returns (B, Hq, R, Dv) in the input dtype on

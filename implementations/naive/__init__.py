@@ -9,7 +9,8 @@ allocates a few more score-sized gradient matrices (see _memory_model).
 
 Its decode path (naive_decode, at the end; README, "Decode") is the same attention over a KV cache:
 gather the whole cache (padded to the longest sequence), mask by length, full softmax. Its serving
-path (naive_serving, after it) runs a packed batch one sequence at a time.
+path (naive_serving, after it) runs a packed batch one sequence at a time; its MLA decode path is
+mla_decode.py (the latent read once per query head).
 """
 
 from __future__ import annotations
@@ -182,3 +183,7 @@ def naive_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         seq = (t.transpose(0, 1).unsqueeze(0) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))  # (1, H, n, D) each
         out[q0:q1] = naive_attention(*seq, causal=True, scale=scale)[0].transpose(0, 1)  # (n, Hq, D)
     return out
+
+
+# The MLA decode path attaches to the implementation registered above.
+from implementations.naive import mla_decode  # noqa: E402,F401

@@ -15,10 +15,10 @@ become one extra key: a zero key and a zero value row appended to k and v, whose
 the head's sink by an additive float bias (so it joins the denominator with no value) -- at the
 price of copying k and v and of a dense float bias instead of is_causal.
 
-`sdpa` also has a decode path (sdpa_decode, at the end; README, "Decode"): the whole cache gathered,
-padded to the longest sequence, and one call with a boolean length mask and enable_gqa. Its serving
-path (sdpa_serving, after it; docs/contracts.md "Serving") is one call on the packed batch padded to
-its longest sequence, with a mask (_shared/padded_varlen.py).
+`sdpa`'s other workloads, registered after its prefill path: decode.py (the whole cache gathered,
+padded to the longest sequence, one call with a boolean length mask and enable_gqa), serving.py
+(one call on the packed batch padded to its longest sequence, with a mask) and mla_decode.py (the
+query heads folded into the rows of the one latent head).
 """
 
 from __future__ import annotations
@@ -30,20 +30,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from harness.registry import YES, Support, no, register, register_decode, register_path
+from harness.registry import YES, Support, no, register
 from implementations._shared import variants as _variants
 from implementations._shared.contract import causal_visible, check_args, mask_4d
-from implementations._shared.decode_contract import (
-    cache_element_bytes,
-    check_decode_args,
-    dequantised,
-    dequantised_bytes,
-    length_mask,
-    padded_cache,
-    padded_len,
-    with_sinks,
-)
-from implementations._shared.padded_varlen import padded_call, padded_memory_model, padded_shape
 
 VARIANTS = ("window", "alibi", "document", "sinks")  # a dense boolean mask / float bias; no soft cap in SDPA
 _ONE_HEAD_DIM = ("flash", "cudnn")  # kernels that need q, k and v to share one head dim
@@ -358,73 +347,5 @@ sdpa_cudnn = register(
 )(_make("cudnn"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Decode (README, "Decode"): gather the whole cache (padded to the longest sequence) and call
-# scaled_dot_product_attention with a boolean length mask and enable_gqa -- what a newcomer writes
-# with torch.
-
-
-def _decode_memory_model(case) -> int:
-    npad = padded_len(case) + case.sinks  # sinks: one more (zero) key and value
-    e = case.element_bytes
-    B, Hq, Nq, D = case.batch, case.heads_q, case.seq_len_q, case.head_dim
-    gathered = 2 * cache_element_bytes(case) * B * case.heads_kv * npad * D if case.kv_layout == "paged" else 0
-    extended = 2 * e * B * case.heads_kv * npad * D if case.sinks else 0
-    expanded = 2 * e * B * Hq * npad * D if Hq != case.heads_kv else 0  # GQA: k/v per query head
-    scores = 2 * 4 * B * Hq * Nq * npad  # math fallback: scores and probabilities
-    mask = (4 * Hq if case.sinks else 1) * B * Nq * npad  # float bias with sinks, else boolean
-    return gathered + dequantised_bytes(case) + extended + expanded + scores + mask + e * B * Hq * Nq * D
-
-
-@register_decode("sdpa", layouts=("contiguous", "paged"), dtypes=("float32", "float16", "bfloat16"),
-                 memory_model=_decode_memory_model, forms=("sinks", "scale", "kv_bfloat16", "kv_float8_e4m3fn"))
-def sdpa_decode(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,
-                v_scale=None):
-    """A low-precision cache is dequantised to q's dtype first. Sinks, which SDPA has no argument
-    for, as one more key and value of zeros whose additive mask is the sink logit: its score is
-    exactly sinks[h], its value adds nothing."""
-    dims = check_decode_args(q, k_cache, v_cache, kv_lens, block_table, scale, sinks=sinks, k_scale=k_scale,
-                             v_scale=v_scale)
-    k, v = padded_cache(k_cache, v_cache, block_table)  # (B, Hkv, Npad, D) each
-    if k.dtype != q.dtype:
-        k, v = dequantised(k, k_scale, q.dtype), dequantised(v, v_scale, q.dtype)
-    mask = length_mask(kv_lens, dims.query_tokens, k.shape[2])  # (B, 1, Nq, Npad)
-    if sinks is not None:
-        B, Hkv, _, D = k.shape
-        zero = k.new_zeros(B, Hkv, 1, D)
-        k, v = torch.cat([k, zero], dim=2), torch.cat([v, zero], dim=2)  # (B, Hkv, Npad + 1, D)
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill_(~mask, float("-inf"))
-        mask = with_sinks(bias.expand(-1, dims.heads_q, -1, -1), sinks).to(q.dtype)  # (B, Hq, Nq, Npad + 1)
-    # Every query sees at least key 0 (Nq <= kv_lens[b]), so no row is fully masked.
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scale, enable_gqa=dims.group > 1
-    )  # (B, Hq, Nq, D)
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving (docs/contracts.md, "Serving"): what torch offers a packed batch -- one SDPA call on the
-# batch padded to its longest sequence, with a mask (implementations/_shared/padded_varlen.py).
-
-
-def _sdpa_padded(qp, kp, vp, mask, scale, group: int):
-    gqa = group > 1
-    if gqa and qp.device.type != "cpu":  # CUDA's masked (efficient) kernel takes no enable_gqa: repeat k, v
-        kp, vp, gqa = kp.repeat_interleave(group, dim=1), vp.repeat_interleave(group, dim=1), False
-    return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa)
-
-
-def _sdpa_serving_memory_model(case) -> int:
-    """The kernel on the padded shape (its output counted by padded_memory_model) plus the mask as
-    an additive float copy, and k, v repeated per query head where enable_gqa is not used."""
-    e, (mq, mk) = case.element_bytes, padded_shape(case)
-    S, Hq, D = case.batch, case.heads_q, case.head_dim
-    call = _fused_model("flash")(case.replace(workload="prefill", batch=S, seq_len_q=mq, seq_len_kv=mk))
-    call += e * S * mq * mk - e * S * Hq * mq * D
-    if case.device != "cpu" and Hq != case.heads_kv:
-        call += 2 * e * S * Hq * mk * D
-    return padded_memory_model(case, call)
-
-
-@register_path("serving", "sdpa", memory_model=_sdpa_serving_memory_model)
-def sdpa_serving(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=None):
-    return padded_call(_sdpa_padded, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+# The other workloads' paths attach to the implementations registered above.
+from implementations.sdpa import decode, mla_decode, serving  # noqa: E402,F401

@@ -7,9 +7,6 @@ query head."""
 
 from __future__ import annotations
 
-# The registry imports implementations/ in name order: "sdpa" (its prefill registration) before this
-# module, which adds the MLA path to it (register_path attaches to an existing implementation).
-
 import torch.nn.functional as F
 
 from harness.registry import register_path

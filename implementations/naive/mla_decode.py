@@ -7,9 +7,6 @@ Hq copies of the cache: 9.6 GB at B=8, Hq=128, KV=4096.)"""
 
 from __future__ import annotations
 
-# The registry imports implementations/ in name order: "naive" (its prefill registration) before this
-# module, which adds the MLA path to it (register_path attaches to an existing implementation).
-
 import torch
 
 from harness.registry import register_path
