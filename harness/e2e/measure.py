@@ -1,0 +1,223 @@
+"""One e2e measurement: the model built once, each implementation plugged in through transformers'
+attention interface, checked, instrumented, then timed.
+
+1. **Logits check** (docs/measurement.md, "End to end"): the model with transformers' `sdpa`
+   gives the reference logits (accuracy.py); each implementation runs the same prefill and decode
+   steps. One that cannot run the model's attention form is skipped with the reason; one that
+   raises is an error; both are left out of the timing.
+2. **Instrumented pass**: `share_repeats` rounds, implementations in rotating order; each
+   attention call timed inside the wrapper (synchronised on CUDA), giving the time in the kernel,
+   in the whole attention call and in the model call around them.
+3. **Timed pass**: the harness's interleaved rounds (harness/measure/timing/cpu.py
+   `time_interleaved`: one block of every implementation per round, the order rotating, so load
+   hits all alike) with no instrumentation, for the prefill and for the K decode steps, each with
+   the contention snapshots of a sweep around it (harness/measure/timing/contention.py).
+
+Records go to `on_record` as each step ends (the command streams them into the run folder).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from harness.e2e import accuracy
+from harness.e2e.attention_bridge import Dispatcher, Recorder, Unsupported
+from harness.e2e.model_build import BuiltModel
+from harness.e2e.model_calls import ModelCalls, Prompt
+from harness.e2e.speedups import Instrumented, phase_results
+from harness.measure.timing import contention
+from harness.measure.timing.cpu import time_interleaved
+
+OK, WRONG, SKIPPED, ERROR = "ok", "wrong", "skipped", "error"
+
+
+@dataclass(frozen=True)
+class E2ESettings:
+    impls: tuple[str, ...]  # the first one that runs is the baseline of the speed-ups
+    context: int = 512
+    decode_steps: int = 8
+    batch: int = 1
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None  # CPU intra-op threads; None = torch's default
+    rounds: int = 7  # interleaved rounds of the timed pass
+    share_repeats: int = 3  # rounds of the instrumented pass
+    min_block_s: float = 0.05
+    warmup_s: float = 0.1
+
+
+@dataclass
+class Check:
+    impl: str
+    status: str
+    rel_l2: float | None = None
+    message: str = ""
+    paths: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"impl": self.impl, "status": self.status, "rel_l2": self.rel_l2, "message": self.message,
+                "paths": self.paths}
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+def _sync_for(device: str) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device.startswith("cuda") else None
+
+
+def check_logits(built: BuiltModel, calls: ModelCalls, dispatcher: Dispatcher, settings: E2ESettings,
+                 on_record, say) -> tuple[str, dict[str, Check]]:
+    say(f"reference logits: transformers attention, prefill {settings.context} + {settings.decode_steps} decode steps")
+    ref_name, ref = accuracy.reference_logits(built.model, calls)
+    built.model.set_attn_implementation(Dispatcher.NAME)
+    checks = {}
+    for name in settings.impls:
+        bridge = dispatcher.use(name)
+        bridge.recorder = rec = Recorder()
+        try:
+            err = accuracy.rel_l2(accuracy.model_logits(calls), ref)
+            ok = accuracy.passes(err, settings.dtype)
+            check = Check(name, OK if ok else WRONG, err, "" if ok else
+                          f"logits rel L2 {err:.2e} vs {ref_name} > {accuracy.LOGITS_TOLERANCE[settings.dtype]:g}",
+                          dict(rec.forms))
+        except Unsupported as exc:
+            check = Check(name, SKIPPED, message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - an implementation's failure is its record, not a crash
+            check = Check(name, ERROR, message=_one_line(exc))
+        finally:
+            bridge.recorder = None
+        checks[name] = check
+        err_text = f"rel L2 {check.rel_l2:.2e}" if check.rel_l2 is not None else check.message
+        say(f"  {name:<18} {check.status:<8} {err_text}")
+        on_record({"record": "logits", "reference": ref_name, **check.to_dict()})
+    return ref_name, checks
+
+
+def instrumented_pass(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
+                      say) -> dict[str, dict[str, Instrumented]]:
+    """{phase: {impl: Instrumented}}: the model call timed around, each attention call inside."""
+    sync = _sync_for(settings.device)
+    raw = {phase: {n: ([], [], [], {}) for n in names} for phase in ("prefill", "decode")}
+    say(f"instrumented pass: {settings.share_repeats} rounds (+1 warm-up) x {len(names)} implementations")
+    for r in range(-1, settings.share_repeats):  # round -1 warms up (first calls: allocator, lazy init)
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            bridge = dispatcher.use(name)
+            phases = [("prefill", calls.prefill)]
+            if settings.decode_steps:
+                start = calls.decode_start()
+                phases.append(("decode", lambda start=start: calls.decode(start)))
+            for phase, fn in phases:
+                rec = Recorder(sync=sync)
+                bridge.recorder = rec
+                try:
+                    if sync:
+                        sync()
+                    t0 = time.perf_counter()
+                    fn()
+                    if sync:
+                        sync()
+                    model_s = time.perf_counter() - t0
+                finally:
+                    bridge.recorder = None
+                if r < 0:
+                    continue
+                m, k, c, forms = raw[phase][name]
+                m.append(model_s), k.append(rec.kernel_s), c.append(rec.call_s)
+                forms.update(rec.forms)
+                forms["_calls"] = rec.calls
+    out = {}
+    for phase, per_impl in raw.items():
+        per = settings.decode_steps if phase == "decode" else 1
+        if per == 0:
+            continue
+        out[phase] = {n: Instrumented.of(m, k, c, forms.pop("_calls", 0), forms, per=per)
+                      for n, (m, k, c, forms) in per_impl.items()}
+    return out
+
+
+def timed_pass(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
+               say) -> dict[str, tuple[dict[str, list[float]], contention.Contention]]:
+    """{phase: ({impl: per-call seconds per round}, contention)} from interleaved rounds."""
+    sync = _sync_for(settings.device)
+
+    def prefill_of(name):
+        return lambda: (dispatcher.use(name), calls.prefill())
+
+    fns = {"prefill": {n: prefill_of(n) for n in names}}
+    if settings.decode_steps:
+        starts = {}
+        for n in names:
+            dispatcher.use(n)
+            starts[n] = calls.decode_start()
+
+        def decode_of(name):
+            return lambda: (dispatcher.use(name), calls.decode(starts[name]))
+
+        fns["decode"] = {n: decode_of(n) for n in names}
+    out = {}
+    threads = torch.get_num_threads()
+    for phase, phase_fns in fns.items():
+        say(f"timed pass, {phase}: {settings.rounds} interleaved rounds x {len(names)} implementations")
+        before = contention.snapshot()
+        samples = time_interleaved(phase_fns, rounds=settings.rounds, min_block_s=settings.min_block_s,
+                                   warmup_s=settings.warmup_s, sync=sync)
+        after = contention.snapshot()
+        out[phase] = (samples, contention.assess(before, after, threads))
+    return out
+
+
+def run_e2e(built: BuiltModel, settings: E2ESettings, *, on_record: Callable[[dict], None] = lambda r: None,
+            say: Callable[[str], None] = lambda s: None) -> dict:
+    """Check, instrument and time every implementation on the built model; the summary dict.
+    settings.threads, when given, is torch's thread count for the run (restored after)."""
+    threads_before = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(built, settings, on_record, say)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(built: BuiltModel, settings: E2ESettings, on_record, say) -> dict:
+    load_before = _loadavg()
+    prompt = Prompt.seeded(batch=settings.batch, context=settings.context, decode_steps=settings.decode_steps,
+                           vocab=built.vocab_size, seed=settings.seed, device=settings.device)
+    calls = ModelCalls(built.model, prompt)
+    dispatcher = Dispatcher(list(settings.impls))
+    dispatcher.register()
+    ref_name, checks = check_logits(built, calls, dispatcher, settings, on_record, say)
+    names = [n for n in settings.impls if checks[n].status in (OK, WRONG)]
+    summary = {"reference_attention": ref_name, "threads": torch.get_num_threads(),
+               "logits": [c.to_dict() for c in checks.values()], "baseline": names[0] if names else None,
+               "phases": {}, "contention": {}, "loadavg_before": load_before}
+    if not names:
+        summary["loadavg_after"] = _loadavg()
+        return summary
+    instrumented = instrumented_pass(calls, dispatcher, names, settings, say)
+    timed = timed_pass(calls, dispatcher, names, settings, say)
+    for phase, (samples, cont) in timed.items():
+        per = settings.decode_steps if phase == "decode" else 1
+        results = phase_results(phase, samples, instrumented[phase], per=per)
+        summary["phases"][phase] = [r.to_dict() for r in results]
+        summary["contention"][phase] = {"contended": cont.contended, "reason": cont.reason, **cont.metrics()}
+        for r in results:
+            on_record({"record": "phase", **r.to_dict(), "contended": cont.contended})
+    summary["loadavg_after"] = _loadavg()
+    return summary
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
