@@ -72,7 +72,7 @@ def test_a_config_transformers_cannot_build(capsys, tmp_path):
 def test_a_run_writes_its_folder_the_table_and_json(capsys, tmp_path):
     out_json = tmp_path / "summary.json"
     rc = main(["e2e", "--model", _tiny_config(tmp_path), "--impl", "naive", "sdpa", "--context", "24",
-               "--decode-steps", "2", "--rounds", "2", "--share-repeats", "1", "--threads", "1",
+               "--decode-steps", "2", "--rounds", "2", "--threads", "1",
                "--out", str(tmp_path / "results"), "--run-id", "tiny", "--json", str(out_json)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err

@@ -15,7 +15,7 @@ from harness.e2e.measure import E2ESettings, run_e2e  # noqa: E402
 from harness.e2e.speedups import amdahl  # noqa: E402
 from harness.models.configs import resolve_config  # noqa: E402
 
-FAST = dict(rounds=2, share_repeats=1, min_block_s=0.0, warmup_s=0.0, threads=1)
+FAST = dict(rounds=2, min_block_s=0.0, warmup_s=0.0, threads=1)
 
 
 def _tiny(tmp_path, model_type="mistral", **extra):

@@ -27,7 +27,7 @@ def test_amdahl_refuses_impossible_inputs(share, k):
 
 
 def _ins(model_s, kernel_s, call_s):
-    return Instrumented(model_s, kernel_s, call_s, calls=2, paths={"prefill": 2})
+    return Instrumented(model_s, kernel_s, call_s, share=kernel_s / model_s, calls=2, paths={"prefill": 2})
 
 
 def test_instrumented_share_and_breakdown():
@@ -38,6 +38,9 @@ def test_instrumented_share_and_breakdown():
     # medians over repeats, divided by the units per call (decode steps)
     per_token = Instrumented.of([4.0, 8.0, 6.0], [1.0, 2.0, 3.0], [1.5, 2.5, 3.5], calls=16, paths={}, per=4)
     assert (per_token.model_s, per_token.kernel_s, per_token.call_s, per_token.calls) == (1.5, 0.5, 0.625, 4)
+    assert per_token.n == 3
+    # the share is the median of each call's own ratio (0.25, 0.25, 0.5), not a ratio of medians (2/6)
+    assert per_token.share == pytest.approx(0.25)
 
 
 def test_phase_results_pair_rounds_and_predict_from_the_baselines_share():

@@ -48,9 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights and token ids (default: 0)")
     p.add_argument("--threads", type=int, metavar="T", help="CPU intra-op threads (default: torch's default)")
     p.add_argument("--rounds", type=int, default=7, metavar="R",
-                   help="interleaved rounds of the timed pass (default: %(default)s)")
-    p.add_argument("--share-repeats", type=int, default=3, metavar="R",
-                   help="rounds of the instrumented pass that measures attention's share (default: %(default)s)")
+                   help="interleaved rounds; each times every implementation plain and instrumented "
+                        "(default: %(default)s)")
     p.add_argument("--out", default="results", metavar="DIR", help="parent directory for run folders")
     p.add_argument("--run-id", help="name of the run folder (default: timestamp-e2e-model)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE ('-': stdout)")
@@ -59,7 +58,7 @@ def add_parser(sub) -> None:
 
 def _check_numbers(args) -> None:
     for flag, value, low in (("--batch", args.batch, 1), ("--rounds", args.rounds, 2),
-                             ("--share-repeats", args.share_repeats, 1), ("--threads", 1 if args.threads is None else args.threads, 1)):
+                             ("--threads", 1 if args.threads is None else args.threads, 1)):
         if value < low:
             raise UsageError(f"{flag} {value} is not allowed; allowed: an integer >= {low}")
     if args.device.split(":")[0] not in ("cpu", "cuda"):
@@ -92,7 +91,7 @@ def cmd_e2e(args) -> int:
         raise UsageError(str(exc)) from None
     settings = E2ESettings(impls=tuple(args.impl), context=args.context, decode_steps=args.decode_steps,
                            batch=args.batch, dtype=args.dtype, device=args.device, seed=args.seed,
-                           threads=args.threads, rounds=args.rounds, share_repeats=args.share_repeats)
+                           threads=args.threads, rounds=args.rounds)
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     say(f"e2e {mc.name}: building {layers} of {model_build.total_layers(mc)} layers ({args.dtype}, {args.device}, "
         f"seed {args.seed})")

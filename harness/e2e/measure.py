@@ -5,13 +5,13 @@ attention interface, checked, instrumented, then timed.
    gives the reference logits (accuracy.py); each implementation runs the same prefill and decode
    steps. One that cannot run the model's attention form is skipped with the reason; one that
    raises is an error; both are left out of the timing.
-2. **Instrumented pass**: `share_repeats` rounds, implementations in rotating order; each
-   attention call timed inside the wrapper (synchronised on CUDA), giving the time in the kernel,
-   in the whole attention call and in the model call around them.
-3. **Timed pass**: the harness's interleaved rounds (harness/measure/timing/cpu.py
-   `time_interleaved`: one block of every implementation per round, the order rotating, so load
-   hits all alike) with no instrumentation, for the prefill and for the K decode steps, each with
-   the contention snapshots of a sweep around it (harness/measure/timing/contention.py).
+2. **Timing**, for the prefill and for the K decode steps: the harness's interleaved rounds
+   (harness/measure/timing/cpu.py `time_interleaved`: one block of every callable per round, the
+   order rotating, so load hits all alike) over two callables per implementation -- the plain
+   model call, whose blocks give the model time, and the same call instrumented, each attention
+   call timed inside the wrapper (synchronised on CUDA), giving the time in the kernel, in the
+   whole attention call and in the model around them (its block times are not used). With the
+   contention snapshots of a sweep around each phase (harness/measure/timing/contention.py).
 
 Records go to `on_record` as each step ends (the command streams them into the run folder).
 """
@@ -46,8 +46,7 @@ class E2ESettings:
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None  # CPU intra-op threads; None = torch's default
-    rounds: int = 7  # interleaved rounds of the timed pass
-    share_repeats: int = 3  # rounds of the instrumented pass
+    rounds: int = 7  # interleaved rounds (each: every implementation plain and instrumented)
     min_block_s: float = 0.05
     warmup_s: float = 0.1
 
@@ -101,77 +100,73 @@ def check_logits(built: BuiltModel, calls: ModelCalls, dispatcher: Dispatcher, s
     return ref_name, checks
 
 
-def instrumented_pass(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
-                      say) -> dict[str, dict[str, Instrumented]]:
-    """{phase: {impl: Instrumented}}: the model call timed around, each attention call inside."""
+INSTRUMENTED = "{} (instrumented)"
+COLD_CALLS = 2  # the first calls of each instrumented callable (time_interleaved's warm-up) are dropped
+
+
+class _InstrumentedCalls:
+    """A model call with a Recorder attached to the implementation: each call appends (model
+    seconds, kernel seconds, attention-call seconds) and the paths that ran."""
+
+    def __init__(self, dispatcher: Dispatcher, name: str, fn: Callable, sync):
+        self.dispatcher, self.name, self.fn, self.sync = dispatcher, name, fn, sync
+        self.model_s, self.kernel_s, self.call_s, self.calls, self.forms = [], [], [], [], {}
+
+    def __call__(self) -> None:
+        bridge = self.dispatcher.use(self.name)
+        bridge.recorder = rec = Recorder(sync=self.sync)
+        try:
+            if self.sync:
+                self.sync()
+            t0 = time.perf_counter()
+            self.fn()
+            if self.sync:
+                self.sync()
+            self.model_s.append(time.perf_counter() - t0)
+        finally:
+            bridge.recorder = None
+        self.kernel_s.append(rec.kernel_s)
+        self.call_s.append(rec.call_s)
+        self.calls.append(rec.calls)
+        self.forms = dict(rec.forms)
+
+    def result(self, per: int) -> Instrumented:
+        keep = slice(COLD_CALLS, None) if len(self.model_s) > COLD_CALLS else slice(None)
+        return Instrumented.of(self.model_s[keep], self.kernel_s[keep], self.call_s[keep], self.calls[-1],
+                               self.forms, per=per)
+
+
+def measure_phases(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
+                   say) -> dict[str, tuple[dict[str, list[float]], dict[str, Instrumented], contention.Contention]]:
+    """{phase: ({impl: per-call seconds per round}, {impl: Instrumented}, contention)}.
+
+    Each phase is one run of time_interleaved over 2 callables per implementation: the plain model
+    call (timed) and the same call instrumented (its block time is discarded; it records the time
+    inside attention). A round runs one block of each, in rotating order, so the share and the
+    speed-ups come from the same stretch of time and load hits both alike."""
     sync = _sync_for(settings.device)
-    raw = {phase: {n: ([], [], [], {}) for n in names} for phase in ("prefill", "decode")}
-    say(f"instrumented pass: {settings.share_repeats} rounds (+1 warm-up) x {len(names)} implementations")
-    for r in range(-1, settings.share_repeats):  # round -1 warms up (first calls: allocator, lazy init)
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            bridge = dispatcher.use(name)
-            phases = [("prefill", calls.prefill)]
-            if settings.decode_steps:
-                start = calls.decode_start()
-                phases.append(("decode", lambda start=start: calls.decode(start)))
-            for phase, fn in phases:
-                rec = Recorder(sync=sync)
-                bridge.recorder = rec
-                try:
-                    if sync:
-                        sync()
-                    t0 = time.perf_counter()
-                    fn()
-                    if sync:
-                        sync()
-                    model_s = time.perf_counter() - t0
-                finally:
-                    bridge.recorder = None
-                if r < 0:
-                    continue
-                m, k, c, forms = raw[phase][name]
-                m.append(model_s), k.append(rec.kernel_s), c.append(rec.call_s)
-                forms.update(rec.forms)
-                forms["_calls"] = rec.calls
-    out = {}
-    for phase, per_impl in raw.items():
-        per = settings.decode_steps if phase == "decode" else 1
-        if per == 0:
-            continue
-        out[phase] = {n: Instrumented.of(m, k, c, forms.pop("_calls", 0), forms, per=per)
-                      for n, (m, k, c, forms) in per_impl.items()}
-    return out
-
-
-def timed_pass(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
-               say) -> dict[str, tuple[dict[str, list[float]], contention.Contention]]:
-    """{phase: ({impl: per-call seconds per round}, contention)} from interleaved rounds."""
-    sync = _sync_for(settings.device)
-
-    def prefill_of(name):
-        return lambda: (dispatcher.use(name), calls.prefill())
-
-    fns = {"prefill": {n: prefill_of(n) for n in names}}
+    phases = {"prefill": {n: calls.prefill for n in names}}
     if settings.decode_steps:
         starts = {}
         for n in names:
             dispatcher.use(n)
             starts[n] = calls.decode_start()
-
-        def decode_of(name):
-            return lambda: (dispatcher.use(name), calls.decode(starts[name]))
-
-        fns["decode"] = {n: decode_of(n) for n in names}
+        phases["decode"] = {n: (lambda start=starts[n]: calls.decode(start)) for n in names}
     out = {}
     threads = torch.get_num_threads()
-    for phase, phase_fns in fns.items():
-        say(f"timed pass, {phase}: {settings.rounds} interleaved rounds x {len(names)} implementations")
+    for phase, model_call in phases.items():
+        say(f"{phase}: {settings.rounds} interleaved rounds x {len(names)} implementations, each plain and "
+            f"instrumented")
+        plain = {n: (lambda n=n, f=model_call[n]: (dispatcher.use(n), f())) for n in names}
+        instrumented = {n: _InstrumentedCalls(dispatcher, n, model_call[n], sync) for n in names}
+        fns = {**plain, **{INSTRUMENTED.format(n): instrumented[n] for n in names}}
         before = contention.snapshot()
-        samples = time_interleaved(phase_fns, rounds=settings.rounds, min_block_s=settings.min_block_s,
+        samples = time_interleaved(fns, rounds=settings.rounds, min_block_s=settings.min_block_s,
                                    warmup_s=settings.warmup_s, sync=sync)
         after = contention.snapshot()
-        out[phase] = (samples, contention.assess(before, after, threads))
+        per = settings.decode_steps if phase == "decode" else 1
+        out[phase] = ({n: samples[n] for n in names}, {n: instrumented[n].result(per) for n in names},
+                      contention.assess(before, after, threads))
     return out
 
 
@@ -203,11 +198,9 @@ def _run(built: BuiltModel, settings: E2ESettings, on_record, say) -> dict:
     if not names:
         summary["loadavg_after"] = _loadavg()
         return summary
-    instrumented = instrumented_pass(calls, dispatcher, names, settings, say)
-    timed = timed_pass(calls, dispatcher, names, settings, say)
-    for phase, (samples, cont) in timed.items():
+    for phase, (samples, instrumented, cont) in measure_phases(calls, dispatcher, names, settings, say).items():
         per = settings.decode_steps if phase == "decode" else 1
-        results = phase_results(phase, samples, instrumented[phase], per=per)
+        results = phase_results(phase, samples, instrumented, per=per)
         summary["phases"][phase] = [r.to_dict() for r in results]
         summary["contention"][phase] = {"contended": cont.contended, "reason": cont.reason, **cont.metrics()}
         for r in results:

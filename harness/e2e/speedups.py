@@ -35,12 +35,10 @@ class Instrumented:
     model_s: float  # the whole model call
     kernel_s: float  # inside the implementation's function
     call_s: float  # inside the attention function transformers calls (kernel + adaptation)
+    share: float  # median over calls of kernel seconds / model seconds (each call's own ratio)
     calls: int  # attention calls per unit
     paths: dict  # which path ran: {"prefill": n, "decode path": n, ...}
-
-    @property
-    def share(self) -> float:
-        return min(1.0, self.kernel_s / self.model_s) if self.model_s > 0 else 0.0
+    n: int = 0  # instrumented calls behind the medians
 
     @property
     def adapter_s(self) -> float:
@@ -53,8 +51,12 @@ class Instrumented:
     @classmethod
     def of(cls, model_s: list[float], kernel_s: list[float], call_s: list[float], calls: int, paths: dict,
            per: int = 1) -> "Instrumented":
+        """From each instrumented call's seconds; per: units per call (decode steps), so times are per
+        token. The share is the median of the calls' own ratios: a load burst slows a whole call,
+        its ratio much less."""
         med = lambda xs: statistics.median(xs) / per  # noqa: E731
-        return cls(med(model_s), med(kernel_s), med(call_s), calls // max(per, 1), paths)
+        share = statistics.median(min(1.0, k / m) if m > 0 else 0.0 for k, m in zip(kernel_s, model_s))
+        return cls(med(model_s), med(kernel_s), med(call_s), share, calls // max(per, 1), paths, len(model_s))
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,7 @@ class PhaseResult:
 
     def to_dict(self) -> dict:
         d = {"phase": self.phase, "impl": self.impl, "time": asdict(self.time),
-             "instrumented": {**asdict(self.instrumented), "share": self.instrumented.share,
-                              "adapter_s": self.instrumented.adapter_s, "other_s": self.instrumented.other_s},
+             "instrumented": {**asdict(self.instrumented), "adapter_s": self.instrumented.adapter_s, "other_s": self.instrumented.other_s},
              "kernel_speedup": self.kernel_speedup, "amdahl_speedup": self.amdahl_speedup,
              "baseline_share": self.baseline_share, "amdahl_gap": self.amdahl_gap,
              "model_speedup": None if self.model_speedup is None else self.model_speedup._asdict()}
