@@ -23,7 +23,7 @@ contract), with no `repeat_kv` copy.
 
 The mask: an attention name transformers does not know gets `attention_mask=None` (its mask
 builders exit early), and e2e runs unpadded batches, so causality and the window are the whole
-mask. A boolean mask, if one comes, is passed on as `attn_mask`; a float (additive) mask is refused.
+mask, applied by the implementation; a mask that comes anyway is refused (Unsupported).
 
 Instrumentation (`Recorder`): when one is attached, each call adds the seconds spent inside the
 implementation's function (`kernel_s`) and in the whole call, the adaptation around it included
@@ -42,9 +42,6 @@ from harness.case import Case
 from harness.support import Support, no
 
 TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-# kwargs transformers' models pass that change what attention computes (anything else is bookkeeping:
-# position_ids, use_cache, cache_position, ...)
-FORM_KWARGS = ("sliding_window", "softcap", "s_aux", "position_bias")
 
 
 class Unsupported(RuntimeError):
@@ -91,9 +88,10 @@ class Form:
 def _form(module, query, key, value, kwargs) -> Form:
     if query.dtype not in TORCH_DTYPES:
         raise Unsupported(f"attention in {query.dtype}: attnbench implementations take float32, float16, bfloat16")
-    for name in FORM_KWARGS:
-        if name == "position_bias" and kwargs.get(name) is not None:
-            raise Unsupported("the model adds a position bias to the scores (T5-style); no attnbench form has one")
+    # kwargs that change what attention computes: is_causal, sliding_window, softcap, s_aux, position_bias
+    # (the rest is bookkeeping: position_ids, use_cache, cache_position, ...)
+    if kwargs.get("position_bias") is not None:
+        raise Unsupported("the model adds a position bias to the scores (T5-style); no attnbench form has one")
     is_causal = kwargs.get("is_causal")
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     window = kwargs.get("sliding_window") or 0
@@ -179,9 +177,10 @@ class ImplAttention:
         if dropout:
             raise Unsupported("attention dropout (the model is in training mode); e2e measures inference")
         form = _form(module, query, key, value, kwargs)
-        label, call = self.plan(form)
         if attention_mask is not None:
-            call = self._with_mask(call, attention_mask)
+            raise Unsupported("transformers passed an attention mask; e2e runs unpadded batches, whose mask is "
+                              "causality and the window, which the implementation applies itself")
+        label, call = self.plan(form)
         scale = None if scaling is None else float(scaling)
         if rec is None:
             out = call(query, key, value, scale)  # (B, Hq, Nq, D)
@@ -198,14 +197,6 @@ class ImplAttention:
             rec.calls += 1
             rec.forms[label] = rec.forms.get(label, 0) + 1
         return out, None
-
-    def _with_mask(self, call, attention_mask):
-        if attention_mask.dtype != torch.bool:
-            raise Unsupported("an additive float attention mask: attnbench takes boolean masks")
-        if self.impl.fn is None:
-            raise Unsupported(f"{self.name} has no prefill path to take an attention mask")
-        fn = self.impl.fn
-        return lambda q, k, v, scale: fn(q, k, v, causal=True, attn_mask=attention_mask, scale=scale)
 
 
 def _sync(rec: Recorder) -> None:
