@@ -108,6 +108,8 @@ def cmd_e2e(args) -> int:
         summary = run_e2e(built, settings, on_record=lambda r: run_files.append_record(run_dir, r), say=say)
         summary = {**info, **summary}
         run_files.write_summary(run_dir, summary)
+    except model_build.E2EError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         run_files.finish(run_dir)
     print(format_summary(summary))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.e2e.model_build import E2EError
+
 LOGITS_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 REFERENCES = ("sdpa", "eager")
 
@@ -39,7 +41,8 @@ def reference_logits(model, calls) -> tuple[str, Logits]:
             return name, model_logits(calls)
         except (ValueError, RuntimeError, NotImplementedError) as exc:
             last = exc
-    raise RuntimeError(f"no transformers attention ran the model: {' '.join(str(last).split())}")
+    raise E2EError(f"transformers cannot run this model ({' or '.join(REFERENCES)} attention): "
+                   f"{type(last).__name__}: {' '.join(str(last).split())[:200]}")
 
 
 def rel_l2(x: Logits, ref: Logits) -> float:

@@ -66,13 +66,8 @@ class Recorder:
 class Form:
     """What one attention call computes: shapes, causality and the variants the model asks for."""
 
-    batch: int
-    heads_q: int
-    heads_kv: int
-    seq_len_q: int
-    seq_len_kv: int
-    head_dim: int
-    head_dim_v: int
+    q: tuple[int, int, int, int]  # (B, Hq, Nq, D)
+    kv: tuple[int, int, int]  # (Hkv, Nk, Dv)
     dtype: str
     device: str
     causal: bool
@@ -82,7 +77,7 @@ class Form:
 
     @property
     def decoding(self) -> bool:
-        return self.seq_len_q < self.seq_len_kv
+        return self.q[2] < self.kv[1]
 
 
 def _form(module, query, key, value, kwargs) -> Form:
@@ -96,26 +91,23 @@ def _form(module, query, key, value, kwargs) -> Form:
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     window = kwargs.get("sliding_window") or 0
     softcap = kwargs.get("softcap") or 0.0
-    B, Hq, Nq, D = query.shape
-    return Form(B, Hq, key.shape[1], Nq, key.shape[2], D, value.shape[-1], TORCH_DTYPES[query.dtype],
+    return Form(tuple(query.shape), (key.shape[1], key.shape[2], value.shape[-1]), TORCH_DTYPES[query.dtype],
                 query.device.type, causal, int(window), float(softcap), kwargs.get("s_aux") is not None)
 
 
 def _case(impl: str, form: Form, workload: str) -> Case | Support:
     """The form as a Case of `workload`, or no(...) when attnbench's contract has no such form."""
-    if form.head_dim_v != form.head_dim:
-        return no(f"value head dim {form.head_dim_v} != query/key head dim {form.head_dim} (MLA): "
-                  f"the attention contract takes one head dim")
+    (B, Hq, Nq, D), (Hkv, Nk, Dv) = form.q, form.kv
+    if Dv != D:
+        return no(f"value head dim {Dv} != query/key head dim {D} (MLA): the attention contract takes one head dim")
     if form.sinks:
         return no("attention sinks (s_aux): not an attnbench variant of the contract yet")
     if not form.causal:
         return no("bidirectional attention over a KV cache: e2e measures causal decoder models")
-    common = dict(batch=form.batch, heads_q=form.heads_q, heads_kv=form.heads_kv, seq_len_q=form.seq_len_q,
-                  seq_len_kv=form.seq_len_kv, head_dim=form.head_dim, dtype=form.dtype, device=form.device,
-                  causal=True)
+    common = dict(batch=B, heads_q=Hq, heads_kv=Hkv, seq_len_q=Nq, seq_len_kv=Nk, head_dim=D, dtype=form.dtype,
+                  device=form.device, causal=True)
     if workload == "decode":
-        return Case(impl, workload="decode", kv_layout="contiguous", kv_lens=(form.seq_len_kv,) * form.batch,
-                    **common)
+        return Case(impl, workload="decode", kv_layout="contiguous", kv_lens=(Nk,) * B, **common)
     return Case(impl, window=form.window, softcap=form.softcap, **common)
 
 
@@ -141,7 +133,7 @@ class ImplAttention:
         if isinstance(prefill_case, Support):
             raise Unsupported(prefill_case.reason)
         decode = self.impl.paths.get("decode")
-        if form.decoding and decode is not None and form.seq_len_q == 1 and form.softcap == 0:
+        if form.decoding and decode is not None and form.q[2] == 1 and form.softcap == 0:
             decode_case = _case(self.name, form, "decode")
             if self.impl.supports(decode_case):
                 return "decode path", self._decode_call(decode.fn, form)
@@ -159,12 +151,13 @@ class ImplAttention:
         return lambda q, k, v, scale: fn(q, k, v, causal=True, scale=scale, **variants)
 
     def _decode_call(self, fn, form: Form):
-        keep = form.window if 0 < form.window < form.seq_len_kv else form.seq_len_kv  # one query: the last W keys
-        key = (form.batch, keep, form.device)
+        batch, nk = form.q[0], form.kv[1]
+        keep = form.window if 0 < form.window < nk else nk  # one query token: the last W keys
+        key = (batch, keep, form.device)
         if key not in self._kv_lens:
-            self._kv_lens[key] = torch.full((form.batch,), keep, dtype=torch.int32, device=form.device)
+            self._kv_lens[key] = torch.full((batch,), keep, dtype=torch.int32, device=form.device)
         kv_lens = self._kv_lens[key]
-        if keep == form.seq_len_kv:
+        if keep == nk:
             return lambda q, k, v, scale: fn(q, k, v, kv_lens=kv_lens, scale=scale)
         return lambda q, k, v, scale: fn(q, k[:, :, -keep:], v[:, :, -keep:], kv_lens=kv_lens, scale=scale)
 

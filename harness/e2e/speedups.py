@@ -81,7 +81,8 @@ class PhaseResult:
 
     def to_dict(self) -> dict:
         d = {"phase": self.phase, "impl": self.impl, "time": asdict(self.time),
-             "instrumented": {**asdict(self.instrumented), "adapter_s": self.instrumented.adapter_s, "other_s": self.instrumented.other_s},
+             "instrumented": {**asdict(self.instrumented), "adapter_s": self.instrumented.adapter_s,
+                              "other_s": self.instrumented.other_s},
              "kernel_speedup": self.kernel_speedup, "amdahl_speedup": self.amdahl_speedup,
              "baseline_share": self.baseline_share, "amdahl_gap": self.amdahl_gap,
              "model_speedup": None if self.model_speedup is None else self.model_speedup._asdict()}
