@@ -80,6 +80,9 @@ def test_shares_speedups_and_amdahl(smollm):
             ms = r["model_speedup"]
             assert ms["low"] <= ms["median"] <= ms["high"]
             assert r["amdahl_gap"] == pytest.approx(ms["median"] / r["amdahl_speedup"] - 1)
+            assert ins["kernel_s"] <= ins["layers_s"] <= ins["model_s"]
+            # 2 of 30 layers: projected to 30 the fixed embedding and LM head weigh less, attention more
+            assert r["projected"]["layers"] == 30 and r["projected"]["share"] >= ins["share"]
         assert rows["naive"]["time"]["n"] == FAST["rounds"]
         assert set(summary["contention"][phase]) >= {"contended", "reason", "cpu_share", "others_cores"}
 

@@ -38,9 +38,10 @@ def test_instrumented_share_and_breakdown():
     # medians over repeats, divided by the units per call (decode steps)
     per_token = Instrumented.of([4.0, 8.0, 6.0], [1.0, 2.0, 3.0], [1.5, 2.5, 3.5], calls=16, paths={}, per=4)
     assert (per_token.model_s, per_token.kernel_s, per_token.call_s, per_token.calls) == (1.5, 0.5, 0.625, 4)
+    assert per_token.layers_s is None
     assert per_token.n == 3
-    # the share is the median of each call's own ratio (0.25, 0.25, 0.5), not a ratio of medians (2/6)
-    assert per_token.share == pytest.approx(0.25)
+    # means, like the timed pass's block averages: the share is kernel / model time over all calls
+    assert per_token.share == pytest.approx(6 / 18)
 
 
 def test_phase_results_pair_rounds_and_predict_from_the_baselines_share():
@@ -70,3 +71,19 @@ def test_phase_results_per_token():
     assert b.model_speedup.median == pytest.approx(2.0)
     assert b.kernel_speedup is None and b.amdahl_speedup is None and b.amdahl_gap is None  # no kernel time
     assert not math.isnan(b.time.median_s)
+
+
+def test_share_projected_to_the_whole_depth():
+    # 2 of 8 layers built: layers 0.6 s (attention 0.2 s of it), embedding + LM head 0.4 s
+    ins = Instrumented(1.0, 0.2, 0.21, share=0.2, calls=2, paths={}, n=3, layers_s=0.6)
+    assert ins.share_at_depth(2, 8) == pytest.approx(0.8 / (2.4 + 0.4))
+    assert ins.share_at_depth(8, 8) == pytest.approx(0.2)  # the whole model: as measured
+    assert Instrumented(1.0, 0.2, 0.21, share=0.2, calls=2, paths={}).share_at_depth(2, 8) is None  # no layer time
+    samples = {"a": [1.0, 1.0], "b": [0.9, 0.9]}
+    fast = Instrumented(0.9, 0.1, 0.11, share=0.1 / 0.9, calls=2, paths={}, n=3, layers_s=0.5)
+    a, b = phase_results("prefill", samples, {"a": ins, "b": fast}, depth=(2, 8))
+    assert b.projected["layers"] == 8
+    assert b.projected["amdahl_speedup"] == pytest.approx(amdahl(0.8 / 2.8, 2.0))
+    assert a.projected["share"] == pytest.approx(0.8 / 2.8) and "amdahl_speedup" not in a.projected
+    whole = phase_results("prefill", samples, {"a": ins, "b": fast}, depth=(8, 8))
+    assert whole[1].projected is None and whole[1].to_dict()["projected"] is None

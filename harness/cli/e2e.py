@@ -170,6 +170,17 @@ def phase_table(rows: list[dict]) -> str:
     return table(headers, body)
 
 
+def _projected(rows: list[dict]) -> str:
+    """`projected to all 30 layers: ...` when fewer layers were built (speedups.PhaseResult.projected)."""
+    base = rows[0].get("projected")
+    if not base or base.get("share") is None:
+        return ""
+    preds = ", ".join(f"{r['impl']} {r['projected']['amdahl_speedup']:.2f}x" for r in rows[1:]
+                      if r.get("projected") and r["projected"].get("amdahl_speedup"))
+    return (f"  projected to all {base['layers']} layers (decoder layers scaled, embedding and LM head as measured): "
+            f"{rows[0]['impl']} attention share {base['share']:.1%}" + (f"; Amdahl model x: {preds}" if preds else ""))
+
+
 def format_summary(s: dict) -> str:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["layer_types"].items()))
     st = s["settings"]
@@ -190,6 +201,9 @@ def format_summary(s: dict) -> str:
                       f"instrumented pass):", phase_table(rows)]
         if cont["contended"]:
             lines.append(f"  ! contended: {cont['reason']}")
+        projected = _projected(rows)
+        if projected:
+            lines.append(projected)
     if s["phases"]:
         lines += ["", "kernel x: the baseline's time inside attention / this one's; model x: measured, paired by "
                       "round; Amdahl x = 1/((1-s)+s/k), s = the baseline's share, k = kernel x; gap = model x / "

@@ -56,10 +56,8 @@ class Recorder:
     calls: int = 0
     kernel_s: float = 0.0
     call_s: float = 0.0
-    forms: dict = field(default_factory=dict)  # "prefill" / "decode (decode path)" -> calls
-
-    def reset(self) -> None:
-        self.calls, self.kernel_s, self.call_s, self.forms = 0, 0.0, 0.0, {}
+    layers_s: float = 0.0  # from the first decoder layer's start to the last one's end (measure.py's hooks)
+    forms: dict = field(default_factory=dict)  # "prefill" / "decode path" / ... -> calls
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 
 from harness.e2e import accuracy
 from harness.e2e.attention_bridge import Dispatcher, Recorder, Unsupported
-from harness.e2e.model_build import BuiltModel
+from harness.e2e.model_build import BuiltModel, decoder_layers
 from harness.e2e.model_calls import ModelCalls, Prompt
 from harness.e2e.speedups import Instrumented, phase_results
 from harness.measure.timing import contention
@@ -110,7 +110,8 @@ class _InstrumentedCalls:
 
     def __init__(self, dispatcher: Dispatcher, name: str, fn: Callable, sync):
         self.dispatcher, self.name, self.fn, self.sync = dispatcher, name, fn, sync
-        self.model_s, self.kernel_s, self.call_s, self.calls, self.forms = [], [], [], [], {}
+        self.model_s, self.kernel_s, self.call_s, self.layers_s, self.calls = [], [], [], [], []
+        self.forms = {}
 
     def __call__(self) -> None:
         bridge = self.dispatcher.use(self.name)
@@ -126,6 +127,7 @@ class _InstrumentedCalls:
         finally:
             bridge.recorder = None
         self.kernel_s.append(rec.kernel_s)
+        self.layers_s.append(rec.layers_s)
         self.call_s.append(rec.call_s)
         self.calls.append(rec.calls)
         self.forms = dict(rec.forms)
@@ -133,12 +135,39 @@ class _InstrumentedCalls:
     def result(self, per: int) -> Instrumented:
         keep = slice(COLD_CALLS, None) if len(self.model_s) > COLD_CALLS else slice(None)
         return Instrumented.of(self.model_s[keep], self.kernel_s[keep], self.call_s[keep], self.calls[-1],
-                               self.forms, per=per)
+                               self.forms, per=per, layers_s=self.layers_s[keep])
+
+
+def _time_decoder_layers(layers, dispatcher: Dispatcher, sync) -> list:
+    """Hooks adding, during instrumented calls, the time from the first decoder layer's start to
+    the last one's end to the recorder (what scales with depth; the rest -- embedding, final norm,
+    LM head -- does not). Returns the handles to remove."""
+    started = []
+
+    def recorder():
+        current = dispatcher.current
+        return current.recorder if current is not None else None
+
+    def pre(module, args):
+        if recorder() is not None:
+            if sync:
+                sync()
+            started.append(time.perf_counter())
+
+    def post(module, args, output):
+        rec = recorder()
+        if rec is not None and started:
+            if sync:
+                sync()
+            rec.layers_s += time.perf_counter() - started.pop()
+
+    return [layers[0].register_forward_pre_hook(pre), layers[-1].register_forward_hook(post)]
 
 
 def measure_phases(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], settings: E2ESettings,
-                   say) -> dict[str, tuple[dict[str, list[float]], dict[str, Instrumented], contention.Contention]]:
-    """{phase: ({impl: per-call seconds per round}, {impl: Instrumented}, contention)}.
+                   say, layers=None) -> dict[str, tuple]:
+    """{phase: ({impl: per-call seconds per round}, {impl: Instrumented}, contention)}. layers:
+    the decoder layers' ModuleList, whose time the instrumented calls also record (None: not).
 
     Each phase is one run of time_interleaved over 2 callables per implementation: the plain model
     call (timed) and the same call instrumented (its block time is discarded; it records the time
@@ -154,20 +183,30 @@ def measure_phases(calls: ModelCalls, dispatcher: Dispatcher, names: list[str], 
         phases["decode"] = {n: (lambda start=starts[n]: calls.decode(start)) for n in names}
     out = {}
     threads = torch.get_num_threads()
-    for phase, model_call in phases.items():
-        say(f"{phase}: {settings.rounds} interleaved rounds x {len(names)} implementations, each plain and "
-            f"instrumented")
-        plain = {n: (lambda n=n, f=model_call[n]: (dispatcher.use(n), f())) for n in names}
-        instrumented = {n: _InstrumentedCalls(dispatcher, n, model_call[n], sync) for n in names}
-        fns = {**plain, **{INSTRUMENTED.format(n): instrumented[n] for n in names}}
-        before = contention.snapshot()
-        samples = time_interleaved(fns, rounds=settings.rounds, min_block_s=settings.min_block_s,
-                                   warmup_s=settings.warmup_s, sync=sync)
-        after = contention.snapshot()
-        per = settings.decode_steps if phase == "decode" else 1
-        out[phase] = ({n: samples[n] for n in names}, {n: instrumented[n].result(per) for n in names},
-                      contention.assess(before, after, threads))
+    hooks = _time_decoder_layers(layers, dispatcher, sync) if layers is not None else []
+    try:
+        for phase, model_call in phases.items():
+            out[phase] = _measure_phase(phase, model_call, dispatcher, names, settings, sync, threads, say)
+    finally:
+        for h in hooks:
+            h.remove()
     return out
+
+
+def _measure_phase(phase, model_call, dispatcher, names, settings, sync, threads, say):
+    """One phase's interleaved rounds: (samples, instrumented, contention)."""
+    say(f"{phase}: {settings.rounds} interleaved rounds x {len(names)} implementations, each plain and "
+        f"instrumented")
+    plain = {n: (lambda n=n, f=model_call[n]: (dispatcher.use(n), f())) for n in names}
+    instrumented = {n: _InstrumentedCalls(dispatcher, n, model_call[n], sync) for n in names}
+    fns = {**plain, **{INSTRUMENTED.format(n): instrumented[n] for n in names}}
+    before = contention.snapshot()
+    samples = time_interleaved(fns, rounds=settings.rounds, min_block_s=settings.min_block_s,
+                               warmup_s=settings.warmup_s, sync=sync)
+    after = contention.snapshot()
+    per = settings.decode_steps if phase == "decode" else 1
+    return ({n: samples[n] for n in names}, {n: instrumented[n].result(per) for n in names},
+            contention.assess(before, after, threads))
 
 
 def run_e2e(built: BuiltModel, settings: E2ESettings, *, on_record: Callable[[dict], None] = lambda r: None,
@@ -198,9 +237,12 @@ def _run(built: BuiltModel, settings: E2ESettings, on_record, say) -> dict:
     if not names:
         summary["loadavg_after"] = _loadavg()
         return summary
-    for phase, (samples, instrumented, cont) in measure_phases(calls, dispatcher, names, settings, say).items():
+    measured = measure_phases(calls, dispatcher, names, settings, say,
+                              layers=decoder_layers(built.model, built.layers))
+    for phase, (samples, instrumented, cont) in measured.items():
         per = settings.decode_steps if phase == "decode" else 1
-        results = phase_results(phase, samples, instrumented, per=per)
+        results = phase_results(phase, samples, instrumented, per=per,
+                                depth=(built.layers, built.total_layers))
         summary["phases"][phase] = [r.to_dict() for r in results]
         summary["contention"][phase] = {"contended": cont.contended, "reason": cont.reason, **cont.metrics()}
         for r in results:

@@ -150,6 +150,17 @@ def build_model(mc: ModelConfig, *, layers: int, dtype: str, device: str, seed: 
                       int(model.config.vocab_size), getattr(model.config, "max_position_embeddings", None))
 
 
+def decoder_layers(model, layers: int):
+    """The model's ModuleList of decoder layers (`model.model.layers` in transformers' decoders, else
+    the first ModuleList of that length), or None."""
+    import torch
+
+    found = getattr(getattr(model, "model", None), "layers", None)
+    if isinstance(found, torch.nn.ModuleList) and len(found) == layers:
+        return found
+    return next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers), None)
+
+
 def check_context(mc: ModelConfig, context: int, decode_steps: int) -> None:
     """The prompt plus the decode steps fit the model's maximum context."""
     if context < 1:

@@ -29,16 +29,19 @@ def amdahl(share: float, kernel_speedup: float) -> float:
 
 @dataclass(frozen=True)
 class Instrumented:
-    """Medians over the instrumented calls of one implementation and phase, seconds per unit
-    (one prefill, or one decode token)."""
+    """Means over the instrumented calls of one implementation and phase, seconds per unit (one
+    prefill, or one decode token). Means, like the timed pass's samples (a block's time / its
+    calls), so the breakdown adds up to a comparable model time: on a loaded machine a median of
+    single calls leaves out the preemptions every block average contains."""
 
     model_s: float  # the whole model call
     kernel_s: float  # inside the implementation's function
     call_s: float  # inside the attention function transformers calls (kernel + adaptation)
-    share: float  # median over calls of kernel seconds / model seconds (each call's own ratio)
+    share: float  # kernel seconds / model seconds, summed over the calls
     calls: int  # attention calls per unit
     paths: dict  # which path ran: {"prefill": n, "decode path": n, ...}
-    n: int = 0  # instrumented calls behind the medians
+    n: int = 0  # instrumented calls behind the means
+    layers_s: float | None = None  # the decoder layers (what scales with depth); None: not measured
 
     @property
     def adapter_s(self) -> float:
@@ -50,13 +53,25 @@ class Instrumented:
 
     @classmethod
     def of(cls, model_s: list[float], kernel_s: list[float], call_s: list[float], calls: int, paths: dict,
-           per: int = 1) -> "Instrumented":
+           per: int = 1, layers_s: list[float] | None = None) -> "Instrumented":
         """From each instrumented call's seconds; per: units per call (decode steps), so times are per
-        token. The share is the median of the calls' own ratios: a load burst slows a whole call,
-        its ratio much less."""
-        med = lambda xs: statistics.median(xs) / per  # noqa: E731
-        share = statistics.median(min(1.0, k / m) if m > 0 else 0.0 for k, m in zip(kernel_s, model_s))
-        return cls(med(model_s), med(kernel_s), med(call_s), share, calls // max(per, 1), paths, len(model_s))
+        token."""
+        mean = lambda xs: statistics.fmean(xs) / per  # noqa: E731
+        model = mean(model_s)
+        share = min(1.0, mean(kernel_s) / model) if model > 0 else 0.0
+        layers = mean(layers_s) if layers_s and any(layers_s) else None
+        return cls(model, mean(kernel_s), mean(call_s), share, calls // max(per, 1), paths, len(model_s), layers)
+
+    def share_at_depth(self, layers: int, total_layers: int) -> float | None:
+        """Attention's share projected to the whole model: the decoder layers' time (attention in it)
+        scaled by total_layers / layers, the rest (embedding, final norm, LM head) as measured. Equal
+        to `share` when every layer was built."""
+        if self.layers_s is None or layers < 1:
+            return None
+        scale = total_layers / layers
+        fixed = max(0.0, self.model_s - self.layers_s)
+        whole = self.layers_s * scale + fixed
+        return min(1.0, self.kernel_s * scale / whole) if whole > 0 else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,21 @@ class PhaseResult:
     kernel_speedup: float | None  # baseline kernel_s / this kernel_s
     amdahl_speedup: float | None  # 1 / ((1 − s) + s / k), s = the baseline's share
     baseline_share: float | None
+    depth: tuple[int, int] | None = None  # (layers built, layers of the model)
+    base_share_at_depth: float | None = None  # the baseline's share projected to every layer
+
+    @property
+    def projected(self) -> dict | None:
+        """With fewer layers than the model: this implementation's share and Amdahl's prediction (from
+        the baseline's projected share and the kernel speed-up as measured) projected to every layer
+        (Instrumented.share_at_depth); None when the whole model was built."""
+        if self.depth is None or self.depth[0] >= self.depth[1]:
+            return None
+        share = self.instrumented.share_at_depth(*self.depth)
+        out = {"layers": self.depth[1], "share": share}
+        if self.kernel_speedup and self.base_share_at_depth is not None:
+            out["amdahl_speedup"] = amdahl(self.base_share_at_depth, self.kernel_speedup)
+        return out
 
     @property
     def amdahl_gap(self) -> float | None:
@@ -84,29 +114,30 @@ class PhaseResult:
              "instrumented": {**asdict(self.instrumented), "adapter_s": self.instrumented.adapter_s,
                               "other_s": self.instrumented.other_s},
              "kernel_speedup": self.kernel_speedup, "amdahl_speedup": self.amdahl_speedup,
-             "baseline_share": self.baseline_share, "amdahl_gap": self.amdahl_gap,
+             "baseline_share": self.baseline_share, "amdahl_gap": self.amdahl_gap, "projected": self.projected,
              "model_speedup": None if self.model_speedup is None else self.model_speedup._asdict()}
         return d
 
 
 def phase_results(phase: str, samples: dict[str, list[float]], instrumented: dict[str, Instrumented],
-                  per: int = 1) -> list[PhaseResult]:
+                  per: int = 1, depth: tuple[int, int] | None = None) -> list[PhaseResult]:
     """Results for every implementation; the first key of `samples` is the baseline. samples:
     {impl: per-call seconds of the timed pass, one per round (interleaved)}; per: units per call
-    (decode steps), so times are per token."""
+    (decode steps), so times are per token; depth: (layers built, layers of the model)."""
     names = list(samples)
     base = names[0]
     base_ins = instrumented[base]
+    base_deep = base_ins.share_at_depth(*depth) if depth else None
     out = []
     for name in names:
         ins = instrumented[name]
         per_unit = [x / per for x in samples[name]]
         if name == base:
-            out.append(PhaseResult(phase, name, summarize(per_unit), ins, None, None, None, None))
+            out.append(PhaseResult(phase, name, summarize(per_unit), ins, None, None, None, None, depth, base_deep))
             continue
         ratios = [b / x for b, x in zip(samples[base], samples[name]) if x > 0]  # paired by round
         k = base_ins.kernel_s / ins.kernel_s if ins.kernel_s > 0 else None
         s = base_ins.share
         out.append(PhaseResult(phase, name, summarize(per_unit), ins, median_ci(ratios) if ratios else None, k,
-                               amdahl(s, k) if k else None, s))
+                               amdahl(s, k) if k else None, s, depth, base_deep))
     return out
