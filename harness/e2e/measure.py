@@ -1,7 +1,7 @@
 """One e2e measurement: the model built once, each implementation plugged in through transformers'
 attention interface, checked, instrumented, then timed.
 
-1. **Logits check** (docs/measurement.md, "End to end"): the model with transformers' `sdpa`
+1. **Logits check** (docs/measurement.md, "In the model"): the model with transformers' `sdpa`
    gives the reference logits (accuracy.py); each implementation runs the same prefill and decode
    steps. One that cannot run the model's attention form is skipped with the reason; one that
    raises is an error; both are left out of the timing.
