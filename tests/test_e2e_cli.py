@@ -88,3 +88,25 @@ def test_a_run_writes_its_folder_the_table_and_json(capsys, tmp_path):
     assert summary["baseline"] == "naive"
     sdpa = summary["phases"]["prefill"][1]
     assert sdpa["impl"] == "sdpa" and sdpa["amdahl_speedup"] > 0 and 0 < sdpa["baseline_share"] < 1
+    # the same run id again: refused before anything is built
+    err = _error_line(capsys, ["e2e", "--model", _tiny_config(tmp_path), "--impl", "naive", "--context", "24",
+                               "--out", str(tmp_path / "results"), "--run-id", "tiny"])
+    assert "already holds a run" in err
+
+
+@needs_transformers
+def test_bad_run_id_is_refused_before_building(capsys, tmp_path):
+    err = _error_line(capsys, ["e2e", "--model", _tiny_config(tmp_path), "--impl", "naive", "--context", "24",
+                               "--out", str(tmp_path), "--run-id", "../up"])
+    assert "run id '../up' is not allowed" in err
+    assert not any(tmp_path.glob("*/run.json"))
+
+
+@needs_transformers
+def test_json_to_stdout_is_the_only_stdout(capsys, tmp_path):
+    rc = main(["e2e", "--model", _tiny_config(tmp_path), "--impl", "sdpa", "--context", "16", "--decode-steps", "0",
+               "--rounds", "2", "--threads", "1", "--out", str(tmp_path), "--json", "-"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads(out)  # nothing but the JSON
+    assert list(summary["phases"]) == ["prefill"]  # no decode steps: no decode phase

@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--out", default="results", metavar="DIR", help="parent directory for run folders")
     p.add_argument("--run-id", help="name of the run folder (default: timestamp-e2e-model)")
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE ('-': stdout)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE ('-': to stdout, "
+                                                  "instead of the table)")
     p.set_defaults(func=cmd_e2e)
 
 
@@ -87,6 +88,7 @@ def cmd_e2e(args) -> int:
             registry.get(name)  # RegistryError: one line listing the known names
         model_build.check_context(mc, args.context, args.decode_steps)
         layers = model_build.choose_layers(mc, args.layers)
+        run_dir = run_files.new_run_dir(Path(args.out), args.run_id, mc.name)
     except (model_build.E2EError, ModelConfigError) as exc:
         raise UsageError(str(exc)) from None
     settings = E2ESettings(impls=tuple(args.impl), context=args.context, decode_steps=args.decode_steps,
@@ -102,7 +104,7 @@ def cmd_e2e(args) -> int:
     info = {"model": mc.name, "source": mc.source, "layers": layers, "total_layers": built.total_layers,
             "layer_types": built.layer_types, "params": built.params, "settings": dataclasses.asdict(settings),
             "environment": _environment()}
-    run_dir = run_files.start_e2e_run(Path(args.out), args.run_id, info)
+    run_files.start_e2e_run(run_dir, info)
     say(f"run {run_dir}: {model_build.describe_layers(built)}")
     try:
         summary = run_e2e(built, settings, on_record=lambda r: run_files.append_record(run_dir, r), say=say)
@@ -112,8 +114,11 @@ def cmd_e2e(args) -> int:
         raise UsageError(str(exc)) from None
     finally:
         run_files.finish(run_dir)
-    print(format_summary(summary))
-    print(f"\nresults: {run_dir}")
+    if args.json == "-":  # the JSON is stdout; the table would mix with it
+        say(f"results: {run_dir}")
+    else:
+        print(format_summary(summary))
+        print(f"\nresults: {run_dir}")
     if args.json:
         _write_json(args.json, summary)
     failed = [c for c in summary["logits"] if c["status"] in ("error", "wrong")]

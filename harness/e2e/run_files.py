@@ -25,19 +25,26 @@ def default_run_id(model: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-e2e-{slug}"
 
 
-def start_e2e_run(out_dir: Path, run_id: str | None, info: dict) -> Path:
-    """Create out_dir/run_id (refusing one that holds an earlier run), lock it, write run.json."""
-    run_id = check_run_id(run_id or default_run_id(str(info.get("model", "model"))))
-    run_dir = Path(out_dir).absolute() / run_id
+def new_run_dir(out_dir: Path, run_id: str | None, model: str) -> Path:
+    """out_dir/run_id (default: timestamp-e2e-model), checked before the model is built: a valid id
+    and no earlier run there (ResultsError / FileExistsError, one line)."""
+    run_dir = Path(out_dir).absolute() / check_run_id(run_id or default_run_id(model))
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} exists and is not a directory; pick another --run-id or --out")
+    if run_dir.is_dir() and any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
+    return run_dir
+
+
+def start_e2e_run(run_dir: Path, info: dict) -> Path:
+    """Create run_dir (from new_run_dir), lock it, write run.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run_lock.acquire(run_dir)
-    if any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):
+    if any(p.name != run_lock.LOCK_FILE for p in run_dir.iterdir()):  # another run got there meanwhile
         run_lock.release(run_dir)
         raise FileExistsError(f"{run_dir} already holds a run; pick another --run-id")
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_run_info(run_dir, {"kind": "e2e", "run_id": run_id, "started_at": started, **info})
+    write_run_info(run_dir, {"kind": "e2e", "run_id": run_dir.name, "started_at": started, **info})
     return run_dir
 
 
