@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli import check, compare, export, history, listing, models, report, run
+from harness.cli import check, compare, e2e, export, history, listing, models, report, run
 from harness.cli.errors import EXIT_OK, EXIT_USAGE, UsageError
 
-SUBCOMMANDS = (listing, models, run, report, compare, check, export, history)
+SUBCOMMANDS = (listing, models, run, report, compare, check, export, history, e2e)
 
 
 def _fail(msg: str) -> int:
