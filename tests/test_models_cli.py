@@ -132,9 +132,18 @@ def test_gpt_oss_prefill_has_sinks_and_the_window_per_layer_type():
 
 
 def test_gemma_prefill_carries_softcap_and_scale():
-    g = _grids(_plan("gemma-2-27b", "training", context=128))
+    g = _grids(_plan("gemma-2-27b", "training", context=8192))
     assert g["global"]["softcap"] == 50.0 and g["global"]["scale"] == pytest.approx(144 ** -0.5)
     assert g["global"]["pass"] == "forward_backward" and g["sliding"]["window"] == 4096
+
+
+def test_a_window_no_shorter_than_the_context_folds_into_the_global_grid():
+    """At context <= window a sliding layer sees every key: one grid counted for all layers."""
+    short = _plan("gemma-2-27b", "prefill", context=4096)
+    assert list(_grids(short)) == ["global"] and "window" not in _grids(short)["global"]
+    assert short["model"]["layers"] == {"global": 46}
+    long = _plan("gemma-2-27b", "prefill", context=4097)
+    assert _grids(long)["sliding"]["window"] == 4096 and long["model"]["layers"] == {"global": 23, "sliding": 23}
     assert "scale" not in _grids(_plan("gemma-2-9b", "prefill", context=128))["global"]  # 256 = head_dim
 
 

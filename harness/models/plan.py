@@ -119,8 +119,10 @@ def _grid(g: Geometry, lt: LayerType, step: str, ctx: int, b: int, chunk: int) -
     notes = []
     if step in ("prefill", "training"):
         axes = {"batch": b, **heads, **({"head_dim_v": g.head_dim_v} if g.head_dim_v != g.head_dim else {}),
-                "seq_len": ctx, "causal": True, **({"window": lt.window} if sliding else {}),
+                "seq_len": ctx, "causal": True, **({"window": lt.window} if sliding and lt.window < ctx else {}),
                 **({"softcap": g.softcap} if g.softcap else {}), **scale, **sinks}
+        if sliding and lt.window >= ctx:
+            notes.append(f"sliding layers: a window of {lt.window} hides no key at context {ctx}")
         if step == "training":
             axes["pass"] = "forward_backward"
         return axes, notes
