@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.case import Case
-from harness.compare import ab, gate
+from harness.compare import ab, gate, sequential
 from harness.compare.runs import Threshold
 from harness.results.records import Measurement
 from harness.vocab import INCONCLUSIVE, NEW, NOT_CONFIRMED, REGRESSED, UNCHANGED
@@ -29,8 +29,8 @@ needs_git = pytest.mark.skipif(_git("rev-parse", "HEAD").returncode != 0, reason
 def _fake(ratios_by_impl, again=None):
     calls = []
 
-    def measure(cases, reference, settings, pairs=ab.BLOCK_PAIRS):
-        calls.append(pairs)
+    def measure(cases, reference, settings, plan):
+        calls.append(plan)
         table = ratios_by_impl if len(calls) == 1 else (again or ratios_by_impl)
         return [gate.Evidence(Measurement(c, "ok"), tuple(table[c.impl]), Measurement(c, "ok")) if c.impl in table
                 else gate.Evidence(Measurement(c, "ok"), ()) for c in cases]
@@ -47,7 +47,7 @@ def test_ab_verdicts_from_ratios_of_ratios():
                        measure=measure)
     v = {r.case.impl: r.verdict for r in o.rows}
     assert v["naive"] == UNCHANGED and v["flash"] == REGRESSED and v["plugin_x"] == NEW
-    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [ab.BLOCK_PAIRS, 2 * ab.BLOCK_PAIRS]
+    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [sequential.PLAN, sequential.PLAN]
     assert o.exit_code == 1 and [r.case.impl for r in o.failures] == ["flash"]
     # a suspect the fresh re-measurement does not confirm passes
     measure, _ = _fake({"naive": [1.3] * 6}, again={"naive": flat * 2})

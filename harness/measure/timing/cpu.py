@@ -60,10 +60,12 @@ def _check_budget(warmup_s, min_time_s, max_time_s, target_spread):
         raise ValueError(f"target_spread must be >= 0, got {target_spread}")
 
 
-def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf) -> tuple[float, float]:
-    """Call fn until warmup_s has passed and at least twice. Returns (time spent, per-call estimate).
+def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf, min_calls: int = 2
+                ) -> tuple[float, float]:
+    """Call fn until warmup_s has passed and at least min_calls times. Returns (time spent, per-call
+    estimate).
 
-    Two calls because the first is cold (lazy init, allocator, page faults): sizing blocks from it
+    Two calls by default because the first is cold (lazy init, allocator, page faults): sizing blocks from it
     alone would give a fast function one call per block. A first call that already took
     ≥ one_call_enough_s (the measurement's max_time_s) is not repeated.
     """
@@ -74,7 +76,7 @@ def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.i
         fn()
         t1 = time.perf_counter()
         recent = (recent + [t1 - t0])[-5:]
-        if t1 - start >= warmup_s and (len(recent) >= 2 or recent[0] >= one_call_enough_s):
+        if t1 - start >= warmup_s and (len(recent) >= min(min_calls, 5) or recent[0] >= one_call_enough_s):
             break
     # The fastest recent call: the first calls are cold and too slow.
     return time.perf_counter() - start, min(recent)
@@ -135,13 +137,15 @@ def time_interleaved(
     min_block_s: float = 0.01,
     warmup_s: float = 0.05,
     sync: Callable[[], None] | None = None,
+    warmup_calls: int = 2,
 ) -> dict[str, list[float]]:
     """Per-call seconds for each callable, measured in alternating short blocks.
 
     Round r runs one block of every callable, starting at a different one each round (the order
     rotates), so slow drift of the machine (frequency, neighbours) hits every callable alike and
     ratios between them stay meaningful. `sync` (e.g. torch.cuda.synchronize) is called before
-    and after each block for asynchronous devices. Returns {name: [rounds samples]}.
+    and after each block for asynchronous devices. warmup_calls: the fewest warm-up calls of each
+    (1 where the process has just run the same calls). Returns {name: [rounds samples]}.
     """
     if not fns:
         raise ValueError("time_interleaved: no callables given")
@@ -157,7 +161,7 @@ def time_interleaved(
             f()
             do_sync()
 
-        _, per_call_s = _warmup_cpu(synced, warmup_s)
+        _, per_call_s = _warmup_cpu(synced, warmup_s, min_calls=max(1, warmup_calls))
         calls[name] = _calls_for(per_call_s, min_block_s)
 
     out: dict[str, list[float]] = {name: [] for name in names}
