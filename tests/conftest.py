@@ -24,6 +24,33 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadgroup` in pyproject.toml) -----------
+# Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two
+# cores do not run four spinning OpenMP threads. Not under a plain `pytest` (one process: torch's
+# default) nor where a test sets its own count (torch_single_thread below, the cases' `threads`).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+
+# Tests that must share one worker (--dist loadgroup sends a group to one worker, in order): a
+# module whose module-scoped fixture is expensive (a ray cluster, a report, an interpreter with
+# plugins installed) builds it once instead of once per worker; the compiled families share the
+# in-process torch.compile / inductor caches.
+SHARED_WORKER = {
+    "test_ray_executor.py": "ray",
+    "test_compiled.py": "compiled", "test_compile_fallback.py": "compiled",
+    "test_plugins.py": "plugins", "test_report.py": "report", "test_report_browser.py": "report_browser",
+    "test_history.py": "history",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = SHARED_WORKER.get(item.path.name)
+        if group and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 def reference_visible(
     batch: int, heads_q: int, seq_len_q: int, seq_len_kv: int, *, causal: bool, attn_mask

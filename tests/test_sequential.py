@@ -93,19 +93,22 @@ def test_a_25_percent_slowdown_is_found_at_moderate_noise():
     assert verdicts.count(REGRESSED) >= 490
 
 
-def test_track_clean_pairs_decide_undisturbed():
+def _track(ratios, disturbed: bool) -> Track:
     t = Track(T)
-    for r in (1.3, 1.31, 1.29, 1.3):
-        t.add(r, disturbed=False)
+    for r in ratios:
+        t.add(r, disturbed=disturbed)
+    return t
+
+
+def test_track_clean_pairs_decide_undisturbed():
+    t = _track((1.3, 1.31, 1.29, 1.3), disturbed=False)
     assert t.done
     samples, st, busy = t.evidence()
     assert samples == (1.3, 1.31, 1.29, 1.3) and st.ci_low > T.upper and not busy
 
 
 def test_track_disturbed_pairs_are_not_clean_samples():
-    t = Track(T)
-    for r in (1.3, 1.31, 1.29, 1.3):
-        t.add(r, disturbed=True)
+    t = _track((1.3, 1.31, 1.29, 1.3), disturbed=True)
     assert not t.done and t.clean.samples == [] and t.disturbed_pairs == 4
     t.add(1.3, disturbed=True)
     t.add(1.3, disturbed=True)
@@ -115,9 +118,7 @@ def test_track_disturbed_pairs_are_not_clean_samples():
 
 
 def test_track_all_pairs_may_say_unchanged():
-    t = Track(T)
-    for r in (1.0, 1.01, 0.99, 1.0):
-        t.add(r, disturbed=True)
+    t = _track((1.0, 1.01, 0.99, 1.0), disturbed=True)
     assert t.done
     samples, st, busy = t.evidence()
     assert busy and len(samples) == 4 and T.lower <= st.ci_low and st.ci_high <= T.upper
