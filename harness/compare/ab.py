@@ -142,7 +142,9 @@ def merge_blocks(blocks: Sequence[Measurement], contended: bool | None = None) -
         mc = stats.median_ci(ratios)
         metrics.update(ratio_median=mc.median, ratio_ci_low=mc.low, ratio_ci_high=mc.high)
     busy = any(m.contended for m in blocks) if contended is None else contended
-    why = "; ".join(dict.fromkeys(m.contention for m in blocks if m.contended and m.contention)) if busy else ""
+    reasons = [m.contention for m in blocks if m.contended and m.contention]
+    why = (f"{reasons[0]}" + (f" ({len(reasons)} of {len(blocks)} blocks)" if len(blocks) > 1 else "")
+           if busy and reasons else "")
     return dataclasses.replace(first, samples_s=samples, reference_ratios=ratios, metrics=metrics,
                                stats=stats.summarize(samples) if samples else first.stats,
                                contended=busy, contention=why)
