@@ -24,7 +24,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadgroup` in pyproject.toml) -----------
+# --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadfile` in pyproject.toml) ------------
+# loadfile: a module's tests run on one worker, so a module-scoped fixture (a ray cluster, a report,
+# an interpreter with plugins installed) is built once, and a module's compiled families share the
+# in-process torch.compile caches. (Not loadgroup: with pytest 9, xdist 3.8's loadgroup drops the
+# xdist_group marks -- it rewrites Item._nodeid, which pytest 9 no longer reads.)
 # Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two
 # cores do not run four spinning OpenMP threads. Not under a plain `pytest` (one process: torch's
 # default) nor where a test sets its own count (torch_single_thread below, the cases' `threads`).
@@ -32,24 +36,6 @@ XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
 
-# Tests that must share one worker (--dist loadgroup sends a group to one worker, in order): a
-# module whose module-scoped fixture is expensive (a ray cluster, a report, an interpreter with
-# plugins installed) builds it once instead of once per worker; the compiled families share the
-# in-process torch.compile / inductor caches.
-SHARED_WORKER = {
-    "test_ray_executor.py": "ray",
-    "test_compiled.py": "compiled", "test_compile_fallback.py": "compiled",
-    "test_plugins.py": "plugins", "test_report.py": "report", "test_report_browser.py": "report_browser",
-    "test_history.py": "history",
-}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = SHARED_WORKER.get(item.path.name)
-        if group and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def reference_visible(
