@@ -35,6 +35,25 @@ if not torch.cuda.is_available():
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+# An xdist worker is started with COLUMNS=80 / LINES=24 in its environment, which the CLI's
+# subprocesses inherit (`attnbench list` then wraps at 80 instead of its piped default of 100): the
+# controller records the terminal variables it had (pytest_configure, before the workers start) and
+# each worker restores them, so a test sees the same environment as in a plain `pytest`.
+TERMINAL_VARS = ("COLUMNS", "LINES")
+_UNSET = "<unset>"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in TERMINAL_VARS:
+        _had = os.environ.get(f"ATTNBENCH_TEST_{_var}")
+        if _had == _UNSET:
+            os.environ.pop(_var, None)
+        elif _had is not None:
+            os.environ[_var] = _had
+
+
+def pytest_configure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in TERMINAL_VARS:
+            os.environ[f"ATTNBENCH_TEST_{var}"] = os.environ.get(var, _UNSET)
 
 
 

@@ -18,5 +18,10 @@ def test_the_record_keeps_the_median_ci_reached():
 def test_a_case_that_cannot_reach_the_target_says_so_with_the_width_it_got():
     m = measure_case(CASE, Budget(warmup_s=0.0, min_time_s=0.01, max_time_s=0.15, target_ci=1e-9), seed=0)
     assert m.status == "ok" and m.timing_stopped == "max_time"
-    assert m.message.startswith("precision target not reached: median CI +-")
-    assert "target +-0.0%" in m.message and f"{m.metrics['ci_half_width']:.1%}" in m.message
+    assert m.message.startswith("precision target not reached: ") and "target +-0.0%" in m.message
+    assert f"{m.stats.n} samples" in m.message
+    width = m.metrics["ci_half_width"]
+    if m.stats.n >= 6:  # a loaded machine may time fewer blocks in 0.15 s: then there is no interval
+        assert f"median CI +-{width:.1%}" in m.message and width > 0
+    else:
+        assert width is None and "no CI (too few samples)" in m.message
