@@ -236,14 +236,20 @@ class Case:
         return d
 
 
+DEFAULT_TARGET_CI = 0.02  # [budget] target_ci: +-2% around the median, 95% confidence
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long to measure each case. Defaults suit a shared 2-core CPU."""
 
     warmup_s: float = 0.1  # discarded warm-up time before the first timed sample
-    min_time_s: float = 0.2  # measure at least this long, even when the spread is already small
-    max_time_s: float = 1.0  # stop here even when the spread is still large (then flag it noisy)
-    target_spread: float = 0.05  # stop early once IQR/median falls below this
+    min_time_s: float = 0.2  # measure at least this long, even when the interval is already narrow
+    max_time_s: float = 1.0  # stop here even when the interval is still wide (the record says so)
+    # Stop once the 95% CI of the median is within +-target_ci of it (relative half-width).
+    # None: target_spread / 2 when that older key is given, else DEFAULT_TARGET_CI.
+    target_ci: float | None = None
+    target_spread: float | None = None  # older scenarios' IQR/median target; read as target_ci = it / 2
     case_timeout_s: float = 120.0  # the runner kills a worker process that runs longer
     # The worker process's memory cap (a case above it is recorded as oom, or skipped when its
     # memory model predicts so); None = the runner derives one from the machine's memory.
@@ -251,6 +257,11 @@ class Budget:
     l2_flush: bool = False  # CUDA: overwrite the L2 cache before each sample (cold-cache numbers)
     cuda_graph: bool = False  # CUDA: replay the call as a CUDA graph (less launch cost)
     discard_throttled: bool = False  # CUDA: drop samples timed while NVML saw throttling; re-measure
+
+    def __post_init__(self):
+        if self.target_ci is None:
+            ci = self.target_spread / 2.0 if self.target_spread is not None else DEFAULT_TARGET_CI
+            object.__setattr__(self, "target_ci", ci)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

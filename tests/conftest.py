@@ -24,6 +24,38 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadfile` in pyproject.toml) ------------
+# loadfile: a module's tests run on one worker, so a module-scoped fixture (a ray cluster, a report,
+# an interpreter with plugins installed) is built once, and a module's compiled families share the
+# in-process torch.compile caches. (Not loadgroup: with pytest 9, xdist 3.8's loadgroup drops the
+# xdist_group marks -- it rewrites Item._nodeid, which pytest 9 no longer reads.)
+# Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two
+# cores do not run four spinning OpenMP threads. Not under a plain `pytest` (one process: torch's
+# default) nor where a test sets its own count (torch_single_thread below, the cases' `threads`).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+# An xdist worker is started with COLUMNS=80 / LINES=24 in its environment, which the CLI's
+# subprocesses inherit (`attnbench list` then wraps at 80 instead of its piped default of 100): the
+# controller records the terminal variables it had (pytest_configure, before the workers start) and
+# each worker restores them, so a test sees the same environment as in a plain `pytest`.
+TERMINAL_VARS = ("COLUMNS", "LINES")
+_UNSET = "<unset>"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in TERMINAL_VARS:
+        _had = os.environ.get(f"ATTNBENCH_TEST_{_var}")
+        if _had == _UNSET:
+            os.environ.pop(_var, None)
+        elif _had is not None:
+            os.environ[_var] = _had
+
+
+def pytest_configure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in TERMINAL_VARS:
+            os.environ[f"ATTNBENCH_TEST_{var}"] = os.environ.get(var, _UNSET)
+
+
 
 def reference_visible(
     batch: int, heads_q: int, seq_len_q: int, seq_len_kv: int, *, causal: bool, attn_mask

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.case import Case
-from harness.compare import ab, gate
+from harness.compare import ab, gate, sequential
 from harness.compare.runs import Threshold
 from harness.results.records import Measurement
 from harness.vocab import INCONCLUSIVE, NEW, NOT_CONFIRMED, REGRESSED, UNCHANGED
@@ -29,8 +29,8 @@ needs_git = pytest.mark.skipif(_git("rev-parse", "HEAD").returncode != 0, reason
 def _fake(ratios_by_impl, again=None):
     calls = []
 
-    def measure(cases, reference, settings, pairs=ab.BLOCK_PAIRS):
-        calls.append(pairs)
+    def measure(cases, reference, settings, plan):
+        calls.append(plan)
         table = ratios_by_impl if len(calls) == 1 else (again or ratios_by_impl)
         return [gate.Evidence(Measurement(c, "ok"), tuple(table[c.impl]), Measurement(c, "ok")) if c.impl in table
                 else gate.Evidence(Measurement(c, "ok"), ()) for c in cases]
@@ -47,7 +47,7 @@ def test_ab_verdicts_from_ratios_of_ratios():
                        measure=measure)
     v = {r.case.impl: r.verdict for r in o.rows}
     assert v["naive"] == UNCHANGED and v["flash"] == REGRESSED and v["plugin_x"] == NEW
-    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [ab.BLOCK_PAIRS, 2 * ab.BLOCK_PAIRS]
+    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [sequential.PLAN, sequential.PLAN]
     assert o.exit_code == 1 and [r.case.impl for r in o.failures] == ["flash"]
     # a suspect the fresh re-measurement does not confirm passes
     measure, _ = _fake({"naive": [1.3] * 6}, again={"naive": flat * 2})
@@ -122,3 +122,76 @@ def test_ab_sees_environment_plugins_on_both_sides_and_fails_a_cheat(tmp_path):
     rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["cheat_cached"]["verdict"] == "wrong" and "fresh inputs" in rows["cheat_cached"]["message"]
     assert rows["naive"]["verdict"] != NEW and rows["naive"]["status"] == "ok"
+
+
+class _FakeSide:
+    """A side of measure_ab without a process: each block's records from a ratio per impl."""
+
+    def __init__(self, name, ratio_of, contended_blocks=()):
+        self.name, self.ratio_of, self.contended_blocks, self.blocks = name, ratio_of, set(contended_blocks), []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _driver(monkeypatch, ratio_of, contended_cur_blocks=(), base_names=("naive", "flash", "sdpa")):
+    import random
+
+    rng = random.Random(0)
+    sides = {"base": _FakeSide("base", lambda i: 1.5), "cur": _FakeSide("cur", ratio_of, contended_cur_blocks)}
+    monkeypatch.setattr(ab, "_executor", lambda base, slowdown=None: sides["cur" if base is None else "base"])
+    monkeypatch.setattr(ab, "_start_together", lambda *ex: None)
+    monkeypatch.setattr(ab, "_catalogue", lambda ex, base: set(base_names))
+
+    def block(ex, ref_case, impls, reference, settings, group, first=True):
+        n = len(ex.blocks)
+        ex.blocks.append((list(impls), first))
+        busy = n in ex.contended_blocks
+        out = {reference: Measurement(ref_case, "ok", samples_s=(1e-3,) * 8, contended=busy)}
+        for c in group:
+            if c.impl in impls:
+                rs = tuple(ex.ratio_of(c.impl) * (1 + 0.01 * rng.uniform(-1, 1)) for _ in range(8))
+                out[c.impl] = Measurement(c, "ok", samples_s=(1e-3,) * 8, reference_ratios=rs, contended=busy)
+        return out
+
+    monkeypatch.setattr(ab, "_block", block)
+    return sides
+
+
+def test_measure_ab_stops_decided_implementations_and_keeps_the_interval(monkeypatch):
+    """naive unchanged and flash 30% slower are both clear at the first look (4 pairs); a plugin
+    the base lacks is measured in the first pair only; the Evidence carries the look's interval."""
+    sides = _driver(monkeypatch, lambda i: {"naive": 1.5, "flash": 1.95, "plugin_x": 2.0}[i])
+    cases = [Case(i, **SHAPE) for i in ("naive", "flash", "plugin_x")]
+    ev = {e.record.case.impl: e for e in ab.measure_ab(cases, "sdpa", gate.GateSettings(), ROOT, T)}
+    assert [len(s.blocks) for s in sides.values()] == [4, 4]
+    assert sides["cur"].blocks[0] == (["naive", "flash", "plugin_x"], True)
+    assert all(names == ["naive", "flash"] and not first for names, first in sides["cur"].blocks[1:])
+    assert ev["naive"].stats.n == 4 and T.lower <= ev["naive"].stats.ci_low <= ev["naive"].stats.ci_high <= T.upper
+    assert ev["flash"].stats.ci_low > T.upper and ev["flash"].record.metrics["ab_pairs"] == 4
+    assert ev["plugin_x"].base is None and ev["plugin_x"].samples == ()
+    rows = {e.record.case.impl: ab.judge(e, T, "sdpa").verdict for e in ev.values()}
+    assert rows == {"sdpa": "reference", "naive": UNCHANGED, "flash": REGRESSED, "plugin_x": NEW}
+
+
+def test_measure_ab_contended_pairs_are_not_clean_evidence(monkeypatch):
+    """Every current block contended: a 30% slowdown is never called regressed (disturbed), and
+    the implementation stops after max_disturbed pairs instead of running the whole budget."""
+    sides = _driver(monkeypatch, lambda i: 1.95, contended_cur_blocks=range(100), base_names=("flash", "sdpa"))
+    ev = {e.record.case.impl: e for e in ab.measure_ab([Case("flash", **SHAPE)], "sdpa", gate.GateSettings(),
+                                                        ROOT, T)}
+    assert len(sides["cur"].blocks) == sequential.PLAN.max_disturbed
+    assert ev["flash"].record.contended and ev["flash"].record.metrics["ab_contended_pairs"] == 6
+    assert ab.judge(ev["flash"], T, "sdpa").verdict == INCONCLUSIVE
+
+
+def test_measure_ab_a_few_contended_pairs_are_skipped(monkeypatch):
+    """Two contended pairs among clean ones: the decision rests on 4 clean pairs, not disturbed."""
+    sides = _driver(monkeypatch, lambda i: 1.95, contended_cur_blocks={1, 2}, base_names=("flash", "sdpa"))
+    ev = {e.record.case.impl: e for e in ab.measure_ab([Case("flash", **SHAPE)], "sdpa", gate.GateSettings(),
+                                                        ROOT, T)}
+    assert len(sides["cur"].blocks) == 6 and ev["flash"].stats.n == 4 and not ev["flash"].record.contended
+    assert ab.judge(ev["flash"], T, "sdpa").verdict == REGRESSED

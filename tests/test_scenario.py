@@ -282,6 +282,17 @@ def test_top_level_fields_and_budget(tmp_path):
                               l2_flush=True, cuda_graph=False)
     assert isinstance(s.budget.max_time_s, float)
     assert s.to_dict()["grids"][0]["heads_q"] == (4,)
+    assert s.budget.target_ci == 0.025  # the older IQR target reads as a median-CI half-width of half of it
+
+
+def test_budget_target_ci_and_its_default(tmp_path):
+    from harness.case import DEFAULT_TARGET_CI
+
+    s = load(tmp_path, HEAD + "[budget]\ntarget_ci = 0.01\n" + GRID)
+    assert s.budget.target_ci == 0.01 and s.budget.target_spread is None
+    assert Budget().target_ci == DEFAULT_TARGET_CI == 0.02
+    assert Budget.from_dict(s.budget.to_dict()) == s.budget  # travels to the worker unchanged
+    assert Budget.from_dict({"target_spread": 0.1}).target_ci == 0.05  # an older run's stored budget
 
 
 def test_defaults_name_from_file_budget_and_baseline(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.measure.timing import cpu as cpu_timing
-from harness.stats import spread
+from harness.stats import median_order_ci
 from harness.measure.timing.cpu import Timing, time_cpu, time_cuda, time_interleaved
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -54,42 +54,55 @@ def clock(monkeypatch):
 
 
 def test_real_clock_smoke():
-    t = time_cpu(spin(0.002), warmup_s=0.01, min_time_s=0.05, max_time_s=0.5, target_spread=0.5, min_block_s=0.01)
+    t = time_cpu(spin(0.002), warmup_s=0.01, min_time_s=0.05, max_time_s=0.5, target_ci=0.25, min_block_s=0.01)
     assert isinstance(t, Timing) and t.timer == "perf_counter" and not t.cuda_graph
     assert t.calls_per_block == 5
     assert min(t.samples_s) >= 0.002  # per call, and a spin cannot finish early
     assert statistics.median(t.samples_s) < 0.02
 
 
-def test_steady_function_stops_on_spread_after_min_time(clock):
+def test_steady_function_stops_on_precision_after_min_time(clock):
     fn = clock.work(lambda n: 0.001)
-    t = time_cpu(fn, warmup_s=0.05, min_time_s=0.1, max_time_s=1.0, target_spread=0.05, min_block_s=0.01)
+    t = time_cpu(fn, warmup_s=0.05, min_time_s=0.1, max_time_s=1.0, target_ci=0.02, min_block_s=0.01)
     assert t.calls_per_block == 10
     assert t.samples_s == pytest.approx((0.001,) * t.n_blocks)
-    assert t.stopped == "spread"
+    assert t.stopped == "precision" and t.ci_half_width == pytest.approx(0.0, abs=1e-9)
+    assert t.median_ci_low_s == pytest.approx(0.001) and t.median_ci_high_s == pytest.approx(0.001)
     assert t.n_blocks == 10  # the first block that ends at or after min_time_s (10 ms each)
     assert t.total_time_s == pytest.approx(0.1)
     assert t.warmup_s == pytest.approx(0.05)
     assert len(fn.calls) == 50 + 10 * 10  # warm-up calls are separate and discarded
 
 
-def test_spread_needs_five_samples(clock):
+def test_precision_needs_six_samples(clock):
+    """The 95% order-statistic CI of a median exists from 6 samples on ([x_(1), x_(6)])."""
     fn = clock.work(lambda n: 0.001)
-    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_spread=0.05, min_block_s=0.01)
-    assert t.stopped == "spread" and t.n_blocks == 5
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_ci=0.02, min_block_s=0.01)
+    assert t.stopped == "precision" and t.n_blocks == 6
+
+
+def test_stops_once_the_median_ci_is_narrow_enough(clock):
+    """Block times 1.00, 1.01, ..., 1.09 ms repeating: the CI narrows as samples accrue and the
+    timing stops at the first block where its half-width is <= the target -- not earlier."""
+    fn = clock.work(lambda n: 0.001 * (1 + 0.01 * ((n // 10) % 10)))
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=10.0, target_ci=0.02, min_block_s=0.01)
+    assert t.stopped == "precision" and t.ci_half_width <= 0.02
+    ci = median_order_ci(t.samples_s[:-1])
+    assert ci is None or ci.half_width > 0.02  # one block fewer was not enough
+    assert (t.median_ci_low_s, t.median_ci_high_s) == median_order_ci(t.samples_s)[1:3]
 
 
 def test_noisy_function_runs_to_max_time(clock):
     fn = clock.work(lambda n: 0.001 if (n // 10) % 2 else 0.002)  # blocks alternate 1 ms / 2 ms
-    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.05, max_time_s=0.3, target_spread=0.05, min_block_s=0.01)
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.05, max_time_s=0.3, target_ci=0.05, min_block_s=0.01)
     assert t.stopped == "max_time"
     assert 0.3 <= t.total_time_s <= 0.3 + 0.02  # at most one block past the cap
-    assert spread(t.samples_s) >= 0.05
+    assert t.ci_half_width > 0.05  # the interval it got is kept
 
 
 def test_at_least_three_samples_when_one_call_exceeds_max_time(clock):
     fn = clock.work(lambda n: 2.0)
-    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_spread=0.5)
+    t = time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_ci=0.25)
     assert t.stopped == "max_time"
     assert (t.n_blocks, t.calls_per_block) == (3, 1)
     assert len(fn.calls) == 1 + 3  # one warm-up call (it outlasted max_time_s), three measured
@@ -98,14 +111,14 @@ def test_at_least_three_samples_when_one_call_exceeds_max_time(clock):
 
 def test_cold_first_call_is_discarded(clock):
     fn = clock.work(lambda n: 0.2 if n == 0 else 0.001)  # lazy initialisation on the first call
-    t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_spread=0.5)
+    t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_ci=0.25)
     assert t.warmup_s == pytest.approx(0.201)  # the cold call, then one warm call
     assert t.calls_per_block == 10  # sized from the warm calls, not the cold one
     assert max(t.samples_s) == pytest.approx(0.001)
 
 
 def test_fast_functions_get_many_calls_per_block(clock):
-    t = time_cpu(clock.work(lambda n: 1e-6), warmup_s=0.001, min_time_s=0.0, max_time_s=1.0, target_spread=0.5)
+    t = time_cpu(clock.work(lambda n: 1e-6), warmup_s=0.001, min_time_s=0.0, max_time_s=1.0, target_ci=0.25)
     assert 10_000 <= t.calls_per_block <= 10_001  # ceil of a float quotient
     assert t.samples_s[0] == pytest.approx(1e-6)  # per call, not per block
 
@@ -120,16 +133,16 @@ def test_gc_state_is_restored_even_when_fn_raises():
 
     boom.n = 0
     with pytest.raises(RuntimeError):
-        time_cpu(boom, warmup_s=0.0, min_time_s=0.0, max_time_s=0.1, target_spread=0.5, min_block_s=0.0)
+        time_cpu(boom, warmup_s=0.0, min_time_s=0.0, max_time_s=0.1, target_ci=0.25, min_block_s=0.0)
     assert gc.isenabled()
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(warmup_s=-1.0), dict(min_time_s=2.0, max_time_s=1.0), dict(target_spread=-0.1)]
+    "kwargs", [dict(warmup_s=-1.0), dict(min_time_s=2.0, max_time_s=1.0), dict(target_ci=-0.1)]
 )
 def test_bad_budgets_raise(kwargs):
     with pytest.raises(ValueError):
-        time_cpu(lambda: None, **{"warmup_s": 0.0, "min_time_s": 0.0, "max_time_s": 0.1, "target_spread": 0.1, **kwargs})
+        time_cpu(lambda: None, **{"warmup_s": 0.0, "min_time_s": 0.0, "max_time_s": 0.1, "target_ci": 0.1, **kwargs})
 
 
 def test_interleaved_rotates_the_start_each_round():
@@ -181,7 +194,7 @@ def _matmul_fn(n=1024):
 
 @cuda
 def test_cuda_times_a_matmul():
-    t = time_cuda(_matmul_fn(), warmup_s=0.1, min_time_s=0.1, max_time_s=1.0, target_spread=0.2)
+    t = time_cuda(_matmul_fn(), warmup_s=0.1, min_time_s=0.1, max_time_s=1.0, target_ci=0.1)
     assert t.timer == "cuda_event" and t.n_blocks >= 3
     flops = 2 * 1024**3 / statistics.median(t.samples_s)
     assert 1e11 < flops < 2e15
@@ -190,19 +203,19 @@ def test_cuda_times_a_matmul():
 
 @cuda
 def test_cuda_l2_flush_forces_one_call_per_sample():
-    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_spread=0.5,
+    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_ci=0.25,
                   l2_flush=True, min_block_s=0.01)
     assert t.l2_flush and t.calls_per_block == 1
 
 
 @cuda
 def test_cuda_graph_replay_and_fallback():
-    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_spread=0.5,
+    t = time_cuda(_matmul_fn(256), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5, target_ci=0.25,
                   cuda_graph=True, min_block_s=0.001)
     assert t.cuda_graph and t.graph_fallback_reason is None and t.calls_per_block >= 1
     x = torch.ones(4, device="cuda")
     t = time_cuda(lambda: (x * 2).sum().item(), warmup_s=0.02, min_time_s=0.05, max_time_s=0.5,
-                  target_spread=0.5, cuda_graph=True)  # .item() syncs: cannot be captured
+                  target_ci=0.25, cuda_graph=True)  # .item() syncs: cannot be captured
     assert not t.cuda_graph and t.graph_fallback_reason
     assert torch.cuda.current_stream() == torch.cuda.default_stream()  # not left on the capture stream
     assert t.n_blocks >= 3

@@ -58,7 +58,7 @@ class Progress:
             result += f" {fmt_time_s(m.median_s)}"
             flags = [m.noise] if m.noise not in (None, "ok") else []
             flags += ["contended"] if m.contended else []
-            flags += ["spread target not reached"] if m.message.startswith("timing stopped at max_time_s") else []
+            flags += [m.message.split(" at max_time_s")[0]] if m.message.startswith("precision target not reached") else []
             if flags:
                 result += f" ({', '.join(flags)})"
         elif m.message:

@@ -32,12 +32,11 @@ from typing import Sequence
 
 from harness import vocab
 from harness.case import Case
-from harness.compare import gate
+from harness.compare import gate, sequential
 from harness.results.records import Measurement
 from harness.results.store import ResultsError
 
-BLOCK_PAIRS = 6  # A/B block pairs per shape (re-measurement: twice as many)
-ROUNDS_PER_BLOCK = 10  # interleaved rounds impl/reference inside one block
+ROUNDS_PER_BLOCK = 8  # interleaved rounds impl/reference inside one block (one block pair = one sample)
 
 
 class BaseRevisionError(ResultsError):
@@ -113,21 +112,23 @@ def _catalogue(executor, base: Path) -> set[str]:
 
 def _block(executor, ref_case: Case, impls: list[str], reference: str, settings: gate.GateSettings,
            group: list[Case], first: bool = True) -> dict[str, Measurement]:
-    """One block on one side: impl -> record. The checked call runs in a side's first block of a
-    shape; later blocks only time (warm up briefly: the process has just run the same calls) and
-    run the guards after timing."""
+    """One block on one side: impl -> record. A side's first block of a shape runs the checked call
+    and, after timing, the guards; later blocks re-time the same callables in the same process:
+    one warm-up call each, no guards (the re-measurement's fresh process runs them again)."""
     from harness.run.executor import Job
 
     req = gate.ratios_request(impls, reference, settings, rounds=ROUNDS_PER_BLOCK,
-                              warmup_s=settings.warmup_s if first else settings.warmup_s / 5, check=first)
+                              warmup_s=settings.warmup_s if first else 0.0, check=first)
+    if not first:
+        req.update(guards=False, warmup_calls=1)
     reply = next(iter(executor.run([Job.for_ratios(ref_case, req, settings.timeout_s)])))
     return gate.records_of(reply, ref_case, [c for c in group if c.impl in impls])
 
 
-def merge_blocks(blocks: Sequence[Measurement]) -> Measurement:
+def merge_blocks(blocks: Sequence[Measurement], contended: bool | None = None) -> Measurement:
     """One side's record of a case over its blocks: the first failing block's record, else the
-    first block's (it ran the checked call) with every block's samples and ratios, contended if
-    any block was."""
+    first block's (it ran the checked call) with every block's samples and ratios; contended if any
+    block was, unless `contended` says otherwise (the A/B gate: no contended block pair was a sample)."""
     from harness import stats
 
     bad = next((m for m in blocks if m.status != vocab.OK), None)
@@ -140,42 +141,75 @@ def merge_blocks(blocks: Sequence[Measurement]) -> Measurement:
     if ratios:
         mc = stats.median_ci(ratios)
         metrics.update(ratio_median=mc.median, ratio_ci_low=mc.low, ratio_ci_high=mc.high)
-    why = "; ".join(dict.fromkeys(m.contention for m in blocks if m.contended and m.contention))
+    busy = any(m.contended for m in blocks) if contended is None else contended
+    reasons = [m.contention for m in blocks if m.contended and m.contention]
+    why = (f"{reasons[0]}" + (f" ({len(reasons)} of {len(blocks)} blocks)" if len(blocks) > 1 else "")
+           if busy and reasons else "")
     return dataclasses.replace(first, samples_s=samples, reference_ratios=ratios, metrics=metrics,
                                stats=stats.summarize(samples) if samples else first.stats,
-                               contended=any(m.contended for m in blocks), contention=why)
+                               contended=busy, contention=why)
 
 
-def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSettings, base: Path,
-               pairs: int = BLOCK_PAIRS, current_slowdown: str | None = None) -> list[gate.Evidence]:
+def _pair_ratio(cur: Measurement, base: Measurement) -> float | None:
+    """current block's median impl/reference ratio over the base block's (None: one was not timed)."""
+    if cur.status != vocab.OK or base.status != vocab.OK or not cur.reference_ratios or not base.reference_ratios:
+        return None
+    return statistics.median(cur.reference_ratios) / statistics.median(base.reference_ratios)
+
+
+def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSettings, base: Path, threshold,
+               plan: sequential.Plan = sequential.PLAN, current_slowdown: str | None = None) -> list[gate.Evidence]:
     """Per case: the current side's record, the base side's (None: not in the base revision) and
-    the A/B ratios (current / base, one per block pair), in fresh worker processes."""
+    the A/B ratios (current / base, one per clean block pair) with the sequential decision's
+    interval, in fresh worker processes. Block pairs go on while an implementation of the shape is
+    undecided (harness/compare/sequential.py: Track, which also says how a pair with a contended
+    block counts); decided ones leave the blocks. A side is recorded contended only when the
+    evidence judged holds such a pair (the judge then calls no regression or improvement)."""
     out: list[gate.Evidence] = []
     with _executor(base) as base_ex, _executor(None, current_slowdown) as cur_ex:
         _start_together(base_ex, cur_ex)
         in_base = _catalogue(base_ex, base)
         for ref_case, group in gate.shapes_of(cases, reference):
             impls = [c.impl for c in group]
-            sides = {"base": (base_ex, [i for i in impls if i in in_base] if reference in in_base else []),
-                     "cur": (cur_ex, impls)}
-            got: dict[str, list[dict[str, Measurement]]] = {"base": [], "cur": []}
-            for p in range(pairs):
-                for side in (("base", "cur") if p % 2 == 0 else ("cur", "base")):
-                    ex, names = sides[side]
-                    if names:
-                        got[side].append(_block(ex, ref_case, names, reference, settings, group, first=p == 0))
-            cur_ref = merge_blocks([b[reference] for b in got["cur"]])
-            out.append(gate.Evidence(cur_ref, (), None))
+            both = [i for i in impls if i in in_base] if reference in in_base else []
+            tracks = {i: sequential.Track(threshold, plan) for i in both}
+            got: dict[str, dict[str, list[Measurement]]] = {"base": {}, "cur": {}}
+            stopped: set[str] = set()  # failed or not timed: its record says why
+            for p in range(plan.max_pairs + plan.max_disturbed):
+                open_ = [i for i in both if i not in stopped and not tracks[i].done]
+                if p > 0 and not open_:
+                    break
+                names = {"base": both if p == 0 else open_, "cur": impls if p == 0 else open_}
+                block = {}
+                for side, ex in ((("base", base_ex), ("cur", cur_ex)) if p % 2 == 0 else
+                                 (("cur", cur_ex), ("base", base_ex))):
+                    if names[side]:
+                        block[side] = _block(ex, ref_case, names[side], reference, settings, group, first=p == 0)
+                        for name, m in block[side].items():
+                            got[side].setdefault(name, []).append(m)
+                for i in (both if p == 0 else open_):
+                    cur, bas = block["cur"][i], block["base"][i]
+                    r = _pair_ratio(cur, bas)
+                    if r is None:
+                        stopped.add(i)
+                    else:
+                        tracks[i].add(r, disturbed=bool(cur.contended or bas.contended))
+            out.append(gate.Evidence(merge_blocks(got["cur"][reference]), (), None))
             for c in group:
-                cur = merge_blocks([b[c.impl] for b in got["cur"]])
-                if c.impl not in sides["base"][1]:
-                    out.append(gate.Evidence(cur, (), None))
+                if c.impl not in both:
+                    out.append(gate.Evidence(merge_blocks(got["cur"][c.impl]), (), None))
                     continue
-                base_m = merge_blocks([b[c.impl] for b in got["base"]])
-                ratios = tuple(statistics.median(cb[c.impl].reference_ratios) / statistics.median(bb[c.impl].reference_ratios)
-                               for cb, bb in zip(got["cur"], got["base"])
-                               if cb[c.impl].reference_ratios and bb[c.impl].reference_ratios)
-                out.append(gate.Evidence(cur, ratios if base_m.status == vocab.OK else (), base_m))
+                track = tracks[c.impl]
+                samples, interval, busy = track.evidence()
+                cur = merge_blocks(got["cur"][c.impl], contended=None if busy else False)
+                base_m = merge_blocks(got["base"][c.impl], contended=None if busy else False)
+                if cur.status == vocab.OK:
+                    cur = dataclasses.replace(cur, metrics={**cur.metrics, "ab_pairs": track.draws,
+                                                            "ab_contended_pairs": track.disturbed_pairs})
+                if base_m.status != vocab.OK:
+                    out.append(gate.Evidence(cur, (), base_m))
+                else:
+                    out.append(gate.Evidence(cur, samples, base_m, stats=interval))
     return out
 
 
@@ -215,13 +249,13 @@ def run_ab_gate(cases: Sequence[Case], *, reference: str, threshold, settings: g
         sha = export_revision(ref, repo, Path(tmp))
         folder = base_folder(Path(tmp) / "tree", Path(tmp) / "base")
 
-        def measure_(cs, ref_name, st, pairs=BLOCK_PAIRS):
-            return measure_ab(cs, ref_name, st, folder, pairs, current_slowdown)
+        def measure_(cs, ref_name, st, plan):
+            return measure_ab(cs, ref_name, st, folder, threshold, plan, current_slowdown)
 
         measure = measure or measure_
-        rows = [judge(ev, threshold, reference) for ev in measure(list(cases), reference, settings)]
+        rows = [judge(ev, threshold, reference) for ev in measure(list(cases), reference, settings, sequential.PLAN)]
         rows = gate.with_confirmation(rows, threshold,
-                                      lambda cs: measure(cs, reference, settings, pairs=2 * BLOCK_PAIRS))
+                                      lambda cs: measure(cs, reference, settings, sequential.PLAN))
     warnings = [f"A/B against {ref} ({sha[:10]}): ratio = current / base of impl/{reference} ratios; 1.0 = no change",
                 *gate.outcome_warnings(rows)]
     return gate.GateOutcome(rows=tuple(rows), threshold=threshold, reference=reference, device_key=f"A/B vs {ref}",

@@ -73,6 +73,10 @@ class Evidence:
     record: Measurement
     samples: tuple[float, ...]
     base: Measurement | None = None
+    stats: RatioStats | None = None  # the interval to judge (the sequential A/B gate's); None: of samples
+
+    def ratio_stats(self) -> RatioStats | None:
+        return self.stats if self.stats is not None else RatioStats.of(self.samples)
 
     @classmethod
     def of(cls, m: Measurement) -> "Evidence":
@@ -172,7 +176,7 @@ def judge(ev: Evidence, baseline_ratio: float | None, threshold: Threshold, refe
     in the baseline / the base revision; NO_BASELINE: no baseline at all). Rows whose judgement
     needs a re-measurement come back pending (with_confirmation)."""
     m = ev.record
-    stats = RatioStats.of(ev.samples)
+    stats = ev.ratio_stats()
     row = dict(case=m.case, status=m.status, baseline_ratio=baseline_ratio, current=stats, message=m.message,
                contended=bool(m.contended or (ev.base is not None and ev.base.contended)))
     if m.status in FAIL_STATUSES:
@@ -207,7 +211,7 @@ def confirm(row: GateRow, again: Evidence | None, threshold: Threshold) -> GateR
         return dataclasses.replace(row, verdict=INCONCLUSIVE, notes=(*row.notes, "the re-measurement did not "
                                                                                  "report this case"), **done)
     m = again.record
-    stats = RatioStats.of(again.samples)
+    stats = again.ratio_stats()
     if m.status in FAIL_STATUSES:
         return dataclasses.replace(row, status=m.status, verdict=m.status, remeasured=stats,
                                    message=f"re-measurement: {m.message}", **done)

@@ -65,6 +65,12 @@ def judge(low: float, high: float, threshold, *, disturbed: Sequence[str] = (),
     return Judgement(verdict, tuple(notes), bool(noisy))
 
 
+def decisive(verdict: str) -> bool:
+    """Whether a verdict settles the question (the sequential gate stops looking): regressed,
+    improved or unchanged; inconclusive asks for more samples."""
+    return verdict in (REGRESSED, IMPROVED, UNCHANGED)
+
+
 def needs_remeasure(first: Judgement, median: float, threshold) -> bool:
     """A gate re-measures a regression, and an inconclusive ratio whose median is above the band."""
     return first.verdict == REGRESSED or (first.verdict == INCONCLUSIVE and median > threshold.upper)

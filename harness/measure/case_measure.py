@@ -169,7 +169,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         extra.update(gpu_extra)
         extra.update(partial.pop("extra", {}))
         metrics = {**partial.pop("metrics", {}), **(contention.metrics() if contention else {}), **gpu_metrics,
-                   "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
+                   **interval_metrics(t, budget), "min_bytes": n_bytes, "gbytes_per_s": n_bytes / st.median_s / 1e9,
                    "arithmetic_intensity": n_flops / n_bytes}
         metrics.update(compile_time.metrics(impl, c.compile_start))
         extra.update(compile_time.extra(impl, c.compile_start))  # a shape compiled statically says so
@@ -191,11 +191,21 @@ def finish(case: Case, status: str, message: str, started: float, fields: dict) 
                        **{k: v for k, v in fields.items() if k in known})
 
 
+def interval_metrics(t, budget: Budget) -> dict:
+    """The 95% CI of the median the timing reached, and the target it stopped on (or not)."""
+    return {"median_ci_low_s": t.median_ci_low_s, "median_ci_high_s": t.median_ci_high_s,
+            "ci_half_width": t.ci_half_width, "ci_target": budget.target_ci}
+
+
 def _timing_note(t, st, budget: Budget) -> str:
-    """An OK case that hit max_time_s before its spread reached the target says so."""
-    if t.stopped == "max_time" and st.spread >= budget.target_spread:
-        return (f"timing stopped at max_time_s = {budget.max_time_s:g} s with IQR/median {st.spread:.0%} "
-                f"(target {budget.target_spread:.0%})")
+    """An OK case that hit max_time_s before its median's CI reached the target says so, with the
+    width it got."""
+    if t.stopped == "precision":
+        return ""
+    got = "no CI (too few samples)" if t.ci_half_width is None else f"median CI +-{t.ci_half_width:.1%}"
+    if t.ci_half_width is None or t.ci_half_width > budget.target_ci:
+        return (f"precision target not reached: {got} at max_time_s = {budget.max_time_s:g} s "
+                f"(target +-{budget.target_ci:.1%}, {t.n_blocks} samples)")
     return ""
 
 
@@ -211,7 +221,7 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
     import torch
 
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
-              target_spread=budget.target_spread)
+              target_ci=budget.target_ci)
     before = contention.snapshot()
     t = cpu_timing.time_cpu(fn, **kw)
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

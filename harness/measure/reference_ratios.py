@@ -16,7 +16,9 @@ Runs in a measurement worker (harness/run/worker.py, request kind "ratios"), rea
 same executor as a sweep's cases.
 Request:  {"case": <Case dict, impl = the reference>, "impls": [names], "reference": name,
            "seed": int, "rounds": int, "min_block_s": float, "warmup_s": float, "check": bool = true,
-           "ceilings": {...} = {}}
+           "guards": bool = true, "warmup_calls": int = 2, "ceilings": {...} = {}}
+("check": false skips the checked call, "guards": false the guards after timing: the A/B gate's
+later blocks of a shape, re-timing in the process whose first block ran both.)
 Answer:   {"measurements": [Measurement dicts]}   (the reference's first; it has no ratios)
 Each implementation has its own copy of the seeded inputs (the same values), so one that writes
 its inputs is caught and spoils nobody else's. A failing implementation (exception, OOM, wrong
@@ -111,6 +113,7 @@ def measure_ratios(req: dict) -> list:
         try:
             times = cpu_timing.time_interleaved(fns, rounds=int(req["rounds"]), min_block_s=float(req["min_block_s"]),
                                                 warmup_s=float(req["warmup_s"]),
+                                                warmup_calls=int(req.get("warmup_calls", 2)),
                                                 sync=torch.cuda.synchronize if is_cuda else None)
         except _Failed as f:
             c = ready.pop(f.name)
@@ -139,7 +142,8 @@ def measure_ratios(req: dict) -> list:
             continue
         samples = tuple(times[name])
         st = stats.summarize(samples)
-        status, message = after_timing(c, seed, st.median_s, req.get("ceilings") or {})
+        status, message = (after_timing(c, seed, st.median_s, req.get("ceilings") or {})
+                           if req.get("guards", True) else (vocab.OK, ""))
         ratios = tuple(t / r for t, r in zip(samples, ref_times)) if name != reference else ()
         if ratios:  # same round -> same machine state: the ratio cancels the drift
             mc = stats.median_ci(ratios)

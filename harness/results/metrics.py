@@ -127,6 +127,9 @@ METRICS: tuple[Metric, ...] = (
            spec=".2f"),
     Metric("steal_share", "steal", "CPU time stolen by the hypervisor", "", LOWER, "info", spec=".1%"),
     Metric("compile_s", "compile", "Compile time (torch.compile; not in the latency)", "s", LOWER, "info"),
+    # the precision the timing reached (harness/measure/timing/cpu.py; [budget] target_ci)
+    Metric("ci_half_width", "median CI ±", "95% CI of the median: half-width / median", "", LOWER, "info",
+           spec=".1%"),
     # the gate (harness/measure/reference_ratios.py): Measurement.reference_ratios summarized
     Metric("ratio_median", "ratio", "Median per-round time ratio to the reference", "", LOWER, "info", spec=".3f"),
     Metric("ratio_ci_low", "ratio CI low", "Time ratio to the reference: 95% CI low", "", LOWER, "info", spec=".3f"),

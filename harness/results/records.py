@@ -22,7 +22,7 @@ class Measurement:
     # timing
     samples_s: tuple[float, ...] = ()
     calls_per_block: int = 0
-    timing_stopped: str = ""  # "spread" or "max_time"
+    timing_stopped: str = ""  # "precision" or "max_time" (older records: "spread")
     contended: bool = False  # the case did not get the CPU it asked for (harness.measure.timing.contention)
     contention: str = ""  # why, when contended
     stats: Stats | None = None  # summary of samples_s

@@ -124,7 +124,8 @@ BUDGET_RULES = {
     "warmup_s": (lambda v: is_number(v) and v >= 0, "a number of seconds >= 0"),
     "min_time_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
     "max_time_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
-    "target_spread": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.05"),
+    "target_ci": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.02"),
+    "target_spread": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1), e.g. 0.05"),  # older: target_ci = it / 2
     "case_timeout_s": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
     "memory_limit_bytes": (lambda v: is_int(v) and v >= MIN_MEMORY_LIMIT_BYTES,
                            f"a positive integer number of bytes >= {MIN_MEMORY_LIMIT_BYTES} (2 GiB: the worker "
@@ -141,7 +142,11 @@ def parse_budget(where: Where, table: dict) -> Budget:
         check, allowed = BUDGET_RULES[key]
         if not check(value):
             raise where.bad(f"budget.{key}", value, allowed)
-    budget = Budget(**{k: float(v) if k.endswith("_s") or k == "target_spread" else v
+    if "target_ci" in table and "target_spread" in table:
+        raise where.bad("budget.target_spread", table["target_spread"],
+                        "absent when budget.target_ci is given (target_spread is the older key; it reads as "
+                        "target_ci = target_spread / 2)")
+    budget = Budget(**{k: float(v) if k.endswith("_s") or k.startswith("target_") else v
                        for k, v in table.items()})
     if budget.max_time_s < budget.min_time_s:
         raise where.bad("budget.max_time_s", table.get("max_time_s", budget.max_time_s),

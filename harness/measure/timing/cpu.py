@@ -2,23 +2,26 @@
 
 A sample is one block of `calls_per_block` back-to-back calls; its value is the block time
 divided by the calls, so per-call seconds whatever the block size. Blocks continue until the
-measurement phase has lasted `min_time_s` and the spread (IQR / median, see stats.py) of the
-samples so far is below `target_spread`, or until `max_time_s` — always at least MIN_SAMPLES.
+measurement phase has lasted `min_time_s` and the 95% CI of the median of the samples so far
+(distribution-free, harness.stats.median_order_ci) is within +-`target_ci` of the median (relative
+half-width), or until `max_time_s` — always at least MIN_SAMPLES. A precision target, not a test:
+stopping on the interval's width does not move where the interval lies. The Timing keeps the
+interval it reached (median_ci_low_s, median_ci_high_s, ci_half_width; None below 6 samples).
 Warm-up calls are discarded. Nothing here formats text: results are a frozen Timing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.stats import spread
+from harness.stats import median_order_ci
 
 MIN_SAMPLES = 3  # even when one call outlasts max_time_s
-SPREAD_MIN_SAMPLES = 5  # a spread from fewer samples is not trusted to stop early
 DEFAULT_L2_FLUSH_BYTES = 256 * 2**20  # when the device does not report its L2 size
 
 
@@ -28,42 +31,53 @@ class Timing:
     calls_per_block: int
     n_blocks: int
     total_time_s: float  # measurement phase only, warm-up excluded
-    stopped: str  # "spread" (converged) | "max_time" (time cap hit)
+    stopped: str  # "precision" (the median's CI reached the target) | "max_time" (time cap hit)
     warmup_s: float  # time actually spent warming up
     timer: str = "perf_counter"  # "perf_counter" | "cuda_event"
     l2_flush: bool = False
     cuda_graph: bool = False  # True only when graph replay was actually used
     graph_fallback_reason: str | None = None  # why capture failed, when cuda_graph was asked for
+    median_ci_low_s: float | None = None  # the 95% CI of the median reached (None: too few samples)
+    median_ci_high_s: float | None = None
+    ci_half_width: float | None = None  # (high - low) / 2 / median
 
 
-def _should_stop(samples: list[float], elapsed_s: float, min_time_s, max_time_s, target_spread):
-    """Return "spread", "max_time" or None (keep going)."""
+def _should_stop(samples: list[float], elapsed_s: float, min_time_s, max_time_s, target_ci):
+    """Return "precision", "max_time" or None (keep going)."""
     if len(samples) < MIN_SAMPLES:
         return None
-    if (
-        elapsed_s >= min_time_s
-        and len(samples) >= SPREAD_MIN_SAMPLES
-        and spread(samples) < target_spread
-    ):
-        return "spread"  # converged (even if the cap was reached at the same block)
+    if elapsed_s >= min_time_s:
+        ci = median_order_ci(samples)
+        if ci is not None and ci.half_width <= target_ci:
+            return "precision"  # (even if the cap was reached at the same block)
     if elapsed_s >= max_time_s:
         return "max_time"
     return None
 
 
-def _check_budget(warmup_s, min_time_s, max_time_s, target_spread):
+def with_interval(t: "Timing") -> "Timing":
+    """t with the 95% CI of its samples' median (what a stop on precision looked at)."""
+    ci = median_order_ci(t.samples_s)
+    if ci is None:
+        return dataclasses.replace(t, median_ci_low_s=None, median_ci_high_s=None, ci_half_width=None)
+    return dataclasses.replace(t, median_ci_low_s=ci.low, median_ci_high_s=ci.high, ci_half_width=ci.half_width)
+
+
+def _check_budget(warmup_s, min_time_s, max_time_s, target_ci):
     if warmup_s < 0 or min_time_s < 0 or max_time_s < 0:
         raise ValueError("warmup_s, min_time_s and max_time_s must be >= 0")
     if max_time_s < min_time_s:
         raise ValueError(f"max_time_s ({max_time_s}) must be >= min_time_s ({min_time_s})")
-    if target_spread < 0:
-        raise ValueError(f"target_spread must be >= 0, got {target_spread}")
+    if target_ci < 0:
+        raise ValueError(f"target_ci must be >= 0, got {target_ci}")
 
 
-def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf) -> tuple[float, float]:
-    """Call fn until warmup_s has passed and at least twice. Returns (time spent, per-call estimate).
+def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf, min_calls: int = 2
+                ) -> tuple[float, float]:
+    """Call fn until warmup_s has passed and at least min_calls times. Returns (time spent, per-call
+    estimate).
 
-    Two calls because the first is cold (lazy init, allocator, page faults): sizing blocks from it
+    Two calls by default because the first is cold (lazy init, allocator, page faults): sizing blocks from it
     alone would give a fast function one call per block. A first call that already took
     ≥ one_call_enough_s (the measurement's max_time_s) is not repeated.
     """
@@ -74,7 +88,7 @@ def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.i
         fn()
         t1 = time.perf_counter()
         recent = (recent + [t1 - t0])[-5:]
-        if t1 - start >= warmup_s and (len(recent) >= 2 or recent[0] >= one_call_enough_s):
+        if t1 - start >= warmup_s and (len(recent) >= min(min_calls, 5) or recent[0] >= one_call_enough_s):
             break
     # The fastest recent call: the first calls are cold and too slow.
     return time.perf_counter() - start, min(recent)
@@ -92,13 +106,13 @@ def time_cpu(
     warmup_s: float = 0.1,
     min_time_s: float = 0.5,
     max_time_s: float = 5.0,
-    target_spread: float = 0.05,
+    target_ci: float = 0.02,
     min_block_s: float = 0.01,
 ) -> Timing:
     """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
     is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
     triggered by someone else's garbage does not land in one sample."""
-    _check_budget(warmup_s, min_time_s, max_time_s, target_spread)
+    _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
     warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s)
     calls = _calls_for(per_call_s, min_block_s)
     samples: list[float] = []
@@ -112,20 +126,20 @@ def time_cpu(
                 fn()
             t1 = time.perf_counter()
             samples.append((t1 - t0) / calls)
-            stopped = _should_stop(samples, t1 - start, min_time_s, max_time_s, target_spread)
+            stopped = _should_stop(samples, t1 - start, min_time_s, max_time_s, target_ci)
             if stopped:
                 break
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing(
+    return with_interval(Timing(
         samples_s=tuple(samples),
         calls_per_block=calls,
         n_blocks=len(samples),
         total_time_s=time.perf_counter() - start,
         stopped=stopped,
         warmup_s=warm_s,
-    )
+    ))
 
 
 def time_interleaved(
@@ -135,13 +149,15 @@ def time_interleaved(
     min_block_s: float = 0.01,
     warmup_s: float = 0.05,
     sync: Callable[[], None] | None = None,
+    warmup_calls: int = 2,
 ) -> dict[str, list[float]]:
     """Per-call seconds for each callable, measured in alternating short blocks.
 
     Round r runs one block of every callable, starting at a different one each round (the order
     rotates), so slow drift of the machine (frequency, neighbours) hits every callable alike and
     ratios between them stay meaningful. `sync` (e.g. torch.cuda.synchronize) is called before
-    and after each block for asynchronous devices. Returns {name: [rounds samples]}.
+    and after each block for asynchronous devices. warmup_calls: the fewest warm-up calls of each
+    (1 where the process has just run the same calls). Returns {name: [rounds samples]}.
     """
     if not fns:
         raise ValueError("time_interleaved: no callables given")
@@ -157,7 +173,7 @@ def time_interleaved(
             f()
             do_sync()
 
-        _, per_call_s = _warmup_cpu(synced, warmup_s)
+        _, per_call_s = _warmup_cpu(synced, warmup_s, min_calls=max(1, warmup_calls))
         calls[name] = _calls_for(per_call_s, min_block_s)
 
     out: dict[str, list[float]] = {name: [] for name in names}
@@ -235,7 +251,7 @@ def time_cuda(
     warmup_s: float = 0.1,
     min_time_s: float = 0.5,
     max_time_s: float = 5.0,
-    target_spread: float = 0.05,
+    target_ci: float = 0.02,
     l2_flush: bool = False,
     cuda_graph: bool = False,
     device=None,
@@ -264,7 +280,7 @@ def time_cuda(
     """
     import torch
 
-    _check_budget(warmup_s, min_time_s, max_time_s, target_spread)
+    _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
     dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     with torch.cuda.device(dev):
         # Warm-up: doubling batches of synchronised calls; the last batch gives a per-call estimate.
@@ -328,12 +344,12 @@ def time_cuda(
                 block_times.extend(cuda_block_times(events, time.perf_counter()))
             for begin, end in events:
                 samples.append(begin.elapsed_time(end) / 1e3 / calls)  # elapsed_time is in ms
-            stopped = _should_stop(samples, elapsed, min_time_s, max_time_s, target_spread)
-            if stopped == "spread" and until is not None and not until() and elapsed < max_time_s:
+            stopped = _should_stop(samples, elapsed, min_time_s, max_time_s, target_ci)
+            if stopped == "precision" and until is not None and not until() and elapsed < max_time_s:
                 stopped = None  # e.g. the energy counter has not advanced enough yet
         total_s = time.perf_counter() - start
         del flush_buf, graph
-    return Timing(
+    return with_interval(Timing(
         samples_s=tuple(samples),
         calls_per_block=calls,
         n_blocks=len(samples),
@@ -344,4 +360,4 @@ def time_cuda(
         l2_flush=l2_flush,
         cuda_graph=cuda_graph and reason is None,
         graph_fallback_reason=reason,
-    )
+    ))

@@ -33,7 +33,7 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
     index = torch.device(case.device).index
     index = torch.cuda.current_device() if index is None else index
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
-              target_spread=budget.target_spread, l2_flush=budget.l2_flush, cuda_graph=budget.cuda_graph,
+              target_ci=budget.target_ci, l2_flush=budget.l2_flush, cuda_graph=budget.cuda_graph,
               device=case.device)
     sampler: list = []
 
@@ -49,7 +49,8 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
         kept = measure_discarding_throttled(once, min_blocks=MIN_CLEAN_BLOCKS)
         t = kept.result
         if kept.dropped or kept.attempts > 1:
-            t = dataclasses.replace(t, samples_s=tuple(kept.samples_s), n_blocks=len(kept.samples_s))
+            t = cpu_timing.with_interval(dataclasses.replace(t, samples_s=tuple(kept.samples_s),
+                                                             n_blocks=len(kept.samples_s)))
             extra["throttled_blocks_dropped"] = kept.dropped
             extra["throttle_attempts"] = kept.attempts
         if kept.note:
