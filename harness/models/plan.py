@@ -28,7 +28,7 @@ SERVING_CHUNK = 512  # new tokens of the prefill chunk in a serving step (capped
 # SDPA backends (the same kernels sdpa picks); a user adds them to the TOML when wanted.
 LEFT_OUT = ("flex", "compiled_naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn")
 LEFT_OUT_ON_CPU = ("triton_flash", "triton_decode")  # Triton on a CPU is its interpreter: minutes a case
-BUDGET = {"warmup_s": 0.1, "min_time_s": 0.2, "max_time_s": 1.0, "target_spread": 0.05, "case_timeout_s": 300}
+BUDGET = {"warmup_s": 0.1, "min_time_s": 0.2, "max_time_s": 1.0, "target_ci": 0.02, "case_timeout_s": 300}
 MAX_BATCH = 65536
 
 
