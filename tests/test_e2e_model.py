@@ -1,6 +1,7 @@
 """attnbench e2e on real (tiny) transformers models: implementations plugged in through transformers'
 attention interface give the logits of transformers' own attention; shares, speed-ups and the
-Amdahl prediction are consistent; windows and soft caps map to the variants or skip with why."""
+Amdahl prediction are consistent; windows, soft caps, sinks (gpt-oss) and a value head dim of its own
+(DeepSeek-V3's MLA) map to the variants and forms, or skip with why."""
 
 from __future__ import annotations
 
