@@ -1,6 +1,7 @@
 """attnbench e2e on real (tiny) transformers models: implementations plugged in through transformers'
 attention interface give the logits of transformers' own attention; shares, speed-ups and the
-Amdahl prediction are consistent; windows and soft caps map to the variants or skip with why."""
+Amdahl prediction are consistent; windows, soft caps, sinks (gpt-oss) and a value head dim of its own
+(DeepSeek-V3's MLA) map to the variants and forms, or skip with why."""
 
 from __future__ import annotations
 
@@ -154,19 +155,102 @@ def test_layer_types_are_cut_to_the_layers(tmp_path):
     assert len(built.model.model.layers) == 3
 
 
-@pytest.mark.parametrize("model_type, extra, why", [
-    ("gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=8), "sinks"),
-    ("deepseek_v3", dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, kv_lora_rank=16,
-                         q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
-                         moe_intermediate_size=32, first_k_dense_replace=1, num_key_value_heads=4, head_dim=8),
-     "value head dim 16"),
-])
-def test_forms_the_contract_lacks_are_skipped_with_the_reason(tmp_path, model_type, extra, why):
-    """gpt-oss (attention sinks) and DeepSeek-V3 (MLA: q·k head dim 24, v 16): no attnbench
-    implementation can run them yet, so each is skipped, saying why, and nothing is timed."""
-    mc = _tiny(tmp_path, model_type, **extra)
-    summary, records = _run(mc, ["naive", "flash"], context=12, decode_steps=1)
-    for check in summary["logits"]:
-        assert check["status"] == "skipped" and why in check["message"], check
-    assert summary["phases"] == {} and summary["baseline"] is None
-    assert [r["record"] for r in records] == ["logits", "logits"]
+GPT_OSS = dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=8, num_hidden_layers=2,
+               layer_types=["sliding_attention", "full_attention"])
+DEEPSEEK_V3 = dict(n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, kv_lora_rank=16,
+                   q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12,
+                   moe_intermediate_size=32, first_k_dense_replace=1, num_key_value_heads=4, head_dim=8)
+
+
+def _gpt_oss(tmp_path, seed=0):
+    """A tiny gpt-oss (sinks on every layer; a window of 8 on the first, full attention on the
+    second) whose sinks are drawn N(0,1)*2 (the size of trained ones; transformers initialises them
+    at std 0.02, where they would hardly matter)."""
+    import torch
+
+    built = build_model(_tiny(tmp_path, "gpt_oss", **GPT_OSS), layers=2, dtype="float32", device="cpu", seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for layer in built.model.model.layers:
+        sinks = layer.self_attn.sinks
+        sinks.data.copy_(torch.randn(sinks.shape, generator=gen) * 2)
+    return built
+
+
+def _run_built(built, impls, *, context, decode_steps):
+    settings = E2ESettings(impls=tuple(impls), context=context, decode_steps=decode_steps, **FAST)
+    records = []
+    return run_e2e(built, settings, on_record=records.append), records
+
+
+def test_gpt_oss_sinks_and_alternating_window(tmp_path):
+    """gpt-oss: the sinks (s_aux, the module's parameter) go to every implementation declaring the
+    sinks variant as sinks=; the window to those declaring it. transformers runs gpt-oss with eager
+    attention (no sdpa), the reference. naive's and sdpa's decode paths declare the sinks form; flash
+    has no decode path (its prefill fn takes the step); triton_flash declares sinks but no window:
+    skipped, saying so; flash_decoding has no prefill path."""
+    built = _gpt_oss(tmp_path)
+    summary, _ = _run_built(built, ["naive", "flash", "sdpa", "chunked", "triton_flash", "flash_decoding"],
+                            context=21, decode_steps=2)
+    assert summary["reference_attention"] == "eager"
+    checks = {c["impl"]: c for c in summary["logits"]}
+    for name in ("naive", "flash", "sdpa", "chunked"):
+        assert checks[name]["status"] == "ok" and checks[name]["rel_l2"] <= 1e-4, checks[name]
+    assert checks["naive"]["paths"] == {"prefill": 2, "decode path": 4}
+    assert checks["sdpa"]["paths"] == {"prefill": 2, "decode path": 4}
+    assert checks["flash"]["paths"] == {"prefill": 2, "prefill fn, Nq<Nk": 4}
+    assert checks["triton_flash"]["status"] == "skipped" and checks["triton_flash"]["message"]
+    assert checks["flash_decoding"]["status"] == "skipped" and "prefill path" in checks["flash_decoding"]["message"]
+    assert [r["impl"] for r in summary["phases"]["decode"]] == ["naive", "flash", "sdpa", "chunked"]
+
+
+def test_gpt_oss_sinks_matter(tmp_path):
+    """Without its sinks (a logit of -80: exp(-80) adds nothing to the denominator) the model gives
+    other logits: the check above can fail when sinks are dropped."""
+    import torch
+
+    from harness.e2e import accuracy
+    from harness.e2e.model_calls import ModelCalls, Prompt
+
+    built = _gpt_oss(tmp_path)
+    calls = ModelCalls(built.model, Prompt.seeded(batch=1, context=21, decode_steps=1, vocab=built.vocab_size,
+                                                  seed=0, device="cpu"))
+    _, with_sinks = accuracy.reference_logits(built.model, calls)
+    for layer in built.model.model.layers:
+        layer.self_attn.sinks.data.fill_(-80.0)
+    _, without = accuracy.reference_logits(built.model, calls)
+    assert accuracy.rel_l2(without, with_sinks) > 1e-3
+    assert torch.isfinite(without.prefill).all()
+
+
+def test_deepseek_v3_mla_value_head_dim(tmp_path):
+    """DeepSeek-V3 (MLA, transformers' non-absorbed form: q/k head dim 16 + 8 = 24, v 12; one dense
+    layer, one MoE layer): the Case carries head_dim_v = 12, the implementations run it in prefill
+    and, having no decode form for Dv != D, take the decode steps with their prefill fn."""
+    mc = _tiny(tmp_path, "deepseek_v3", **DEEPSEEK_V3)
+    summary, _ = _run(mc, ["naive", "flash", "sdpa", "flash_decoding"], context=13, decode_steps=2)
+    assert summary["reference_attention"] == "sdpa"
+    checks = {c["impl"]: c for c in summary["logits"]}
+    for name in ("naive", "flash", "sdpa"):
+        assert checks[name]["status"] == "ok" and checks[name]["rel_l2"] <= 1e-4, checks[name]
+        assert checks[name]["paths"] == {"prefill": 2, "prefill fn, Nq<Nk": 4}
+    assert checks["flash_decoding"]["status"] == "skipped" and "prefill path" in checks["flash_decoding"]["message"]
+
+
+def test_an_implementation_without_the_sinks_variant_is_skipped_with_the_reason(tmp_path):
+    """naive's prefill registered under a throwaway name that declares the window variant only: the
+    gpt-oss Case carries sinks=True, so the registry refuses it, naming the variant; nothing is timed."""
+    import uuid
+
+    from harness import registry
+
+    registry.ensure_loaded()
+    name = f"_test_e2e_nosinks_{uuid.uuid4().hex[:8]}"
+    try:
+        registry.register(name, devices=("cpu",), dtypes=("float32",),
+                          params={"variants": ("window",)})(registry.get("naive").fn)
+        summary, _ = _run_built(_gpt_oss(tmp_path), [name], context=12, decode_steps=1)
+    finally:
+        registry._REGISTRY.pop(name, None)
+    (check,) = summary["logits"]
+    assert check["status"] == "skipped" and "sinks" in check["message"], check
+    assert summary["phases"] == {}

@@ -2,9 +2,10 @@
 
 Builds the model with transformers from its config (seeded random weights, the real widths, fewer
 layers), plugs each implementation in through transformers' attention interface, checks its
-logits against transformers' sdpa, and measures a prefill and K decode steps: the model's time,
-attention's share, the kernel speed-up next to the model speed-up and Amdahl's prediction. Results
-stream into a run folder (run.json, e2e.jsonl, e2e.json); --json FILE also writes the summary.
+logits against transformers' sdpa (eager where sdpa cannot run it), and measures a prefill and K
+decode steps: the model's time, attention's share, the kernel speed-up next to the model speed-up
+and Amdahl's prediction. Results stream into a run folder (run.json, e2e.jsonl, e2e.json); --json
+FILE also writes the summary.
 Exit 0 when every implementation ran or was skipped with a reason, 1 when one failed (error or
 wrong logits), 2 for a usage error (transformers missing, unknown model or implementation, bad
 numbers).
@@ -30,8 +31,9 @@ def add_parser(sub) -> None:
                        description="Builds a transformers causal LM from a model config (a catalogue name: attnbench "
                                    "models, or a config.json) with seeded random weights and the real widths, plugs "
                                    "each --impl in through transformers' attention interface, checks the logits "
-                                   "against transformers' sdpa, then times a prefill of --context tokens and "
-                                   "--decode-steps decode steps in interleaved rounds. Reports the model time, "
+                                   "against transformers' sdpa (eager where sdpa cannot run the model), then times "
+                                   "a prefill of --context tokens and --decode-steps decode steps in interleaved "
+                                   "rounds. Reports the model time, "
                                    "attention's share of it, the kernel speed-up and the model speed-up over the "
                                    "first implementation, and the model speed-up Amdahl's law predicts from the "
                                    "share. Needs transformers: pip install 'attnbench[models]'.")

@@ -9,17 +9,22 @@ prefill Nq = Nk, in a decode step the Nq new tokens are the last of the Nk cache
 
 - **prefill** (Nq = Nk): the implementation's prefill `fn(q, k, v, causal=True, scale=scaling)`;
 - **decode** (Nq < Nk): its decode path `fn(q, k_cache, v_cache, kv_lens=[Nk]*B, scale=)` on the
-  contiguous cache when it has one and the call needs no variant the decode contract lacks (a
-  sliding window is the last W keys for one query token: the cache is cut to them, a view); else
-  the prefill `fn` with Nq < Nk, whose bottom-right causality is the same rule.
+  contiguous cache when it has one and the call needs no variant or form the decode contract or
+  that path lacks (a sliding window is the last W keys for one query token: the cache is cut to
+  them, a view; sinks go as `sinks=` when the path declares the "sinks" form; a value head dim of
+  its own has no decode form); else the prefill `fn` with Nq < Nk, whose bottom-right causality is
+  the same rule.
 
 The model's attention form comes from the call: `module.is_causal`, `sliding_window`, `softcap`
-(Gemma 2), `s_aux` (gpt-oss sinks), a value head dim other than the query's (MLA). Each form is
-described as a `Case` and asked of the implementation's `supports` (the registry's rules: device,
-dtype, declared variants, the implementation's own hook), so a model that needs what an
-implementation cannot do raises `Unsupported` with the reason -- the caller skips that
-implementation, nothing crashes. GQA goes to the implementation as is (Hq a multiple of Hkv is the
-contract), with no `repeat_kv` copy.
+(Gemma 2), `s_aux` (gpt-oss: the module's `sinks` parameter, one logit per query head in the
+softmax denominator -> the `sinks` variant, passed as `sinks=` in float32), a value head dim other
+than the query's (DeepSeek-V3's MLA in transformers' non-absorbed form: q/k 192, v 128 -> the
+Case's `head_dim_v`), the softmax scale (`scaling`; a scale other than 1/sqrt(D) is the Case's
+`scale`). Each form is described as a `Case` and asked of the implementation's `supports` (the
+registry's rules: device, dtype, declared variants and decode forms, the implementation's own
+hook), so a model that needs what an implementation cannot do raises `Unsupported` with the reason
+-- the caller skips that implementation, nothing crashes. GQA goes to the implementation as is (Hq
+a multiple of Hkv is the contract), with no `repeat_kv` copy.
 
 The mask: an attention name transformers does not know gets `attention_mask=None` (its mask
 builders exit early), and e2e runs unpadded batches, so causality and the window are the whole
@@ -32,6 +37,7 @@ implementation's function (`kernel_s`) and in the whole call, the adaptation aro
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -71,14 +77,15 @@ class Form:
     causal: bool
     window: int
     softcap: float
-    sinks: bool
+    sinks: bool  # the call passes s_aux (the module's sinks, (Hq,))
+    scale: float  # 0 = the default 1/sqrt(D)
 
     @property
     def decoding(self) -> bool:
         return self.q[2] < self.kv[1]
 
 
-def _form(module, query, key, value, kwargs) -> Form:
+def _form(module, query, key, value, kwargs, scaling) -> Form:
     if query.dtype not in TORCH_DTYPES:
         raise Unsupported(f"attention in {query.dtype}: attnbench implementations take float32, float16, bfloat16")
     # kwargs that change what attention computes: is_causal, sliding_window, softcap, s_aux, position_bias
@@ -89,24 +96,24 @@ def _form(module, query, key, value, kwargs) -> Form:
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     window = kwargs.get("sliding_window") or 0
     softcap = kwargs.get("softcap") or 0.0
+    scale = 0.0 if scaling is None or math.isclose(scaling, query.shape[-1] ** -0.5, rel_tol=1e-12) else scaling
     return Form(tuple(query.shape), (key.shape[1], key.shape[2], value.shape[-1]), TORCH_DTYPES[query.dtype],
-                query.device.type, causal, int(window), float(softcap), kwargs.get("s_aux") is not None)
+                query.device.type, causal, int(window), float(softcap), kwargs.get("s_aux") is not None,
+                float(scale))
 
 
 def _case(impl: str, form: Form, workload: str) -> Case | Support:
     """The form as a Case of `workload`, or no(...) when attnbench's contract has no such form."""
     (B, Hq, Nq, D), (Hkv, Nk, Dv) = form.q, form.kv
-    if Dv != D:
-        return no(f"value head dim {Dv} != query/key head dim {D} (MLA): the attention contract takes one head dim")
-    if form.sinks:
-        return no("attention sinks (s_aux): not an attnbench variant of the contract yet")
     if not form.causal:
         return no("bidirectional attention over a KV cache: e2e measures causal decoder models")
     common = dict(batch=B, heads_q=Hq, heads_kv=Hkv, seq_len_q=Nq, seq_len_kv=Nk, head_dim=D, dtype=form.dtype,
-                  device=form.device, causal=True)
+                  device=form.device, causal=True, sinks=form.sinks, scale=form.scale)
     if workload == "decode":
+        if Dv != D:
+            return no(f"value head dim {Dv} != query/key head dim {D}: the decode contract takes one head dim")
         return Case(impl, workload="decode", kv_layout="contiguous", kv_lens=(Nk,) * B, **common)
-    return Case(impl, window=form.window, softcap=form.softcap, **common)
+    return Case(impl, window=form.window, softcap=form.softcap, head_dim_v=0 if Dv == D else Dv, **common)
 
 
 class ImplAttention:
@@ -133,7 +140,7 @@ class ImplAttention:
         decode = self.impl.paths.get("decode")
         if form.decoding and decode is not None and form.q[2] == 1 and form.softcap == 0:
             decode_case = _case(self.name, form, "decode")
-            if self.impl.supports(decode_case):
+            if not isinstance(decode_case, Support) and self.impl.supports(decode_case):
                 return "decode path", self._decode_call(decode.fn, form)
         support = self.impl.supports(prefill_case)
         if not support:
@@ -146,7 +153,7 @@ class ImplAttention:
             variants["window"] = form.window
         if form.softcap:
             variants["softcap"] = form.softcap
-        return lambda q, k, v, scale: fn(q, k, v, causal=True, scale=scale, **variants)
+        return lambda q, k, v, scale, sinks: fn(q, k, v, causal=True, scale=scale, **variants, **sinks)
 
     def _decode_call(self, fn, form: Form):
         batch, nk = form.q[0], form.kv[1]
@@ -156,8 +163,9 @@ class ImplAttention:
             self._kv_lens[key] = torch.full((batch,), keep, dtype=torch.int32, device=form.device)
         kv_lens = self._kv_lens[key]
         if keep == nk:
-            return lambda q, k, v, scale: fn(q, k, v, kv_lens=kv_lens, scale=scale)
-        return lambda q, k, v, scale: fn(q, k[:, :, -keep:], v[:, :, -keep:], kv_lens=kv_lens, scale=scale)
+            return lambda q, k, v, scale, sinks: fn(q, k, v, kv_lens=kv_lens, scale=scale, **sinks)
+        return lambda q, k, v, scale, sinks: fn(q, k[:, :, -keep:], v[:, :, -keep:], kv_lens=kv_lens, scale=scale,
+                                                **sinks)
 
     # ------------------------------------------------------------------ the attention function
     def __call__(self, module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -167,27 +175,37 @@ class ImplAttention:
             t0 = time.perf_counter()
         if dropout:
             raise Unsupported("attention dropout (the model is in training mode); e2e measures inference")
-        form = _form(module, query, key, value, kwargs)
+        form = _form(module, query, key, value, kwargs, scaling)
         if attention_mask is not None:
             raise Unsupported("transformers passed an attention mask; e2e runs unpadded batches, whose mask is "
                               "causality and the window, which the implementation applies itself")
         label, call = self.plan(form)
         scale = None if scaling is None else float(scaling)
+        sinks = _sinks(kwargs.get("s_aux"))
         if rec is None:
-            out = call(query, key, value, scale)  # (B, Hq, Nq, D)
+            out = call(query, key, value, scale, sinks)  # (B, Hq, Nq, Dv)
         else:
             _sync(rec)
             k0 = time.perf_counter()
-            out = call(query, key, value, scale)
+            out = call(query, key, value, scale, sinks)
             _sync(rec)
             rec.kernel_s += time.perf_counter() - k0
-        out = out.transpose(1, 2)  # (B, Nq, Hq, D): the caller reshapes it to (B, Nq, Hq*D)
+        out = out.transpose(1, 2)  # (B, Nq, Hq, Dv): the caller reshapes it to (B, Nq, Hq*Dv)
         if rec is not None:
             _sync(rec)
             rec.call_s += time.perf_counter() - t0
             rec.calls += 1
             rec.forms[label] = rec.forms.get(label, 0) + 1
         return out, None
+
+
+def _sinks(s_aux) -> dict:
+    """`{"sinks": (Hq,) float32}` for a call with sinks (the contract's dtype; a float32 model's
+    parameter goes as it is, detached), else {} (no keyword: an implementation without the variant
+    keeps working)."""
+    if s_aux is None:
+        return {}
+    return {"sinks": s_aux.detach().to(torch.float32)}
 
 
 def _sync(rec: Recorder) -> None:

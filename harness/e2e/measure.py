@@ -74,8 +74,9 @@ def _sync_for(device: str) -> Callable[[], None] | None:
 
 def check_logits(built: BuiltModel, calls: ModelCalls, dispatcher: Dispatcher, settings: E2ESettings,
                  on_record, say) -> tuple[str, dict[str, Check]]:
-    say(f"reference logits: transformers attention, prefill {settings.context} + {settings.decode_steps} decode steps")
     ref_name, ref = accuracy.reference_logits(built.model, calls)
+    say(f"reference logits: transformers' {ref_name} attention, prefill {settings.context} + "
+        f"{settings.decode_steps} decode steps")
     built.model.set_attn_implementation(Dispatcher.NAME)
     checks = {}
     for name in settings.impls:
