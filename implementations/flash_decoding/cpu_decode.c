@@ -23,7 +23,14 @@
  * p·V, G·Nq ≈ 4 columns), which BLAS runs compute-bound at about half the streaming-read rate of
  * one core, plus a gathered copy of K for a paged cache. Here each K row and V row is read once,
  * in order, with software prefetch a few rows ahead, the G·Nq dot products of a K row kept in
- * registers (8 vector accumulators), and pages read in place (no gather).
+ * registers (8 vector accumulators), and pages read in place (no gather); with AVX-512, rows in
+ * blocks of 4 and widths a multiple of 16, the 16-lane variant (scores16, values16) instead.
+ * What bounds it (one thread, Intel Xeon, B=4, Hkv=8, G=4, D=128, KV=8192): a plain sum over the
+ * same rows in the same order streams ~14 GB/s per CPU-second; the kernel 9 (float32), 7.4
+ * (bfloat16), 5.6 (float8); from a cache that stays in the last-level cache 27, 20 and 10: the
+ * time is about the sum of the compute time and the memory time (the out-of-order window does
+ * not overlap them), and the narrow caches carry the same multiply-adds per element plus the
+ * conversion (float8: 4-5 port-0/5 uops per 16 elements beside 4 multiply-adds).
  *
  * Per head: pass 1 scores s[r][t] = c·(q_r·K_t), c = scale·log2 e (scores in log2 units); row
  * max m_r and p = 2^(s − m_r), l_r = Σ p over the keys row r may see (query token i of the Nq
@@ -289,15 +296,23 @@ static inline v8 halves(__m512 x) {
     return (v8)_mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
 
+/* out = rows t..t+3, and the rows pf further on prefetched */
+static inline __attribute__((always_inline)) void four_rows(const void *const *rows, int64_t t, int64_t n, int64_t pf,
+                                                            int64_t bytes, const void **out) {
+    for (int u = 0; u < 4; ++u) {
+        out[u] = rows[t + u];
+        if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
+    }
+}
+
 static inline __attribute__((always_inline)) void scores16(const float *q, float scale, const void *const *rows,
                                                            int64_t GN, int64_t D, int64_t n, int64_t pf, float *s,
                                                            int dt) {
     const int64_t bytes = D * ESZ[dt];
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
-        const void *kr[4] = {rows[t], rows[t + 1], rows[t + 2], rows[t + 3]};
-        for (int u = 0; u < 4; ++u)
-            if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
+        const void *kr[4];
+        four_rows(rows, t, n, pf, bytes, kr);
         for (int64_t r = 0; r < GN; r += 4) {
             const float *q0 = q + r * D;
             __m512 a[16]; /* a[4j + u]: row r + j, token t + u */
@@ -332,9 +347,8 @@ static inline __attribute__((always_inline)) void values16(const float *p, const
     const int64_t bytes = D * ESZ[dt];
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
-        const void *vr[4] = {rows[t], rows[t + 1], rows[t + 2], rows[t + 3]};
-        for (int u = 0; u < 4; ++u)
-            if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
+        const void *vr[4];
+        four_rows(rows, t, n, pf, bytes, vr);
         for (int64_t r = 0; r < GN; r += 4) {
             __m512 w[4][4];
             for (int j = 0; j < 4; ++j)
@@ -552,9 +566,13 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                            const float *kscale, const float *vscale, float *scratch, const void **rows, float *o,
                            float *m, float *l) {
     if (dt < 0 || dt > 2 || (blocked && dt != KV_F32)) return -1;
-    /* software prefetch distance: ~8 KiB of rows ahead (16 rows at D = 128 in float32). Measured
-     * with 2 threads (B=8, Hq=32, Hkv=8, D=128, KV=8192, float32): 1 KiB 27.0/30.8 ms
-     * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9. */
+    /* software prefetch distance: PF_BYTES of rows ahead, into L2 (PF_LOCALITY 1: prefetcht2).
+     * Earlier 8 KiB with prefetchnta, measured on a 2-core AMD EPYC: 1 KiB 27.0/30.8 ms
+     * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9 (2
+     * threads, B=8, Hq=32, Hkv=8, D=128, KV=8192, float32). On an Intel Xeon (Sapphire Rapids, AVX-512)
+     * prefetchnta made the 8-lane loops slower than no prefetch at all (one thread, float32 cache,
+     * GB/s per CPU-second: nta 5.5, none 8.2, prefetcht2 9.2); with the 16-lane variant the distance
+     * (2-32 KiB) and hint hardly matter (8.5-9.1 float32, 7.1-7.5 bfloat16, 5.4-5.6 float8). */
     const int64_t esz = ESZ[dt], rb = Dk * esz;
     const int64_t pf = PF_BYTES / rb > 2 ? PF_BYTES / rb : 2;
     const int64_t GNp = (GN + W - 1) / W * W;
