@@ -38,6 +38,9 @@ SHAPES = [  # (B, Hq, Hkv, Nq, D, kv_lens)
     (3, 8, 2, 1, 12, (1, 33, 16)),  # a block of 4 rows, 1 chunk + 4 scalar elements; a 1-token cache
     (3, 8, 8, 2, 8, (1 + 2, 33, 16)),  # 2 rows, one chunk, MHA
     (2, 32, 8, 1, 128, (200, 129)),  # the benchmark's head layout
+    # the 16-lane (AVX-512) variant: rows a multiple of 4, widths a multiple of 16
+    (1, 16, 2, 1, 48, (37,)),  # 8 rows (2 blocks of 4), 3 chunks of 16, tokens not a multiple of 4
+    (2, 8, 2, 2, 32, (6, 43)),  # 8 rows, Nq = 2 (rows that see one key fewer), 2 chunks
 ]
 LAYOUTS = [("contiguous", 0), ("paged", 16), ("paged", 5)]
 
@@ -225,6 +228,26 @@ def test_portable_build_without_march_native(fresh_kernel, monkeypatch):
     for shape in (SHAPES[1], SHAPES[2]):
         inp = make_decode_inputs(_case(shape, "paged", 5), seed=3)
         assert _rel(_run("flash_decoding", inp, partition=16), reference_decode(inp)) <= 2e-6
+
+
+@NEEDS_CC
+def test_avx2_build_matches_the_native_one(fresh_kernel, monkeypatch):
+    """A build for an AVX2 CPU (no AVX-512: the 8-lane loops, not the 16-lane variant) gives the same
+    results as the native build within float32 rounding, on every cache type; both match float64."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only: the AVX2 flags")
+    shape = (1, 16, 2, 1, 48, (37,))
+    inps = [make_decode_inputs(_case(shape, "paged", 5).replace(kv_dtype=kv), seed=4)
+            for kv in ("same", "bfloat16", "float8_e4m3fn")]
+    native = [_run("flash_decoding", inp, partition=16) for inp in inps]
+    monkeypatch.setattr(kernel_build, "NATIVE", ["-mavx2", "-mfma", "-mf16c"])
+    kernel_build._load.cache_clear()
+    assert kernel_build.unavailable_reason() is None
+    for inp, nat in zip(inps, native):
+        avx2, ref = _run("flash_decoding", inp, partition=16), reference_decode(inp)
+        assert _rel(avx2, ref) <= 2e-6 and _rel(nat, ref) <= 2e-6
+        assert _rel(avx2, nat.double()) <= 2e-6
 
 
 def test_automatic_partition_keeps_every_worker_busy():

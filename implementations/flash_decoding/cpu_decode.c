@@ -23,7 +23,14 @@
  * p·V, G·Nq ≈ 4 columns), which BLAS runs compute-bound at about half the streaming-read rate of
  * one core, plus a gathered copy of K for a paged cache. Here each K row and V row is read once,
  * in order, with software prefetch a few rows ahead, the G·Nq dot products of a K row kept in
- * registers (8 vector accumulators), and pages read in place (no gather).
+ * registers (8 vector accumulators), and pages read in place (no gather); with AVX-512, rows in
+ * blocks of 4 and widths a multiple of 16, the 16-lane variant (scores16, values16) instead.
+ * What bounds it (one thread, Intel Xeon, B=4, Hkv=8, G=4, D=128, KV=8192): a plain sum over the
+ * same rows in the same order streams ~14 GB/s per CPU-second; the kernel 9 (float32), 7.4
+ * (bfloat16), 5.6 (float8); from a cache that stays in the last-level cache 27, 20 and 10: the
+ * time is about the sum of the compute time and the memory time (the out-of-order window does
+ * not overlap them), and the narrow caches carry the same multiply-adds per element plus the
+ * conversion (float8: 4-5 port-0/5 uops per 16 elements beside 4 multiply-adds).
  *
  * Per head: pass 1 scores s[r][t] = c·(q_r·K_t), c = scale·log2 e (scores in log2 units); row
  * max m_r and p = 2^(s − m_r), l_r = Σ p over the keys row r may see (query token i of the Nq
@@ -136,9 +143,15 @@ static void fill_rows(const char *base, const int64_t *page_off, int64_t ps, int
     }
 }
 
+#ifndef PF_LOCALITY
+#define PF_LOCALITY 1
+#endif
+#ifndef PF_BYTES
+#define PF_BYTES 4096
+#endif
 static inline void prefetch_row(const void *row, int64_t bytes) {
     const char *p = (const char *)row;
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 0);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, PF_LOCALITY);
 }
 
 /* s[r*n + t] = c · (q_r · K_t) for t < n, rows r < GN; q is (GN, D) */
@@ -260,6 +273,111 @@ static inline __attribute__((always_inline)) void values(const float *p, const v
             for (int64_t d = 8 * C; d < D; ++d) o[r * D + d] += w[0] * ldc1(rows[t], d, dt);
         }
 }
+
+/* ---- the 16-lane variant (AVX-512; query rows a multiple of 4, head widths a multiple of 16) ------
+ * The same two passes as scores/values with 512-bit vectors: half the multiply-add, load and
+ * conversion instructions per cache byte of the 8-lane code, which matters most for the narrow
+ * caches (a float8 row of 128 bytes carries the multiply-adds of a 512-byte float32 row). Scores:
+ * 4 rows x 4 tokens of accumulators, their 16 dot products reduced together (halves added, then
+ * two hsum8). p·V: 4 rows x 4 tokens of weights in registers, each chunk of o loaded and stored
+ * once per four tokens. */
+#ifdef __AVX512F__
+static inline __attribute__((always_inline)) __m512 ldz(const void *p, int64_t i, int dt) {
+    if (dt == KV_F32) return _mm512_loadu_ps((const float *)p + i);
+    if (dt == KV_BF16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))), 16));
+    __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const uint8_t *)p + i)));
+    w = _mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16((short)0xBFFF)); /* as ldc */
+    return _mm512_cvtph_ps(w);
+}
+
+static inline v8 halves(__m512 x) {
+    return (v8)_mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+
+/* out = rows t..t+3, and the rows pf further on prefetched */
+static inline __attribute__((always_inline)) void four_rows(const void *const *rows, int64_t t, int64_t n, int64_t pf,
+                                                            int64_t bytes, const void **out) {
+    for (int u = 0; u < 4; ++u) {
+        out[u] = rows[t + u];
+        if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
+    }
+}
+
+static inline __attribute__((always_inline)) void scores16(const float *q, float scale, const void *const *rows,
+                                                           int64_t GN, int64_t D, int64_t n, int64_t pf, float *s,
+                                                           int dt) {
+    const int64_t bytes = D * ESZ[dt];
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const void *kr[4];
+        four_rows(rows, t, n, pf, bytes, kr);
+        for (int64_t r = 0; r < GN; r += 4) {
+            const float *q0 = q + r * D;
+            __m512 a[16]; /* a[4j + u]: row r + j, token t + u */
+            for (int i = 0; i < 16; ++i) a[i] = _mm512_setzero_ps();
+            for (int64_t c = 0; c < D; c += 16) {
+                __m512 x[4];
+                for (int u = 0; u < 4; ++u) x[u] = ldz(kr[u], c, dt);
+                for (int j = 0; j < 4; ++j) {
+                    __m512 qv = _mm512_loadu_ps(q0 + j * D + c);
+                    for (int u = 0; u < 4; ++u) a[4 * j + u] = _mm512_fmadd_ps(qv, x[u], a[4 * j + u]);
+                }
+            }
+            v8 h[16];
+            for (int i = 0; i < 16; ++i) h[i] = halves(a[i]);
+            v8 lo = hsum8(h), hi = hsum8(h + 8);
+            for (int i = 0; i < 8; ++i) {
+                s[(r + i / 4) * n + t + i % 4] = lo[i] * scale;
+                s[(r + 2 + i / 4) * n + t + i % 4] = hi[i] * scale;
+            }
+        }
+    }
+    for (; t < n; ++t)
+        for (int64_t r = 0; r < GN; ++r) {
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t c = 0; c < D; c += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + c), ldz(rows[t], c, dt), a);
+            s[r * n + t] = _mm512_reduce_add_ps(a) * scale;
+        }
+}
+
+static inline __attribute__((always_inline)) void values16(const float *p, const void *const *rows, int64_t GN,
+                                                           int64_t D, int64_t n, int64_t pf, float *o, int dt) {
+    const int64_t bytes = D * ESZ[dt];
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const void *vr[4];
+        four_rows(rows, t, n, pf, bytes, vr);
+        for (int64_t r = 0; r < GN; r += 4) {
+            __m512 w[4][4];
+            for (int j = 0; j < 4; ++j)
+                for (int u = 0; u < 4; ++u) w[j][u] = _mm512_set1_ps(p[(r + j) * n + t + u]);
+            float *o0 = o + r * D;
+            for (int64_t c = 0; c < D; c += 16) {
+                __m512 x[4];
+                for (int u = 0; u < 4; ++u) x[u] = ldz(vr[u], c, dt);
+                for (int j = 0; j < 4; ++j) {
+                    __m512 acc = _mm512_loadu_ps(o0 + j * D + c);
+                    for (int u = 0; u < 4; ++u) acc = _mm512_fmadd_ps(w[j][u], x[u], acc);
+                    _mm512_storeu_ps(o0 + j * D + c, acc);
+                }
+            }
+        }
+    }
+    for (; t < n; ++t)
+        for (int64_t r = 0; r < GN; ++r) {
+            __m512 w = _mm512_set1_ps(p[r * n + t]);
+            for (int64_t c = 0; c < D; c += 16)
+                _mm512_storeu_ps(o + r * D + c, _mm512_fmadd_ps(w, ldz(rows[t], c, dt), _mm512_loadu_ps(o + r * D + c)));
+        }
+}
+#define HAVE16 1
+#else
+#define HAVE16 0
+#define scores16 scores
+#define values16 values
+#endif
 
 /* row r's softmax numerators over its visible keys t < tn (in place), zeros for tn <= t < n_eff */
 static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l) {
@@ -448,12 +566,17 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                            const float *kscale, const float *vscale, float *scratch, const void **rows, float *o,
                            float *m, float *l) {
     if (dt < 0 || dt > 2 || (blocked && dt != KV_F32)) return -1;
-    /* software prefetch distance: ~8 KiB of rows ahead (16 rows at D = 128 in float32). Measured
-     * with 2 threads (B=8, Hq=32, Hkv=8, D=128, KV=8192, float32): 1 KiB 27.0/30.8 ms
-     * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9. */
+    /* software prefetch distance: PF_BYTES of rows ahead, into L2 (PF_LOCALITY 1: prefetcht2).
+     * Earlier 8 KiB with prefetchnta, measured on a 2-core AMD EPYC: 1 KiB 27.0/30.8 ms
+     * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9 (2
+     * threads, B=8, Hq=32, Hkv=8, D=128, KV=8192, float32). On an Intel Xeon (Sapphire Rapids, AVX-512)
+     * prefetchnta made the 8-lane loops slower than no prefetch at all (one thread, float32 cache,
+     * GB/s per CPU-second: nta 5.5, none 8.2, prefetcht2 9.2); with the 16-lane variant the distance
+     * (2-32 KiB) and hint hardly matter (8.5-9.1 float32, 7.1-7.5 bfloat16, 5.4-5.6 float8). */
     const int64_t esz = ESZ[dt], rb = Dk * esz;
-    const int64_t pf = 8192 / rb > 2 ? 8192 / rb : 2;
+    const int64_t pf = PF_BYTES / rb > 2 ? PF_BYTES / rb : 2;
     const int64_t GNp = (GN + W - 1) / W * W;
+    const int wide = HAVE16 && GN % 4 == 0 && Dk % 16 == 0 && Dv % 16 == 0; /* the 16-lane variant */
     for (int64_t h = 0; h < Hkv; ++h) {
         const float *qh = q + h * GN * Dk;
         float *oh = o + h * GN * Dv, *mh = m + h * GN, *lh = l + h * GN;
@@ -470,7 +593,10 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
             values_blk(scratch, rows, GN, GNp, Dv, n, oh);
         } else {
-            if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
+            if (wide && dt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
+            else if (wide && dt == KV_BF16) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
+            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
+            else if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
             else if (dt == KV_BF16) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
             else scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
             for (int64_t r = 0; r < GN; ++r) {
@@ -479,7 +605,10 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                 softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
             }
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
-            if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
+            if (wide && dt == KV_F32) values16(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
+            else if (wide && dt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
+            else if (wide) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
+            else if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
             else if (dt == KV_BF16) values(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
             else values(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
         }
