@@ -56,8 +56,7 @@ def _memory_model(case) -> int:
     devices=("cpu", "cuda"),
     dtypes=("float32", "float16", "bfloat16"),
     memory_model=_memory_model,
-    # register_decode has no available= yet: the machine check rides on supports (cases skip with why)
-    supports=lambda case: triton_available(case.device),
+    available=triton_available,  # Triton on this machine at all (CPU: only in its interpreter)
     description="Flash-Decoding as Triton kernels: split-KV + log-sum-exp reduction, paged via the block table "
     "(CUDA; CPU only via TRITON_INTERPRET=1)",
     params={"block_n": BLOCK_N, "num_warps": NUM_WARPS, "target_programs": TARGET_PROGRAMS},

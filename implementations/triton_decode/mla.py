@@ -136,7 +136,7 @@ def _kernel():
 
 
 @register_path("mla_decode", "triton_decode", dtypes=("float32", "float16", "bfloat16"), memory_model=_memory_model,
-               supports=lambda case: triton_available(case.device), options={"layouts": ("contiguous", "paged")},
+               available=triton_available, options={"layouts": ("contiguous", "paged")},
                params={"block_m": BLOCK_M, "block_n": BLOCK_N})
 def triton_mla_decode(q, latent_cache, *, kv_lens, kv_lora_rank, block_table=None, scale=None,
                       num_splits: int | None = None):
