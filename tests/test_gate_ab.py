@@ -29,8 +29,8 @@ needs_git = pytest.mark.skipif(_git("rev-parse", "HEAD").returncode != 0, reason
 def _fake(ratios_by_impl, again=None):
     calls = []
 
-    def measure(cases, reference, settings, plan):
-        calls.append(plan)
+    def measure(cases, reference, settings, plan, checked=True):
+        calls.append((plan, checked))
         table = ratios_by_impl if len(calls) == 1 else (again or ratios_by_impl)
         return [gate.Evidence(Measurement(c, "ok"), tuple(table[c.impl]), Measurement(c, "ok")) if c.impl in table
                 else gate.Evidence(Measurement(c, "ok"), ()) for c in cases]
@@ -47,7 +47,7 @@ def test_ab_verdicts_from_ratios_of_ratios():
                        measure=measure)
     v = {r.case.impl: r.verdict for r in o.rows}
     assert v["naive"] == UNCHANGED and v["flash"] == REGRESSED and v["plugin_x"] == NEW
-    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [sequential.PLAN, sequential.PLAN]
+    assert v["chunked"] in (INCONCLUSIVE, NOT_CONFIRMED, UNCHANGED) and calls == [(sequential.PLAN, True), (sequential.PLAN, False)]
     assert o.exit_code == 1 and [r.case.impl for r in o.failures] == ["flash"]
     # a suspect the fresh re-measurement does not confirm passes
     measure, _ = _fake({"naive": [1.3] * 6}, again={"naive": flat * 2})
@@ -146,9 +146,9 @@ def _driver(monkeypatch, ratio_of, contended_cur_blocks=(), base_names=("naive",
     monkeypatch.setattr(ab, "_start_together", lambda *ex: None)
     monkeypatch.setattr(ab, "_catalogue", lambda ex, base: set(base_names))
 
-    def block(ex, ref_case, impls, reference, settings, group, first=True):
+    def block(ex, ref_case, impls, reference, settings, group, kind, calls=None):
         n = len(ex.blocks)
-        ex.blocks.append((list(impls), first))
+        ex.blocks.append((list(impls), kind))
         busy = n in ex.contended_blocks
         out = {reference: Measurement(ref_case, "ok", samples_s=(1e-3,) * 8, contended=busy)}
         for c in group:
@@ -168,8 +168,10 @@ def test_measure_ab_stops_decided_implementations_and_keeps_the_interval(monkeyp
     cases = [Case(i, **SHAPE) for i in ("naive", "flash", "plugin_x")]
     ev = {e.record.case.impl: e for e in ab.measure_ab(cases, "sdpa", gate.GateSettings(), ROOT, T)}
     assert [len(s.blocks) for s in sides.values()] == [4, 4]
-    assert sides["cur"].blocks[0] == (["naive", "flash", "plugin_x"], True)
-    assert all(names == ["naive", "flash"] and not first for names, first in sides["cur"].blocks[1:])
+    assert sides["cur"].blocks[0] == (["naive", "flash", "plugin_x"], ab.BlockKind(check=True, guards=True))
+    assert sides["base"].blocks[0] == (["naive", "flash"], ab.BlockKind())  # the base revision only times
+    assert all(names == ["naive", "flash"] and kind == ab.LATER for s in sides.values()
+               for names, kind in s.blocks[1:])
     assert ev["naive"].stats.n == 4 and T.lower <= ev["naive"].stats.ci_low <= ev["naive"].stats.ci_high <= T.upper
     assert ev["flash"].stats.ci_low > T.upper and ev["flash"].record.metrics["ab_pairs"] == 4
     assert ev["plugin_x"].base is None and ev["plugin_x"].samples == ()
@@ -195,3 +197,34 @@ def test_measure_ab_a_few_contended_pairs_are_skipped(monkeypatch):
                                                         ROOT, T)}
     assert len(sides["cur"].blocks) == 6 and ev["flash"].stats.n == 4 and not ev["flash"].record.contended
     assert ab.judge(ev["flash"], T, "sdpa").verdict == REGRESSED
+
+
+def test_measure_ab_checks_the_base_only_where_the_current_side_is_wrong(monkeypatch):
+    """The base revision's blocks only time; when the current side comes out wrong, one base block
+    of that implementation through the checked call and guards decides `regressed (error)` (the
+    base passed) against plain `wrong` (wrong in both). A re-measurement checks nothing."""
+    from harness.vocab import REGRESSED_ERROR, WRONG
+
+    for base_right, want in ((True, REGRESSED_ERROR), (False, WRONG)):
+        sides = _driver(monkeypatch, lambda i: 1.5)
+        plain = ab._block
+
+        def block(ex, ref_case, impls, reference, settings, group, kind, calls=None):
+            out = plain(ex, ref_case, impls, reference, settings, group, kind, calls)
+            if ex.name == "cur" and kind.check:
+                out["flash"] = Measurement(out["flash"].case, WRONG, "error check failed", error_passed=False)
+            if ex.name == "base" and kind.check:
+                out["flash"] = (Measurement(out["flash"].case, "ok", error_passed=True, samples_s=(1e-3,))
+                                if base_right else Measurement(out["flash"].case, WRONG, "also wrong"))
+            return out
+
+        monkeypatch.setattr(ab, "_block", block)
+        cases = [Case(i, **SHAPE) for i in ("naive", "flash")]
+        ev = {e.record.case.impl: e for e in ab.measure_ab(cases, "sdpa", gate.GateSettings(), ROOT, T)}
+        base_kinds = [kind for _, kind in sides["base"].blocks]
+        assert base_kinds[:2] == [ab.BlockKind(), ab.BlockKind(check=True, guards=True)]
+        assert sides["base"].blocks[1][0] == ["flash"] and ab.judge(ev["flash"], T, "sdpa").verdict == want
+        assert ab.judge(ev["naive"], T, "sdpa").verdict == UNCHANGED
+        sides = _driver(monkeypatch, lambda i: 1.5)
+        ab.measure_ab(cases, "sdpa", gate.GateSettings(), ROOT, T, checked=False)
+        assert not any(kind.check or kind.guards for s in sides.values() for _, kind in s.blocks)

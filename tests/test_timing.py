@@ -8,7 +8,7 @@ import torch
 
 from harness.measure.timing import cpu as cpu_timing
 from harness.stats import median_order_ci
-from harness.measure.timing.cpu import Timing, time_cpu, time_cuda, time_interleaved
+from harness.measure.timing.cpu import Timing, time_cpu, time_cuda, time_interleaved, block_sizes
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -152,6 +152,20 @@ def test_interleaved_rotates_the_start_each_round():
     assert log[:6] == list("aabbcc")  # two warm-up calls each
     assert log[6:] == list("abc" "bca" "cab" "abc")
     assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_interleaved_known_block_sizes_skip_the_warm_up():
+    """A later block of the A/B gate reuses its process's block sizes: no warm-up call for those
+    callables, exactly the given calls per block; the others are still sized by a warm-up."""
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in "ab"}
+    out = time_interleaved(fns, rounds=2, min_block_s=0.0, warmup_s=0.0, warmup_calls=1,
+                           calls_per_block={"a": 3, "zz": 5})
+    assert log[:1] == ["b"]  # b's one warm-up call; a has none
+    assert log[1:] == list("aaab" "baaa")
+    assert {k: len(v) for k, v in out.items()} == {"a": 2, "b": 2}
+    assert block_sizes(fns, min_block_s=0.0, warmup_s=0.0, known={"a": 2, "b": 4}) == {"a": 2, "b": 4}
+    assert log[9:] == []  # known sizes call nothing
 
 
 def test_interleaving_cancels_drift(clock):

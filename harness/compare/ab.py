@@ -14,10 +14,11 @@ measured: BaseRevisionError (exit 2; .ci/run then falls back to the baseline gat
 Each shape is measured in alternating short blocks -- base, current, current, base, ... -- each
 block the gate's usual interleaved rounds against the reference implementation in that process,
 giving a per-block median ratio impl/reference. The A/B ratio of a block pair is
-current ratio / base ratio: machine drift and load hit both sides of a pair alike. Its median and
-bootstrap CI are judged by the one judge against 1.0 (no change), and suspected regressions are
-re-measured in fresh processes and confirmed exactly as in the baseline gate
-(harness/compare/gate.py: judge, with_confirmation).
+current ratio / base ratio: machine drift and load hit both sides of a pair alike. Pairs go on
+while an implementation is undecided (harness/compare/sequential.py); the decision's interval is
+judged by the one judge against 1.0 (no change), and suspected regressions are re-measured in
+fresh processes and confirmed exactly as in the baseline gate (harness/compare/gate.py: judge,
+with_confirmation). What each block runs besides its rounds (checks, guards, warm-up): BlockKind.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from harness.compare import gate, sequential
 from harness.results.records import Measurement
 from harness.results.store import ResultsError
 
-ROUNDS_PER_BLOCK = 8  # interleaved rounds impl/reference inside one block (one block pair = one sample)
+ROUNDS_PER_BLOCK = 6  # interleaved rounds impl/reference inside one block (one block pair = one sample)
 
 
 class BaseRevisionError(ResultsError):
@@ -110,17 +111,38 @@ def _catalogue(executor, base: Path) -> set[str]:
     return set(reply.answer.get("names") or ())
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockKind:
+    """What one block runs besides the timed rounds. The current side's first block of a shape
+    runs the checked call and the guards (the sweep's stages); the base revision's first block
+    only times (it was checked when it was the current side), unless the current side came out
+    wrong: then one base block through the same stages says whether the base passed (`regressed
+    (error)`) or not (plain `wrong`). Later blocks re-time the same callables in the same process, with the block sizes
+    of that process's first block and no warm-up. A re-measurement's fresh processes time only
+    (the first measurement checked both sides' calls)."""
+
+    check: bool = False
+    guards: bool = False
+    warm_up: bool = True  # False: reuse `calls_per_block` from the side's first block
+
+    @classmethod
+    def first(cls, side: str, checked: bool) -> "BlockKind":
+        return cls(check=checked and side == "cur", guards=checked and side == "cur")
+
+
+LATER = BlockKind(warm_up=False)
+
+
 def _block(executor, ref_case: Case, impls: list[str], reference: str, settings: gate.GateSettings,
-           group: list[Case], first: bool = True) -> dict[str, Measurement]:
-    """One block on one side: impl -> record. A side's first block of a shape runs the checked call
-    and, after timing, the guards; later blocks re-time the same callables in the same process:
-    one warm-up call each, no guards (the re-measurement's fresh process runs them again)."""
+           group: list[Case], kind: BlockKind, calls: dict[str, int] | None = None) -> dict[str, Measurement]:
+    """One block on one side: impl -> record (see BlockKind for what runs besides the rounds)."""
     from harness.run.executor import Job
 
     req = gate.ratios_request(impls, reference, settings, rounds=ROUNDS_PER_BLOCK,
-                              warmup_s=settings.warmup_s if first else 0.0, check=first)
-    if not first:
-        req.update(guards=False, warmup_calls=1)
+                              warmup_s=settings.warmup_s if kind.warm_up else 0.0, check=kind.check)
+    req.update(guards=kind.guards)
+    if not kind.warm_up:
+        req.update(warmup_calls=1, calls_per_block=dict(calls or {}))
     reply = next(iter(executor.run([Job.for_ratios(ref_case, req, settings.timeout_s)])))
     return gate.records_of(reply, ref_case, [c for c in group if c.impl in impls])
 
@@ -158,22 +180,26 @@ def _pair_ratio(cur: Measurement, base: Measurement) -> float | None:
 
 
 def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSettings, base: Path, threshold,
-               plan: sequential.Plan = sequential.PLAN, current_slowdown: str | None = None) -> list[gate.Evidence]:
+               plan: sequential.Plan = sequential.PLAN, current_slowdown: str | None = None,
+               checked: bool = True) -> list[gate.Evidence]:
     """Per case: the current side's record, the base side's (None: not in the base revision) and
     the A/B ratios (current / base, one per clean block pair) with the sequential decision's
     interval, in fresh worker processes. Block pairs go on while an implementation of the shape is
     undecided (harness/compare/sequential.py: Track, which also says how a pair with a contended
     block counts); decided ones leave the blocks. A side is recorded contended only when the
-    evidence judged holds such a pair (the judge then calls no regression or improvement)."""
+    evidence judged holds such a pair (the judge then calls no regression or improvement).
+    checked=False: a re-measurement, whose first blocks only time (BlockKind)."""
     out: list[gate.Evidence] = []
     with _executor(base) as base_ex, _executor(None, current_slowdown) as cur_ex:
         _start_together(base_ex, cur_ex)
         in_base = _catalogue(base_ex, base)
+        sides = {"base": base_ex, "cur": cur_ex}
         for ref_case, group in gate.shapes_of(cases, reference):
             impls = [c.impl for c in group]
             both = [i for i in impls if i in in_base] if reference in in_base else []
             tracks = {i: sequential.Track(threshold, plan) for i in both}
             got: dict[str, dict[str, list[Measurement]]] = {"base": {}, "cur": {}}
+            calls: dict[str, dict[str, int]] = {"base": {}, "cur": {}}  # block sizes of each side's first block
             stopped: set[str] = set()  # failed or not timed: its record says why
             for p in range(plan.max_pairs + plan.max_disturbed):
                 open_ = [i for i in both if i not in stopped and not tracks[i].done]
@@ -181,12 +207,19 @@ def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSetting
                     break
                 names = {"base": both if p == 0 else open_, "cur": impls if p == 0 else open_}
                 block = {}
-                for side, ex in ((("base", base_ex), ("cur", cur_ex)) if p % 2 == 0 else
-                                 (("cur", cur_ex), ("base", base_ex))):
-                    if names[side]:
-                        block[side] = _block(ex, ref_case, names[side], reference, settings, group, first=p == 0)
-                        for name, m in block[side].items():
-                            got[side].setdefault(name, []).append(m)
+                for side in ("base", "cur") if p % 2 == 0 else ("cur", "base"):
+                    if not names[side]:
+                        continue
+                    kind = BlockKind.first(side, checked) if p == 0 else LATER
+                    block[side] = _block(sides[side], ref_case, names[side], reference, settings, group, kind,
+                                         calls[side])
+                    for name, m in block[side].items():
+                        got[side].setdefault(name, []).append(m)
+                        if p == 0 and m.calls_per_block:
+                            calls[side][name] = m.calls_per_block
+                if p == 0 and checked:
+                    _check_base_where_current_is_wrong(base_ex, ref_case, both, reference, settings, group, block,
+                                                       got["base"])
                 for i in (both if p == 0 else open_):
                     cur, bas = block["cur"][i], block["base"][i]
                     r = _pair_ratio(cur, bas)
@@ -211,6 +244,20 @@ def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSetting
                 else:
                     out.append(gate.Evidence(cur, samples, base_m, stats=interval))
     return out
+
+
+def _check_base_where_current_is_wrong(base_ex, ref_case: Case, both: list[str], reference: str,
+                                       settings: gate.GateSettings, group: list[Case], block: dict,
+                                       base_got: dict[str, list[Measurement]]) -> None:
+    """The current side's first block found implementations wrong: one base block of them
+    through the same stages (checked call, guards), first in their base records, so the judge can
+    tell `regressed (error)` (the base passed) from plain `wrong` (wrong in both)."""
+    wrong = [i for i in both if block["cur"][i].status == vocab.WRONG and block["base"][i].status == vocab.OK]
+    if not wrong:
+        return
+    checked = _block(base_ex, ref_case, wrong, reference, settings, group, BlockKind(check=True, guards=True))
+    for i in wrong:
+        base_got[i].insert(0, checked[i])
 
 
 def _start_together(*executors) -> None:
@@ -249,13 +296,13 @@ def run_ab_gate(cases: Sequence[Case], *, reference: str, threshold, settings: g
         sha = export_revision(ref, repo, Path(tmp))
         folder = base_folder(Path(tmp) / "tree", Path(tmp) / "base")
 
-        def measure_(cs, ref_name, st, plan):
-            return measure_ab(cs, ref_name, st, folder, threshold, plan, current_slowdown)
+        def measure_(cs, ref_name, st, plan, checked=True):
+            return measure_ab(cs, ref_name, st, folder, threshold, plan, current_slowdown, checked=checked)
 
         measure = measure or measure_
         rows = [judge(ev, threshold, reference) for ev in measure(list(cases), reference, settings, sequential.PLAN)]
         rows = gate.with_confirmation(rows, threshold,
-                                      lambda cs: measure(cs, reference, settings, sequential.PLAN))
+                                      lambda cs: measure(cs, reference, settings, sequential.PLAN, checked=False))
     warnings = [f"A/B against {ref} ({sha[:10]}): ratio = current / base of impl/{reference} ratios; 1.0 = no change",
                 *gate.outcome_warnings(rows)]
     return gate.GateOutcome(rows=tuple(rows), threshold=threshold, reference=reference, device_key=f"A/B vs {ref}",

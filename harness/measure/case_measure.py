@@ -68,12 +68,13 @@ def admit(impl, case: Case, started: float) -> Measurement | dict:
     return {"predicted_peak_bytes": predicted}
 
 
-def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_call: bool = True
-          ) -> Checked | Measurement:
+def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_call: bool = True,
+          guards_after: bool = True) -> Checked | Measurement:
     """Stage 2: prepared inputs, the checked call (check_call=False skips it: the A/B gate's later
-    blocks of a shape, whose first block checked it; the guards after timing still run), the
-    gradient check of a training pass, the timed callable. Fills `partial` as it goes; raises for
-    the implementation's exception (the caller maps it with failed())."""
+    blocks of a shape, whose first block checked it), the gradient check of a training pass, the
+    timed callable. Fills `partial` as it goes; raises for the implementation's exception (the
+    caller maps it with failed()). guards_after=False: the caller runs no guards after timing, so
+    with no checked call either, a forward pass needs no float64 reference."""
     import torch
 
     from harness.measure import checked_call, compile_time, guards
@@ -83,7 +84,7 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
         if torch.get_num_threads() != case.threads:  # never called needlessly (run/worker.py)
             torch.set_num_threads(case.threads)
     compile_start = compile_time.start(impl)  # compile time is recorded apart from latency
-    prepared = checked_call.prepare(case, seed)
+    prepared = checked_call.prepare(case, seed, reference=check_call or guards_after)
     sums = guards.checksums(prepared.inputs)  # before any call of the implementation
     if prepared.metrics:
         partial["metrics"] = dict(prepared.metrics)

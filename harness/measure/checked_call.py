@@ -77,11 +77,13 @@ def _remember(key, value) -> None:
     _REFERENCE_CACHE[key] = value
 
 
-def prepare(case: Case, seed: int) -> Prepared:
+def prepare(case: Case, seed: int, *, reference: bool = True) -> Prepared:
     """Seeded inputs and the float64 reference on the checked rows, from the case's workload
     (harness/workloads); for training passes also the upstream gradient and the reference
     gradients. Inputs are made anew every time (an implementation may have spoiled the last
-    ones); the reference of the last shapes is reused."""
+    ones); the reference of the last shapes is reused. reference=False (a forward pass timed with
+    no check and no guards, e.g. the A/B gate's re-measurement): inputs only, rows and reference
+    None, unless the reference is cached already."""
     from harness import registry
     from harness.measure import accuracy
     from harness.workloads import workload_of
@@ -89,6 +91,8 @@ def prepare(case: Case, seed: int) -> Prepared:
     wl = workload_of(case)
     inputs = wl.make_inputs(case, seed)
     key = (wl.reference_key(case), seed)  # the same inputs whatever the implementation
+    if not reference and case.pass_kind == "forward" and key not in _REFERENCE_CACHE:
+        return Prepared(case, inputs, None, None, None, metrics={})
     if key not in _REFERENCE_CACHE:
         rows, ref = wl.reference(case, inputs)  # (R,), (B, Hq, R, Dv) float64
         naive_errs = None

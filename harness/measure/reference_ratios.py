@@ -16,10 +16,13 @@ Runs in a measurement worker (harness/run/worker.py, request kind "ratios"), rea
 same executor as a sweep's cases.
 Request:  {"case": <Case dict, impl = the reference>, "impls": [names], "reference": name,
            "seed": int, "rounds": int, "min_block_s": float, "warmup_s": float, "check": bool = true,
-           "guards": bool = true, "warmup_calls": int = 2, "ceilings": {...} = {}}
+           "guards": bool = true, "warmup_calls": int = 2, "calls_per_block": {name: int} = {},
+           "ceilings": {...} = {}}
 ("check": false skips the checked call, "guards": false the guards after timing: the A/B gate's
-later blocks of a shape, re-timing in the process whose first block ran both.)
-Answer:   {"measurements": [Measurement dicts]}   (the reference's first; it has no ratios)
+later blocks of a shape, re-timing in the process whose first block ran both; "calls_per_block":
+the block sizes that process found in its first block -- those implementations get no warm-up.)
+Answer:   {"measurements": [Measurement dicts]}   (the reference's first; it has no ratios; each
+           timed one's calls_per_block is its block size)
 Each implementation has its own copy of the seeded inputs (the same values), so one that writes
 its inputs is caught and spoils nobody else's. A failing implementation (exception, OOM, wrong
 output, a broken guard) is that implementation's record; the process itself only dies for a hard
@@ -94,7 +97,8 @@ def measure_ratios(req: dict) -> list:
             records[name] = partial
             continue
         try:
-            c = check(impl, case, seed, partial, started, check_call=bool(req.get("check", True)))
+            c = check(impl, case, seed, partial, started, check_call=bool(req.get("check", True)),
+                      guards_after=bool(req.get("guards", True)))
         except Exception as exc:  # this implementation's failure, not the process's
             records[name] = failed(case, exc, started, partial)
             continue
@@ -106,15 +110,18 @@ def measure_ratios(req: dict) -> list:
     # Interleaved timing; an implementation that raises mid-way is dropped and the rest re-timed.
     is_cuda = ref_case.device.startswith("cuda")
     times: dict[str, list[float]] = {}
+    calls: dict[str, int] = {}
     busy = None
     while reference in ready and len(ready) > 1:
         fns = {name: _guard(name, c.timed) for name, c in ready.items()}
+        sync = torch.cuda.synchronize if is_cuda else None
         before = cpu_contention.snapshot()
         try:
+            calls = cpu_timing.block_sizes(fns, min_block_s=float(req["min_block_s"]), warmup_s=float(req["warmup_s"]),
+                                           warmup_calls=int(req.get("warmup_calls", 2)), sync=sync,
+                                           known=req.get("calls_per_block") or {})
             times = cpu_timing.time_interleaved(fns, rounds=int(req["rounds"]), min_block_s=float(req["min_block_s"]),
-                                                warmup_s=float(req["warmup_s"]),
-                                                warmup_calls=int(req.get("warmup_calls", 2)),
-                                                sync=torch.cuda.synchronize if is_cuda else None)
+                                                sync=sync, calls_per_block=calls)
         except _Failed as f:
             c = ready.pop(f.name)
             records[f.name] = failed(c.case, f.exc, started, c.fields)
@@ -136,7 +143,8 @@ def measure_ratios(req: dict) -> list:
         if name not in times:  # not timed: the guards that need no timing still run
             why = (f"not timed: the reference {reference!r} failed" if name != reference
                    else "not timed: no other implementation of this shape to compare with")
-            problem = check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed)
+            problem = (check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed)
+                       if req.get("guards", True) else "")
             records[name] = finish(c.case, vocab.WRONG if problem else vocab.OK, problem or why, started,
                                   {**fields, "metrics": metrics, "extra": extra})
             continue
@@ -154,7 +162,8 @@ def measure_ratios(req: dict) -> list:
             extra["threads"] = torch.get_num_threads()
         n_flops = workload_of(c.case).flops(c.case)
         records[name] = finish(c.case, status, message, started, {
-            **fields, "samples_s": samples, "stats": st, "reference_ratios": ratios, "metrics": metrics,
+            **fields, "samples_s": samples, "calls_per_block": calls.get(name, 0), "stats": st,
+            "reference_ratios": ratios, "metrics": metrics,
             "extra": extra, "flops": n_flops, "tflops_per_s": tflops_per_s(n_flops, st.median_s),
             "contended": bool(busy and busy.contended), "contention": busy.reason if busy else ""})
     return [records[n] for n in names if n in records]

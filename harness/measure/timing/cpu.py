@@ -142,6 +142,26 @@ def time_cpu(
     ))
 
 
+def block_sizes(fns: dict[str, Callable[[], object]], *, min_block_s: float, warmup_s: float,
+                sync: Callable[[], None] | None = None, warmup_calls: int = 2,
+                known: dict[str, int] | None = None) -> dict[str, int]:
+    """Calls per block of each callable (blocks of >= min_block_s), from a warm-up of >= warmup_s
+    and >= warmup_calls calls (at least one); callables with a size in `known` are not called."""
+    do_sync = sync or (lambda: None)
+    calls = {n: int(c) for n, c in (known or {}).items() if n in fns and int(c) >= 1}
+    for name, f in fns.items():
+        if name in calls:
+            continue
+
+        def synced(f=f):
+            f()
+            do_sync()
+
+        _, per_call_s = _warmup_cpu(synced, warmup_s, min_calls=max(1, warmup_calls))
+        calls[name] = _calls_for(per_call_s, min_block_s)
+    return calls
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     *,
@@ -150,6 +170,7 @@ def time_interleaved(
     warmup_s: float = 0.05,
     sync: Callable[[], None] | None = None,
     warmup_calls: int = 2,
+    calls_per_block: dict[str, int] | None = None,
 ) -> dict[str, list[float]]:
     """Per-call seconds for each callable, measured in alternating short blocks.
 
@@ -157,7 +178,10 @@ def time_interleaved(
     rotates), so slow drift of the machine (frequency, neighbours) hits every callable alike and
     ratios between them stay meaningful. `sync` (e.g. torch.cuda.synchronize) is called before
     and after each block for asynchronous devices. warmup_calls: the fewest warm-up calls of each
-    (1 where the process has just run the same calls). Returns {name: [rounds samples]}.
+    (1 where the process has just run the same calls). calls_per_block: block sizes already known
+    (from an earlier measurement of the same callables in this process): those callables get no
+    warm-up at all -- a round's first block may run cold, which the median of the rounds absorbs.
+    Returns {name: [rounds samples]}.
     """
     if not fns:
         raise ValueError("time_interleaved: no callables given")
@@ -166,15 +190,8 @@ def time_interleaved(
     names = list(fns)
     do_sync = sync or (lambda: None)
 
-    calls: dict[str, int] = {}
-    for name in names:
-
-        def synced(f=fns[name]):
-            f()
-            do_sync()
-
-        _, per_call_s = _warmup_cpu(synced, warmup_s, min_calls=max(1, warmup_calls))
-        calls[name] = _calls_for(per_call_s, min_block_s)
+    calls = block_sizes(fns, min_block_s=min_block_s, warmup_s=warmup_s, sync=sync, warmup_calls=warmup_calls,
+                        known=calls_per_block)
 
     out: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
