@@ -167,6 +167,9 @@ def main() -> int:
     p.add_argument("--against", metavar="REF", help="A/B mode: attnbench check --against REF (no baseline)")
     p.add_argument("--slowdown2", help="a second, smaller slowdown for detection-rate runs (e.g. flash=1.20)")
     p.add_argument("--runs2", type=int, default=10, help="runs with --slowdown2 (default: 10)")
+    p.add_argument("--runs2-last-tree", action="store_true",
+                   help="with --trees: the --slowdown2 runs in the last tree only (the after tree's detection "
+                        "rate, without paying for the before tree's)")
     p.add_argument("--single", type=int, default=3, help="A/B mode: single-tree checks timed under the same load, "
                                                          "spread through the runs (default 3)")
     p.add_argument("--trees", type=Path, nargs="+", help="A/B mode: make every run in each of these checkouts in "
@@ -204,6 +207,8 @@ def main() -> int:
     try:
         for i, kind in plan:
             for tree in trees:
+                if kind == "slowed2" and args.runs2_last_tree and tree != trees[-1]:
+                    continue
                 out = tmp / f"{tree.name}-{kind}{i}.json"
                 slow = {"slowed": args.slowdown, "slowed2": args.slowdown2}.get(kind)
                 rc, data, wall = gate(args, out, slow, extra=("--single",) if kind == "single" else (), tree=tree)
