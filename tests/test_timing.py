@@ -109,6 +109,28 @@ def test_at_least_three_samples_when_one_call_exceeds_max_time(clock):
     assert t.samples_s == (2.0, 2.0, 2.0)
 
 
+def test_a_slow_case_goes_past_max_time_to_six_samples_for_an_interval(clock):
+    """0.3 s calls with max_time_s = 1: three samples would have no CI; six (1.8 s, within
+    OVERRUN x max_time_s) give one. 0.9 s calls would need 5.4 s: they stop at max_time_s."""
+    t = time_cpu(clock.work(lambda n: 0.3), warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_ci=0.02)
+    assert (t.n_blocks, t.stopped) == (cpu_timing.CI_SAMPLES, "precision")  # identical samples: CI width 0
+    assert t.ci_half_width < 1e-9
+    noisy = clock.work(lambda n: 0.3 * (1.2 if n % 2 else 1.0))
+    t = time_cpu(noisy, warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_ci=0.02)
+    assert (t.n_blocks, t.stopped) == (6, "max_time") and t.ci_half_width is not None and t.ci_half_width > 0.02
+    t = time_cpu(clock.work(lambda n: 0.9), warmup_s=0.0, min_time_s=0.0, max_time_s=1.0, target_ci=0.02)
+    assert (t.n_blocks, t.stopped, t.ci_half_width) == (3, "max_time", None)
+
+
+def test_one_warm_up_call_where_the_function_has_just_run(clock):
+    fn = clock.work(lambda n: 0.1)
+    time_cpu(fn, warmup_s=0.0, min_time_s=0.0, max_time_s=0.5, target_ci=0.25, warmup_calls=1)
+    one = len(fn.calls)
+    fn2 = clock.work(lambda n: 0.1)
+    time_cpu(fn2, warmup_s=0.0, min_time_s=0.0, max_time_s=0.5, target_ci=0.25)
+    assert len(fn2.calls) - one == 1  # the default warms up with two calls
+
+
 def test_cold_first_call_is_discarded(clock):
     fn = clock.work(lambda n: 0.2 if n == 0 else 0.001)  # lazy initialisation on the first call
     t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_ci=0.25)

@@ -41,6 +41,11 @@ def test_a_busy_neighbour_is_contention_and_a_quiet_machine_is_not():
     # a single-threaded case on 2 CPUs is not disturbed by a neighbour using the other core
     one = contention.assess(_snap(0, 0, 0), _snap(1, 1.0, 200), threads=1, cpus=2, ticks_per_s=100)
     assert not one.contended
+    # a niced job kept both cores busy, but yielded them: we got the 2.0 s of CPU we asked for
+    niced = contention.assess(_snap(0, 0, 0), _snap(1, 1.95, 400), threads=2, cpus=2, ticks_per_s=100)
+    assert not niced.contended and niced.others_cores == pytest.approx(2.05)
+    # the same busy machine while we got 1.7 s: contended
+    assert contention.assess(_snap(0, 0, 0), _snap(1, 1.7, 400), threads=2, cpus=2, ticks_per_s=100).contended
     stolen = contention.assess(_snap(0, 0, 0, 0, 0), _snap(1, 2.0, 200, 20, 220), threads=2, cpus=2,
                                ticks_per_s=100)
     assert stolen.contended and "stole" in stolen.reason

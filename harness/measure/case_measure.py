@@ -174,7 +174,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
                    "arithmetic_intensity": n_flops / n_bytes}
         metrics.update(compile_time.metrics(impl, c.compile_start))
         extra.update(compile_time.extra(impl, c.compile_start))  # a shape compiled statically says so
-        extra.update(kernel_names.record(impl, fn))  # which kernels ran (sdpa family, compiled code)
+        extra.update(kernel_names.record(impl, fn, st.median_s))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
@@ -224,5 +224,5 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_ci=budget.target_ci)
     before = contention.snapshot()
-    t = cpu_timing.time_cpu(fn, **kw)
+    t = cpu_timing.time_cpu(fn, warmup_calls=1, **kw)  # the checked and the peak-memory calls came just before
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

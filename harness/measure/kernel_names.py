@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-CALLS = 3
+CALLS = 3  # a compiled function may take another path after its first calls
+ONE_CALL_S = 0.05  # calls at least this long: one profiled call (three would add seconds per case)
 MAX_NAMES = 12
 # Substrings that make a profiler event worth reporting (lower case).
 KEEP = ("attention", "flash", "sdpa", "flex", "triton", "cpp_fused", "cpp_flex", "compiled",
@@ -43,12 +44,14 @@ def dispatched_kernels(fn: Callable[[], object], calls: int = CALLS) -> list[str
     return (specific + [n for n in keep if n not in specific])[:MAX_NAMES]
 
 
-def record(impl, fn: Callable[[], object]) -> dict:
+def record(impl, fn: Callable[[], object], per_call_s: float | None = None) -> dict:
     """{"kernels": [...]} for implementations that asked for it, else {}; a profiler failure is
-    recorded as the reason, never raised."""
+    recorded as the reason, never raised. per_call_s (the measured median): a slow call is
+    profiled once (it has run many times already: its path is settled)."""
     if not wanted(impl):
         return {}
     try:
-        return {"kernels": dispatched_kernels(fn)}
+        calls = 1 if per_call_s is not None and per_call_s >= ONE_CALL_S else CALLS
+        return {"kernels": dispatched_kernels(fn, calls)}
     except Exception as exc:  # the profiler is a diagnostic: it must not fail the case
         return {"kernels": [], "kernels_error": f"{type(exc).__name__}: {exc}"[:300]}

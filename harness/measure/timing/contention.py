@@ -8,7 +8,9 @@ around the timed blocks we read
 - the number of runnable threads from /proc/loadavg,
 and derive the CPU other processes used while we were timed. The case is `contended` when what
 was left for us is less than the threads it asked for (minus a quarter core of slack for the
-kernel and daemons), or when the hypervisor stole more than 5% of the machine.
+kernel and daemons) and we did not get it (our own CPU time below FULL_SHARE of threads x wall:
+a neighbour at a lower priority -- a niced job -- busies the machine but yields the CPU to us),
+or when the hypervisor stole more than 5% of the machine.
 
 Without /proc (not Linux) only our own CPU share is recorded and nothing is flagged.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 SLACK_CORES = 0.25  # background kernel/daemon work that never counts as contention
 MAX_STEAL_SHARE = 0.05
+FULL_SHARE = 0.9  # own CPU time / (threads x wall) at which we got what we asked for, whatever the machine's load
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def assess(before: CpuSnapshot, after: CpuSnapshot, threads: int, cpus: int | No
         total = after.total_ticks - before.total_ticks
         steal = (after.steal_ticks - before.steal_ticks) / total if total > 0 else 0.0
         left = cpus - others
-        if left < min(threads, cpus) - SLACK_CORES:
+        if left < min(threads, cpus) - SLACK_CORES and own_share < FULL_SHARE:
             reasons.append(f"other processes used {others:.2f} of {cpus} CPUs, leaving {max(left, 0):.2f} "
                            f"for {threads} threads")
         if steal > MAX_STEAL_SHARE:

@@ -4,7 +4,9 @@ A sample is one block of `calls_per_block` back-to-back calls; its value is the 
 divided by the calls, so per-call seconds whatever the block size. Blocks continue until the
 measurement phase has lasted `min_time_s` and the 95% CI of the median of the samples so far
 (distribution-free, harness.stats.median_order_ci) is within +-`target_ci` of the median (relative
-half-width), or until `max_time_s` — always at least MIN_SAMPLES. A precision target, not a test:
+half-width), or until `max_time_s` — and past it until CI_SAMPLES (the fewest with that interval)
+unless they would take longer than OVERRUN x max_time_s; always at least MIN_SAMPLES. A precision
+target, not a test:
 stopping on the interval's width does not move where the interval lies. The Timing keeps the
 interval it reached (median_ci_low_s, median_ci_high_s, ci_half_width; None below 6 samples).
 Warm-up calls are discarded. Nothing here formats text: results are a frozen Timing.
@@ -22,6 +24,11 @@ from typing import Callable
 from harness.stats import median_order_ci
 
 MIN_SAMPLES = 3  # even when one call outlasts max_time_s
+CI_SAMPLES = 6  # the fewest samples with a 95% CI of the median (harness.stats.median_order_ci)
+# A slow case (a call of more than max_time_s / CI_SAMPLES) goes past max_time_s to CI_SAMPLES, so it
+# reports an interval, as long as that ends within OVERRUN x max_time_s; slower ones stop at
+# max_time_s with what they have (at least MIN_SAMPLES) and say they have no interval.
+OVERRUN = 4.0
 DEFAULT_L2_FLUSH_BYTES = 256 * 2**20  # when the device does not report its L2 size
 
 
@@ -51,6 +58,9 @@ def _should_stop(samples: list[float], elapsed_s: float, min_time_s, max_time_s,
         if ci is not None and ci.half_width <= target_ci:
             return "precision"  # (even if the cap was reached at the same block)
     if elapsed_s >= max_time_s:
+        short = CI_SAMPLES - len(samples)
+        if short > 0 and elapsed_s + short * sorted(samples)[len(samples) // 2] <= OVERRUN * max_time_s:
+            return None  # a slow case: a few more samples give it an interval
         return "max_time"
     return None
 
@@ -108,12 +118,14 @@ def time_cpu(
     max_time_s: float = 5.0,
     target_ci: float = 0.02,
     min_block_s: float = 0.01,
+    warmup_calls: int = 2,
 ) -> Timing:
     """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
     is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
-    triggered by someone else's garbage does not land in one sample."""
+    triggered by someone else's garbage does not land in one sample. warmup_calls: the fewest
+    warm-up calls (1 where fn has just been called, e.g. the sweep's checked and peak-memory calls)."""
     _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
-    warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s)
+    warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls))
     calls = _calls_for(per_call_s, min_block_s)
     samples: list[float] = []
     gc_was_enabled = gc.isenabled()
