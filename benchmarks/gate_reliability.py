@@ -4,7 +4,8 @@
                                           [--threshold T] [--load steady|bursty|none] [--seed N]
                                           [--out FILE] [--baseline FILE]
                                           [--against REF [--slowdown2 flash=1.20 --runs2 10]
-                                           [--trees DIR DIR ...]]
+                                           [--trees DIR DIR ... [--runs-first-tree N]
+                                            [--runs2-last-tree]]]
 
 1. Writes a fresh baseline (no extra load) into a temporary file, or uses --baseline FILE; with
    --against REF (A/B mode) there is no baseline: every gate run measures REF and the current tree
@@ -167,6 +168,9 @@ def main() -> int:
     p.add_argument("--against", metavar="REF", help="A/B mode: attnbench check --against REF (no baseline)")
     p.add_argument("--slowdown2", help="a second, smaller slowdown for detection-rate runs (e.g. flash=1.20)")
     p.add_argument("--runs2", type=int, default=10, help="runs with --slowdown2 (default: 10)")
+    p.add_argument("--runs-first-tree", type=int, metavar="N",
+                   help="with --trees: the first tree (the before tree) makes only the first N runs of each kind: "
+                        "its wall times and rates from fewer runs, the after tree's from all")
     p.add_argument("--runs2-last-tree", action="store_true",
                    help="with --trees: the --slowdown2 runs in the last tree only (the after tree's detection "
                         "rate, without paying for the before tree's)")
@@ -208,6 +212,9 @@ def main() -> int:
         for i, kind in plan:
             for tree in trees:
                 if kind == "slowed2" and args.runs2_last_tree and tree != trees[-1]:
+                    continue
+                if (args.runs_first_tree is not None and len(trees) > 1 and tree == trees[0]
+                        and kind != "single" and i >= args.runs_first_tree):
                     continue
                 out = tmp / f"{tree.name}-{kind}{i}.json"
                 slow = {"slowed": args.slowdown, "slowed2": args.slowdown2}.get(kind)

@@ -144,7 +144,7 @@ def _driver(monkeypatch, ratio_of, contended_cur_blocks=(), base_names=("naive",
     sides = {"base": _FakeSide("base", lambda i: 1.5), "cur": _FakeSide("cur", ratio_of, contended_cur_blocks)}
     monkeypatch.setattr(ab, "_executor", lambda base, slowdown=None: sides["cur" if base is None else "base"])
     monkeypatch.setattr(ab, "_start_together", lambda *ex: None)
-    monkeypatch.setattr(ab, "_catalogue", lambda ex, base: set(base_names))
+    monkeypatch.setattr(ab, "_catalogue", lambda ex, base, reply=None: set(base_names))
 
     def block(ex, ref_case, impls, reference, settings, group, kind, calls=None):
         n = len(ex.blocks)
@@ -162,18 +162,18 @@ def _driver(monkeypatch, ratio_of, contended_cur_blocks=(), base_names=("naive",
 
 
 def test_measure_ab_stops_decided_implementations_and_keeps_the_interval(monkeypatch):
-    """naive unchanged and flash 30% slower are both clear at the first look (4 pairs); a plugin
+    """naive unchanged and flash 30% slower are both clear at the first look (5 pairs); a plugin
     the base lacks is measured in the first pair only; the Evidence carries the look's interval."""
     sides = _driver(monkeypatch, lambda i: {"naive": 1.5, "flash": 1.95, "plugin_x": 2.0}[i])
     cases = [Case(i, **SHAPE) for i in ("naive", "flash", "plugin_x")]
     ev = {e.record.case.impl: e for e in ab.measure_ab(cases, "sdpa", gate.GateSettings(), ROOT, T)}
-    assert [len(s.blocks) for s in sides.values()] == [4, 4]
+    assert [len(s.blocks) for s in sides.values()] == [5, 5]
     assert sides["cur"].blocks[0] == (["naive", "flash", "plugin_x"], ab.BlockKind(check=True, guards=True))
     assert sides["base"].blocks[0] == (["naive", "flash"], ab.BlockKind())  # the base revision only times
     assert all(names == ["naive", "flash"] and kind == ab.LATER for s in sides.values()
                for names, kind in s.blocks[1:])
-    assert ev["naive"].stats.n == 4 and T.lower <= ev["naive"].stats.ci_low <= ev["naive"].stats.ci_high <= T.upper
-    assert ev["flash"].stats.ci_low > T.upper and ev["flash"].record.metrics["ab_pairs"] == 4
+    assert ev["naive"].stats.n == 5 and T.lower <= ev["naive"].stats.ci_low <= ev["naive"].stats.ci_high <= T.upper
+    assert ev["flash"].stats.ci_low > T.upper and ev["flash"].record.metrics["ab_pairs"] == 5
     assert ev["plugin_x"].base is None and ev["plugin_x"].samples == ()
     rows = {e.record.case.impl: ab.judge(e, T, "sdpa").verdict for e in ev.values()}
     assert rows == {"sdpa": "reference", "naive": UNCHANGED, "flash": REGRESSED, "plugin_x": NEW}
@@ -186,16 +186,16 @@ def test_measure_ab_contended_pairs_are_not_clean_evidence(monkeypatch):
     ev = {e.record.case.impl: e for e in ab.measure_ab([Case("flash", **SHAPE)], "sdpa", gate.GateSettings(),
                                                         ROOT, T)}
     assert len(sides["cur"].blocks) == sequential.PLAN.max_disturbed
-    assert ev["flash"].record.contended and ev["flash"].record.metrics["ab_contended_pairs"] == 6
+    assert ev["flash"].record.contended and ev["flash"].record.metrics["ab_contended_pairs"] == 7
     assert ab.judge(ev["flash"], T, "sdpa").verdict == INCONCLUSIVE
 
 
 def test_measure_ab_a_few_contended_pairs_are_skipped(monkeypatch):
-    """Two contended pairs among clean ones: the decision rests on 4 clean pairs, not disturbed."""
+    """Two contended pairs among clean ones: the decision rests on 5 clean pairs, not disturbed."""
     sides = _driver(monkeypatch, lambda i: 1.95, contended_cur_blocks={1, 2}, base_names=("flash", "sdpa"))
     ev = {e.record.case.impl: e for e in ab.measure_ab([Case("flash", **SHAPE)], "sdpa", gate.GateSettings(),
                                                         ROOT, T)}
-    assert len(sides["cur"].blocks) == 6 and ev["flash"].stats.n == 4 and not ev["flash"].record.contended
+    assert len(sides["cur"].blocks) == 7 and ev["flash"].stats.n == 5 and not ev["flash"].record.contended
     assert ab.judge(ev["flash"], T, "sdpa").verdict == REGRESSED
 
 

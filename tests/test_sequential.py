@@ -32,7 +32,7 @@ def _run(stream, plan: Plan = PLAN) -> Sequence:
 
 
 def test_plan_spends_alpha_over_fixed_looks():
-    assert math.isclose(PLAN.alpha, 0.05) and [lk.pairs for lk in PLAN.looks] == [4, 6, 9, 12]
+    assert math.isclose(PLAN.alpha, 0.05) and [lk.pairs for lk in PLAN.looks] == [5, 7, 10, 14]
     with pytest.raises(ValueError):
         Plan((Look(6, 0.01), Look(4, 0.01)))  # looks must grow
     with pytest.raises(ValueError):
@@ -54,13 +54,15 @@ def test_an_unclear_ratio_runs_to_the_last_look_and_is_inconclusive():
 
 def test_decisions_only_at_planned_looks_and_the_interval_is_the_looks():
     s = Sequence(T)
-    for r in (1.0, 1.2, 0.8):
+    first = [1.0, 1.2, 0.8, 1.1, 1.0]
+    assert len(first) == PLAN.looks[0].pairs
+    for r in first[:-1]:
         assert s.add(r) is None and s.stats() is None
-    d = s.add(1.0)
-    assert d is not None and d.pairs == 4
-    ci = log_t_ci([1.0, 1.2, 0.8, 1.0], PLAN.looks[0].alpha)
+    d = s.add(first[-1])
+    assert d is not None and d.pairs == 5
+    ci = log_t_ci(first, PLAN.looks[0].alpha)
     st = s.stats()
-    assert (st.median, st.ci_low, st.ci_high, st.n) == (ci.center, ci.low, ci.high, 4)
+    assert (st.median, st.ci_low, st.ci_high, st.n) == (ci.center, ci.low, ci.high, 5)
 
 
 @pytest.mark.parametrize("heavy", [False, True])
@@ -101,27 +103,27 @@ def _track(ratios, disturbed: bool) -> Track:
 
 
 def test_track_clean_pairs_decide_undisturbed():
-    t = _track((1.3, 1.31, 1.29, 1.3), disturbed=False)
+    t = _track((1.3, 1.31, 1.29, 1.3, 1.3), disturbed=False)
     assert t.done
     samples, st, busy = t.evidence()
-    assert samples == (1.3, 1.31, 1.29, 1.3) and st.ci_low > T.upper and not busy
+    assert samples == (1.3, 1.31, 1.29, 1.3, 1.3) and st.ci_low > T.upper and not busy
 
 
 def test_track_disturbed_pairs_are_not_clean_samples():
-    t = _track((1.3, 1.31, 1.29, 1.3), disturbed=True)
-    assert not t.done and t.clean.samples == [] and t.disturbed_pairs == 4
+    t = _track((1.3, 1.31, 1.29, 1.3, 1.3), disturbed=True)
+    assert not t.done and t.clean.samples == [] and t.disturbed_pairs == 5
     t.add(1.3, disturbed=True)
     t.add(1.3, disturbed=True)
-    assert t.done  # the machine stays busy: stop after max_disturbed
+    assert t.done and t.disturbed_pairs == PLAN.max_disturbed == 7  # the machine stays busy: stop
     samples, st, busy = t.evidence()
-    assert busy and len(samples) == 4 and st.ci_low > T.upper  # its decisive look; disturbed: the judge will not call it
+    assert busy and len(samples) == 5 and st.ci_low > T.upper  # its decisive look; disturbed: the judge will not call it
 
 
 def test_track_all_pairs_may_say_unchanged():
-    t = _track((1.0, 1.01, 0.99, 1.0), disturbed=True)
+    t = _track((1.0, 1.01, 0.99, 1.0, 1.0), disturbed=True)
     assert t.done
     samples, st, busy = t.evidence()
-    assert busy and len(samples) == 4 and T.lower <= st.ci_low and st.ci_high <= T.upper
+    assert busy and len(samples) == 5 and T.lower <= st.ci_low and st.ci_high <= T.upper
 
 
 def test_track_too_few_pairs_has_no_interval():

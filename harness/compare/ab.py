@@ -37,7 +37,7 @@ from harness.compare import gate, sequential
 from harness.results.records import Measurement
 from harness.results.store import ResultsError
 
-ROUNDS_PER_BLOCK = 6  # interleaved rounds impl/reference inside one block (one block pair = one sample)
+ROUNDS_PER_BLOCK = 4  # interleaved rounds impl/reference inside one block (one block pair = one sample)
 
 
 class BaseRevisionError(ResultsError):
@@ -95,12 +95,13 @@ def _executor(base: Path | None, slowdown: str | None = None):
     return LocalExecutor(env_defaults=MALLOC_ENV, env_overrides=env, cwd=str(base) if base is not None else None)
 
 
-def _catalogue(executor, base: Path) -> set[str]:
-    """The base worker's implementation names; BaseRevisionError when its implementations do not
-    import with this harness, or when the package it imported is not the base revision's."""
+def _catalogue(executor, base: Path, reply=None) -> set[str]:
+    """The base worker's implementation names (from `reply`, its catalogue job's reply, when
+    given); BaseRevisionError when its implementations do not import with this harness, or when
+    the package it imported is not the base revision's."""
     from harness.run.executor import DONE, Job
 
-    reply = next(iter(executor.run([Job.for_catalogue()])))
+    reply = reply or next(iter(executor.run([Job.for_catalogue()])))
     if reply.status != DONE:
         raise BaseRevisionError(f"the base revision's implementations do not import with this harness: cannot be "
                                 f"measured ({reply.message[:300]})")
@@ -191,8 +192,8 @@ def measure_ab(cases: Sequence[Case], reference: str, settings: gate.GateSetting
     checked=False: a re-measurement, whose first blocks only time (BlockKind)."""
     out: list[gate.Evidence] = []
     with _executor(base) as base_ex, _executor(None, current_slowdown) as cur_ex:
-        _start_together(base_ex, cur_ex)
-        in_base = _catalogue(base_ex, base)
+        replies = _start_together(base_ex, cur_ex) or [None]
+        in_base = _catalogue(base_ex, base, replies[0])
         sides = {"base": base_ex, "cur": cur_ex}
         for ref_case, group in gate.shapes_of(cases, reference):
             impls = [c.impl for c in group]
@@ -260,22 +261,30 @@ def _check_base_where_current_is_wrong(base_ex, ref_case: Case, both: list[str],
         base_got[i].insert(0, checked[i])
 
 
-def _start_together(*executors) -> None:
-    """Start the workers side by side: each spends seconds importing torch, which need not add up.
-    A worker that fails to start here is started (and its failure recorded) by its first job."""
+def _start_together(*executors) -> list:
+    """Start the workers side by side and have each import its implementations (a catalogue job):
+    each spends seconds importing torch and the implementations, which need not add up, and none
+    of it is timed. Returns the catalogue replies (None for a worker that failed to start here:
+    its first job starts it again and records the failure)."""
     import threading
 
-    def start(ex):
+    from harness.run.executor import Job
+
+    replies: list = [None] * len(executors)
+
+    def start(i, ex):
         try:
             ex.worker.start()
+            replies[i] = next(iter(ex.run([Job.for_catalogue()])))
         except RuntimeError:
             pass
 
-    threads = [threading.Thread(target=start, args=(ex,)) for ex in executors]
+    threads = [threading.Thread(target=start, args=(i, ex)) for i, ex in enumerate(executors)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return replies
 
 
 def judge(ev: gate.Evidence, threshold, reference: str) -> gate.GateRow:

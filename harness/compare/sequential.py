@@ -15,7 +15,7 @@ one judge gives at the stopping look (harness/compare/verdict.py: regressed / im
 interval beyond the band, unchanged = inside it) is wrong with probability <= alpha / 2 in each
 direction. Why not the alternatives: Pocock / O'Brien-Fleming boundaries spend alpha more
 efficiently but rest on a normal model of the cumulative statistic with a known variance (ours is
-estimated from 4-12 pairs); a distribution-free interval of the median (order statistics) or a
+estimated from 5-14 pairs); a distribution-free interval of the median (order statistics) or a
 time-uniform confidence sequence needs 7-20 pairs before its first useful width, ~2x the wall time
 (tried: 65 s for a clear pass against ~40 s for the fixed design). tests/test_sequential.py
 checks the error rates by simulation, heavy-tailed noise included.
@@ -29,7 +29,7 @@ judge never calls a regression or an improvement on such times) -- Track: every 
 decides (its verdict counts as undisturbed), when the all-pairs sequence says unchanged (a
 disturbance does not make a change appear, so the judge keeps unchanged), or after half as many
 disturbed pairs as the last look (a machine that stays busy: judged on all pairs, disturbed ->
-inconclusive unless unchanged); so at most 12 + 5 pairs. Each sequence spends its own
+inconclusive unless unchanged); so at most 14 + 7 pairs. Each sequence spends its own
 alpha, so a wrong `unchanged` has probability <= alpha / 2 from either, <= alpha together.
 """
 
@@ -74,12 +74,15 @@ class Plan:
         return next((lk for lk in self.looks if lk.pairs == n), None)
 
 
-# alpha = 0.05 over four looks at 4, 6, 9 and 12 clean pairs, the largest share at the first look:
-# most implementations of a change are clearly unchanged (or clearly slower) after 4 pairs, and
-# with 3 degrees of freedom the t quantile is steep in alpha (t_3 at 0.99 is 4.54, at 0.99375
-# 5.39: a 16% narrower interval for the look that decides most), while the later looks, with
-# more degrees of freedom, lose little (t_5 4.03 instead of 3.81).
-PLAN = Plan((Look(4, 0.02), Look(6, 0.01), Look(9, 0.01), Look(12, 0.01)))
+# alpha = 0.05 over four looks at 5, 7, 10 and 14 clean pairs, the largest share at the first look:
+# most implementations of a change are clearly unchanged (or clearly slower) at the first look, and
+# with few degrees of freedom the t quantile is steep in alpha (t_4 at 0.98 is 3.75, at 0.9875
+# 4.32: a 13% narrower interval for the look that decides most), while the later looks, with more
+# degrees of freedom, lose little (t_6 3.71 instead of 3.52). With blocks of 4 rounds
+# (harness/compare/ab.py), five pairs cost 40 rounds against four pairs of 6-round blocks' 48, and
+# decide more often: the t quantile falls faster with the pairs (3.75 / sqrt 5 against 4.54 / 2)
+# than a block median's noise grows with fewer rounds (about sqrt(6 / 4)).
+PLAN = Plan((Look(5, 0.02), Look(7, 0.01), Look(10, 0.01), Look(14, 0.01)))
 
 
 @dataclass(frozen=True)
