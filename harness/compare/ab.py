@@ -118,9 +118,9 @@ class BlockKind:
     runs the checked call and the guards (the sweep's stages); the base revision's first block
     only times (it was checked when it was the current side), unless the current side came out
     wrong: then one base block through the same stages says whether the base passed (`regressed
-    (error)`) or not (plain `wrong`). Later blocks re-time the same callables in the same process, with the block sizes
-    of that process's first block and no warm-up. A re-measurement's fresh processes time only
-    (the first measurement checked both sides' calls)."""
+    (error)`) or not (plain `wrong`). Later blocks re-time the same callables in the same
+    process, with the block sizes of that process's first block and no warm-up. A
+    re-measurement's fresh processes time only (the first measurement checked both sides' calls)."""
 
     check: bool = False
     guards: bool = False
