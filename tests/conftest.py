@@ -29,6 +29,41 @@ if not torch.cuda.is_available():
 # an interpreter with plugins installed) is built once, and a module's compiled families share the
 # in-process torch.compile caches. (Not loadgroup: with pytest 9, xdist 3.8's loadgroup drops the
 # xdist_group marks -- it rewrites Item._nodeid, which pytest 9 no longer reads.)
+# Longest modules first (LPT): with `--no-loadscope-reorder` (pyproject.toml) xdist hands out modules
+# in this order, so the long ones start at once and the many short ones fill the gaps at the end;
+# xdist's own order (most tests first) had left the ray module (~3 min) to start last on one worker
+# while the other idled. Ordered by the seconds per module of one `--durations` profile on the 2-core
+# machine under load (a module not listed runs after these, in collection order). Re-measure when a
+# module's cost changes a lot: `pytest -q --durations=0` and sum per file.
+LONGEST_MODULES_FIRST = (
+    "test_ray_executor.py",  # ~175 s: the smoke scenario on a local Ray instance, a fresh process per
+    # case, one after another (each CPU case holds the whole node); then a 2-node cluster
+    "test_runner.py",  # ~70 s: `attnbench run` subprocesses with faulty plugins, kill and resume
+    "test_gate.py",  # ~65 s: three real `attnbench check` runs
+    "test_forms_prefill_impls.py",  # ~65 s: FlexAttention / torch.compile compiles
+    "test_implementations.py",
+    "test_properties.py",
+    "test_hostile_inputs.py",
+    "test_gradients.py",
+    "test_decode_kernel.py",
+    "test_models_cli.py",
+    "test_compiled.py",
+    "test_truth.py",
+    "test_gate_ab.py",
+    "test_kernel_cache.py",
+    "test_compile_fallback.py",
+    "test_serving_impls.py",
+    "test_decode_forms.py",
+    "test_flash.py",
+    "test_mla_decode.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module keeps its order
+
+
 # Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two
 # cores do not run four spinning OpenMP threads. Not under a plain `pytest` (one process: torch's
 # default) nor where a test sets its own count (torch_single_thread below, the cases' `threads`).

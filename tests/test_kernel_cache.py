@@ -7,6 +7,7 @@ the CPU float32 cases skip, with the compiler's first error line. The cache live
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,10 +45,20 @@ def cache(monkeypatch, tmp_path):
     kernel_build._load.cache_clear()
 
 
-def _built(cc: str) -> Path:
-    """The cached binary built (not loaded) for `cc`."""
+@pytest.fixture(scope="module")
+def good_binary(tmp_path_factory) -> Path:
+    """One build of the kernel by $CC for the module, never loaded: set-up each test copies into its
+    own cache (a compile costs seconds; the rebuilds under test still compile)."""
+    out = tmp_path_factory.mktemp("kernel_build") / "cpu_decode.so"
+    kernel_build._build(_compiler(), out)
+    return out
+
+
+def _built(cc: str, good: Path) -> Path:
+    """The cached binary for `cc` in this test's cache, as a build leaves it (not loaded)."""
     path = kernel_build.cached_path(cc)
-    kernel_build._build(cc, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(good, path)
     return path
 
 
@@ -72,9 +83,9 @@ def _rel(out, ref) -> float:
 
 @NEEDS_CC
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "foreign"])
-def test_damaged_cached_kernel_is_rebuilt_and_runs_correctly(cache, tmp_path, how):
+def test_damaged_cached_kernel_is_rebuilt_and_runs_correctly(cache, good_binary, tmp_path, how):
     cc = _compiler()
-    path = _built(cc)
+    path = _built(cc, good_binary)
     size = path.stat().st_size
     _damage(path, how, tmp_path, cc)
     assert kernel_build.unavailable_reason() is None
@@ -88,8 +99,8 @@ def test_damaged_cached_kernel_is_rebuilt_and_runs_correctly(cache, tmp_path, ho
 
 
 @NEEDS_CC
-def test_intact_cached_kernel_is_not_rebuilt(cache):
-    path = _built(_compiler())
+def test_intact_cached_kernel_is_not_rebuilt(cache, good_binary):
+    path = _built(_compiler(), good_binary)
     stamp = path.stat().st_mtime_ns
     assert kernel_build.unavailable_reason() is None
     assert not kernel_build._REBUILT and path.stat().st_mtime_ns == stamp
@@ -143,10 +154,10 @@ print(kb.unavailable_reason(), str(kb.cached_path(kb._compiler())) in kb._REBUIL
 
 
 @NEEDS_CC
-def test_parallel_workers_rebuild_a_damaged_kernel_safely(cache):
+def test_parallel_workers_rebuild_a_damaged_kernel_safely(cache, good_binary):
     """Workers starting together on one damaged binary each rebuild it into a private file renamed
     into place: every one loads a whole binary, and the cache ends with that one file."""
-    path = _built(_compiler())
+    path = _built(_compiler(), good_binary)
     path.write_bytes(path.read_bytes()[:4096])
     env = {**os.environ, "ATTNBENCH_KERNEL_CACHE": str(cache)}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(Path(kernel_build.__file__))], env=env,

@@ -121,7 +121,12 @@ def test_kill_then_resume_runs_only_missing_cases(tmp_path):
     assert final[: len(first)] == first, "finished cases are kept as they were"
 
 
-def test_user_mistakes_exit_2_with_one_line(tmp_path):
+def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    """In this process (the CLI's main, as `python -m attnbench` calls it): a mistake is refused
+    before any worker starts, so five interpreters importing torch would test nothing more;
+    test_every_fault_costs_only_its_own_case and tests/test_e2e_cli.py run the real command."""
+    from harness.cli.main import main
+
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\nimplementations = ["naive"]\n[[grid]]\nheads_q = 2\nseq_len = 8\nhead_dim = 8\ndtype = "float8"\n')
     for args, needle in [
@@ -131,8 +136,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path):
         (["run", "smoke", "--impl", "nosuch"], "known:"),
         (["run", "nosuch"], "'nosuch': no shipped scenario"),
     ]:
-        r = _attnbench(*args, "--out", str(tmp_path / "res"))
-        assert r.returncode == 2, (args, r.stderr)
-        assert "Traceback" not in r.stderr
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln]
-        assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
+        rc = main([*args, "--out", str(tmp_path / "res")])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert "Traceback" not in err
+        lines = [ln for ln in err.strip().splitlines() if ln]
+        assert len(lines) == 1 and needle in lines[0], (args, err)
