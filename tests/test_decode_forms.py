@@ -89,6 +89,42 @@ def test_the_c_kernel_reads_every_float8_code_and_bfloat16_exactly():
     assert torch.equal(out.view(-1), vb.view(-1).float())
 
 
+# The C kernel's 16-lane variant (AVX-512: query rows per kv head a multiple of 4, head dims a
+# multiple of 16) reads bfloat16 in groups of 32 and, with AVX512-VBMI, float8 in groups of 64, out
+# of element order (q in the same order, o put back); head dims that are not whole groups are read
+# in order. Where the machine has no AVX-512 these run the 8-lane code (still checked).
+WIDE_SHAPES = [(2, 8, 2, 1, 128, (77, 301)), (1, 8, 1, 2, 96, (130,)), (2, 4, 1, 1, 48, (70, 19))]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("form", [f for f in FORMS if f[0] != "same"], ids=lambda f: "-".join(map(str, f)))
+@pytest.mark.parametrize("shape", WIDE_SHAPES, ids=["g4-d128", "g16-d96", "g4-d48"])
+def test_the_16_lane_kernel_matches_the_float64_reference(layout, form, shape):
+    case = _case(shape, layout, *form, impl="flash_decoding")
+    inp = make_decode_inputs(case, seed=13)
+    with torch.no_grad():
+        out = registry.get("flash_decoding").paths["decode"].fn(*inp.args(), **inp.kwargs(), partition=64)
+    assert _rel(out, reference_decode(inp)) <= 2e-6
+
+
+@pytest.mark.parametrize("D", [128, 64, 96])
+def test_the_16_lane_kernel_reads_every_code_in_place(D):
+    """One cached token, 4 query rows per kv head: every output row is the value row as read, element
+    for element (a group order not put back would permute it)."""
+    fn = registry.get("flash_decoding").paths["decode"].fn
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes = codes[(codes & 0x7F) != 0x7F][torch.randperm(254, generator=torch.Generator().manual_seed(D))]
+    one, lens = torch.tensor(1.0), torch.tensor([1], dtype=torch.int32)
+    for start in range(0, 254, D):
+        row = torch.cat([codes, codes])[start: start + D]
+        v8 = row.view(torch.float8_e4m3fn).view(1, 1, 1, D)
+        out = fn(torch.randn(1, 4, 1, D), torch.zeros_like(v8), v8, kv_lens=lens, k_scale=one, v_scale=one)
+        assert torch.equal(out, v8.float().expand(1, 4, 1, D))
+    vb = (torch.randn(1, 1, 1, D) * torch.logspace(-40, 38, D)).to(torch.bfloat16)
+    out = fn(torch.randn(1, 4, 1, D), torch.zeros_like(vb), vb, kv_lens=lens)
+    assert torch.equal(out, vb.float().expand(1, 4, 1, D))
+
+
 def test_reference_is_attention_over_the_dequantised_cache_and_quant_error_is_separate():
     shape = SHAPES[0]
     for kv_dtype, kv_scale in (("bfloat16", "tensor"), ("float8_e4m3fn", "tensor"), ("float8_e4m3fn", "head")):

@@ -56,7 +56,7 @@ from implementations.flash_decoding.split import (
     MIN_AUTO_PARTITION,
     PARTITION,
     Ctx,
-    merge_bytes,
+    merges_bytes,
     partition_for,
     run_split,
     sink_rows,
@@ -71,12 +71,12 @@ def _case_partition(case, partition: int | None) -> int:
 
 def _memory_model(case, partition: int | None = None) -> int:
     if _runs_c(case):
-        return c_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
-    return torch_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
+        return c_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
+    return torch_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
 
 
 def _memory_model_torch(case, partition: int | None = None) -> int:
-    return torch_partitions.memory_model(case, _case_partition(case, partition), merge_bytes)
+    return torch_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
 
 
 def _runs_c(case) -> bool:

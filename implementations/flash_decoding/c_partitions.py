@@ -24,11 +24,11 @@ def blocked(rows: int, kv_dtype: str = "same") -> bool:
     return rows >= BLOCKED_MIN_ROWS and kv_dtype == "same"
 
 
-def memory_model(case, part: int, merge_bytes, *, heads_kv: int | None = None, rows: int | None = None,
+def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, rows: int | None = None,
                  dk: int | None = None, dv: int | None = None) -> int:
     """Bytes above the inputs for partitions of `part` tokens (already a whole number of pages):
     partial results, then the larger of the workers' scores and row pointers and the merge buffers
-    of min(workers, B) workers, the transposed q (blocked variant), the page/partition offsets, the per-head scales and the output. The
+    of the merging workers (split.merge_workers), the transposed q (blocked variant), the page/partition offsets, the per-head scales and the output. The
     keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths)."""
     B, Hq, Nq = case.batch, case.heads_q, case.seq_len_q
     Hkv = heads_kv or case.heads_kv
@@ -46,7 +46,7 @@ def memory_model(case, part: int, merge_bytes, *, heads_kv: int | None = None, r
         q_t = 4 * B * Hkv * dk * _round_up(GN)  # q transposed and padded
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
-    merge = min(workers, B) * merge_bytes(P, Hkv, GN, dv, 4)
+    merge = merges_bytes(workers, B, P, Hkv, GN, dv, 4)
     # the workers' buffers are freed before the merge's are allocated (split.run_split)
     return partials + max(workers * per_worker, merge) + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
@@ -126,5 +126,7 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
                     int(ctx.blocked), ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(),
                     scr.rows.data_ptr(), ctx.o_part.data_ptr() + 4 * item * Hkv * GN * Dv,
                     ctx.m_part.data_ptr() + 4 * item * Hkv * GN, ctx.l_part.data_ptr() + 4 * item * Hkv * GN)
+    if rc == -2:
+        raise MemoryError("the C kernel could not allocate its buffers (q and o in group order)")
     if rc:
         raise ValueError(f"the C kernel refused its arguments (kv dtype code {ctx.dt}, blocked {ctx.blocked})")

@@ -28,9 +28,15 @@
  * What bounds it (one thread, Intel Xeon, B=4, Hkv=8, G=4, D=128, KV=8192): a plain sum over the
  * same rows in the same order streams ~14 GB/s per CPU-second; the kernel 9 (float32), 7.4
  * (bfloat16), 5.6 (float8); from a cache that stays in the last-level cache 27, 20 and 10: the
- * time is about the sum of the compute time and the memory time (the out-of-order window does
- * not overlap them), and the narrow caches carry the same multiply-adds per element plus the
- * conversion (float8: 4-5 port-0/5 uops per 16 elements beside 4 multiply-adds).
+ * time was about the sum of the compute time and the memory time (the out-of-order window does
+ * not overlap them). Hence the next pass's rows are fetched into L2 while this pass computes
+ * (ahead_rows: V during the scores, the next head's K during p·V): in the decode benchmark
+ * (B=8, Hq=32, Hkv=8, KV=8192, 2 threads, a 2-core Sapphire Rapids VM, every call from DRAM)
+ * float32 32.2 -> 30.0 ms, bfloat16 22.0 -> 17.5, float8 15.9 -> 12.6. The narrow caches are then
+ * bound by the vector ports: per token and kv head 4 rows x (128 + 128) multiply-adds plus the
+ * conversions (bfloat16 2, float8 9 instructions per 64 elements, see ldg), the score
+ * reductions and the softmax; removing either pass in turn (float8, cache-resident) saved 14 ns
+ * (scores) and 8 ns (p·V) of 36 ns per token and kv head.
  *
  * Per head: pass 1 scores s[r][t] = c·(q_r·K_t), c = scale·log2 e (scores in log2 units); row
  * max m_r and p = 2^(s − m_r), l_r = Σ p over the keys row r may see (query token i of the Nq
@@ -42,6 +48,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -50,7 +57,10 @@ typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
 
 enum { KV_F32 = 0, KV_BF16 = 1, KV_FP8 = 2 };
-static const int64_t ESZ[3] = {4, 2, 1};
+/* internal to the 16-lane variant: a narrow cache read 16 elements at a time, in order (head
+ * widths that are not a whole number of groups: see group_size) */
+enum { KV_BF16_IN_ORDER = 3, KV_FP8_IN_ORDER = 4 };
+static const int64_t ESZ[5] = {4, 2, 1, 2, 1};
 
 static inline v8 ld(const float *p) { v8 x; memcpy(&x, p, sizeof x); return x; }
 static inline void st(float *p, v8 x) { memcpy(p, &x, sizeof x); }
@@ -112,26 +122,6 @@ static inline __attribute__((always_inline)) float ldc1(const void *p, int64_t i
 /* the factor a float8 code is read with (see ldc), for the caller's scales */
 float attnbench_fd_fp8_read_factor(void) { return FP8_READ_FACTOR; }
 
-/* 2^x for x <= 0 (scores minus their row max), 8 lanes: 2^round(x) · 2^f, f in [-0.5, 0.5],
- * 2^f by its Taylor series to degree 7 (relative error < 1e-8 before rounding); x below −125
- * gives ~2e-38 instead of 0 (a weight 37 orders of magnitude below the row's largest). */
-static inline v8 exp2v(v8 x) {
-    const v8 lo = bc(-125.f), magic = bc(12582912.f); /* 1.5·2^23: adding it rounds to an integer */
-    i8 small = x < lo;
-    x = (v8)((small & (i8)lo) | (~small & (i8)x));
-    v8 r = (x + magic) - magic;
-    v8 f = x - r;
-    const float c1 = 0.6931471805599453f, c2 = 0.2402265069591007f, c3 = 0.05550410866482158f,
-                c4 = 0.009618129107628477f, c5 = 0.0013333558146428443f, c6 = 0.00015403530393381608f,
-                c7 = 1.525273380405984e-05f;
-    v8 p = bc(c7);
-    p = p * f + c6; p = p * f + c5; p = p * f + c4; p = p * f + c3; p = p * f + c2; p = p * f + c1;
-    p = p * f + 1.f;
-    i8 e = __builtin_convertvector(r, i8) << 23;
-    return (v8)((i8)p + e);
-}
-
-
 /* rows[t] = address of cached token t (of this partition and head); offsets and strides in
  * elements of esz bytes */
 static void fill_rows(const char *base, const int64_t *page_off, int64_t ps, int64_t hoff, int64_t stride,
@@ -145,6 +135,9 @@ static void fill_rows(const char *base, const int64_t *page_off, int64_t ps, int
 
 #ifndef PF_LOCALITY
 #define PF_LOCALITY 1
+#endif
+#ifndef AHEAD_LOCALITY
+#define AHEAD_LOCALITY 1
 #endif
 #ifndef PF_BYTES
 #define PF_BYTES 4096
@@ -279,12 +272,25 @@ static inline __attribute__((always_inline)) void values(const float *p, const v
  * conversion instructions per cache byte of the 8-lane code, which matters most for the narrow
  * caches (a float8 row of 128 bytes carries the multiply-adds of a 512-byte float32 row). Scores:
  * 4 rows x 4 tokens of accumulators, their 16 dot products reduced together (halves added, then
- * two hsum8). p·V: 4 rows x 4 tokens of weights in registers, each chunk of o loaded and stored
- * once per four tokens. */
+ * two hsum8). p·V: 4 rows x 4 tokens of weights, each chunk of o loaded and stored once per four
+ * tokens.
+ *
+ * The narrow caches are read in groups of GS elements (ldg) converted in fewer instructions by
+ * giving up the element order inside a group, since a dot product and a sum of rows do not care
+ * about it as long as q is read in the same order and o is put back at the end (permute_rows):
+ * - bfloat16, GS = 32 (one 64-byte load): the even elements are the 32-bit lanes shifted left by
+ *   16, the odd ones the lanes with their low half cleared -- 1 instruction per 16 elements
+ *   instead of a widening and a shift.
+ * - float8 e4m3 with AVX512-VBMI, GS = 64 (one 64-byte load): the two bytes of each code's
+ *   bfloat16 value (exact: 4 significant bits, exponents 2^-17..2^0 after the 2^-8 read factor)
+ *   looked up in two 128-entry byte tables (vpermi2b, the sign bit ORed in), interleaved into
+ *   16-bit values (unpack) and widened as bfloat16 above: 9 instructions per 64 elements instead
+ *   of 20 (widen, shift, mask, float16 conversion per 16).
+ * perm_of gives the element each position of a group holds. */
 #ifdef __AVX512F__
 static inline __attribute__((always_inline)) __m512 ldz(const void *p, int64_t i, int dt) {
     if (dt == KV_F32) return _mm512_loadu_ps((const float *)p + i);
-    if (dt == KV_BF16)
+    if (dt == KV_BF16 || dt == KV_BF16_IN_ORDER)
         return _mm512_castsi512_ps(
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))), 16));
     __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const uint8_t *)p + i)));
@@ -292,8 +298,116 @@ static inline __attribute__((always_inline)) __m512 ldz(const void *p, int64_t i
     return _mm512_cvtph_ps(w);
 }
 
-static inline v8 halves(__m512 x) {
-    return (v8)_mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+#if defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define HAVE_VBMI 1
+#else
+#define HAVE_VBMI 0
+#endif
+
+/* elements per group of the 16-lane loads (see above) */
+static inline int64_t group_size(int dt) { return dt == KV_BF16 ? 32 : (dt == KV_FP8 && HAVE_VBMI) ? 64 : 16; }
+
+/* the 16-lane code of a cache type for head widths Dk and Dv (whole groups, else in order) */
+static inline int wide_code(int dt, int64_t Dk, int64_t Dv) {
+    if (dt == KV_F32 || (Dk % group_size(dt) == 0 && Dv % group_size(dt) == 0)) return dt;
+    return dt == KV_BF16 ? KV_BF16_IN_ORDER : KV_FP8_IN_ORDER;
+}
+
+/* element of a group at position i (i < group_size(dt)) */
+static int64_t perm_of(int dt, int64_t i) {
+    const int64_t gs = group_size(dt);
+    if (gs == 32) return 2 * (i % 16) + i / 16;
+    if (gs == 64) {
+        int64_t v = i / 16, lane = (i % 16) / 4, t = i % 4;
+        return 16 * lane + 8 * (v >> 1) + 2 * t + (v & 1);
+    }
+    return i;
+}
+
+/* The float8 tables: the high and low byte of each magnitude code's bfloat16 value times the read
+ * factor, in four 64-byte vectors (high 0..63, high 64..127, low 0..63, low 64..127). */
+typedef struct { __m512i hi0, hi1, lo0, lo1; } fp8_tables;
+static fp8_tables make_fp8_tables(void) {
+    uint8_t t[4][64];
+    for (int m = 0; m < 128; ++m) {
+        int e = m >> 3, f = m & 7;
+        float x = (e ? ldexpf(1.f + f / 8.f, e - 7) : ldexpf(f / 8.f, -6)) * FP8_READ_FACTOR;
+        uint32_t u;
+        memcpy(&u, &x, sizeof u);
+        t[m >> 6][m & 63] = (uint8_t)(u >> 24);
+        t[2 + (m >> 6)][m & 63] = (uint8_t)(u >> 16);
+    }
+    fp8_tables r;
+    memcpy(&r.hi0, t[0], 64); memcpy(&r.hi1, t[1], 64); memcpy(&r.lo0, t[2], 64); memcpy(&r.lo1, t[3], 64);
+    return r;
+}
+
+/* the group of row p from element i, as group_size(dt) / 16 vectors (positions as perm_of) */
+static inline __attribute__((always_inline)) void ldg(const void *p, int64_t i, int dt, const fp8_tables *tb,
+                                                     __m512 *x) {
+    if (dt == KV_F32 || dt == KV_BF16_IN_ORDER || dt == KV_FP8_IN_ORDER) { x[0] = ldz(p, i, dt); return; }
+    const __m512i top = _mm512_set1_epi32((int)0xFFFF0000);
+    if (dt == KV_BF16) {
+        __m512i w = _mm512_loadu_si512((const uint16_t *)p + i);
+        x[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+        x[1] = _mm512_castsi512_ps(_mm512_and_si512(w, top));
+        return;
+    }
+#if HAVE_VBMI
+    __m512i c = _mm512_loadu_si512((const uint8_t *)p + i);
+    __m512i hi = _mm512_permutex2var_epi8(tb->hi0, c, tb->hi1); /* index bits 6..0: the magnitude */
+    hi = _mm512_ternarylogic_epi32(hi, c, _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80): the sign */
+    __m512i lo = _mm512_permutex2var_epi8(tb->lo0, c, tb->lo1);
+    __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
+    x[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
+    x[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, top));
+    x[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
+    x[3] = _mm512_castsi512_ps(_mm512_and_si512(w1, top));
+#else
+    (void)tb; (void)top;
+    x[0] = ldz(p, i, KV_FP8);
+#endif
+}
+
+/* rows r < R of width D (row stride D) from group order to element order (to_elements) or back */
+static void permute_rows(float *a, int64_t R, int64_t D, int dt, int to_elements, float *tmp) {
+    const int64_t gs = group_size(dt);
+    if (gs == 16) return;
+    for (int64_t r = 0; r < R; ++r) {
+        float *row = a + r * D;
+        memcpy(tmp, row, sizeof(float) * (size_t)D);
+        for (int64_t c = 0; c < D; c += gs)
+            for (int64_t i = 0; i < gs; ++i) {
+                if (to_elements) row[c + perm_of(dt, i)] = tmp[c + i];
+                else row[c + i] = tmp[c + perm_of(dt, i)];
+            }
+    }
+}
+
+/* lane i of the result = the sum of the 16 lanes of a[i]: within each 128-bit block, pairs of
+ * vectors unpacked and added (4 vectors -> 1 holding each one's block sums), then the four blocks
+ * transposed and added (vshuff32x4): 45 instructions for 16 dot products */
+static inline __m512 sum4(const __m512 *a) {
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s01), _mm512_castps_pd(s23))));
+}
+
+/* lanes 0..7 of the result: the sums of a[0..7] */
+static inline __m512 sum8(const __m512 *a) {
+    __m512 b0 = sum4(a), b1 = sum4(a + 4);
+    __m512 d01 = _mm512_add_ps(_mm512_shuffle_f32x4(b0, b1, 0x88), _mm512_shuffle_f32x4(b0, b1, 0xDD));
+    /* blocks: [b0 0+1, b0 2+3, b1 0+1, b1 2+3] */
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d01, d01, 0x08), _mm512_shuffle_f32x4(d01, d01, 0x0D));
+}
+
+static inline __m512 sum16(const __m512 *a) {
+    __m512 b0 = sum4(a), b1 = sum4(a + 4), b2 = sum4(a + 8), b3 = sum4(a + 12);
+    /* block L of b_g: the four sums of a[4g..4g+3] over block L of each */
+    __m512 d01 = _mm512_add_ps(_mm512_shuffle_f32x4(b0, b1, 0x88), _mm512_shuffle_f32x4(b0, b1, 0xDD));
+    __m512 d23 = _mm512_add_ps(_mm512_shuffle_f32x4(b2, b3, 0x88), _mm512_shuffle_f32x4(b2, b3, 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d01, d23, 0x88), _mm512_shuffle_f32x4(d01, d23, 0xDD));
 }
 
 /* out = rows t..t+3, and the rows pf further on prefetched */
@@ -305,101 +419,117 @@ static inline __attribute__((always_inline)) void four_rows(const void *const *r
     }
 }
 
-static inline __attribute__((always_inline)) void scores16(const float *q, float scale, const void *const *rows,
+/* the next pass's rows, `delta` bytes from rows t..t+3 (0: none), fetched into L2 while this pass
+ * computes: the values pass's V rows during the scores pass, the next head's K rows during the
+ * values pass (a partition's rows fit in L2), so memory time overlaps compute time instead of
+ * adding to it */
+static inline __attribute__((always_inline)) void ahead_rows(const void *const *rows, int64_t t, int64_t delta,
+                                                             int64_t bytes) {
+    if (!delta) return;
+    for (int u = 0; u < 4; ++u) {
+        const char *p = (const char *)rows[t + u] + delta;
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, AHEAD_LOCALITY);
+    }
+}
+
+/* as scores, with q in group order (qg, see permute_rows) */
+static inline __attribute__((always_inline)) void scores16(const float *qg, float scale, const void *const *rows,
                                                            int64_t GN, int64_t D, int64_t n, int64_t pf, float *s,
-                                                           int dt) {
-    const int64_t bytes = D * ESZ[dt];
+                                                           int dt, const fp8_tables *tb, int64_t ahead) {
+    const int64_t bytes = D * ESZ[dt], gs = group_size(dt), nv = gs / 16;
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
         const void *kr[4];
         four_rows(rows, t, n, pf, bytes, kr);
+        ahead_rows(rows, t, ahead, bytes);
         for (int64_t r = 0; r < GN; r += 4) {
-            const float *q0 = q + r * D;
-            __m512 a[16]; /* a[4j + u]: row r + j, token t + u */
-            for (int i = 0; i < 16; ++i) a[i] = _mm512_setzero_ps();
-            for (int64_t c = 0; c < D; c += 16) {
-                __m512 x[4];
-                for (int u = 0; u < 4; ++u) x[u] = ldz(kr[u], c, dt);
-                for (int j = 0; j < 4; ++j) {
-                    __m512 qv = _mm512_loadu_ps(q0 + j * D + c);
-                    for (int u = 0; u < 4; ++u) a[4 * j + u] = _mm512_fmadd_ps(qv, x[u], a[4 * j + u]);
-                }
+            const float *q0 = qg + r * D;
+            float sums[16];
+            for (int half = 0; half < 2; ++half) { /* tokens 2·half, 2·half + 1: 8 accumulators, no spills */
+                __m512 a[8]; /* a[2j + u]: row r + j, token t + 2·half + u */
+                for (int i = 0; i < 8; ++i) a[i] = _mm512_setzero_ps();
+                for (int64_t c = 0; c < D; c += gs)
+                    for (int u = 0; u < 2; ++u) {
+                        __m512 x[4];
+                        ldg(kr[2 * half + u], c, dt, tb, x);
+                        for (int64_t v = 0; v < nv; ++v)
+                            for (int j = 0; j < 4; ++j)
+                                a[2 * j + u] = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + j * D + c + 16 * v), x[v], a[2 * j + u]);
+                    }
+                _mm256_storeu_ps(sums + 8 * half, _mm512_castps512_ps256(sum8(a)));
             }
-            v8 h[16];
-            for (int i = 0; i < 16; ++i) h[i] = halves(a[i]);
-            v8 lo = hsum8(h), hi = hsum8(h + 8);
-            for (int i = 0; i < 8; ++i) {
-                s[(r + i / 4) * n + t + i % 4] = lo[i] * scale;
-                s[(r + 2 + i / 4) * n + t + i % 4] = hi[i] * scale;
-            }
+            for (int j = 0; j < 4; ++j)
+                for (int u = 0; u < 4; ++u) s[(r + j) * n + t + u] = sums[8 * (u / 2) + 2 * j + u % 2] * scale;
         }
     }
     for (; t < n; ++t)
         for (int64_t r = 0; r < GN; ++r) {
             __m512 a = _mm512_setzero_ps();
-            for (int64_t c = 0; c < D; c += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + r * D + c), ldz(rows[t], c, dt), a);
+            for (int64_t c = 0; c < D; c += gs) {
+                __m512 x[4];
+                ldg(rows[t], c, dt, tb, x);
+                for (int64_t v = 0; v < nv; ++v) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c + 16 * v), x[v], a);
+            }
             s[r * n + t] = _mm512_reduce_add_ps(a) * scale;
         }
 }
 
+/* as values, o in group order (the caller puts it back: permute_rows) */
 static inline __attribute__((always_inline)) void values16(const float *p, const void *const *rows, int64_t GN,
-                                                           int64_t D, int64_t n, int64_t pf, float *o, int dt) {
-    const int64_t bytes = D * ESZ[dt];
+                                                           int64_t D, int64_t n, int64_t pf, float *o, int dt,
+                                                           const fp8_tables *tb, int64_t ahead) {
+    const int64_t bytes = D * ESZ[dt], gs = group_size(dt), nv = gs / 16;
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
         const void *vr[4];
         four_rows(rows, t, n, pf, bytes, vr);
-        for (int64_t r = 0; r < GN; r += 4) {
-            __m512 w[4][4];
-            for (int j = 0; j < 4; ++j)
-                for (int u = 0; u < 4; ++u) w[j][u] = _mm512_set1_ps(p[(r + j) * n + t + u]);
-            float *o0 = o + r * D;
-            for (int64_t c = 0; c < D; c += 16) {
-                __m512 x[4];
-                for (int u = 0; u < 4; ++u) x[u] = ldz(vr[u], c, dt);
-                for (int j = 0; j < 4; ++j) {
-                    __m512 acc = _mm512_loadu_ps(o0 + j * D + c);
-                    for (int u = 0; u < 4; ++u) acc = _mm512_fmadd_ps(w[j][u], x[u], acc);
-                    _mm512_storeu_ps(o0 + j * D + c, acc);
+        ahead_rows(rows, t, ahead, bytes);
+        for (int64_t c = 0; c < D; c += gs) {
+            __m512 x[4][4];
+            for (int u = 0; u < 4; ++u) ldg(vr[u], c, dt, tb, x[u]);
+            for (int64_t r = 0; r < GN; ++r) {
+                const float *pr = p + r * n + t;
+                __m512 w0 = _mm512_set1_ps(pr[0]), w1 = _mm512_set1_ps(pr[1]), w2 = _mm512_set1_ps(pr[2]),
+                       w3 = _mm512_set1_ps(pr[3]);
+                for (int64_t v = 0; v < nv; ++v) {
+                    float *oc = o + r * D + c + 16 * v;
+                    __m512 acc = _mm512_loadu_ps(oc);
+                    acc = _mm512_fmadd_ps(w0, x[0][v], acc);
+                    acc = _mm512_fmadd_ps(w1, x[1][v], acc);
+                    acc = _mm512_fmadd_ps(w2, x[2][v], acc);
+                    acc = _mm512_fmadd_ps(w3, x[3][v], acc);
+                    _mm512_storeu_ps(oc, acc);
                 }
             }
         }
     }
     for (; t < n; ++t)
-        for (int64_t r = 0; r < GN; ++r) {
-            __m512 w = _mm512_set1_ps(p[r * n + t]);
-            for (int64_t c = 0; c < D; c += 16)
-                _mm512_storeu_ps(o + r * D + c, _mm512_fmadd_ps(w, ldz(rows[t], c, dt), _mm512_loadu_ps(o + r * D + c)));
+        for (int64_t c = 0; c < D; c += gs) {
+            __m512 x[4];
+            ldg(rows[t], c, dt, tb, x);
+            for (int64_t r = 0; r < GN; ++r) {
+                __m512 w = _mm512_set1_ps(p[r * n + t]);
+                for (int64_t v = 0; v < nv; ++v) {
+                    float *oc = o + r * D + c + 16 * v;
+                    _mm512_storeu_ps(oc, _mm512_fmadd_ps(w, x[v], _mm512_loadu_ps(oc)));
+                }
+            }
         }
 }
 #define HAVE16 1
 #else
 #define HAVE16 0
-#define scores16 scores
-#define values16 values
-#endif
-
-/* row r's softmax numerators over its visible keys t < tn (in place), zeros for tn <= t < n_eff */
-static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l) {
-    if (tn <= 0) {
-        *m = -INFINITY; *l = 0.f;
-        memset(s, 0, sizeof(float) * (size_t)n_eff);
-        return;
-    }
-    int64_t t = 0;
-    v8 mv = bc(-INFINITY);
-    for (; t + 8 <= tn; t += 8) { v8 x = ld(s + t); i8 gt = x > mv; mv = (v8)((gt & (i8)x) | (~gt & (i8)mv)); }
-    float mx = -INFINITY;
-    for (int i = 0; i < 8; ++i) mx = mv[i] > mx ? mv[i] : mx;
-    for (; t < tn; ++t) mx = s[t] > mx ? s[t] : mx;
-    v8 sum = {0}, mb = bc(mx);
-    float tail = 0.f;
-    for (t = 0; t + 8 <= tn; t += 8) { v8 e = exp2v(ld(s + t) - mb); st(s + t, e); sum += e; }
-    for (; t < tn; ++t) { s[t] = exp2f(s[t] - mx); tail += s[t]; }
-    if (n_eff > tn) memset(s + tn, 0, sizeof(float) * (size_t)(n_eff - tn));
-    *m = mx;
-    *l = hsum(sum) + tail;
+#define HAVE_VBMI 0
+typedef int fp8_tables;
+static inline fp8_tables make_fp8_tables(void) { return 0; }
+static inline int64_t group_size(int dt) { (void)dt; return 16; }
+static inline int wide_code(int dt, int64_t Dk, int64_t Dv) { (void)Dk; (void)Dv; return dt; }
+static void permute_rows(float *a, int64_t R, int64_t D, int dt, int to_elements, float *tmp) {
+    (void)a; (void)R; (void)D; (void)dt; (void)to_elements; (void)tmp;
 }
+#define scores16(q, c, rows, GN, D, n, pf, s, dt, tb, ahead) ((void)(tb), (void)(ahead), scores(q, c, rows, GN, D, n, pf, s, dt))
+#define values16(p, rows, GN, D, n, pf, o, dt, tb, ahead) ((void)(tb), (void)(ahead), values(p, rows, GN, D, n, pf, o, dt))
+#endif
 
 /* ---- the register-blocked variant (float32 cache, many query rows per kv head: MLA) ---------- */
 
@@ -422,7 +552,9 @@ static inline vw ldw(const float *p) { vw x; memcpy(&x, p, sizeof x); return x; 
 static inline void stw(float *p, vw x) { memcpy(p, &x, sizeof x); }
 static inline vw bcw(float x) { return (vw){0} + x; } /* GCC/Clang broadcast a scalar operand */
 
-/* 2^x lane-wise for x <= 0, as exp2v */
+/* 2^x for x <= 0 (scores minus their row max), lane-wise: 2^round(x) · 2^f, f in [-0.5, 0.5],
+ * 2^f by its Taylor series to degree 7 (relative error < 1e-8 before rounding); x below −125
+ * gives ~2e-38 instead of 0 (a weight 37 orders of magnitude below the row's largest). */
 static inline vw exp2w(vw x) {
     const vw lo = bcw(-125.f), magic = bcw(12582912.f);
     iw small = x < lo;
@@ -435,6 +567,30 @@ static inline vw exp2w(vw x) {
     p = p * f + 1.f;
     iw e = __builtin_convertvector(r, iw) << 23;
     return (vw)((iw)p + e);
+}
+
+/* row r's softmax numerators over its visible keys t < tn (in place), zeros for tn <= t < n_eff;
+ * W lanes at a time (16 with AVX-512) */
+static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l) {
+    if (tn <= 0) {
+        *m = -INFINITY; *l = 0.f;
+        memset(s, 0, sizeof(float) * (size_t)n_eff);
+        return;
+    }
+    int64_t t = 0;
+    vw mv = bcw(-INFINITY);
+    for (; t + W <= tn; t += W) { vw x = ldw(s + t); iw gt = x > mv; mv = (vw)((gt & (iw)x) | (~gt & (iw)mv)); }
+    float mx = -INFINITY;
+    for (int i = 0; i < W; ++i) mx = mv[i] > mx ? mv[i] : mx;
+    for (; t < tn; ++t) mx = s[t] > mx ? s[t] : mx;
+    vw sum = bcw(0.f), mb = bcw(mx);
+    float tail = 0.f, total = 0.f;
+    for (t = 0; t + W <= tn; t += W) { vw e = exp2w(ldw(s + t) - mb); stw(s + t, e); sum += e; }
+    for (; t < tn; ++t) { s[t] = exp2f(s[t] - mx); tail += s[t]; }
+    if (n_eff > tn) memset(s + tn, 0, sizeof(float) * (size_t)(n_eff - tn));
+    for (int i = 0; i < W; ++i) total += sum[i];
+    *m = mx;
+    *l = total + tail;
 }
 
 /* sT[(t0 + i)·GNp + rb + v·W + lane] = c · (q · K_t) for nt tokens from t0, nv row vectors from rb;
@@ -559,7 +715,8 @@ static void values_blk(const float *sT, const void *const *rows, int64_t GN, int
  * page; row_stride: elements between tokens; [j0, j0 + n): the partition's tokens, all < kv_len =
  * last + Nq; kscale, vscale (Hkv); blocked: the register-blocked variant (float32 only); scratch:
  * GN·n floats (blocked: GNp·n; see attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
- * -1 for an unknown dt or a blocked call on a non-float32 cache. */
+ * -1 for an unknown dt or a blocked call on a non-float32 cache, -2 when its buffers (q and o in
+ * group order: a few KiB) cannot be allocated. */
 int attnbench_fd_partition(const float *q, float c, const void *k, const void *v, const int64_t *page_off,
                            int64_t ps, int64_t head_stride, int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq,
                            int64_t Dk, int64_t Dv, int64_t j0, int64_t n, int64_t last, int64_t dt, int64_t blocked,
@@ -577,6 +734,15 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
     const int64_t pf = PF_BYTES / rb > 2 ? PF_BYTES / rb : 2;
     const int64_t GNp = (GN + W - 1) / W * W;
     const int wide = HAVE16 && GN % 4 == 0 && Dk % 16 == 0 && Dv % 16 == 0; /* the 16-lane variant */
+    const int wdt = wide ? wide_code((int)dt, Dk, Dv) : (int)dt;
+    const int grouped = wide && group_size(wdt) > 16; /* q and o in group order */
+    fp8_tables tb = make_fp8_tables();
+    float *qg = NULL, *tmp = NULL;
+    if (grouped) {
+        qg = malloc(sizeof(float) * (size_t)(GN * Dk));
+        tmp = malloc(sizeof(float) * (size_t)(Dk > Dv ? Dk : Dv));
+        if (!qg || !tmp) { free(qg); free(tmp); return -2; }
+    }
     for (int64_t h = 0; h < Hkv; ++h) {
         const float *qh = q + h * GN * Dk;
         float *oh = o + h * GN * Dv, *mh = m + h * GN, *lh = l + h * GN;
@@ -593,9 +759,18 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
             values_blk(scratch, rows, GN, GNp, Dv, n, oh);
         } else {
-            if (wide && dt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
-            else if (wide && dt == KV_BF16) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
-            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
+            /* bytes from a K row to its V row, and from a V row to the next head's K row */
+            const int64_t vdelta = (const char *)v - (const char *)k;
+            const int64_t kdelta = h + 1 < Hkv ? head_stride * esz - vdelta : 0;
+            if (grouped) {
+                memcpy(qg, qh, sizeof(float) * (size_t)(GN * Dk));
+                permute_rows(qg, GN, Dk, wdt, 0, tmp);
+            }
+            if (wide && wdt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32, &tb, vdelta);
+            else if (wide && wdt == KV_BF16) scores16(qg, ch, rows, GN, Dk, n, pf, scratch, KV_BF16, &tb, vdelta);
+            else if (wide && wdt == KV_FP8) scores16(grouped ? qg : qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8, &tb, vdelta);
+            else if (wide && wdt == KV_BF16_IN_ORDER) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16_IN_ORDER, &tb, vdelta);
+            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8_IN_ORDER, &tb, vdelta);
             else if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
             else if (dt == KV_BF16) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
             else scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
@@ -605,16 +780,21 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                 softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
             }
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
-            if (wide && dt == KV_F32) values16(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
-            else if (wide && dt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
-            else if (wide) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
+            if (wide && wdt == KV_F32) values16(scratch, rows, GN, Dv, n, pf, oh, KV_F32, &tb, kdelta);
+            else if (wide && wdt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16, &tb, kdelta);
+            else if (wide && wdt == KV_FP8) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8, &tb, kdelta);
+            else if (wide && wdt == KV_BF16_IN_ORDER) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16_IN_ORDER, &tb, kdelta);
+            else if (wide) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8_IN_ORDER, &tb, kdelta);
             else if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
             else if (dt == KV_BF16) values(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
             else values(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
+            if (grouped) permute_rows(oh, GN, Dv, wdt, 1, tmp);
         }
         if (vscale[h] != 1.f)
             for (int64_t i = 0; i < GN * Dv; ++i) oh[i] *= vscale[h];
     }
+    free(qg);
+    free(tmp);
     return 0;
 }
 

@@ -22,7 +22,7 @@ from implementations._shared.contract import LOG2E, compute_dtype, default_scale
 from implementations._shared.decode_contract import DecodeDims
 from implementations._shared.mla_contract import check_mla_args
 from implementations.flash_decoding import c_partitions, kernel_build
-from implementations.flash_decoding.split import Ctx, merge_bytes, partition_for, run_split, workers
+from implementations.flash_decoding.split import Ctx, merges_bytes, partition_for, run_split, workers
 
 # Tokens per partition: a partition is (part x W) latent values for Hq·Nq rows, compute-bound; 512
 # keeps the C kernel's score tile (Hq·Nq x part, 256 KiB at Hq = 128) in L2 and halves the partial
@@ -53,7 +53,7 @@ def _memory_model(case, partition: int | None = None) -> int:
     part = _part(case, partition)
     rows = case.heads_q * case.seq_len_q
     if _runs_c(case):
-        return c_partitions.memory_model(case, part, merge_bytes, heads_kv=1, rows=rows, dk=case.head_dim,
+        return c_partitions.memory_model(case, part, merges_bytes, heads_kv=1, rows=rows, dk=case.head_dim,
                                          dv=case.kv_lora_rank)
     lens = case.kv_lens or (case.seq_len_kv,) * case.batch
     P = -(-max(lens) // part)
@@ -61,7 +61,7 @@ def _memory_model(case, partition: int | None = None) -> int:
     n_workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker = 4 * (3 * rows * part + (part + case.page_size) * case.head_dim + rows * case.head_dim)
     partials = 4 * case.batch * P * rows * (case.kv_lora_rank + 2)
-    merges = min(n_workers, case.batch) * merge_bytes(P, 1, rows, case.kv_lora_rank, 4)
+    merges = merges_bytes(n_workers, case.batch, P, 1, rows, case.kv_lora_rank, 4)
     return partials + max(n_workers * per_worker, merges) + case.element_bytes * case.batch * rows * case.kv_lora_rank
 
 

@@ -36,7 +36,7 @@ def head_scales(k_scale, v_scale, heads_kv: int) -> dict:
             "vscale": v_scale.float().expand(heads_kv).reshape(heads_kv, 1, 1)}
 
 
-def memory_model(case, partition: int, merge_bytes) -> int:
+def memory_model(case, partition: int, merges_bytes) -> int:
     B, Hq, Hkv, Nq, D = case.batch, case.heads_q, case.heads_kv, case.seq_len_q, case.head_dim
     paged = case.kv_layout == "paged"
     part = part_len(partition, case.page_size if paged else 0)
@@ -59,7 +59,7 @@ def memory_model(case, partition: int, merge_bytes) -> int:
         per_worker += 2 * 4 * Hkv * part * D  # float32 k/v copies
     workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker += acc * Hkv * GN * D  # scaled q of one sequence
-    merge = min(workers, B) * merge_bytes(P, Hkv, GN, D, acc)
+    merge = merges_bytes(workers, B, P, Hkv, GN, D, acc)
     small = case.element_bytes * B * Hq * Nq * D  # out
     if paged and bag:
         small += 4 * Hkv * (part + case.page_size)  # one-row bag offsets
