@@ -24,6 +24,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Every sweep a test runs (dozens: the runner, the CLI, the gate, Ray) calibrates its ceilings at its
+# start and end in the worker; the full calibration fills and reads a 1 GiB buffer (1.5-4 s here,
+# ~50 s over a run of the suite). The tests check what the sweeps record and decide, not the ceilings'
+# values, so their workers (subprocesses inherit this) make a small one, recorded as such
+# (harness.measure.machine.ceilings' testing hook). The tests of the calibration itself call it
+# directly (tests/test_ceilings.py) or drop the variable (test_truth's cheats run, the full one).
+os.environ.setdefault("ATTNBENCH_QUICK_CALIBRATION", "1")
+
 # --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadfile` in pyproject.toml) ------------
 # loadfile: a module's tests run on one worker, so a module-scoped fixture (a ray cluster, a report,
 # an interpreter with plugins installed) is built once, and a module's compiled families share the
