@@ -44,8 +44,8 @@ os.environ.setdefault("ATTNBENCH_QUICK_CALIBRATION", "1")
 # machine under load (a module not listed runs after these, in collection order). Re-measure when a
 # module's cost changes a lot: `pytest -q --durations=0` and sum per file.
 LONGEST_MODULES_FIRST = (
-    "test_ray_executor.py",  # ~70 s: the smoke scenario on a local Ray instance, one case after
-    # another (each CPU case holds the whole node); then a 2-node cluster
+    "test_ray_executor.py",  # ~95 s (68 s alone): the smoke scenario on a local Ray instance, one
+    # case after another (each CPU case holds the whole node); then a 2-node cluster
     "test_runner.py",  # ~70 s: `attnbench run` subprocesses with faulty plugins, kill and resume
     "test_gate.py",  # ~65 s: three real `attnbench check` runs
     "test_forms_prefill_impls.py",  # ~65 s: FlexAttention / torch.compile compiles
