@@ -24,6 +24,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Every sweep a test runs (dozens: the runner, the CLI, the gate, Ray) calibrates its ceilings at its
+# start and end in the worker; the full calibration fills and reads a 1 GiB buffer (1.5-4 s here,
+# ~50 s over a run of the suite). The tests check what the sweeps record and decide, not the ceilings'
+# values, so their workers (subprocesses inherit this) make a small one, recorded as such
+# (harness.measure.machine.ceilings' testing hook). The tests of the calibration itself call it
+# directly (tests/test_ceilings.py) or drop the variable (test_truth's cheats run, the full one).
+os.environ.setdefault("ATTNBENCH_QUICK_CALIBRATION", "1")
+
 # --- parallel runs (pytest-xdist: `addopts = -n auto --dist loadfile` in pyproject.toml) ------------
 # loadfile: a module's tests run on one worker, so a module-scoped fixture (a ray cluster, a report,
 # an interpreter with plugins installed) is built once, and a module's compiled families share the
@@ -36,8 +44,8 @@ if not torch.cuda.is_available():
 # machine under load (a module not listed runs after these, in collection order). Re-measure when a
 # module's cost changes a lot: `pytest -q --durations=0` and sum per file.
 LONGEST_MODULES_FIRST = (
-    "test_ray_executor.py",  # ~175 s: the smoke scenario on a local Ray instance, a fresh process per
-    # case, one after another (each CPU case holds the whole node); then a 2-node cluster
+    "test_ray_executor.py",  # ~95 s (68 s alone): the smoke scenario on a local Ray instance, one
+    # case after another (each CPU case holds the whole node); then a 2-node cluster
     "test_runner.py",  # ~70 s: `attnbench run` subprocesses with faulty plugins, kill and resume
     "test_gate.py",  # ~65 s: three real `attnbench check` runs
     "test_forms_prefill_impls.py",  # ~65 s: FlexAttention / torch.compile compiles

@@ -74,6 +74,21 @@ def test_calibrate_keeps_each_read_and_a_failed_buffer_still_gives_the_matmul_pe
     assert row == "not measured: MemoryError: no room"
 
 
+def test_the_quick_calibration_is_a_testing_hook_the_worker_applies_and_records(monkeypatch):
+    from harness.run import worker
+
+    assert measure.quick_settings({}) == {} and measure.quick_settings({measure.QUICK_ENV: "0"}) == {}
+    point = {"device": "cpu", "dtype": "float32", "threads": 1}
+    monkeypatch.setenv(measure.QUICK_ENV, "1")  # as tests/conftest.py sets it for the test session
+    cal = worker.handle({"kind": "calibrate", "points": [point]})["calibration"]["cpu/float32/t1"]
+    assert cal["matmul_flops_per_s"] > 0 and cal["read_bytes_per_s"] > 1e8
+    assert {"sum 256 MiB", "dot 2 x 128 MiB", "copy 128 MiB"} <= set(cal["read_methods"])  # a quarter of 1 GiB
+    assert all(m["bytes"] <= 256 * MiB for m in cal["read_methods"].values())
+    assert cal["testing_quick_calibration"].startswith(f"{measure.QUICK_ENV}=1: a 256 MiB read buffer")
+    monkeypatch.delenv(measure.QUICK_ENV)  # a user's worker: the full calibration (the default arguments)
+    assert measure.quick_settings() == {}
+
+
 def _side(**rates):
     meds = {k.replace("_", " "): v for k, v in rates.items()}
     top = max(meds, key=meds.get)

@@ -274,18 +274,30 @@ def test_end_to_end_update_then_pass_then_catch_slowdown(tmp_path):
         p.returncode == 0 and "inconclusive" in p.stdout and "contended" in p.stdout), p.stdout + p.stderr
 
 
-def test_usage_errors_exit_2(tmp_path):
+def test_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
+    """In this process (the CLI's main, as `python -m attnbench` calls it): a mistake is refused
+    before any worker starts, so four interpreters importing torch would test nothing more; the
+    end-to-end test above runs the real command."""
+    from harness.cli.main import main
+
+    def check(args, **env):
+        monkeypatch.delenv("ATTNBENCH_SLOWDOWN", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        rc = main(["check", *args])
+        return rc, capsys.readouterr().err
+
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     common = ["--scenario", str(scenario)]
-    p = _check([*common, "--threshold", "junk"], tmp_path)
-    assert p.returncode == 2 and "threshold 'junk'" in p.stderr
-    p = _check(common, tmp_path, ATTNBENCH_SLOWDOWN="flash")
-    assert p.returncode == 2 and "ATTNBENCH_SLOWDOWN" in p.stderr
-    p = _check([*common, "--update-baseline"], tmp_path, ATTNBENCH_SLOWDOWN="flash=2")
-    assert p.returncode == 2 and "testing hook" in p.stderr
-    p = _check([*common, "--baseline", str(tmp_path / "nope.json")], tmp_path)
-    assert p.returncode == 2 and "no such baseline file" in p.stderr, p.stderr
+    rc, err = check([*common, "--threshold", "junk"])
+    assert rc == 2 and "threshold 'junk'" in err
+    rc, err = check(common, ATTNBENCH_SLOWDOWN="flash")
+    assert rc == 2 and "ATTNBENCH_SLOWDOWN" in err
+    rc, err = check([*common, "--update-baseline"], ATTNBENCH_SLOWDOWN="flash=2")
+    assert rc == 2 and "testing hook" in err
+    rc, err = check([*common, "--baseline", str(tmp_path / "nope.json")])
+    assert rc == 2 and "no such baseline file" in err, err
 
 
 def test_gate_worker_crash_and_hang_cost_only_their_shape(monkeypatch):

@@ -1,10 +1,13 @@
 """The Ray executor against real Ray on this machine (loopback only): a private local instance runs
 the smoke scenario like the local executor; a simulated two-node cluster (ray.cluster_utils.Cluster)
-spreads cases over both nodes, survives losing a node mid-case, and cancels on Ctrl-C.
+spreads cases over both nodes, survives losing a node mid-case, and cancels on Ctrl-C; a node's Ray
+worker reuses its measurement process across tasks, replaces it after a crash and stops it when idle.
 
-Slow-ish by nature: each Ray case starts a fresh measurement process (~3 s of torch import here).
+Slow-ish by nature: every Ray worker's first case starts a measurement process (~2-3 s of torch
+import here), and Ray itself takes seconds to start.
 """
 
+import dataclasses
 import os
 import sys
 import threading
@@ -29,6 +32,7 @@ PLUGIN_DIR = Path(__file__).parent / "faulty_plugin"
 PYTHONPATH = os.pathsep.join([str(PLUGIN_DIR), str(REPO)])
 BUDGET = Budget(warmup_s=0.01, min_time_s=0.02, max_time_s=0.05, target_spread=0.5, case_timeout_s=60)
 LAUNCHER_MARK = "runpy.run_module('harness.run.worker'"  # harness/run/ray_node.py's _LAUNCH
+IDLE_S = 2.0  # the two-node cluster's idle period for a kept measurement process (ATTNBENCH_RAY_IDLE_S)
 
 
 def _dir(path: Path) -> Path:
@@ -68,7 +72,7 @@ def test_local_ray_instance_runs_smoke_like_the_local_executor(tmp_path):
     scenario = load_scenario("smoke")
     cases = scenario.cases()
     # The smoke cases under the tiny BUDGET, not smoke's own: what is compared is which cases ran and
-    # how they ended, not their times; each Ray case pays a fresh measurement process anyway.
+    # how they ended, not their times.
     local, _ = runner.run_cases(cases, _dir(tmp_path / "local"), budget=BUDGET, seed=scenario.seed)
     t0 = time.perf_counter()
     with RayExecutor("local", progress=None) as ex:
@@ -84,6 +88,16 @@ def test_local_ray_instance_runs_smoke_like_the_local_executor(tmp_path):
     for m in on_disk:
         where = m.extra["where"]
         assert where["executor"] == "ray" and where["node_ip"] == "127.0.0.1" and where["cpu_model"]
+    # Every smoke case has the same thread setting and ends "ok": a Ray worker that ran a task before
+    # (the start calibration included) hands each next case to the same measurement process.
+    assert all(c.threads is None for c in cases)
+    assert all(m.extra["where"]["worker_reused"] for m in on_disk), \
+        [(m.case.case_id, m.extra["where"]["ray_worker_pid"], m.extra["where"]["worker_pid"]) for m in on_disk]
+    by_ray_worker = {}
+    for m in on_disk:
+        by_ray_worker.setdefault(m.extra["where"]["ray_worker_pid"], set()).add(m.extra["where"]["worker_pid"])
+    assert all(len(pids) == 1 for pids in by_ray_worker.values()), by_ray_worker
+    assert _wait_no_measurement_processes() == [], "shutting the instance down ends its measurement processes"
 
 
 # ------------------------------------------------------------------ a two-node cluster
@@ -99,7 +113,8 @@ def two_nodes():
     nodes = {"node_a": cluster.add_node(num_cpus=1, resources={"node_a": 1}),
              "node_b": cluster.add_node(num_cpus=1, resources={"node_b": 1})}
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": PYTHONPATH}},
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": PYTHONPATH,
+                                                                "ATTNBENCH_RAY_IDLE_S": str(IDLE_S)}},
              log_to_driver=False)
     yield cluster, nodes
     ray.shutdown()
@@ -127,6 +142,53 @@ def test_cases_spread_over_both_nodes_and_name_them(two_nodes, tmp_path):
     landed = {m.extra["where"]["node_id"] for m in done}
     assert landed == set(names), "both nodes ran cases"
     assert all(m.extra["where"]["node_ip"] == "127.0.0.1" for m in done)
+
+
+def _on_node(node, case: Case, fresh: bool = False) -> dict:
+    """One job through the executor's own Ray task, pinned to `node`, as RayExecutor submits it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from harness.run.ray_executor import _remote
+
+    job = Job.for_case(case, BUDGET.to_dict(), 0, BUDGET.case_timeout_s)
+    strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+    return ray.get(_remote().options(num_cpus=1, max_retries=0, scheduling_strategy=strategy)
+                   .remote(job.request, job.timeout_s, False, fresh))
+
+
+def _alive(pid: int) -> bool:
+    return pid in _measurement_processes()
+
+
+def test_a_node_reuses_its_measurement_process_until_a_crash_or_an_idle_period(two_nodes):
+    cluster, nodes = two_nodes
+    node = nodes["node_a"]
+    first = _on_node(node, _case("naive", 32))  # (may reuse what an earlier test left there)
+    second = _on_node(node, _case("flash", 32))
+    w1, w2 = first["where"], second["where"]
+    assert first["answer"]["status"] == second["answer"]["status"] == "ok"
+    assert w2["ray_worker_pid"] == w1["ray_worker_pid"], "Ray ran both tasks in one worker process"
+    assert w2["worker_reused"] and w2["worker_pid"] == w1["worker_pid"]
+    crash = _on_node(node, _case("faulty_abort", 32))
+    assert crash["status"] == "crashed" and "SIGABRT" in crash["message"], crash
+    assert crash["where"]["worker_reused"] and crash["where"]["worker_pid"] == w1["worker_pid"]
+    after = _on_node(node, _case("naive", 48))
+    assert after["answer"]["status"] == "ok" and not after["where"]["worker_reused"]
+    assert after["where"]["worker_pid"] != w1["worker_pid"] and not _alive(w1["worker_pid"])
+    other = _on_node(node, dataclasses.replace(_case("naive", 48), threads=2))
+    assert not other["where"]["worker_reused"], "a job with another thread setting gets a pristine process"
+    assert not _alive(after["where"]["worker_pid"])
+    fresh = _on_node(node, _case("naive", 48), fresh=True)  # RayExecutor(fresh_per_case=True): --isolate
+    assert not fresh["where"]["worker_reused"]
+    assert not _alive(other["where"]["worker_pid"]) and not _alive(fresh["where"]["worker_pid"])
+    kept = _on_node(node, _case("naive", 32))
+    pid = kept["where"]["worker_pid"]
+    assert not kept["where"]["worker_reused"] and _alive(pid), "kept for the next task"
+    t0 = time.monotonic()
+    while _alive(pid) and time.monotonic() - t0 < IDLE_S + 10:
+        time.sleep(0.2)
+    assert not _alive(pid) and time.monotonic() - t0 >= IDLE_S - 0.5, "stopped after the idle period, not before"
+    assert not _on_node(node, _case("naive", 32))["where"]["worker_reused"]
 
 
 def test_ctrl_c_cancels_running_cases_and_keeps_finished_ones(two_nodes, tmp_path):

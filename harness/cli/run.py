@@ -137,7 +137,7 @@ def _build_executor(args):
         raise UsageError(MISSING_RAY)
     from harness.run.ray_executor import RayExecutor
 
-    executor = RayExecutor(args.address or "auto")
+    executor = RayExecutor(args.address or "auto", fresh_per_case=bool(getattr(args, "isolate", False)))
     try:
         executor.connect()
     except (ConnectionError, RuntimeError, ValueError) as exc:

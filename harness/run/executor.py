@@ -44,13 +44,8 @@ class Job:
 
     @property
     def thread_setting(self):
-        """The thread count the worker sets for this job (torch.set_num_threads changes the
-        process for later jobs: harness/run/worker.py): None when it sets none, "mixed" for a
-        calibration of several counts."""
-        if self.case is not None:
-            return self.case.threads if (self.case.threads and self.case.device.startswith("cpu")) else None
-        counts = {p.get("threads") for p in self.request.get("points") or []} - {None}
-        return None if not counts else (counts.pop() if len(counts) == 1 else "mixed")
+        """The thread count the worker sets for this job: thread_setting(self.request)."""
+        return thread_setting(self.request)
 
     @classmethod
     def for_case(cls, case: Case, budget: dict, seed: int, timeout_s: float, ceilings: dict | None = None) -> "Job":
@@ -73,6 +68,42 @@ class Job:
     def for_catalogue(cls, timeout_s: float = 60.0) -> "Job":
         """Which implementations package and names the worker has (harness/run/worker.py)."""
         return cls("catalogue", None, {"kind": "catalogue"}, timeout_s, "catalogue")
+
+
+def thread_setting(request: dict):
+    """The thread count a worker sets for this request (torch.set_num_threads changes the process
+    for later requests: harness/run/worker.py): its CPU case's `threads`, None when it sets none,
+    "mixed" for a calibration of several counts."""
+    case = request.get("case")
+    if case is not None:
+        threads = case.get("threads")
+        return threads if (threads and str(case.get("device", "cpu")).startswith("cpu")) else None
+    counts = {p.get("threads") for p in request.get("points") or []} - {None}
+    return None if not counts else (counts.pop() if len(counts) == 1 else "mixed")
+
+
+class ReuseRule:
+    """When a live measurement worker may serve the next job -- the same rule for the local
+    executor and a Ray node (harness/run/ray_node.py). A worker that crashed, hung or served a
+    calibration of several thread counts is not kept; one that set a thread count serves only
+    jobs wanting that same setting (torch.set_num_threads, even with the current value, changes the
+    process: harness/run/worker.py), so any other job gets a pristine process."""
+
+    def __init__(self):
+        self.threads_set = None  # the thread setting of the jobs the live worker has served
+
+    def before(self, worker, want) -> None:
+        """Stop `worker` if it may not serve a job wanting thread setting `want`."""
+        if self.threads_set is not None and want != self.threads_set:
+            worker.stop()
+        if not worker.alive:
+            self.threads_set = None
+
+    def after(self, worker, want, status: str, fresh: bool = False) -> None:
+        """After a job: remember what the worker set, and stop it unless it may be kept."""
+        self.threads_set = want if (status == DONE and want != "mixed") else None
+        if fresh or want == "mixed" or status != DONE:
+            worker.stop()
 
 
 @dataclass(frozen=True)
@@ -125,7 +156,7 @@ class LocalExecutor(Executor):
             self._tmp = tempfile.TemporaryDirectory(prefix="attnbench-worker-")
             log_path = Path(self._tmp.name) / "worker.log"
         self.fresh_per_case = fresh_per_case
-        self._threads_set = None  # the thread count the live worker has set (None: never called)
+        self.reuse = ReuseRule()
         self.worker = Worker(Path(log_path), memory_limit_bytes=memory_limit_bytes, env_defaults=env_defaults,
                              env_overrides=env_overrides, cwd=cwd)
 
@@ -150,10 +181,7 @@ class LocalExecutor(Executor):
 
         for job in jobs:
             want = job.thread_setting
-            if self._threads_set is not None and want != self._threads_set:
-                self.worker.stop()  # it called set_num_threads for other jobs: a pristine process for this one
-            if not self.worker.alive:
-                self._threads_set = None
+            self.reuse.before(self.worker, want)
             if on_start:
                 on_start(job)
             t0 = time.perf_counter()
@@ -163,9 +191,7 @@ class LocalExecutor(Executor):
                 yield Reply(job, CRASHED, None, str(exc), time.perf_counter() - t0, {"executor": self.name})
                 continue
             pid = self.worker.proc.pid if self.worker.proc is not None else None
-            self._threads_set = want if (r.status == DONE and want != "mixed") else None
-            if self.fresh_per_case or want == "mixed" or r.status != DONE:
-                self.worker.stop()
+            self.reuse.after(self.worker, want, r.status, self.fresh_per_case)
             where = {"executor": self.name, "host": socket.gethostname(), "worker_pid": pid, "driver_pid": os.getpid()}
             yield Reply(job, r.status, r.record, r.message, time.perf_counter() - t0, where)
 

@@ -11,13 +11,18 @@ Placing in the driver (rather than handing Ray every task at once) means a start
 (on_start and the progress lines name the node), a retry can exclude the node that failed, and a
 node that joins mid-sweep is used. Nodes are not autoscaled for us: start the workers first.
 
-Isolation. Each job is one Ray task that starts a FRESH measurement process on its node
-(harness/run/ray_node.py), sends the one request and stops it: a crash, hang (the job's timeout)
-or OOM costs only that case, no state leaks between cases, and Ray holds the case's resources only
-while it runs, so the cluster's accounting matches what is really busy. The price is the worker's
-start-up (importing torch, ~3-4 s on a small CPU; never charged to the case's timeout), paid in
-parallel across nodes. A reused worker per node (an actor) would save it but hold the node's
-resources for the whole sweep and carry state between cases; it is not offered.
+Isolation. Each job is one Ray task, whose Ray worker process hands it to a measurement process
+on its node (harness/run/ray_node.py): a crash, hang (the job's timeout) or OOM costs only that
+case, and Ray holds the case's resources only while it runs, so the cluster's accounting matches
+what is really busy. As with the local executor, the measurement process is reused: the Ray worker
+keeps it for its next task when that job may use it (same thread setting, environment and memory
+cap; never after a crash or timeout), so only a node's first case pays the worker's start-up
+(importing torch, ~2-4 s on a small CPU; never charged to the case's timeout). Every request
+starts from the same torch state (harness/run/worker.py). A kept process is stopped after a short
+idle period, and dies with its Ray worker. `fresh_per_case=True` (`attnbench run --isolate`)
+starts a fresh measurement process for every task instead. Each record says which
+(extra["where"]: worker_pid, worker_reused). The executor holds no actor: a node's resources are
+never reserved between cases.
 
 Failures. What the measured code does is the worker's record, as locally. A task that fails in Ray
 itself (worker or node died, object lost, unschedulable, runtime env failed) costs its case only:
@@ -83,16 +88,15 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None = "auto", *, fresh_per_case: bool = True,
+    def __init__(self, address: str | None = "auto", *, fresh_per_case: bool = False,
                  runtime_env: dict | None = None, num_cpus: int | None = None,
                  progress: TextIO | None = sys.stderr, init_kwargs: dict | None = None):
-        if not fresh_per_case:
-            raise ValueError("the ray executor always runs each case in a fresh process")
         try:
             import ray  # noqa: F401
         except ImportError as exc:
             raise ImportError(MISSING_RAY) from exc
         self.address = address
+        self.fresh_per_case = fresh_per_case  # a measurement process per task (else reused: ray_node)
         self.runtime_env = runtime_env
         self.num_cpus = num_cpus  # for a "local" instance only
         self.progress = progress
@@ -264,7 +268,7 @@ class RayExecutor(Executor):
         }
         if self.runtime_env is not None:
             opts["runtime_env"] = self.runtime_env
-        ref = _remote().options(**opts).remote(job.request, job.timeout_s, gpu)
+        ref = _remote().options(**opts).remote(job.request, job.timeout_s, gpu, self.fresh_per_case)
         self._inflight[ref] = _Attempt(job, node, time.perf_counter() + job.timeout_s + TASK_GRACE_S)
 
     @staticmethod

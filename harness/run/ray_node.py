@@ -1,11 +1,21 @@
 """The node side of the Ray executor (harness/run/ray_executor.py): what one Ray task does on the
 node it was placed on.
 
-Each task runs its case in a fresh measurement process (`python -m harness.run.worker`, through
+Each task hands its job to a measurement process (`python -m harness.run.worker`, through
 harness.run.process.Worker, with the same start-up allowance and case timeout as the local
-executor), then stops it. The Ray task itself only waits on a pipe, so it does not import torch.
-The measurement process dies with the Ray worker that started it (PR_SET_PDEATHSIG): a task that
-is force-cancelled, or a node that is torn down, leaves no orphaned measurement behind.
+executor). The Ray worker process keeps that measurement process after the task and gives it the
+next task it runs when the job may use it, as the local executor does (harness.run.executor's
+ReuseRule: not after a crash, timeout or a calibration of several thread counts, and only for a job
+with the same thread setting), and when the job's environment (Ray's per-task thread variables
+removed for CPU cases; CUDA_VISIBLE_DEVICES for CUDA ones) and memory cap are the same; otherwise it
+is replaced. This saves the worker's start-up (importing torch, ~2-4 s) on every case but a node's
+first. `RayExecutor(fresh_per_case=True)` (`attnbench run --isolate`) starts one per task instead.
+A kept measurement process is stopped after IDLE_S seconds with no task (ATTNBENCH_RAY_IDLE_S), so
+a cluster that stays connected after a sweep does not hold idle torch processes; and it dies with
+the Ray worker process that started it (PR_SET_PDEATHSIG): a task that is force-cancelled, a
+worker that exits or a node that is torn down leaves no orphaned measurement behind. A polite
+cancel (KeyboardInterrupt in the task) stops it too. The Ray task itself only waits on a pipe, so
+it does not import torch.
 
 Nothing here raises for a failure of the measured code: the answer is a plain dict
 {"status", "answer", "message", "wall_s", "where"}; only infrastructure failures (the Ray worker
@@ -14,15 +24,27 @@ or node died) surface in the driver, as Ray exceptions.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from harness.run.executor import ReuseRule, thread_setting
 from harness.run.process import MEMORY_LIMIT_ENV, STARTUP_TIMEOUT_S, WORKER_MODULE, Worker, WorkerReply
+
+# How long a kept measurement process may wait for the next task before it is stopped. The driver
+# sends a node its next case as soon as the last one's answer is in (harness/run/ray_executor.py
+# polls every second), so within a sweep the gap is about a second; 10 s covers that with room for
+# a loaded driver, and after a sweep (or a Ctrl-C) a cluster that stays connected gets its memory
+# (and a CUDA context) back within seconds. When the driver exits, Ray ends its job's workers, and
+# the measurement processes die with them.
+IDLE_S = 10.0
+IDLE_ENV = "ATTNBENCH_RAY_IDLE_S"  # seconds; overrides IDLE_S (read on the node, per task)
 
 # Thread-count variables Ray sets from a task's num_cpus; a CPU case must see what torch would pick
 # on that machine by itself (or the case's own `threads`), as with the local executor.
@@ -143,24 +165,129 @@ def memory_limit_for(gpu: bool, budget_limit: int | None) -> int | None:
     return int(device_memory_bytes("cpu") * MEMORY_HEADROOM)
 
 
-def run_case_here(request: dict, timeout_s: float, gpu: bool) -> dict:
-    """The body of one Ray task: one job in a fresh measurement process on this node."""
+class _Kept:
+    """A measurement process this Ray worker process keeps between tasks, with what it was started
+    for (environment, memory cap), its log folder and the reuse rule's state."""
+
+    def __init__(self, env: dict[str, str], limit: int | None):
+        self.env, self.limit = env, limit
+        self._tmp = tempfile.TemporaryDirectory(prefix="attnbench-ray-")
+        self.worker = NodeWorker(Path(self._tmp.name) / "worker.log", limit, env)
+        self.rule = ReuseRule()
+
+    def fits(self, env: dict[str, str], limit: int | None) -> bool:
+        return self.worker.alive and env == self.env and limit == self.limit
+
+    def close(self) -> None:
+        self.worker.stop()
+        self._tmp.cleanup()
+
+
+_LOCK = threading.Lock()
+_KEPT: _Kept | None = None  # the idle measurement process of this Ray worker process
+_TIMER: threading.Timer | None = None
+
+
+def _take() -> _Kept | None:
+    """This process's kept measurement process, now the caller's alone (its idle timer cancelled)."""
+    global _KEPT, _TIMER
+    with _LOCK:
+        kept, _KEPT = _KEPT, None
+        if _TIMER is not None:
+            _TIMER.cancel()
+            _TIMER = None
+    return kept
+
+
+def _claim(env: dict[str, str], limit: int | None) -> _Kept | None:
+    """The kept measurement process if it may serve a job with this environment and memory cap
+    (the task's alone until _keep); one that may not is stopped."""
+    kept = _take()
+    if kept is not None and not kept.fits(env, limit):
+        kept.close()
+        kept = None
+    return kept
+
+
+def _keep(kept: _Kept) -> None:
+    """Hold `kept` for the next task, stopped after the idle period unless a task claims it first."""
+    global _KEPT, _TIMER
+    idle_s = idle_seconds()
+    with _LOCK:
+        if _KEPT is not None:  # (tasks run one at a time in a Ray worker; never two kept)
+            _KEPT.close()
+        _KEPT = kept
+        _TIMER = threading.Timer(idle_s, _expire, args=(kept,))
+        _TIMER.daemon = True
+        _TIMER.start()
+
+
+def _expire(kept: _Kept) -> None:
+    global _KEPT, _TIMER
+    with _LOCK:
+        if _KEPT is not kept:  # claimed by a task meanwhile
+            return
+        _KEPT, _TIMER = None, None
+    kept.close()
+
+
+def idle_seconds() -> float:
+    """IDLE_S, or ATTNBENCH_RAY_IDLE_S when it is set to a number of seconds (>= 0)."""
+    try:
+        value = float(os.environ.get(IDLE_ENV, ""))
+    except ValueError:
+        return IDLE_S
+    return value if value >= 0 else IDLE_S
+
+
+def stop_kept() -> None:
+    """Stop this Ray worker process's idle measurement process now, if it has one (also when the
+    Ray worker exits normally; when it is killed, PR_SET_PDEATHSIG ends the process)."""
+    kept = _take()
+    if kept is not None:
+        kept.close()
+
+
+atexit.register(stop_kept)
+
+
+def run_case_here(request: dict, timeout_s: float, gpu: bool, fresh: bool = False) -> dict:
+    """The body of one Ray task: one job in this Ray worker's measurement process (started if it
+    has none that fits; with `fresh`, one started for this job alone)."""
     where = node_facts(gpu)
     env = dict(os.environ)
     if not gpu:
         for var in _RAY_THREAD_VARS:
             env.pop(var, None)
     limit = memory_limit_for(gpu, (request.get("budget") or {}).get("memory_limit_bytes"))
+    want = thread_setting(request)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="attnbench-ray-") as tmp:
-        worker = NodeWorker(Path(tmp) / "worker.log", limit, env)
-        try:
-            worker.start()
-            where["worker_pid"] = worker.proc.pid
-            r = worker.request(request, timeout_s)
-        except RuntimeError as exc:  # the measurement process could not start: this case's failure
-            r = WorkerReply("crashed", message=str(exc))
-        finally:  # also on a (non-forced) ray.cancel, which raises KeyboardInterrupt here
-            worker.stop()
+    kept = _claim(env, limit)
+    if fresh and kept is not None:
+        kept.close()
+        kept = None
+    if kept is not None:
+        kept.rule.before(kept.worker, want)  # another thread setting: a pristine process
+    if kept is None or not kept.worker.alive:
+        if kept is not None:
+            kept.close()
+        kept = _Kept(env, limit)
+    reused = kept.worker.alive
+    try:
+        if not reused:
+            kept.worker.start()
+        where["worker_pid"] = kept.worker.proc.pid
+        where["worker_reused"] = reused
+        r = kept.worker.request(request, timeout_s)
+    except RuntimeError as exc:  # the measurement process could not start: this case's failure
+        r = WorkerReply("crashed", message=str(exc))
+    except BaseException:  # a (non-forced) ray.cancel raises KeyboardInterrupt here: stop it
+        kept.close()
+        raise
+    kept.rule.after(kept.worker, want, r.status, fresh)
+    if kept.worker.alive:
+        _keep(kept)
+    else:
+        kept.close()
     return {"status": r.status, "answer": r.record, "message": r.message,
             "wall_s": time.perf_counter() - t0, "where": where}

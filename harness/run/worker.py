@@ -55,9 +55,9 @@ def handle(req: dict) -> dict:
             return {"implementations": [str(p) for p in implementations.__path__], "names": registry.names(),
                     "broken": registry.broken_plugins()}
         if kind == "calibrate":
-            from harness.measure.machine.ceilings import calibrate
+            from harness.measure.machine.ceilings import calibrate, quick_settings
 
-            return {"calibration": calibrate(req["points"])}
+            return {"calibration": calibrate(req["points"], **quick_settings())}  # (a testing hook)
     raise ValueError(f"unknown request kind {kind!r}")
 
 

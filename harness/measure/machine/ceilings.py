@@ -17,10 +17,19 @@ decode step's K and V) and a copy of one half onto the other (read + write count
 CUDA device copy) -- at sizes of at least READ_LLC_FACTOR x the last-level cache, up to
 READ_MAX_BYTES, interleaved in rounds; each method's median is kept, the largest is the ceiling,
 and the spread between them is recorded (harness.results.ceilings reads them).
+
+TESTING HOOK, not for normal use: ATTNBENCH_QUICK_CALIBRATION=1 in the worker's environment makes
+every calibration small -- a QUICK_READ_BYTES read buffer and QUICK_PROBE_S probes: ~0.3-0.5 s
+instead of 1-4 s on a 2-core VM, where filling the 1 GiB buffer alone takes ~0.9 s -- for a test
+suite that runs dozens of sweeps to check everything but the ceilings' values (tests/conftest.py
+sets it). Each ceiling measured so says so (`testing_quick_calibration`). There, in back-to-back
+runs, its read ceiling was within ~10% of the full one (a 128 MiB buffer read ~1.6x faster, partly
+from that VM's large cache) and its matmul peak alike. Unset, a user's calibration is the full one.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,10 +42,14 @@ READ_MIN_BYTES = 2**26  # below this, when even that cannot be allocated, no rea
 READ_LLC_FACTOR = 4  # a read size counts only when it is at least this many times the last-level cache
 READ_ROUNDS = (3, 6)  # at least 3 rounds of every read method, at most 6
 CUDA_CALLS = 10  # CUDA calls per timed read sample (one call is well under a millisecond)
+PROBE_S = 0.3  # the matmul probe's least time; the reads take at least half of it (READ_ROUNDS)
+QUICK_ENV = "ATTNBENCH_QUICK_CALIBRATION"  # testing hook (module docstring)
+QUICK_READ_BYTES = READ_MAX_BYTES // 4
+QUICK_PROBE_S = 0.1
 CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
-def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float = 0.3,
+def matmul_rate(device: str, dtype: str, threads: int | None, min_time_s: float = PROBE_S,
                 read_buffer=None) -> dict:
     """Median FLOP/s of square matmuls (2·n³ FLOPs each) over ≥ min_time_s, with its spread
     (IQR/median of the per-call rates); with a `read_buffer` (ReadBuffer) also the read ceiling
@@ -202,10 +215,22 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def calibrate(points: list[dict], read_max_bytes: int = READ_MAX_BYTES) -> dict:
+def quick_settings(environ=None) -> dict:
+    """calibrate()'s keyword arguments under the testing hook ATTNBENCH_QUICK_CALIBRATION=1 (module
+    docstring); {} -- the full calibration -- when it is unset, empty or "0"."""
+    value = (os.environ if environ is None else environ).get(QUICK_ENV, "").strip()
+    if value in ("", "0"):
+        return {}
+    return {"read_max_bytes": QUICK_READ_BYTES, "min_time_s": QUICK_PROBE_S,
+            "testing": f"{QUICK_ENV}={value}: a {_size(QUICK_READ_BYTES)} read buffer, {QUICK_PROBE_S:g} s probes"}
+
+
+def calibrate(points: list[dict], read_max_bytes: int = READ_MAX_BYTES, min_time_s: float = PROBE_S,
+              testing: str = "") -> dict:
     """{key: rate dict} for each {"device", "dtype", "threads"} point; a failure is recorded as
     {"error": ...} for that point, never raised. One read buffer per device serves every point; a
-    buffer that cannot be made costs the read ceiling only ("read_error"), not the matmul peak."""
+    buffer that cannot be made costs the read ceiling only ("read_error"), not the matmul peak.
+    `testing` (quick_settings) is recorded in every point as `testing_quick_calibration`."""
     out, buffers, errors = {}, {}, {}
     try:
         for p in points:
@@ -216,12 +241,14 @@ def calibrate(points: list[dict], read_max_bytes: int = READ_MAX_BYTES) -> dict:
                 except Exception as exc:  # noqa: BLE001 - no read ceiling, said why
                     errors[dev] = f"{type(exc).__name__}: {exc}"[:300]
             try:
-                out[key] = matmul_rate(dev, p["dtype"], p.get("threads"), read_buffer=buffers.get(dev))
+                out[key] = matmul_rate(dev, p["dtype"], p.get("threads"), min_time_s, read_buffer=buffers.get(dev))
             except Exception as exc:  # noqa: BLE001 - a ceiling we cannot measure is absent, said why
                 out[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
                 continue
             if dev in errors:
                 out[key]["read_error"] = errors[dev]
+            if testing:
+                out[key]["testing_quick_calibration"] = testing
     finally:
         buffers.clear()  # 1 GiB per device: never kept past the calibration
     return out
