@@ -131,6 +131,23 @@ def test_one_warm_up_call_where_the_function_has_just_run(clock):
     assert len(fn2.calls) - one == 1  # the default warms up with two calls
 
 
+def test_a_previous_call_as_long_as_the_warm_up_is_the_warm_up(clock):
+    """The sweep's peak-memory call (after the checked call) lasted warmup_s: no warm-up call
+    more, one call per block; a shorter previous call still gets its warm-up."""
+    slow = clock.work(lambda n: 0.3)
+    t = time_cpu(slow, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1,
+                 previous_call_s=0.35)
+    assert len(slow.calls) == len(t.samples_s) == t.n_blocks and t.calls_per_block == 1
+    assert t.warmup_s == pytest.approx(0.35)
+    again = clock.work(lambda n: 0.3)
+    t2 = time_cpu(again, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1)
+    assert len(again.calls) == len(t2.samples_s) + 1  # without it: one warm-up call
+    fast = clock.work(lambda n: 0.001)
+    t3 = time_cpu(fast, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1,
+                  previous_call_s=0.002)  # shorter than warmup_s: it does not count
+    assert t3.warmup_s >= 0.1 and t3.calls_per_block >= 10  # sized from its own warm-up
+
+
 def test_cold_first_call_is_discarded(clock):
     fn = clock.work(lambda n: 0.2 if n == 0 else 0.001)  # lazy initialisation on the first call
     t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_ci=0.25)

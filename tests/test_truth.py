@@ -166,3 +166,19 @@ head_dim = 16
     assert cal["start"]["read_bytes_per_s"] > 1e8 and cal["read_bytes_per_s"] >= cal["start"]["read_bytes_per_s"]
     assert len(cal["start"]["read_methods"]) >= 3 and cal["read_method"].endswith(("(start)", "(end)"))  # each read kept
     assert "testing_quick_calibration" not in cal["start"] and "testing_quick_calibration" not in cal["end"]
+
+
+def test_a_cpu_case_names_its_kernels_from_its_peak_memory_call(monkeypatch):
+    """The sdpa family's kernel names on the CPU come from the profiled peak-memory call: no
+    profiled call more (dispatched_kernels is never reached)."""
+    from harness.measure import kernel_names
+    from harness.measure.case_measure import measure_case
+
+    def no_more_calls(*_a, **_k):
+        raise AssertionError("a second profiled call")
+
+    monkeypatch.setattr(kernel_names, "dispatched_kernels", no_more_calls)
+    case = Case("sdpa_math", batch=1, heads_q=2, heads_kv=2, seq_len_q=96, seq_len_kv=96, head_dim=32, threads=1)
+    m = measure_case(case, Budget(warmup_s=0.01, min_time_s=0.02, max_time_s=0.05), 0)
+    assert m.status == "ok" and "kernels_error" not in m.extra, m.message
+    assert "aten::_scaled_dot_product_attention_math" in m.extra["kernels"]

@@ -160,10 +160,16 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
             return c
         partial = c.fields
         fn = c.timed.fn
-        partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device)
+        # The kernels a CPU case ran come from its peak-memory call, profiled anyway (not for
+        # compiled code, which may take another path after its first calls: profiled after timing).
+        names = ([] if kernel_names.wanted(impl) and case.device == "cpu"
+                 and not getattr(impl, "params", {}).get("compiled") else None)
+        t0 = time.perf_counter()
+        partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device, op_names=names)
+        peak_call_s = time.perf_counter() - t0
         workload = workload_of(case)
         n_flops, n_bytes = workload.flops(case), workload.min_bytes(case)
-        t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes)
+        t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes, peak_call_s)
         st = stats.summarize(t.samples_s)
         rate = tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
@@ -174,7 +180,7 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
                    "arithmetic_intensity": n_flops / n_bytes}
         metrics.update(compile_time.metrics(impl, c.compile_start))
         extra.update(compile_time.extra(impl, c.compile_start))  # a shape compiled statically says so
-        extra.update(kernel_names.record(impl, fn, st.median_s))  # which kernels ran (sdpa family, compiled code)
+        extra.update(kernel_names.record(impl, fn, st.median_s, seen=names))  # which kernels ran (sdpa family, compiled code)
         ok = dict(samples_s=tuple(t.samples_s), calls_per_block=t.calls_per_block, timing_stopped=t.stopped,
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
@@ -210,8 +216,9 @@ def _timing_note(t, st, budget: Budget) -> str:
     return ""
 
 
-def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
-    """(Timing, CPU contention or None, GPU telemetry metrics, extra fields)."""
+def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float, previous_call_s: float | None = None):
+    """(Timing, CPU contention or None, GPU telemetry metrics, extra fields). previous_call_s: how
+    long the call just before (the peak-memory call) took."""
     from harness.measure.timing import contention, cpu as cpu_timing
 
     if case.device.startswith("cuda"):
@@ -224,5 +231,7 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float):
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_ci=budget.target_ci)
     before = contention.snapshot()
-    t = cpu_timing.time_cpu(fn, warmup_calls=1, **kw)  # the checked and the peak-memory calls came just before
+    # the checked and the peak-memory calls came just before: one warm-up call at most, none when
+    # the peak-memory call alone lasted the warm-up time
+    t = cpu_timing.time_cpu(fn, warmup_calls=1, previous_call_s=previous_call_s, **kw)
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

@@ -24,32 +24,46 @@ def wanted(impl) -> bool:
     return bool(getattr(impl, "params", {}).get("report_kernels"))
 
 
-def dispatched_kernels(fn: Callable[[], object], calls: int = CALLS) -> list[str]:
-    """Names of the interesting ops run by `calls` calls of fn (first-seen order, at most
-    MAX_NAMES; the most specific first: attention / compiled kernels before matmuls)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        for _ in range(calls):
-            fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    names = list(dict.fromkeys(e.name for e in prof.events()))
-    keep = [n for n in names if any(k in n.lower() for k in KEEP)]
+def pick(names) -> list[str]:
+    """The interesting ones of op names in first-seen order (at most MAX_NAMES; the most specific
+    first: attention / compiled kernels before matmuls)."""
+    keep = [n for n in dict.fromkeys(names) if any(k in n.lower() for k in KEEP)]
     specific = [n for n in keep if not n.startswith(("aten::bmm", "aten::mm", "aten::baddbmm", "aten::matmul"))]
     return (specific + [n for n in keep if n not in specific])[:MAX_NAMES]
 
 
-def record(impl, fn: Callable[[], object], per_call_s: float | None = None) -> dict:
+def dispatched_kernels(fn: Callable[[], object], calls: int = CALLS) -> list[str]:
+    """The interesting ops run by `calls` calls of fn (pick). On a machine without CUDA through
+    the profiler's backend class, as harness/measure/peak_memory.py does: torch.profiler.profile
+    imports Inductor on first use (0.85 s per process on a 2-core Xeon)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        from torch.autograd.profiler import profile as cpu_profile
+
+        with cpu_profile(use_cpu=True, use_kineto=True) as prof:
+            for _ in range(calls):
+                fn()
+        return pick(e.name for e in prof.function_events)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return pick(e.name for e in prof.events())
+
+
+def record(impl, fn: Callable[[], object], per_call_s: float | None = None, seen: list | None = None) -> dict:
     """{"kernels": [...]} for implementations that asked for it, else {}; a profiler failure is
     recorded as the reason, never raised. per_call_s (the measured median): a slow call is
-    profiled once (it has run many times already: its path is settled)."""
+    profiled once (it has run many times already: its path is settled). seen: the op names of a
+    call already profiled for its memory (a CPU case's peak-memory call, its second call): used
+    as they are, no call more."""
     if not wanted(impl):
         return {}
+    if seen:
+        return {"kernels": pick(seen)}
     try:
         calls = 1 if per_call_s is not None and per_call_s >= ONE_CALL_S else CALLS
         return {"kernels": dispatched_kernels(fn, calls)}

@@ -26,13 +26,17 @@ def _is_cuda(device) -> bool:
     return str(device).split(":")[0] == "cuda"
 
 
-def allocation_timeline(fn: Callable[[], object]) -> tuple[list[int], object]:
-    """Run fn under the profiler; return (signed CPU allocation sizes in time order, fn's result)."""
+def allocation_timeline(fn: Callable[[], object], op_names: list | None = None) -> tuple[list[int], object]:
+    """Run fn under the profiler; return (signed CPU allocation sizes in time order, fn's result).
+    op_names: a list that gets the names of the ops the call ran, in first-seen order (what
+    harness.measure.kernel_names reports, from this same call)."""
     import torch
     from torch.autograd.profiler import profile
 
     with profile(use_cpu=True, use_kineto=True, profile_memory=True) as prof:
         result = fn()
+    if op_names is not None:
+        op_names.extend(dict.fromkeys(e.name for e in prof.function_events))
     events = [
         e
         for e in prof.kineto_results.events()
@@ -52,11 +56,12 @@ def peak_of(sizes: list[int]) -> int:
     return peak
 
 
-def measure_peak_bytes(fn: Callable[[], object], device="cpu") -> int:
+def measure_peak_bytes(fn: Callable[[], object], device="cpu", op_names: list | None = None) -> int:
     """Peak bytes allocated while fn runs, above what was allocated just before it.
 
     fn's return value is kept alive until fn returns, so it counts (an output is memory the call
     needs); it is released afterwards. Inputs allocated before the call are excluded.
+    op_names (CPU only; left empty on CUDA): filled with the names of the ops the call ran.
     """
     if _is_cuda(device):
         import torch
@@ -70,7 +75,7 @@ def measure_peak_bytes(fn: Callable[[], object], device="cpu") -> int:
         peak = torch.cuda.max_memory_allocated(dev) - baseline
         del result
         return max(0, int(peak))
-    sizes, result = allocation_timeline(fn)
+    sizes, result = allocation_timeline(fn, op_names)
     del result
     return peak_of(sizes)
 

@@ -119,13 +119,20 @@ def time_cpu(
     target_ci: float = 0.02,
     min_block_s: float = 0.01,
     warmup_calls: int = 2,
+    previous_call_s: float | None = None,
 ) -> Timing:
     """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
     is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
     triggered by someone else's garbage does not land in one sample. warmup_calls: the fewest
-    warm-up calls (1 where fn has just been called, e.g. the sweep's checked and peak-memory calls)."""
+    warm-up calls (1 where fn has just been called, e.g. the sweep's checked and peak-memory calls).
+    previous_call_s: how long a call made just before took (after at least one other): when it
+    alone lasted warmup_s and min_block_s, it was the warm-up -- the one call a warm-up would make
+    -- and blocks are one call each; no warm-up call is made (a slow case saves one call)."""
     _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
-    warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls))
+    if previous_call_s is not None and previous_call_s >= max(warmup_s, min_block_s):
+        warm_s, per_call_s = previous_call_s, previous_call_s  # that call was the warm-up
+    else:
+        warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls))
     calls = _calls_for(per_call_s, min_block_s)
     samples: list[float] = []
     gc_was_enabled = gc.isenabled()
