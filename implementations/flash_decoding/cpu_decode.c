@@ -762,15 +762,17 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
             /* bytes from a K row to its V row, and from a V row to the next head's K row */
             const int64_t vdelta = (const char *)v - (const char *)k;
             const int64_t kdelta = h + 1 < Hkv ? head_stride * esz - vdelta : 0;
+            /* rows fetched ahead by the pass before need no prefetch of their own (n: none) */
+            const int64_t pf_k = h == 0 || !vdelta ? pf : n, pf_v = vdelta ? n : pf;
             if (grouped) {
                 memcpy(qg, qh, sizeof(float) * (size_t)(GN * Dk));
                 permute_rows(qg, GN, Dk, wdt, 0, tmp);
             }
-            if (wide && wdt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32, &tb, vdelta);
-            else if (wide && wdt == KV_BF16) scores16(qg, ch, rows, GN, Dk, n, pf, scratch, KV_BF16, &tb, vdelta);
-            else if (wide && wdt == KV_FP8) scores16(grouped ? qg : qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8, &tb, vdelta);
-            else if (wide && wdt == KV_BF16_IN_ORDER) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16_IN_ORDER, &tb, vdelta);
-            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8_IN_ORDER, &tb, vdelta);
+            if (wide && wdt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_F32, &tb, vdelta);
+            else if (wide && wdt == KV_BF16) scores16(qg, ch, rows, GN, Dk, n, pf_k, scratch, KV_BF16, &tb, vdelta);
+            else if (wide && wdt == KV_FP8) scores16(grouped ? qg : qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_FP8, &tb, vdelta);
+            else if (wide && wdt == KV_BF16_IN_ORDER) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_BF16_IN_ORDER, &tb, vdelta);
+            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_FP8_IN_ORDER, &tb, vdelta);
             else if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
             else if (dt == KV_BF16) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
             else scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
@@ -780,11 +782,11 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                 softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
             }
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
-            if (wide && wdt == KV_F32) values16(scratch, rows, GN, Dv, n, pf, oh, KV_F32, &tb, kdelta);
-            else if (wide && wdt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16, &tb, kdelta);
-            else if (wide && wdt == KV_FP8) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8, &tb, kdelta);
-            else if (wide && wdt == KV_BF16_IN_ORDER) values16(scratch, rows, GN, Dv, n, pf, oh, KV_BF16_IN_ORDER, &tb, kdelta);
-            else if (wide) values16(scratch, rows, GN, Dv, n, pf, oh, KV_FP8_IN_ORDER, &tb, kdelta);
+            if (wide && wdt == KV_F32) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_F32, &tb, kdelta);
+            else if (wide && wdt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_BF16, &tb, kdelta);
+            else if (wide && wdt == KV_FP8) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_FP8, &tb, kdelta);
+            else if (wide && wdt == KV_BF16_IN_ORDER) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_BF16_IN_ORDER, &tb, kdelta);
+            else if (wide) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_FP8_IN_ORDER, &tb, kdelta);
             else if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
             else if (dt == KV_BF16) values(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
             else values(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
