@@ -36,7 +36,12 @@
  * bound by the vector ports: per token and kv head 4 rows x (128 + 128) multiply-adds plus the
  * conversions (bfloat16 2, float8 9 instructions per 64 elements, see ldg), the score
  * reductions and the softmax; removing either pass in turn (float8, cache-resident) saved 14 ns
- * (scores) and 8 ns (p·V) of 36 ns per token and kv head.
+ * (scores) and 8 ns (p·V) of 36 ns per token and kv head. And the prefetches alone (compute
+ * removed, cache from DRAM) stream only ~11-14 GB/s per thread (one thread; 15-24 GB/s with two)
+ * against the read probe's 16 per thread: a software prefetch holds one of the core's ~16 L1 fill
+ * buffers until its line arrives (16 lines per ~90 ns), the hardware streamer that the probe's
+ * plain sequential reads train does not. Prefetching every other line only (hoping the streamer
+ * fills in) was slower; the rows a pass fetched ahead get no prefetch of their own.
  *
  * Per head: pass 1 scores s[r][t] = c·(q_r·K_t), c = scale·log2 e (scores in log2 units); row
  * max m_r and p = 2^(s − m_r), l_r = Σ p over the keys row r may see (query token i of the Nq
