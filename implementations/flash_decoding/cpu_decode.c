@@ -276,9 +276,9 @@ static inline __attribute__((always_inline)) void values(const float *p, const v
  * The same two passes as scores/values with 512-bit vectors: half the multiply-add, load and
  * conversion instructions per cache byte of the 8-lane code, which matters most for the narrow
  * caches (a float8 row of 128 bytes carries the multiply-adds of a 512-byte float32 row). Scores:
- * 4 rows x 4 tokens of accumulators, their 16 dot products reduced together (halves added, then
- * two hsum8). p·V: 4 rows x 4 tokens of weights, each chunk of o loaded and stored once per four
- * tokens.
+ * 4 rows x 2 tokens of accumulators (8: with the float8 tables they fit the 32 registers), their
+ * 8 dot products reduced together (sum8). p·V: 4 rows x 4 tokens of weights, each chunk of o
+ * loaded and stored once per four tokens.
  *
  * The narrow caches are read in groups of GS elements (ldg) converted in fewer instructions by
  * giving up the element order inside a group, since a dot product and a sum of rows do not care
@@ -389,9 +389,10 @@ static void permute_rows(float *a, int64_t R, int64_t D, int dt, int to_elements
     }
 }
 
-/* lane i of the result = the sum of the 16 lanes of a[i]: within each 128-bit block, pairs of
- * vectors unpacked and added (4 vectors -> 1 holding each one's block sums), then the four blocks
- * transposed and added (vshuff32x4): 45 instructions for 16 dot products */
+/* lane i of the result = the sum of the 16 lanes of a[i] (i < 4 per 128-bit block, see sum8):
+ * within each block, pairs of vectors unpacked and added (4 vectors -> 1 holding each one's block
+ * sums); sum8 then transposes the blocks of two such and adds them (vshuff32x4): 24 instructions
+ * for 8 dot products, against 37 for halves + hadd */
 static inline __m512 sum4(const __m512 *a) {
     __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
     __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
@@ -405,14 +406,6 @@ static inline __m512 sum8(const __m512 *a) {
     __m512 d01 = _mm512_add_ps(_mm512_shuffle_f32x4(b0, b1, 0x88), _mm512_shuffle_f32x4(b0, b1, 0xDD));
     /* blocks: [b0 0+1, b0 2+3, b1 0+1, b1 2+3] */
     return _mm512_add_ps(_mm512_shuffle_f32x4(d01, d01, 0x08), _mm512_shuffle_f32x4(d01, d01, 0x0D));
-}
-
-static inline __m512 sum16(const __m512 *a) {
-    __m512 b0 = sum4(a), b1 = sum4(a + 4), b2 = sum4(a + 8), b3 = sum4(a + 12);
-    /* block L of b_g: the four sums of a[4g..4g+3] over block L of each */
-    __m512 d01 = _mm512_add_ps(_mm512_shuffle_f32x4(b0, b1, 0x88), _mm512_shuffle_f32x4(b0, b1, 0xDD));
-    __m512 d23 = _mm512_add_ps(_mm512_shuffle_f32x4(b2, b3, 0x88), _mm512_shuffle_f32x4(b2, b3, 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(d01, d23, 0x88), _mm512_shuffle_f32x4(d01, d23, 0xDD));
 }
 
 /* out = rows t..t+3, and the rows pf further on prefetched */
