@@ -146,6 +146,11 @@ def test_a_previous_call_as_long_as_the_warm_up_is_the_warm_up(clock):
     t3 = time_cpu(fast, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1,
                   previous_call_s=0.002)  # shorter than warmup_s: it does not count
     assert t3.warmup_s >= 0.1 and t3.calls_per_block >= 10  # sized from its own warm-up
+    overstated = clock.work(lambda n: 0.002)  # a profiled previous call took 0.2 s, a real one 2 ms
+    t4 = time_cpu(overstated, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1,
+                  previous_call_s=0.2)
+    assert t4.calls_per_block in (5, 6) and t4.warmup_s == pytest.approx(0.202)  # blocks of >= 10 ms again
+    assert len(overstated.calls) == 1 + t4.calls_per_block * len(t4.samples_s)  # the first call was discarded
 
 
 def test_cold_first_call_is_discarded(clock):

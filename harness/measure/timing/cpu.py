@@ -129,8 +129,9 @@ def time_cpu(
     alone lasted warmup_s and min_block_s, it was the warm-up -- the one call a warm-up would make
     -- and blocks are one call each; no warm-up call is made (a slow case saves one call)."""
     _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
-    if previous_call_s is not None and previous_call_s >= max(warmup_s, min_block_s):
-        warm_s, per_call_s = previous_call_s, previous_call_s  # that call was the warm-up
+    unsized = previous_call_s is not None and previous_call_s >= max(warmup_s, min_block_s)
+    if unsized:  # that call was the warm-up
+        warm_s, per_call_s = previous_call_s, previous_call_s
     else:
         warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls))
     calls = _calls_for(per_call_s, min_block_s)
@@ -144,6 +145,11 @@ def time_cpu(
             for _ in range(calls):
                 fn()
             t1 = time.perf_counter()
+            if unsized and not samples and t1 - t0 < min_block_s:
+                # the previous call (profiled) overstated a call: this one is the warm-up, and sizes the blocks
+                warm_s += t1 - t0
+                calls = _calls_for((t1 - t0) / calls, min_block_s)
+                continue
             samples.append((t1 - t0) / calls)
             stopped = _should_stop(samples, t1 - start, min_time_s, max_time_s, target_ci)
             if stopped:
