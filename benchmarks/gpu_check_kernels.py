@@ -271,7 +271,7 @@ def check_timing(outdir: Path) -> None:
         for n in names:
             say("SKIP", n, reason)
         return
-    from harness.measure.timing.cpu import time_cuda
+    from harness.measure.timing.cuda_events import time_cuda
 
     fn = _matmul()
     kw = dict(warmup_s=0.1, min_time_s=0.1, max_time_s=0.3)

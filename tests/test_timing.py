@@ -8,7 +8,8 @@ import torch
 
 from harness.measure.timing import cpu as cpu_timing
 from harness.stats import median_order_ci
-from harness.measure.timing.cpu import Timing, time_cpu, time_cuda, time_interleaved, block_sizes
+from harness.measure.timing.cpu import Timing, time_cpu, time_interleaved, block_sizes
+from harness.measure.timing.cuda_events import time_cuda
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -26,7 +26,7 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
     """(Timing, metrics dict, extra dict) for a CUDA case."""
     import torch
 
-    from harness.measure.timing import cpu as cpu_timing
+    from harness.measure.timing import cpu as cpu_timing, cuda_events
     from harness.measure.timing.nvml_sampler import TelemetrySampler
     from harness.measure.timing.throttled_blocks import measure_discarding_throttled
 
@@ -40,7 +40,7 @@ def time_cuda_with_telemetry(fn, case: Case, budget: Budget, flops: float, nbyte
     def once():
         blocks: list = []
         with TelemetrySampler(index) as tel:
-            t = cpu_timing.time_cuda(fn, block_times=blocks, until=tel.energy_ready, **kw)
+            t = cuda_events.time_cuda(fn, block_times=blocks, until=tel.energy_ready, **kw)
         sampler[:] = [tel, t]
         return t, t.samples_s, blocks, tel.samples
 
