@@ -133,7 +133,7 @@ def test_one_warm_up_call_where_the_function_has_just_run(clock):
 
 
 def test_a_previous_call_as_long_as_the_warm_up_is_the_warm_up(clock):
-    """The sweep's peak-memory call (after the checked call) lasted warmup_s: no warm-up call
+    """The sweep's checked call lasted warmup_s: no warm-up call
     more, one call per block; a shorter previous call still gets its warm-up."""
     slow = clock.work(lambda n: 0.3)
     t = time_cpu(slow, warmup_s=0.1, min_time_s=0.1, max_time_s=1.5, target_ci=0.02, warmup_calls=1,

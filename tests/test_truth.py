@@ -168,9 +168,55 @@ head_dim = 16
     assert "testing_quick_calibration" not in cal["start"] and "testing_quick_calibration" not in cal["end"]
 
 
+def test_a_slow_case_makes_two_untimed_calls_and_profiles_the_fresh_one(monkeypatch):
+    """A case whose checked call lasts the warm-up: that call is the warm-up, the timed blocks are
+    one call each, and the only other untimed call is the guard's on fresh inputs, after timing,
+    which is also the profiled one that gives the peak memory."""
+    import uuid
+
+    import torch
+
+    from harness import registry
+    from harness.measure import peak_memory
+
+    calls = []  # (first value of q, profiled?) per call of the implementation
+    profiled = {"on": False}
+
+    def slow_naive(q, k, v, **kw):
+        calls.append((float(q.flatten()[0]), profiled["on"]))
+        time.sleep(0.03)
+        return registry.get("naive").fn(q, k, v, **kw)
+
+    real = peak_memory.measure_peak
+
+    def measure_peak(fn, device="cpu", op_names=None):
+        profiled["on"] = True
+        try:
+            return real(fn, device, op_names)
+        finally:
+            profiled["on"] = False
+
+    monkeypatch.setattr(peak_memory, "measure_peak", measure_peak)
+    registry.ensure_loaded()
+    name = f"_test_truth_slow_{uuid.uuid4().hex[:8]}"
+    registry.register(name, devices=("cpu",), dtypes=("float32",))(slow_naive)
+    try:
+        case = Case(name, batch=1, heads_q=2, heads_kv=2, seq_len_q=64, seq_len_kv=64, head_dim=16, threads=1)
+        m = measure_case(case, Budget(warmup_s=0.02, min_time_s=0.05, max_time_s=0.3, target_ci=0.5), 0)
+    finally:
+        registry._REGISTRY.pop(name, None)
+    assert m.status == "ok", m.message
+    assert m.calls_per_block == 1 and len(calls) == 1 + len(m.samples_s) + 1, (len(calls), m.samples_s)
+    assert [p for _, p in calls] == [False] * (len(calls) - 1) + [True]  # only the last call is profiled
+    assert len({v for v, _ in calls[:-1]}) == 1 and calls[-1][0] != calls[0][0]  # ... and it is on fresh inputs
+    out_bytes = 2 * 64 * 16 * torch.float32.itemsize
+    assert m.peak_bytes >= out_bytes  # the profiled call's peak: at least its output
+
+
 def test_a_cpu_case_names_its_kernels_from_its_peak_memory_call(monkeypatch):
-    """The sdpa family's kernel names on the CPU come from the profiled peak-memory call: no
-    profiled call more (dispatched_kernels is never reached)."""
+    """The sdpa family's kernel names on the CPU come from the profiled peak-memory call (the
+    guard's call on fresh inputs, after timing): no profiled call more (dispatched_kernels is
+    never reached)."""
     from harness.measure import kernel_names
     from harness.measure.case_measure import measure_case
 

@@ -6,11 +6,12 @@ which times several implementations interleaved with a reference instead of one 
 1. admit: support and memory fit (decided here, where the case runs);
 2. check: inputs and the float64 reference (harness.measure.checked_call), one checked call (and a
    gradient check for training passes), the callable to time, wrapped so the last output is kept;
-3. (the sweep: peak memory in a pass of its own), timing with CPU snapshots around it
-   (harness.measure.timing.contention);
+3. timing with CPU snapshots around it (harness.measure.timing.contention); a slow case's checked
+   call is its warm-up;
 4. after_timing: the guards (harness.measure.guards): inputs unchanged, the last timed call's output
    right, a call on fresh inputs right (no cached output), and a rate no faster than the measured
-   ceiling allows.
+   ceiling allows. The sweep profiles that fresh call for its peak memory and the ops it ran: the
+   one untimed call after the checked one (profiling slows every op, so it is never timed).
 An implementation's failure is this case's record, never an exception out of here.
 
 TESTING HOOK, not for normal use: ATTNBENCH_SLOWDOWN (harness.measure.slowdown) makes the
@@ -41,6 +42,7 @@ class Checked:
     timed: object  # harness.measure.guards.LastOutput
     fields: dict  # Measurement fields measured so far (accuracy, predicted memory, metrics)
     compile_start: float | None = None
+    last_call_s: float | None = None  # how long the last untimed call (the checked one) took
 
 
 def admit(impl, case: Case, started: float) -> Measurement | dict:
@@ -88,13 +90,18 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     sums = guards.checksums(prepared.inputs)  # before any call of the implementation
     if prepared.metrics:
         partial["metrics"] = dict(prepared.metrics)
+    last_call_s = None
     if check_call:
+        t0 = time.perf_counter()
         acc = checked_call.check_impl(impl, prepared, case)
+        last_call_s = time.perf_counter() - t0
         partial.update(acc.fields())
         if acc.wrong:
             return finish(case, vocab.WRONG, acc.wrong, started, partial)
     if case.pass_kind != "forward":
+        t0 = time.perf_counter()
         gc = checked_call.check_impl_grads(impl, prepared, case)
+        last_call_s = time.perf_counter() - t0
         partial["metrics"] = {**partial.get("metrics", {}), **gc.metrics}
         if gc.wrong:
             return finish(case, vocab.WRONG, gc.wrong, started, partial)
@@ -103,7 +110,7 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     if factor:
         fn = slowed_callable(fn, factor, case)
         partial["extra"] = {"testing_slowdown": factor}
-    return Checked(impl, case, prepared, sums, guards.LastOutput(fn), partial, compile_start)
+    return Checked(impl, case, prepared, sums, guards.LastOutput(fn), partial, compile_start, last_call_s)
 
 
 def slowed_callable(fn, factor: float, case: Case):
@@ -115,13 +122,14 @@ def slowed_callable(fn, factor: float, case: Case):
     return slowed(fn, factor, torch.cuda.synchronize if cuda else (lambda: None), cuda=cuda)
 
 
-def after_timing(c: Checked, seed: int, median_s: float, ceilings: dict | None) -> tuple[str, str]:
+def after_timing(c: Checked, seed: int, median_s: float, ceilings: dict | None, around=None) -> tuple[str, str]:
     """Stage 4: (status, message) after the timed calls: `wrong` when a guard fails, `suspect` when
-    faster than the ceilings allow, else ok."""
+    faster than the ceilings allow, else ok. around: runs the guard's call on fresh inputs
+    (harness.measure.guards.check_after_timing)."""
     from harness.measure import guards
     from harness.workloads import workload_of
 
-    problem = guards.check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed)
+    problem = guards.check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed, around)
     if problem:
         return vocab.WRONG, problem
     wl = workload_of(c.case)
@@ -160,17 +168,21 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
             return c
         partial = c.fields
         fn = c.timed.fn
-        # The kernels a CPU case ran come from its peak-memory call, profiled anyway (not for
-        # compiled code, which may take another path after its first calls: profiled after timing).
-        names = ([] if kernel_names.wanted(impl) and case.device == "cpu"
-                 and not getattr(impl, "params", {}).get("compiled") else None)
-        t0 = time.perf_counter()
-        partial["peak_bytes"] = peak_memory.measure_peak_bytes(fn, case.device, op_names=names)
-        peak_call_s = time.perf_counter() - t0
         workload = workload_of(case)
         n_flops, n_bytes = workload.flops(case), workload.min_bytes(case)
-        t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes, peak_call_s)
+        t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes, c.last_call_s)
         st = stats.summarize(t.samples_s)
+        # The guard's call on fresh inputs, after timing, is profiled: its peak memory and (CPU) the
+        # kernels it ran, on a path the timed calls have settled (compiled code included).
+        names = [] if kernel_names.wanted(impl) and case.device == "cpu" else None
+        peak = {}
+
+        def profiled(call):
+            peak["bytes"], out = peak_memory.measure_peak(call, case.device, op_names=names)
+            return out
+
+        status, message = after_timing(c, seed, st.median_s, ceilings, around=profiled)
+        partial["peak_bytes"] = peak.get("bytes")
         rate = tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
         extra.update(gpu_extra)
@@ -185,7 +197,6 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
                   stats=st, flops=n_flops, tflops_per_s=rate, metrics=metrics, extra=extra,
                   contended=bool(contention and contention.contended),
                   contention=contention.reason if contention else "")
-        status, message = after_timing(c, seed, st.median_s, ceilings)
         return finish(case, status, message or _timing_note(t, st, budget), started, {**partial, **ok})
     except Exception as exc:  # the implementation's failure is this case's record, not ours
         return failed(case, exc, started, partial)
@@ -218,7 +229,7 @@ def _timing_note(t, st, budget: Budget) -> str:
 
 def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float, previous_call_s: float | None = None):
     """(Timing, CPU contention or None, GPU telemetry metrics, extra fields). previous_call_s: how
-    long the call just before (the peak-memory call) took."""
+    long the call just before (the checked call) took."""
     from harness.measure.timing import contention, cpu as cpu_timing
 
     if case.device.startswith("cuda"):
@@ -231,7 +242,7 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float, previo
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_ci=budget.target_ci)
     before = contention.snapshot()
-    # the checked and the peak-memory calls came just before: one warm-up call at most, none when
-    # the peak-memory call alone lasted the warm-up time
+    # the checked call came just before: one warm-up call at most, none when it alone lasted the
+    # warm-up time
     t = cpu_timing.time_cpu(fn, warmup_calls=1, previous_call_s=previous_call_s, **kw)
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

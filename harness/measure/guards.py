@@ -6,7 +6,8 @@ returns zeros pass with error 0.0, and one that is right once and returns NaN af
 - q, k, v (and the mask) must be bit-identical to before: else `wrong`, "modified its inputs";
 - the output of the LAST timed call is checked against the reference, like the first;
 - one call on fresh inputs (another seed, same shape) is checked against its own reference, so
-  an output cached from an earlier call is caught;
+  an output cached from an earlier call is caught (the sweep measures that call's peak memory:
+  the one call it profiles, after the timed calls have settled the implementation's path);
 - a median faster than the roofline of the measured ceilings allows (max of FLOPs / matmul peak
   and bytes / read bandwidth, with ceilings.SUSPECT_FACTOR of headroom) is `suspect`: the work
   cannot have been done.
@@ -47,8 +48,11 @@ class LastOutput:
         return self.value
 
 
-def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last: LastOutput, seed: int) -> str:
-    """Why the case is `wrong` after its timed calls, or ""."""
+def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last: LastOutput, seed: int,
+                       around: Callable[[Callable[[], object]], object] | None = None) -> str:
+    """Why the case is `wrong` after its timed calls, or "". The call on fresh inputs is the timed
+    callable built on them (a training pass: its gradients are judged); `around` runs it (the
+    sweep measures its peak memory and the ops it ran there) and returns its result."""
     from harness.measure import checked_call
 
     after = checksums(prepared.inputs)
@@ -67,9 +71,17 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
             return f"the last timed call's gradients are wrong: {gc.wrong}"
     last.value = None
     fresh = checked_call.prepare(case, seed + 1_000_003)  # other values, same shape and mask
-    acc = checked_call.check_impl(impl, fresh, case)
-    if acc.wrong:
-        return f"a call on fresh inputs gave a wrong output (a cached result?): {acc.wrong}"
+    call = checked_call.build_callable(impl, fresh, case)
+    out = around(call) if around is not None else call()
+    if case.pass_kind == "forward":
+        wrong = checked_call.check_output(out, fresh, case.dtype).wrong
+    else:
+        from harness.measure.accuracy import check_grads
+
+        wrong = check_grads(out, fresh.ref_grads, fresh.naive_grads, case.dtype).wrong
+    del out
+    if wrong:
+        return f"a call on fresh inputs gave a wrong output (a cached result?): {wrong}"
     return ""
 
 

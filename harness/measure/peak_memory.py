@@ -63,6 +63,14 @@ def measure_peak_bytes(fn: Callable[[], object], device="cpu", op_names: list | 
     needs); it is released afterwards. Inputs allocated before the call are excluded.
     op_names (CPU only; left empty on CUDA): filled with the names of the ops the call ran.
     """
+    peak, result = measure_peak(fn, device, op_names)
+    del result
+    return peak
+
+
+def measure_peak(fn: Callable[[], object], device="cpu", op_names: list | None = None) -> tuple[int, object]:
+    """(peak bytes, fn's result): measure_peak_bytes for a call whose result is wanted too (the
+    sweep's guard call on fresh inputs is judged and measured at once)."""
     if _is_cuda(device):
         import torch
 
@@ -72,12 +80,9 @@ def measure_peak_bytes(fn: Callable[[], object], device="cpu", op_names: list | 
         baseline = torch.cuda.memory_allocated(dev)
         result = fn()
         torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - baseline
-        del result
-        return max(0, int(peak))
+        return max(0, int(torch.cuda.max_memory_allocated(dev) - baseline)), result
     sizes, result = allocation_timeline(fn, op_names)
-    del result
-    return peak_of(sizes)
+    return peak_of(sizes), result
 
 
 def _meminfo_bytes(field: str) -> int | None:

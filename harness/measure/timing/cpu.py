@@ -124,10 +124,12 @@ def time_cpu(
     """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
     is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
     triggered by someone else's garbage does not land in one sample. warmup_calls: the fewest
-    warm-up calls (1 where fn has just been called, e.g. the sweep's checked and peak-memory calls).
-    previous_call_s: how long a call made just before took (after at least one other): when it
+    warm-up calls (1 where fn has just been called, e.g. the sweep's checked call).
+    previous_call_s: how long a call made just before took (the sweep's checked call): when it
     alone lasted warmup_s and min_block_s, it was the warm-up -- the one call a warm-up would make
-    -- and blocks are one call each; no warm-up call is made (a slow case saves one call)."""
+    -- and blocks are one call each; no warm-up call is made (a slow case saves one call). When it
+    overstated a call (a cold first call, a compile), the first block is short: it becomes the
+    warm-up and sizes the blocks."""
     _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
     unsized = previous_call_s is not None and previous_call_s >= max(warmup_s, min_block_s)
     if unsized:  # that call was the warm-up
