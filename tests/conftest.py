@@ -70,26 +70,29 @@ def work_unit(nodeid: str) -> str:
 # machine under load (a module not listed runs after these, in collection order). Re-measure when a
 # unit's cost changes a lot: `pytest -q --durations=0` and sum per unit.
 LONGEST_MODULES_FIRST = (
-    "test_ray_executor.py",  # ~95 s (68 s alone): the smoke scenario on a local Ray instance, one
-    # case after another (each CPU case holds the whole node); then a 2-node cluster
-    "torch.compile",  # ~100 s from an empty Inductor cache (~35 s with a warm one): FlexAttention
-    # and torch.compile compiles, C++ built by Inductor
-    "test_runner.py",  # ~70 s: `attnbench run` subprocesses with faulty plugins, kill and resume
-    "test_gate.py",  # ~65 s: three real `attnbench check` runs
-    "test_forms_prefill_impls.py",
-    "test_implementations.py",
-    "test_properties.py",
+    # seconds: one cold run of the suite on the 2-core machine under load (another process took
+    # about one core), so about 1.5x what a quiet machine takes
+    "test_ray_executor.py",  # ~125 s: the smoke scenario on a local Ray instance, one case after
+    # another (each CPU case holds the whole node); then a 2-node cluster
+    "torch.compile",  # ~100 s from an empty Inductor cache (70 s alone on a quiet machine, 30 s
+    # with a warm cache): FlexAttention and torch.compile compiles, the C++ built by Inductor
+    "test_implementations.py",  # ~95 s, most of it triton_flash in Triton's interpreter
+    "test_properties.py",  # ~65 s, ditto
+    "test_gate.py",  # ~55 s: three real `attnbench check` runs
+    "test_gradients.py",  # ~50 s, most of it triton_flash in Triton's interpreter
+    "test_runner.py",  # ~40 s: `attnbench run` subprocesses with faulty plugins, kill and resume
     "test_hostile_inputs.py",
-    "test_gradients.py",
-    "test_decode_kernel.py",
-    "test_models_cli.py",
     "test_truth.py",
     "test_gate_ab.py",
+    "test_decode_kernel.py",
     "test_kernel_cache.py",
-    "test_serving_impls.py",
+    "test_models_cli.py",
+    "test_forms_prefill_impls.py",  # ~15 s without its compiled tests (in "torch.compile")
     "test_decode_forms.py",
-    "test_flash.py",
+    "test_serving_impls.py",
+    "test_plugins.py",
     "test_mla_decode.py",
+    "test_flash.py",
 )
 
 
