@@ -70,17 +70,17 @@ def work_unit(nodeid: str) -> str:
 # machine under load (a module not listed runs after these, in collection order). Re-measure when a
 # unit's cost changes a lot: `pytest -q --durations=0` and sum per unit.
 LONGEST_MODULES_FIRST = (
-    # seconds: one cold run of the suite on the 2-core machine under load (another process took
-    # about one core), so about 1.5x what a quiet machine takes
-    "test_ray_executor.py",  # ~125 s: the smoke scenario on a local Ray instance, one case after
-    # another (each CPU case holds the whole node); then a 2-node cluster
-    "torch.compile",  # ~100 s from an empty Inductor cache (70 s alone on a quiet machine, 30 s
-    # with a warm cache): FlexAttention and torch.compile compiles, the C++ built by Inductor
-    "test_implementations.py",  # ~95 s, most of it triton_flash in Triton's interpreter
-    "test_properties.py",  # ~65 s, ditto
-    "test_gate.py",  # ~55 s: three real `attnbench check` runs
-    "test_gradients.py",  # ~50 s, most of it triton_flash in Triton's interpreter
-    "test_runner.py",  # ~40 s: `attnbench run` subprocesses with faulty plugins, kill and resume
+    # seconds: a cold run of the suite on the 2-core machine under load (another process took about
+    # one core), in brackets a cold run on the quiet machine (CPU-bound units gain most when quiet)
+    "test_ray_executor.py",  # ~125 s (75 s): the smoke scenario on a local Ray instance, one case
+    # after another (each CPU case holds the whole node); then a 2-node cluster
+    "torch.compile",  # ~100 s (64 s) from an empty Inductor cache (~30 s with a warm cache):
+    # FlexAttention and torch.compile compiles, the C++ built by Inductor
+    "test_implementations.py",  # ~95 s (36 s), most of it triton_flash in Triton's interpreter
+    "test_properties.py",  # ~65 s (24 s), ditto
+    "test_gate.py",  # ~55 s (28 s): three real `attnbench check` runs
+    "test_gradients.py",  # ~50 s (28 s), most of it triton_flash in Triton's interpreter
+    "test_runner.py",  # ~40 s (32 s): `attnbench run` subprocesses with faulty plugins, kill and resume
     "test_hostile_inputs.py",
     "test_truth.py",
     "test_gate_ab.py",
