@@ -190,7 +190,11 @@ def _flex(q, k, v, dims, var, causal: bool, attn_mask, scale, compiled):
         block_mask = _block_mask(mask_mod, key, None if mb == 1 else B, None if mh == 1 else Hq, Nq, nk, dev)
     slopes = var.slopes.to(dev, acc) if var is not None and var.slopes is not None else None
     cap = torch.tensor(var.softcap, device=dev, dtype=acc) if var is not None and var.softcap else None
-    score_mod = _score_mod(offset, slopes, cap, sinks, sink_key)
+    # The score_mod gets tensors of its own, never those the mask_mod captured: a block mask reused
+    # from _BLOCK_MASKS holds an earlier call's mask_mod, and Dynamo guards on whether the two mods
+    # share a tensor -- shared on a block mask's first call, not on its reuse, that recompiled the
+    # family on every shape's second call.
+    score_mod = _score_mod(offset.clone(), slopes, cap, sinks, None if sink_key is None else sink_key.clone())
     family = (str(dev), q.dtype, dims.head_dim, dims.value_dim, dims.group > 1, mask_mod is not None, causal,
               win is not None, docs is not None, None if pad is None else tuple(s > 1 for s in pad.shape),
               slopes is not None, cap is not None, sink_key is not None, by_lse)

@@ -37,39 +37,91 @@ os.environ.setdefault("ATTNBENCH_QUICK_CALIBRATION", "1")
 # an interpreter with plugins installed) is built once, and a module's compiled families share the
 # in-process torch.compile caches. (Not loadgroup: with pytest 9, xdist 3.8's loadgroup drops the
 # xdist_group marks -- it rewrites Item._nodeid, which pytest 9 no longer reads.)
-# Longest modules first (LPT): with `--no-loadscope-reorder` (pyproject.toml) xdist hands out modules
+# Work units: a module, except the tests that torch.compile (one unit, "torch.compile", below), so
+# that one worker pays Inductor's once-per-process costs (importing and warming up Dynamo / Inductor,
+# loading the vector-ISA probes, preprocessing the precompiled header: ~5 s) once, and the two
+# workers do not both stall on Inductor's file locks while one of them builds the on-disk pieces
+# (the ISA probes, ~7 s, and the precompiled header, ~4 s, in a fresh cache). A unit's tests run
+# in collection order, module by module (pytest_collection_modifyitems keeps a module's tests
+# together), so module-scoped fixtures are built once. (pytest_xdist_make_scheduler: loadfile with
+# these units.)
+UNITS = {
+    "torch.compile": (
+        "test_forms_prefill_impls.py::test_compiled_implementations_with_the_forms",
+        "test_forms_prefill_impls.py::test_flex_sinks_by_log_sum_exp_match_the_reference",
+        "test_compiled.py",
+        "test_compile_fallback.py",
+    ),
+}
+_UNIT_OF = {member: unit for unit, members in UNITS.items() for member in members}
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test runs in: its group in UNITS, else its module (the nodeid's path)."""
+    path, _, name = nodeid.partition("::")
+    module = path.rsplit("/", 1)[-1]
+    return _UNIT_OF.get(f"{module}::{name.split('[')[0]}") or _UNIT_OF.get(module) or path
+
+
+# Longest units first (LPT): with `--no-loadscope-reorder` (pyproject.toml) xdist hands out units
 # in this order, so the long ones start at once and the many short ones fill the gaps at the end;
 # xdist's own order (most tests first) had left the ray module (~3 min) to start last on one worker
-# while the other idled. Ordered by the seconds per module of one `--durations` profile on the 2-core
+# while the other idled. Ordered by the seconds per unit of one `--durations` profile on the 2-core
 # machine under load (a module not listed runs after these, in collection order). Re-measure when a
-# module's cost changes a lot: `pytest -q --durations=0` and sum per file.
+# unit's cost changes a lot: `pytest -q --durations=0` and sum per unit.
 LONGEST_MODULES_FIRST = (
-    "test_ray_executor.py",  # ~95 s (68 s alone): the smoke scenario on a local Ray instance, one
-    # case after another (each CPU case holds the whole node); then a 2-node cluster
-    "test_runner.py",  # ~70 s: `attnbench run` subprocesses with faulty plugins, kill and resume
-    "test_gate.py",  # ~65 s: three real `attnbench check` runs
-    "test_forms_prefill_impls.py",  # ~65 s: FlexAttention / torch.compile compiles
-    "test_implementations.py",
-    "test_properties.py",
+    # seconds: a cold run of the suite on the 2-core machine under load (another process took about
+    # one core), in brackets a cold run on the quiet machine (CPU-bound units gain most when quiet)
+    "test_ray_executor.py",  # ~125 s (75 s): the smoke scenario on a local Ray instance, one case
+    # after another (each CPU case holds the whole node); then a 2-node cluster
+    "torch.compile",  # ~100 s (64 s) from an empty Inductor cache (~30 s with a warm cache):
+    # FlexAttention and torch.compile compiles, the C++ built by Inductor
+    "test_implementations.py",  # ~95 s (36 s), most of it triton_flash in Triton's interpreter
+    "test_properties.py",  # ~65 s (24 s), ditto
+    "test_gate.py",  # ~55 s (28 s): three real `attnbench check` runs
+    "test_gradients.py",  # ~50 s (28 s), most of it triton_flash in Triton's interpreter
+    "test_runner.py",  # ~40 s (32 s): `attnbench run` subprocesses with faulty plugins, kill and resume
     "test_hostile_inputs.py",
-    "test_gradients.py",
-    "test_decode_kernel.py",
-    "test_models_cli.py",
-    "test_compiled.py",
     "test_truth.py",
     "test_gate_ab.py",
+    "test_decode_kernel.py",
     "test_kernel_cache.py",
-    "test_compile_fallback.py",
-    "test_serving_impls.py",
+    "test_models_cli.py",
+    "test_forms_prefill_impls.py",  # ~15 s without its compiled tests (in "torch.compile")
     "test_decode_forms.py",
-    "test_flash.py",
+    "test_serving_impls.py",
+    "test_plugins.py",
     "test_mla_decode.py",
+    "test_flash.py",
 )
+
+
+def _rank_key(rank):
+    def key(item):
+        unit = work_unit(item.nodeid)
+        name = unit.rsplit("/", 1)[-1]
+        return rank.get(name, len(rank)), unit
+
+    return key
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module keeps its order
+    items.sort(key=_rank_key(rank))  # stable: a unit, and a module within it, keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile over the work units above (work_unit) instead of plain modules."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class UnitScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
 
 
 # Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from harness.cli import main as cli
@@ -79,6 +78,8 @@ def test_pytest_benchmark_compare_accepts_the_file(run_dir, tmp_path, main, caps
 
 
 def test_csv(run_dir, main, capsys):
+    import pandas as pd  # here, not at the top: ~0.3 s of every xdist worker's collection
+
     assert main(["export", str(run_dir), "--format", "csv"]) == 0
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(df["impl"]) == ["naive", "flash", "sdpa_flash"]
@@ -96,6 +97,8 @@ def test_parquet_without_engine_is_a_clear_usage_error(run_dir, tmp_path, main, 
 @pytest.mark.skipif(not any(export.importlib.util.find_spec(e) for e in export.PARQUET_ENGINES),
                     reason="no parquet engine installed")
 def test_parquet_roundtrip(run_dir, tmp_path, main):
+    import pandas as pd
+
     out = tmp_path / "x.parquet"
     assert main(["export", str(run_dir), "--format", "parquet", "--out", str(out)]) == 0
     assert list(pd.read_parquet(out)["impl"]) == ["naive", "flash", "sdpa_flash"]
