@@ -98,3 +98,39 @@ def test_help_says_check_measures_against_a_revision_or_a_baseline(capsys):
     assert "--against" in out
     assert "git revision" in out and "baseline" in out
     assert "fastest" in out  # what attnbench answers
+
+
+def test_list_does_not_import_the_compiler_stack():
+    """`attnbench list` asks whether torch.compile / FlexAttention can run here by looking the
+    modules up, not importing them (Dynamo and Inductor cost ~1 s of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib\nfrom harness.cli.main import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    main(['list', '--json'])\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'torch.nn.attention.flex_attention')"
+            " if m in sys.modules))\nprint(out.getvalue())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported, listing = r.stdout.split("\n", 1)
+    assert imported == "[]"
+    flex = {row["name"]: row for row in json.loads(listing)["implementations"]}["flex"]
+    assert flex["available"]["cpu"]["available"]  # looked up all the same (gcc is on this machine)
+
+
+def test_compile_availability_says_what_is_missing(monkeypatch):
+    """A torch without Dynamo/Inductor, or a CPU machine without a C++ compiler: not available,
+    with the reason."""
+    import importlib.util
+
+    from implementations._shared import compile_support
+
+    check = compile_support.compiler_available.__wrapped__  # not the cached answer
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch._inductor" else real(name, *a))
+    s = check("cpu")
+    assert not s and "torch._inductor" in s.reason and "torch._dynamo" not in s.reason
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    monkeypatch.setattr(compile_support.shutil, "which", lambda name: None)
+    s = check("cpu")
+    assert not s and "C++ compiler" in s.reason

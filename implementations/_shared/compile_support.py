@@ -34,21 +34,29 @@ from harness.registry import YES, Support, no
 
 @lru_cache(maxsize=None)
 def compiler_available(device_kind: str) -> Support:
-    """torch.compile can build kernels for `device_kind` here (a C++ compiler / Triton)."""
-    try:
-        import torch._dynamo  # noqa: F401
-        import torch._inductor  # noqa: F401
-    except Exception as exc:  # a torch build without the compiler stack
-        return no(f"torch.compile is unavailable in this torch build: {exc}")
+    """torch.compile can build kernels for `device_kind` here (a C++ compiler / Triton). Looked up,
+    not imported: importing Dynamo and Inductor costs ~1 s, which `attnbench list` would pay for
+    nothing (a compile imports them when it runs)."""
+    missing = [m for m in ("torch._dynamo", "torch._inductor") if not _found(m)]
+    if missing:  # a torch build without the compiler stack
+        return no(f"torch.compile is unavailable in this torch build (no {', '.join(missing)})")
     if device_kind == "cpu":
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++", "gcc", "cc")):
             return no("torch.compile on the CPU needs a C++ compiler (g++ / clang++); none found on PATH")
         return YES
-    try:
-        import triton  # noqa: F401
-    except Exception:
+    if not _found("triton"):
         return no("torch.compile on CUDA needs Triton, which is not installed")
     return YES
+
+
+def _found(module: str) -> bool:
+    """Is `module` importable (found on the path; a submodule's parent is imported to look)?"""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 RECOMPILE_LIMIT = 64
