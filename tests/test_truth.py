@@ -138,7 +138,7 @@ def test_cheating_implementations_are_caught(tmp_path):
     scen = tmp_path / "cheats.toml"
     scen.write_text("""
 name = "cheats"
-implementations = ["cheat_zero_inputs", "cheat_nan_later", "cheat_cached", "naive"]
+implementations = ["cheat_zero_inputs", "cheat_nan_later", "cheat_cached", "cheat_cached_unless_profiled", "naive"]
 [budget]
 warmup_s = 0.01
 min_time_s = 0.02
@@ -160,6 +160,8 @@ head_dim = 16
     assert ms["cheat_zero_inputs"].status == "wrong" and "modified its inputs" in ms["cheat_zero_inputs"].message
     assert ms["cheat_nan_later"].status == "wrong" and "last timed call" in ms["cheat_nan_later"].message
     assert ms["cheat_cached"].status == "wrong" and "fresh inputs" in ms["cheat_cached"].message
+    # honest only under the profiler: the call on fresh inputs must not be the profiled one
+    assert ms["cheat_cached_unless_profiled"].status == "wrong", ms["cheat_cached_unless_profiled"].message
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     cal = info["calibration"]["cpu/float32/tdefault"]
     assert cal["start"]["matmul_flops_per_s"] > 0 and cal["end"]["matmul_flops_per_s"] > 0 and "agree" in cal
@@ -168,10 +170,10 @@ head_dim = 16
     assert "testing_quick_calibration" not in cal["start"] and "testing_quick_calibration" not in cal["end"]
 
 
-def test_a_slow_case_makes_two_untimed_calls_and_profiles_the_fresh_one(monkeypatch):
-    """A case whose checked call lasts the warm-up: that call is the warm-up, the timed blocks are
-    one call each, and the only other untimed call is the guard's on fresh inputs, after timing,
-    which is also the profiled one that gives the peak memory."""
+def test_a_slow_case_makes_two_untimed_calls_and_profiles_the_checked_one(monkeypatch):
+    """A forward case whose checked call lasts the warm-up: that call is the warm-up and the
+    memory pass (the only profiled call), the timed blocks are one call each, and the only other
+    untimed call is the guard's on fresh inputs, after timing, unprofiled like the timed ones."""
     import uuid
 
     import torch
@@ -207,16 +209,27 @@ def test_a_slow_case_makes_two_untimed_calls_and_profiles_the_fresh_one(monkeypa
         registry._REGISTRY.pop(name, None)
     assert m.status == "ok", m.message
     assert m.calls_per_block == 1 and len(calls) == 1 + len(m.samples_s) + 1, (len(calls), m.samples_s)
-    assert [p for _, p in calls] == [False] * (len(calls) - 1) + [True]  # only the last call is profiled
-    assert len({v for v, _ in calls[:-1]}) == 1 and calls[-1][0] != calls[0][0]  # ... and it is on fresh inputs
+    assert [p for _, p in calls] == [True] + [False] * (len(calls) - 1)  # only the checked call is profiled
+    assert len({v for v, _ in calls[:-1]}) == 1 and calls[-1][0] != calls[0][0]  # the last is on fresh inputs
     out_bytes = 2 * 64 * 16 * torch.float32.itemsize
     assert m.peak_bytes >= out_bytes  # the profiled call's peak: at least its output
 
 
+def test_a_training_pass_measures_the_memory_of_what_is_timed():
+    """A training pass's checked calls are not its timed callable: its memory pass is a profiled
+    call of the timed callable (forward + backward) after timing, so the saved probabilities and
+    the gradient of the scores count."""
+    case = Case("naive", batch=1, heads_q=2, heads_kv=2, seq_len_q=256, seq_len_kv=256, head_dim=16, threads=1,
+                pass_kind="forward_backward")
+    m = measure_case(case, Budget(warmup_s=0.01, min_time_s=0.02, max_time_s=0.1, target_ci=0.5), 0)
+    assert m.status == "ok", m.message
+    score_bytes = 2 * 256 * 256 * 4
+    assert m.peak_bytes >= 3.5 * score_bytes  # the forward alone holds 2 score matrices at its peak
+
+
 def test_a_cpu_case_names_its_kernels_from_its_peak_memory_call(monkeypatch):
     """The sdpa family's kernel names on the CPU come from the profiled peak-memory call (the
-    guard's call on fresh inputs, after timing): no profiled call more (dispatched_kernels is
-    never reached)."""
+    checked call): no profiled call more (dispatched_kernels is never reached)."""
     from harness.measure import kernel_names
     from harness.measure.case_measure import measure_case
 

@@ -10,8 +10,12 @@ which times several implementations interleaved with a reference instead of one 
    call is its warm-up;
 4. after_timing: the guards (harness.measure.guards): inputs unchanged, the last timed call's output
    right, a call on fresh inputs right (no cached output), and a rate no faster than the measured
-   ceiling allows. The sweep profiles that fresh call for its peak memory and the ops it ran: the
-   one untimed call after the checked one (profiling slows every op, so it is never timed).
+   ceiling allows.
+The sweep's memory pass (peak memory, and on the CPU the ops that ran) is the checked call of a
+forward pass, run under the profiler; compiled code (whose first call compiles) and training passes
+(whose timed callable is not the checked call) get a profiled call of their own after timing. Never
+the guard's call on fresh inputs: that one runs as the timed calls do, so an implementation that
+computes only when the profiler watches is caught.
 An implementation's failure is this case's record, never an exception out of here.
 
 TESTING HOOK, not for normal use: ATTNBENCH_SLOWDOWN (harness.measure.slowdown) makes the
@@ -71,12 +75,13 @@ def admit(impl, case: Case, started: float) -> Measurement | dict:
 
 
 def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_call: bool = True,
-          guards_after: bool = True) -> Checked | Measurement:
+          guards_after: bool = True, around=None) -> Checked | Measurement:
     """Stage 2: prepared inputs, the checked call (check_call=False skips it: the A/B gate's later
     blocks of a shape, whose first block checked it), the gradient check of a training pass, the
     timed callable. Fills `partial` as it goes; raises for the implementation's exception (the
     caller maps it with failed()). guards_after=False: the caller runs no guards after timing, so
-    with no checked call either, a forward pass needs no float64 reference."""
+    with no checked call either, a forward pass needs no float64 reference. around(fn) -> fn():
+    runs the checked call (the sweep's memory pass)."""
     import torch
 
     from harness.measure import checked_call, compile_time, guards
@@ -93,7 +98,7 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     last_call_s = None
     if check_call:
         t0 = time.perf_counter()
-        acc = checked_call.check_impl(impl, prepared, case)
+        acc = checked_call.check_impl(impl, prepared, case, around)
         last_call_s = time.perf_counter() - t0
         partial.update(acc.fields())
         if acc.wrong:
@@ -122,14 +127,13 @@ def slowed_callable(fn, factor: float, case: Case):
     return slowed(fn, factor, torch.cuda.synchronize if cuda else (lambda: None), cuda=cuda)
 
 
-def after_timing(c: Checked, seed: int, median_s: float, ceilings: dict | None, around=None) -> tuple[str, str]:
+def after_timing(c: Checked, seed: int, median_s: float, ceilings: dict | None) -> tuple[str, str]:
     """Stage 4: (status, message) after the timed calls: `wrong` when a guard fails, `suspect` when
-    faster than the ceilings allow, else ok. around: runs the guard's call on fresh inputs
-    (harness.measure.guards.check_after_timing)."""
+    faster than the ceilings allow, else ok."""
     from harness.measure import guards
     from harness.workloads import workload_of
 
-    problem = guards.check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed, around)
+    problem = guards.check_after_timing(c.impl, c.case, c.prepared, c.sums, c.timed, seed)
     if problem:
         return vocab.WRONG, problem
     wl = workload_of(c.case)
@@ -163,7 +167,17 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         from harness.results.units import tflops_per_s
         from harness.workloads import workload_of
 
-        c = check(impl, case, seed, partial, started)
+        # The memory pass: the checked call of an eager forward pass, profiled (its peak memory and,
+        # on the CPU, the ops it ran); else a profiled call of the timed callable after timing.
+        names = [] if kernel_names.wanted(impl) and case.device == "cpu" else None
+        peak = {}
+
+        def profiled(call):
+            peak["bytes"], out = peak_memory.measure_peak(call, case.device, op_names=names)
+            return out
+
+        in_check = case.pass_kind == "forward" and not getattr(impl, "params", {}).get("compiled")
+        c = check(impl, case, seed, partial, started, around=profiled if in_check else None)
         if isinstance(c, Measurement):
             return c
         partial = c.fields
@@ -172,17 +186,10 @@ def measure_case(case: Case, budget: Budget, seed: int, *, ceilings: dict | None
         n_flops, n_bytes = workload.flops(case), workload.min_bytes(case)
         t, contention, gpu_metrics, gpu_extra = _time(c.timed, case, budget, n_flops, n_bytes, c.last_call_s)
         st = stats.summarize(t.samples_s)
-        # The guard's call on fresh inputs, after timing, is profiled: its peak memory and (CPU) the
-        # kernels it ran, on a path the timed calls have settled (compiled code included).
-        names = [] if kernel_names.wanted(impl) and case.device == "cpu" else None
-        peak = {}
-
-        def profiled(call):
-            peak["bytes"], out = peak_memory.measure_peak(call, case.device, op_names=names)
-            return out
-
-        status, message = after_timing(c, seed, st.median_s, ceilings, around=profiled)
-        partial["peak_bytes"] = peak.get("bytes")
+        if "bytes" not in peak:
+            profiled(fn)  # not through c.timed: the guards judge the last timed call's output
+        partial["peak_bytes"] = peak["bytes"]
+        status, message = after_timing(c, seed, st.median_s, ceilings)
         rate = tflops_per_s(n_flops, st.median_s)
         extra = {"threads": torch.get_num_threads()} if case.device == "cpu" else {}
         extra.update(gpu_extra)

@@ -140,12 +140,14 @@ def check_output(out, prepared: Prepared, dtype: str) -> Accuracy:
     return result
 
 
-def check_impl(impl, prepared: Prepared, case: Case) -> Accuracy:
-    """One forward call of `impl` on the prepared inputs, judged."""
+def check_impl(impl, prepared: Prepared, case: Case, around: Callable | None = None) -> Accuracy:
+    """One forward call of `impl` on the prepared inputs, judged. around(fn) -> fn(): runs the call
+    (the sweep measures its peak memory there)."""
     import torch
 
     with torch.no_grad():
-        out = call(impl, case, prepared.inputs)
+        run = lambda: call(impl, case, prepared.inputs)  # noqa: E731
+        out = around(run) if around is not None else run()
     return check_output(out, prepared, case.dtype)
 
 

@@ -6,8 +6,8 @@ returns zeros pass with error 0.0, and one that is right once and returns NaN af
 - q, k, v (and the mask) must be bit-identical to before: else `wrong`, "modified its inputs";
 - the output of the LAST timed call is checked against the reference, like the first;
 - one call on fresh inputs (another seed, same shape) is checked against its own reference, so
-  an output cached from an earlier call is caught (the sweep measures that call's peak memory:
-  the one call it profiles, after the timed calls have settled the implementation's path);
+  an output cached from an earlier call is caught (unprofiled, like the timed calls: the sweep's
+  memory pass is the checked call, harness/measure/case_measure.py);
 - a median faster than the roofline of the measured ceilings allows (max of FLOPs / matmul peak
   and bytes / read bandwidth, with ceilings.SUSPECT_FACTOR of headroom) is `suspect`: the work
   cannot have been done.
@@ -48,11 +48,11 @@ class LastOutput:
         return self.value
 
 
-def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last: LastOutput, seed: int,
-                       around: Callable[[Callable[[], object]], object] | None = None) -> str:
+def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last: LastOutput, seed: int) -> str:
     """Why the case is `wrong` after its timed calls, or "". The call on fresh inputs is the timed
-    callable built on them (a training pass: its gradients are judged); `around` runs it (the
-    sweep measures its peak memory and the ops it ran there) and returns its result."""
+    callable built on them (a training pass: its gradients are judged), run as the timed calls
+    are: never under the profiler, so an implementation that computes only when watched and
+    returns a cached output otherwise is caught here."""
     from harness.measure import checked_call
 
     after = checksums(prepared.inputs)
@@ -72,7 +72,7 @@ def check_after_timing(impl, case: Case, prepared, before: dict[str, str], last:
     last.value = None
     fresh = checked_call.prepare(case, seed + 1_000_003)  # other values, same shape and mask
     call = checked_call.build_callable(impl, fresh, case)
-    out = around(call) if around is not None else call()
+    out = call()
     if case.pass_kind == "forward":
         wrong = checked_call.check_output(out, fresh, case.dtype).wrong
     else:

@@ -58,8 +58,8 @@ def record(impl, fn: Callable[[], object], per_call_s: float | None = None, seen
     """{"kernels": [...]} for implementations that asked for it, else {}; a profiler failure is
     recorded as the reason, never raised. per_call_s (the measured median): a slow call is
     profiled once (it has run many times already: its path is settled). seen: the op names of a
-    call already profiled for its memory (a CPU case's guard call on fresh inputs, after timing):
-    used as they are, no call more."""
+    call already profiled for its memory (a CPU case's checked call, or for compiled code a call
+    after timing): used as they are, no call more."""
     if not wanted(impl):
         return {}
     if seen:

@@ -37,3 +37,13 @@ def cheat_cached(q, k, v, *, causal=False, attn_mask=None, scale=None):
     if "out" not in _cache:
         _cache["out"] = naive_attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale)
     return _cache["out"]
+
+
+@register("cheat_cached_unless_profiled", devices=("cpu",),
+          description="computes when the profiler watches (the memory pass), else returns its last output")
+def cheat_cached_unless_profiled(q, k, v, *, causal=False, attn_mask=None, scale=None):
+    from torch.autograd.profiler import _is_profiler_enabled
+
+    if _is_profiler_enabled or "watched" not in _cache:
+        _cache["watched"] = naive_attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale)
+    return _cache["watched"]
