@@ -70,7 +70,7 @@ def measure_peak_bytes(fn: Callable[[], object], device="cpu", op_names: list | 
 
 def measure_peak(fn: Callable[[], object], device="cpu", op_names: list | None = None) -> tuple[int, object]:
     """(peak bytes, fn's result): measure_peak_bytes for a call whose result is wanted too (the
-    sweep's guard call on fresh inputs is judged and measured at once)."""
+    sweep's checked call is judged and measured at once)."""
     if _is_cuda(device):
         import torch
 
