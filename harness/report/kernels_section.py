@@ -31,6 +31,7 @@ def kernels_section(rows: list[Row]) -> Section | None:
         err = (r.m.extra or {}).get("kernels_error")
         body.append([r["impl"], case_shape(r.case), "-" if cs is None else fmt_time_s(cs),
                      ", ".join(names) if names else (f"(profiler: {err})" if err else "-")])
-    sec.tables.append(Table("Kernels dispatched (the torch profiler over one to three untimed calls) and compile time",
-                            ["impl", "case", "compile", "kernels"], body, numeric=False))
+    title = ("Kernels dispatched (the torch profiler over untimed calls: the memory pass on the CPU, one to "
+             "three calls on CUDA) and compile time")
+    sec.tables.append(Table(title, ["impl", "case", "compile", "kernels"], body, numeric=False))
     return sec
