@@ -127,9 +127,15 @@ def pytest_xdist_make_scheduler(config, log):
 # Each xdist worker gets its share of the cores for torch's intra-op threads, so two workers on two
 # cores do not run four spinning OpenMP threads. Not under a plain `pytest` (one process: torch's
 # default) nor where a test sets its own count (torch_single_thread below, the cases' `threads`).
+# The sweeps a worker starts (`attnbench run` / `check` subprocesses and their measurement
+# processes) get the same share through OMP_NUM_THREADS: with torch's default of one thread per
+# core, their ops waited for a thread that the other worker's load had descheduled (a naive case at
+# N=16 took ~19 ms a call instead of ~0.1 ms), which cost ~25 s over a run of the suite. A user's
+# own OMP_NUM_THREADS wins; a test of torch's default thread count drops it (test_truth).
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
 if XDIST_WORKERS > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 # An xdist worker is started with COLUMNS=80 / LINES=24 in its environment, which the CLI's
 # subprocesses inherit (`attnbench list` then wraps at 80 instead of its piped default of 100): the
 # controller records the terminal variables it had (pytest_configure, before the workers start) and

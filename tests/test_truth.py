@@ -116,7 +116,8 @@ def test_the_roofline_bound_uses_whichever_ceiling_binds():
 # ------------------------------------------------------------------ clean state
 
 
-def test_thread_count_does_not_leak_from_one_case_to_the_next():
+def test_thread_count_does_not_leak_from_one_case_to_the_next(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # torch's own default in the worker (conftest sets 1)
     one = Case("naive", seq_len_q=64, seq_len_kv=64, heads_q=2, heads_kv=2, head_dim=16, threads=1)
     default = one.replace(threads=None)
     with LocalExecutor() as ex:
