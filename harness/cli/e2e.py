@@ -97,6 +97,9 @@ def cmd_e2e(args) -> int:
                            batch=args.batch, dtype=args.dtype, device=args.device, seed=args.seed,
                            threads=args.threads, rounds=args.rounds)
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    from harness.measure.machine import allocator
+
+    allocator.apply_here()  # the model is timed in this process: the allocator as in a measurement worker
     say(f"e2e {mc.name}: building {layers} of {model_build.total_layers(mc)} layers ({args.dtype}, {args.device}, "
         f"seed {args.seed})")
     try:

@@ -83,7 +83,6 @@ def _executor(base: Path | None, slowdown: str | None = None):
     """A local worker running this harness; with `base`, that folder's implementations first."""
     import os
 
-    from harness.measure.reference_ratios import MALLOC_ENV
     from harness.measure.slowdown import SLOWDOWN_ENV
     from harness.run.executor import LocalExecutor
 
@@ -92,7 +91,7 @@ def _executor(base: Path | None, slowdown: str | None = None):
         path.insert(0, str(base))
     env = {"PYTHONPATH": os.pathsep.join(path),
            SLOWDOWN_ENV: slowdown or ""}  # the testing hook applies to one side only
-    return LocalExecutor(env_defaults=MALLOC_ENV, env_overrides=env, cwd=str(base) if base is not None else None)
+    return LocalExecutor(env_overrides=env, cwd=str(base) if base is not None else None)
 
 
 def _catalogue(executor, base: Path, reply=None) -> set[str]:

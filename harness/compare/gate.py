@@ -308,7 +308,6 @@ def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSetti
     """Every shape through an executor (default: one local worker process, so torch imports
     once); a shape that kills or hangs its worker is recorded as crashed / timeout and the next
     shape gets a new process. The reference's record of each shape comes first."""
-    from harness.measure.reference_ratios import MALLOC_ENV
     from harness.run.executor import Job, LocalExecutor
 
     groups = shapes_of(cases, reference)
@@ -319,7 +318,7 @@ def measure_in_subprocess(cases: list[Case], reference: str, settings: GateSetti
         jobs[job.key] = (job, ref_case, group)
     out: list[Measurement] = []
     own = executor is None
-    executor = executor or LocalExecutor(env_defaults=MALLOC_ENV)
+    executor = executor or LocalExecutor()
     try:
         for reply in executor.run([job for job, _, _ in jobs.values()]):
             _, ref_case, group = jobs[reply.job.key]

@@ -40,12 +40,6 @@ from typing import Callable
 
 from harness import vocab
 
-# glibc malloc: never mmap, never trim, so freed memory is reused instead of returned to the OS.
-# By default a call that allocates a 16 MiB score matrix mmaps it and page-faults it in on every
-# call; the faults cost 20-100% extra, vary with the neighbours' load, and made naive's times
-# bimodal (21 vs 30-50 ms at N=1024) and its ratios useless for a gate. Ignored by other mallocs.
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_TOP_PAD_": str(64 * 2**20)}
-
 
 class _Failed(Exception):
     """An implementation raised inside the timed loop; carries its name."""

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.measure.machine.allocator import MALLOC_ENV  # glibc keeps freed memory (module docstring there)
+
 STARTUP_TIMEOUT_S = 180.0
 WORKER_MODULE = "harness.run.worker"
 MEMORY_LIMIT_ENV = "ATTNBENCH_MEMORY_LIMIT_BYTES"  # read by harness.run.worker
@@ -57,7 +59,7 @@ class Worker:
     ):
         self.log_path = Path(log_path)
         self.memory_limit_bytes = memory_limit_bytes
-        self.env_defaults = dict(env_defaults or {})  # the caller's environment wins over these
+        self.env_defaults = dict(env_defaults or {})  # over MALLOC_ENV; the caller's environment wins over both
         self.env_overrides = dict(env_overrides or {})  # ... and these win over the caller's
         self.cwd = cwd  # `python -m` imports the harness found here first (the A/B gate's base tree)
         self.name = "measurement worker"
@@ -65,7 +67,7 @@ class Worker:
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        env = {**self.env_defaults, **os.environ, **self.env_overrides}
+        env = {**MALLOC_ENV, **self.env_defaults, **os.environ, **self.env_overrides}
         if self.memory_limit_bytes:
             env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
         env[PARENT_PID_ENV] = str(os.getpid())
@@ -91,7 +93,8 @@ class Worker:
             self.proc.wait()
             why, tail = _signal_name(self.proc.returncode), self._log_tail()
             self.stop()
-            if self.memory_limit_bytes and any(w in tail for w in ("MemoryError", "alloc", "Cannot allocate")):
+            if self.memory_limit_bytes and any(w in tail for w in ("MemoryError", "alloc", "Cannot allocate",
+                                                                "failed to map segment")):
                 why += (f"; its memory limit of {self.memory_limit_bytes} bytes (budget.memory_limit_bytes) "
                         f"is too small to import torch")
             raise RuntimeError(f"{self.name} failed to start ({why}): {tail}")

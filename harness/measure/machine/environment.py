@@ -207,6 +207,7 @@ def collect_environment() -> dict:
     """A JSON-serialisable description of this machine and software, for run.json."""
     import torch
 
+    from harness.measure.machine import allocator
     from harness.measure.peak_memory import device_memory_bytes
 
     try:
@@ -239,6 +240,7 @@ def collect_environment() -> dict:
         "hostname": socket.gethostname(),
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cuda_available": cuda_available,
+        "malloc_env": allocator.record(),  # what the measurement processes' C allocator is told
         "gpus": [],
         "nvml_error": None,
     }
