@@ -133,6 +133,9 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
             out.append([label, value or "-"])
     if ran_cuda:
         out.append(["GPU", gpu_names(env) or "-"])
+    malloc = env.get("malloc_env")  # harness/measure/machine/allocator.py
+    out.append(["C allocator (measurement processes)", "not recorded (glibc's defaults)" if not isinstance(malloc, dict)
+                else ", ".join(f"{k}={v}" for k, v in sorted(malloc.items()))])
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])
