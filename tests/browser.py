@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -126,7 +127,9 @@ class Chromium:
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
         self.log = open(Path(self.profile.name) / "chromium.log", "w+b")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        # its own process group: __exit__ ends the renderer, GPU and crashpad children with it
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
         try:
             self.ws = WebSocket(self._page_url())
         except BaseException:
@@ -168,8 +171,21 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        # Chromium's children may outlive it for a moment and still write into the profile folder;
+        # removing it then failed once under load ("Directory not empty", an error in teardown)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self.log.close()
-        self.profile.cleanup()
+        for attempt in range(20):
+            try:
+                self.profile.cleanup()
+                break
+            except OSError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
 
     def call(self, method: str, **params) -> dict:
         """Send one DevTools command, return its result; events meanwhile go to self.events."""
