@@ -9,11 +9,11 @@ kernel zero-fills the pages, and the timed calls measure that as much as the att
 
     naive 454 -> 268 ms, naive causal 507 -> 305, sdpa_math 680 -> 431, sdpa_math causal 761 -> 473;
     chunked 260-390 ms from one process to the next -> 155-195 ms; chunked N=256x4096 bimodal
-    (10 or 20-27 ms from call to call) -> 10 ms; flash / memory_efficient / sdpa within 3-7%.
+    (10 or 20-27 ms from call to call) -> 10 ms; flash / memory_efficient / sdpa 1-7% less.
 
 How many pages a call faults in depends on the process's history (the dynamic threshold), so two
-processes timing the same code disagreed by 30%, and an A/B of two trees (two processes) saw
-changes nobody made. Hence, for every measurement process (sweep, gate, A/B, Ray node): no mmap, no
+processes timing the same code disagreed by up to 50% (chunked), and the gate, which compares
+processes, had found naive's ratios useless without these settings (21 vs 30-50 ms at N=1024). Hence, for every measurement process (sweep, gate, A/B, Ray node): no mmap, no
 trim, a 64 MiB top pad -- freed memory is reused, as the CUDA caching allocator reuses device
 memory, and as the tcmalloc or jemalloc that PyTorch's own CPU launcher (torch.backends.xeon.run_cpu)
 preloads keep freed memory for reuse. A steady-state call then costs its arithmetic and memory
