@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.case import Case
+from harness.results.environment import malloc_settings
 from harness.results.metrics import LOWER, judged
 from harness.compare.verdict import judge
 from harness.results.records import Measurement, last_by_case
@@ -351,14 +352,6 @@ def _environment_warnings(base: dict, cur: dict) -> list[str]:
     if _gpu_names(base) != _gpu_names(cur) and (_gpu_names(base) or _gpu_names(cur)):
         out.append(f"environment differs: GPUs {_gpu_names(base)!r} -> {_gpu_names(cur)!r}")
     if base and cur and base.get("malloc_env") != cur.get("malloc_env"):
-        out.append(f"environment differs: malloc_env {_malloc(base)} -> {_malloc(cur)} (calls that allocate "
+        out.append(f"environment differs: malloc_env {malloc_settings(base)} -> {malloc_settings(cur)} (calls that allocate "
                    f"large temporaries pay page faults under glibc's defaults: harness/measure/machine/allocator.py)")
     return out
-
-
-def _malloc(env: dict) -> str:
-    """A run's allocator settings (a run from before they were recorded measured under glibc's defaults)."""
-    m = env.get("malloc_env")
-    if m is None:
-        return "not recorded (glibc's defaults, before attnbench set them)"
-    return ", ".join(f"{k}={v}" for k, v in sorted(m.items())) or "none"

@@ -21,7 +21,7 @@ from pathlib import Path
 from harness.report.groups import NOISE_NOTE, Group, make_groups, measured, num
 from harness.report.render import Report, Section, Table, write_documents
 from harness.results.metrics import error_metrics
-from harness.results.environment import GPU_FIELDS, SUMMARY_FIELDS, gpu_names
+from harness.results.environment import GPU_FIELDS, SUMMARY_FIELDS, gpu_names, malloc_settings
 from harness.results.rows import Row, read_rows
 from harness.results.store import read_run_info, resolve_run_dir
 
@@ -133,9 +133,7 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
             out.append([label, value or "-"])
     if ran_cuda:
         out.append(["GPU", gpu_names(env) or "-"])
-    malloc = env.get("malloc_env")  # harness/measure/machine/allocator.py
-    out.append(["C allocator (measurement processes)", "not recorded (glibc's defaults)" if not isinstance(malloc, dict)
-                else ", ".join(f"{k}={v}" for k, v in sorted(malloc.items()))])
+    out.append(["C allocator (measurement processes)", malloc_settings(env)])
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])

@@ -30,6 +30,15 @@ def gpu_names(env: dict) -> str:
         return ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus)
     return "none (CUDA not available)" if env.get("cuda_available") is False else ""
 
+
+def malloc_settings(env: dict) -> str:
+    """The C allocator settings a run's measurement processes got (harness/measure/machine/allocator.py);
+    a run from before they were recorded measured under glibc's defaults."""
+    m = env.get("malloc_env")
+    if not isinstance(m, dict):
+        return "not recorded (glibc's defaults)"
+    return ", ".join(f"{k}={v}" for k, v in sorted(m.items())) or "none"
+
 _NOISE = re.compile(r"\((R|TM|C)\)|\bCPU\b|\bProcessor\b|\b\d+-Core\b|@\s*[\d.]+\s*GHz", re.IGNORECASE)
 
 
