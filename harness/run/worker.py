@@ -68,7 +68,8 @@ class clean_state:
         import torch
 
         self.saved = (torch.get_num_threads(), torch.is_grad_enabled(), torch.get_float32_matmul_precision(),
-                      torch.are_deterministic_algorithms_enabled(), torch.get_default_dtype())
+                      (torch.are_deterministic_algorithms_enabled(),
+                       torch.is_deterministic_algorithms_warn_only_enabled()), torch.get_default_dtype())
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +80,10 @@ class clean_state:
             torch.set_num_threads(threads)
         torch.set_grad_enabled(grad)
         torch.set_float32_matmul_precision(precision)
-        torch.use_deterministic_algorithms(deterministic)
+        # only when a case changed it: torch 2.13's setter imports torch._inductor (0.8 s, once)
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != deterministic:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.set_default_dtype(dtype)
         torch.set_flush_denormal(False)  # torch's default; a case that turned it on must not leak it
         return False
