@@ -85,6 +85,7 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     import torch
 
     from harness.measure import checked_call, compile_time, guards
+    from harness.measure.machine import allocator
     from harness.measure.slowdown import slowdown_for
 
     if case.threads and case.device == "cpu":
@@ -95,6 +96,8 @@ def check(impl, case: Case, seed: int, partial: dict, started: float, *, check_c
     sums = guards.checksums(prepared.inputs)  # before any call of the implementation
     if prepared.metrics:
         partial["metrics"] = dict(prepared.metrics)
+    if case.device == "cpu":  # the heap its calls will use, faulted in now, not during the timed calls
+        allocator.reserve_heap(partial.get("predicted_peak_bytes"))
     last_call_s = None
     if check_call:
         t0 = time.perf_counter()
