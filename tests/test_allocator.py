@@ -11,13 +11,14 @@ import pytest
 from harness.case import Budget, Case
 from harness.compare.runs import _environment_warnings
 from harness.measure.machine import allocator
-from harness.measure.machine.allocator import MALLOC_ENV
+from harness.measure.machine.allocator import MALLOC_ENV, MEASUREMENT_ENV
 from harness.measure.machine.environment import collect_environment
 from harness.run.executor import Job, LocalExecutor
 from harness.run.ray_node import NodeWorker
 from harness.run.runner import measurement_of
 
 GLIBC_DEFAULTS = {"MALLOC_MMAP_MAX_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_TOP_PAD_": "131072"}
+PLAIN_TORCH = {"THP_MEM_ALLOC_ENABLE": "0"}  # 4 KiB pages, so faults count pages
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
@@ -32,20 +33,20 @@ def _minor_faults(pid: int) -> int:
 
 
 def test_the_callers_values_win_variable_by_variable():
-    assert allocator.measurement_env({}) == MALLOC_ENV
+    assert allocator.measurement_env({}) == MEASUREMENT_ENV
     mine = allocator.measurement_env({"MALLOC_TRIM_THRESHOLD_": "131072", "PATH": "/bin"})
-    assert mine == {**MALLOC_ENV, "MALLOC_TRIM_THRESHOLD_": "131072"}
+    assert mine == {**MEASUREMENT_ENV, "MALLOC_TRIM_THRESHOLD_": "131072"}
     assert allocator.record({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2", "GLIBC_TUNABLES": ""}) == {
-        **MALLOC_ENV, "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}  # an empty variable is not recorded
+        **MEASUREMENT_ENV, "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}  # an empty variable is not recorded
 
 
 @linux_only
 def test_every_kind_of_measurement_process_starts_with_them(tmp_path, monkeypatch):
-    """Two variables at attnbench's values, the third at the caller's."""
-    for k in MALLOC_ENV:
+    """Every variable at attnbench's value but the one the caller set (torch's THP_MEM_ALLOC_ENABLE included)."""
+    for k in MEASUREMENT_ENV:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
-    want = {**MALLOC_ENV, "MALLOC_TRIM_THRESHOLD_": "131072"}
+    want = {**MEASUREMENT_ENV, "MALLOC_TRIM_THRESHOLD_": "131072"}
     local = LocalExecutor(tmp_path / "local.log")  # the sweep's, the gate's and the A/B sides' worker
     node = NodeWorker(tmp_path / "node.log", None, dict(os.environ))  # a Ray node's, explicit environment
     for worker in (local.worker, node):
@@ -60,7 +61,7 @@ def test_every_kind_of_measurement_process_starts_with_them(tmp_path, monkeypatc
 def test_run_json_records_them_and_compare_says_when_two_runs_differ(monkeypatch):
     monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
     env = collect_environment()
-    assert env["malloc_env"] == {**MALLOC_ENV, "MALLOC_TOP_PAD_": "4096"}
+    assert env["malloc_env"] == {**MEASUREMENT_ENV, "MALLOC_TOP_PAD_": "4096"}
     same = {"cpu_model": "x", "malloc_env": dict(env["malloc_env"])}
     assert _environment_warnings(same, dict(same)) == []
     before = {"cpu_model": "x"}  # a run from before the settings were recorded: glibc's defaults
@@ -77,7 +78,7 @@ def test_a_call_with_large_temporaries_stops_page_faulting_them_in(tmp_path):
     case = Case("naive", batch=1, heads_q=4, heads_kv=4, seq_len_q=1024, seq_len_kv=1024, head_dim=32, threads=1)
     budget = Budget(warmup_s=0.02, min_time_s=0.2, max_time_s=0.4, target_spread=0.5)
     faults, calls = {}, {}
-    for name, overrides in (("kept", {}), ("glibc", GLIBC_DEFAULTS)):
+    for name, overrides in (("kept", PLAIN_TORCH), ("glibc", {**GLIBC_DEFAULTS, **PLAIN_TORCH})):
         with LocalExecutor(tmp_path / f"{name}.log", env_overrides=overrides) as ex:
             ex.worker.start()
             before = _minor_faults(ex.worker.proc.pid)
@@ -184,3 +185,31 @@ def test_a_cpu_case_reserves_its_predicted_peak_before_its_checked_call(monkeypa
     m = case_measure.measure_case(case, Budget(warmup_s=0.0, min_time_s=0.0, max_time_s=0.05), 0)
     assert m.status == "ok", m.message
     assert asked == [m.predicted_peak_bytes] and asked[0] > 0
+
+
+LANDING_OFFSET = """
+import sys, torch
+junk = torch.empty(int(sys.argv[1]), dtype=torch.uint8)  # what ran before: a heap of another history
+big = torch.empty(2**20)  # 4 MiB: a score matrix's size
+print(big.data_ptr() % 4096)
+"""
+
+
+@linux_only
+def test_where_a_large_tensor_lands_does_not_depend_on_what_the_process_allocated_before():
+    """The A/B gate's two sides import different files, so their heaps differ before the first
+    case: with torch's THP_MEM_ALLOC_ENABLE=1 a large tensor starts at a page boundary whatever
+    came before; with the malloc settings alone its offset within a page follows the history."""
+    import subprocess
+
+    offsets = {}
+    for name, env in (("measurement", MEASUREMENT_ENV), ("malloc only", MALLOC_ENV)):
+        environ = {**{k: v for k, v in os.environ.items() if k not in MEASUREMENT_ENV}, **env}
+        offsets[name] = set()
+        for junk in (0, 100, 5000, 70000):
+            r = subprocess.run([sys.executable, "-c", LANDING_OFFSET, str(junk)], env=environ, capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            offsets[name].add(int(r.stdout.strip()))
+    assert offsets["measurement"] == {0}, offsets
+    assert len(offsets["malloc only"]) > 1, offsets

@@ -268,14 +268,14 @@ def test_decode_groups_name_their_axes():
 
 
 def test_the_environment_table_says_which_allocator_settings_the_times_were_taken_under(tmp_path):
-    from harness.measure.machine.allocator import MALLOC_ENV
+    from harness.measure.machine.allocator import MEASUREMENT_ENV
     from harness.report.build import environment_section
 
     def row(info):
         table = environment_section(tmp_path, info, []).tables[0]
-        (value,) = [v for label, v in table.rows if label == "C allocator (measurement processes)"]
+        (value,) = [v for label, v in table.rows if label == "Memory allocators (measurement processes)"]
         return value
 
-    assert row({"environment": {"cpu_model": "x", "malloc_env": dict(MALLOC_ENV)}}) == (
-        "MALLOC_MMAP_MAX_=0, MALLOC_TOP_PAD_=67108864, MALLOC_TRIM_THRESHOLD_=1099511627776")
+    assert row({"environment": {"cpu_model": "x", "malloc_env": dict(MEASUREMENT_ENV)}}) == (
+        "MALLOC_MMAP_MAX_=0, MALLOC_TOP_PAD_=67108864, MALLOC_TRIM_THRESHOLD_=1099511627776, THP_MEM_ALLOC_ENABLE=1")
     assert row({"environment": {"cpu_model": "x"}}) == "not recorded (glibc's defaults)"  # an older run

@@ -353,5 +353,6 @@ def _environment_warnings(base: dict, cur: dict) -> list[str]:
         out.append(f"environment differs: GPUs {_gpu_names(base)!r} -> {_gpu_names(cur)!r}")
     if base and cur and base.get("malloc_env") != cur.get("malloc_env"):
         out.append(f"environment differs: malloc_env {malloc_settings(base)} -> {malloc_settings(cur)} (calls that allocate "
-                   f"large temporaries pay page faults under glibc's defaults: harness/measure/machine/allocator.py)")
+                   f"large temporaries pay page faults under glibc's defaults, and where they land depends on the "
+                   f"process's history without THP_MEM_ALLOC_ENABLE=1: harness/measure/machine/allocator.py)")
     return out

@@ -133,7 +133,7 @@ def environment_section(run_dir: Path, info: dict, rows: list[Row]) -> Section:
             out.append([label, value or "-"])
     if ran_cuda:
         out.append(["GPU", gpu_names(env) or "-"])
-    out.append(["C allocator (measurement processes)", malloc_settings(env)])
+    out.append(["Memory allocators (measurement processes)", malloc_settings(env)])
     threads = sorted({r["threads"] for r in rows if r["threads"]})
     if threads:
         out.append(["threads set by cases", ", ".join(map(str, threads))])

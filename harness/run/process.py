@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.measure.machine.allocator import MALLOC_ENV  # glibc keeps freed memory (module docstring there)
+from harness.measure.machine.allocator import MEASUREMENT_ENV  # the C and torch allocator settings (module docstring there)
 
 STARTUP_TIMEOUT_S = 180.0
 WORKER_MODULE = "harness.run.worker"
@@ -59,7 +59,7 @@ class Worker:
     ):
         self.log_path = Path(log_path)
         self.memory_limit_bytes = memory_limit_bytes
-        self.env_defaults = dict(env_defaults or {})  # over MALLOC_ENV; the caller's environment wins over both
+        self.env_defaults = dict(env_defaults or {})  # over MEASUREMENT_ENV; the caller's environment wins over both
         self.env_overrides = dict(env_overrides or {})  # ... and these win over the caller's
         self.cwd = cwd  # `python -m` imports the harness found here first (the A/B gate's base tree)
         self.name = "measurement worker"
@@ -67,7 +67,7 @@ class Worker:
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        env = {**MALLOC_ENV, **self.env_defaults, **os.environ, **self.env_overrides}
+        env = {**MEASUREMENT_ENV, **self.env_defaults, **os.environ, **self.env_overrides}
         if self.memory_limit_bytes:
             env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
         env[PARENT_PID_ENV] = str(os.getpid())

@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.measure.machine.allocator import MALLOC_ENV
+from harness.measure.machine.allocator import MEASUREMENT_ENV
 from harness.run.executor import ReuseRule, thread_setting
 from harness.run.process import MEMORY_LIMIT_ENV, STARTUP_TIMEOUT_S, WORKER_MODULE, Worker, WorkerReply
 
@@ -75,7 +75,7 @@ class NodeWorker(Worker):
         self.env = env
 
     def start(self) -> None:  # Worker.start, launched through _LAUNCH
-        env = {**MALLOC_ENV, **self.env}  # as every measurement process (harness.measure.machine.allocator)
+        env = {**MEASUREMENT_ENV, **self.env}  # as every measurement process (harness.measure.machine.allocator)
         if self.memory_limit_bytes:
             env[MEMORY_LIMIT_ENV] = str(int(self.memory_limit_bytes))
         self._log = open(self.log_path, "ab")

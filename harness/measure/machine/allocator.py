@@ -19,6 +19,17 @@ memory, and as the tcmalloc or jemalloc that PyTorch's own CPU launcher (torch.b
 preloads keep freed memory for reuse. A steady-state call then costs its arithmetic and memory
 traffic, not the OS's page zeroing.
 
+With memory kept, where a large temporary lands depends on the heap's history, and that history
+differs between processes that import different files: the A/B gate's base worker (its
+`implementations` from an exported tree, one more PYTHONPATH entry) and current worker put naive's
+and sdpa_math's score matrices at different offsets within a page -- a systematic difference between
+the sides, which a re-measurement in fresh processes reproduced. On identical code (`attnbench check
+--against HEAD`, 2-core Xeon, quiet) naive's A/B ratio came out 0.91-1.27 over 10 runs, with 2
+FAILs, passes taking 15-22 s. So torch's own THP_MEM_ALLOC_ENABLE=1 too (c10's CPU allocator:
+tensors of >= 2 MiB start at a page boundary, advised onto transparent huge pages): a large tensor
+starts at the same offset whatever came before. 15 runs then gave 0.86-1.03, no FAIL, 11 clean
+passes (the others 1-2 inconclusive rows), in 11-15 s. (THP_MEM_ALLOC_ENABLE=0 turns it off.)
+
 The caller's environment wins, variable by variable: set MALLOC_MMAP_MAX_=65536,
 MALLOC_TRIM_THRESHOLD_=131072 and MALLOC_TOP_PAD_=131072 (glibc's defaults) to measure what a
 default glibc process pays; another allocator (LD_PRELOAD of jemalloc or tcmalloc) ignores these
@@ -31,6 +42,9 @@ from __future__ import annotations
 import os
 
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_TOP_PAD_": str(64 * 2**20)}
+# torch's CPU allocator (c10) puts tensors of >= 2 MiB at a page boundary and advises huge pages
+THP_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
+MEASUREMENT_ENV = {**MALLOC_ENV, **THP_ENV}  # what every measurement process starts with
 _MALLOPT_PARAM = {"MALLOC_MMAP_MAX_": -4, "MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_TOP_PAD_": -2}  # glibc's M_*
 # what a run records besides those: another allocator, preloaded, ignores them
 _RECORDED_TOO = ("LD_PRELOAD", "GLIBC_TUNABLES")
@@ -38,13 +52,13 @@ _RECORDED_TOO = ("LD_PRELOAD", "GLIBC_TUNABLES")
 
 def measurement_env(environ=None) -> dict[str, str]:
     """The allocator variables a measurement process started from `environ` (default: this
-    process's environment) gets: MALLOC_ENV under the caller's own values."""
+    process's environment) gets: MEASUREMENT_ENV under the caller's own values."""
     environ = os.environ if environ is None else environ
-    return {k: environ.get(k, v) for k, v in MALLOC_ENV.items()}
+    return {k: environ.get(k, v) for k, v in MEASUREMENT_ENV.items()}
 
 
 def record(environ=None) -> dict[str, str]:
-    """For run.json: the MALLOC_ENV variables as the measurement processes get them, plus
+    """For run.json: the MEASUREMENT_ENV variables as the measurement processes get them, plus
     LD_PRELOAD / GLIBC_TUNABLES where set."""
     environ = os.environ if environ is None else environ
     out = measurement_env(environ)
@@ -53,9 +67,10 @@ def record(environ=None) -> dict[str, str]:
 
 
 def apply_here(environ=None) -> bool:
-    """The same settings for measurements made in this process (attnbench e2e times the model in
-    the CLI's own process): mallopt() for each MALLOC_ENV variable the environment leaves unset
-    (glibc read the ones it sets at start-up). False where the C library is not glibc."""
+    """The same malloc settings for measurements made in this process (attnbench e2e times the
+    model in the CLI's own process): mallopt() for each MALLOC_ENV variable the environment leaves
+    unset (glibc read the ones it sets at start-up). False where the C library is not glibc.
+    THP_ENV cannot follow: torch reads it once, at its first allocation, long before this."""
     import ctypes
     import platform
 
@@ -148,3 +163,4 @@ def _touch_pages(ptr: int, nbytes: int, page: int = 4096) -> None:
 
     buf = (ctypes.c_uint8 * nbytes).from_address(ptr)
     torch.frombuffer(buf, dtype=torch.uint8)[::page].fill_(1)
+
