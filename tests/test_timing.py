@@ -154,6 +154,27 @@ def test_a_previous_call_as_long_as_the_warm_up_is_the_warm_up(clock):
     assert len(overstated.calls) == 1 + t4.calls_per_block * len(t4.samples_s)  # the first call was discarded
 
 
+def test_a_steady_warm_up_ends_once_its_calls_agree(clock):
+    """steady=True (the sweep): the warm-up ends before warmup_s once three calls in a row are
+    within 3% of each other, over at least 10 ms; calls still settling get the whole warmup_s."""
+    settled = clock.work(lambda n: 0.004 if n < 2 else 0.002)  # two cold calls, then steady
+    t = time_cpu(settled, warmup_s=0.1, min_time_s=0.05, max_time_s=0.5, target_ci=0.25, warmup_calls=1,
+                 steady=True)
+    assert t.warmup_s == pytest.approx(0.008 + 3 * 0.002)  # 2 cold + 3 steady calls, not 0.1 s
+    assert t.calls_per_block == 5
+    settling = clock.work(lambda n: 0.004 * 0.98 ** n)  # each call 2% faster than the last: not steady
+    t2 = time_cpu(settling, warmup_s=0.1, min_time_s=0.05, max_time_s=0.5, target_ci=0.25, warmup_calls=1,
+                  steady=True)
+    assert t2.warmup_s >= 0.1
+    plain = clock.work(lambda n: 0.004 if n < 2 else 0.002)
+    t3 = time_cpu(plain, warmup_s=0.1, min_time_s=0.05, max_time_s=0.5, target_ci=0.25, warmup_calls=1)
+    assert t3.warmup_s >= 0.1  # the default: warmup_s whatever the calls do
+    tiny = clock.work(lambda n: 0.0001)  # steady from the first call: still 10 ms of calls
+    t4 = time_cpu(tiny, warmup_s=0.1, min_time_s=0.05, max_time_s=0.5, target_ci=0.25, warmup_calls=1,
+                  steady=True)
+    assert t4.warmup_s == pytest.approx(0.01, abs=2e-4)
+
+
 def test_cold_first_call_is_discarded(clock):
     fn = clock.work(lambda n: 0.2 if n == 0 else 0.001)  # lazy initialisation on the first call
     t = time_cpu(fn, warmup_s=0.01, min_time_s=0.02, max_time_s=0.5, target_ci=0.25)

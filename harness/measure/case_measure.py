@@ -252,7 +252,7 @@ def _time(fn, case: Case, budget: Budget, n_flops: float, n_bytes: float, previo
     kw = dict(warmup_s=budget.warmup_s, min_time_s=budget.min_time_s, max_time_s=budget.max_time_s,
               target_ci=budget.target_ci)
     before = contention.snapshot()
-    # the checked call came just before: one warm-up call at most, none when it alone lasted the
-    # warm-up time
-    t = cpu_timing.time_cpu(fn, warmup_calls=1, previous_call_s=previous_call_s, **kw)
+    # the checked call came just before: one warm-up call at least, none when it alone lasted the
+    # warm-up time; the warm-up ends early once its calls are steady
+    t = cpu_timing.time_cpu(fn, warmup_calls=1, previous_call_s=previous_call_s, steady=True, **kw)
     return t, contention.assess(before, contention.snapshot(), threads=torch.get_num_threads()), {}, {}

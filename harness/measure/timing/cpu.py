@@ -82,10 +82,23 @@ def _check_budget(warmup_s, min_time_s, max_time_s, target_ci):
         raise ValueError(f"target_ci must be >= 0, got {target_ci}")
 
 
-def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf, min_calls: int = 2
-                ) -> tuple[float, float]:
-    """Call fn until warmup_s has passed and at least min_calls times. Returns (time spent, per-call
-    estimate).
+# A warm-up may end before warmup_s once it is steady: STEADY_CALLS calls in a row within
+# STEADY_WITHIN of the fastest of them, over at least STEADY_MIN_S (time_cpu's steady=True).
+STEADY_CALLS = 3
+STEADY_WITHIN = 0.03
+STEADY_MIN_S = 0.01
+
+
+def _steady(recent: list[float], elapsed_s: float) -> bool:
+    last = recent[-STEADY_CALLS:]
+    return (len(last) == STEADY_CALLS and elapsed_s >= STEADY_MIN_S
+            and max(last) <= (1.0 + STEADY_WITHIN) * min(last))
+
+
+def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.inf, min_calls: int = 2,
+                steady: bool = False) -> tuple[float, float]:
+    """Call fn until warmup_s has passed and at least min_calls times (steady=True: or, before
+    that, until the calls are steady, _steady). Returns (time spent, per-call estimate).
 
     Two calls by default because the first is cold (lazy init, allocator, page faults): sizing blocks from it
     alone would give a fast function one call per block. A first call that already took
@@ -99,6 +112,8 @@ def _warmup_cpu(fn: Callable, warmup_s: float, one_call_enough_s: float = math.i
         t1 = time.perf_counter()
         recent = (recent + [t1 - t0])[-5:]
         if t1 - start >= warmup_s and (len(recent) >= min(min_calls, 5) or recent[0] >= one_call_enough_s):
+            break
+        if steady and _steady(recent, t1 - start):
             break
     # The fastest recent call: the first calls are cold and too slow.
     return time.perf_counter() - start, min(recent)
@@ -120,6 +135,7 @@ def time_cpu(
     min_block_s: float = 0.01,
     warmup_calls: int = 2,
     previous_call_s: float | None = None,
+    steady: bool = False,
 ) -> Timing:
     """Time fn with time.perf_counter. Blocks last ≥ min_block_s so timer overhead (~100 ns)
     is negligible. The garbage collector is paused during blocks (as timeit does) so a collection
@@ -129,13 +145,15 @@ def time_cpu(
     alone lasted warmup_s and min_block_s, it was the warm-up -- the one call a warm-up would make
     -- and blocks are one call each; no warm-up call is made (a slow case saves one call). When it
     overstated a call (a cold first call, a compile), the first block is short: it becomes the
-    warm-up and sizes the blocks."""
+    warm-up and sizes the blocks. steady=True: the warm-up ends before warmup_s once STEADY_CALLS
+    calls in a row agree within STEADY_WITHIN (the sweep, whose checked call ran just before)."""
     _check_budget(warmup_s, min_time_s, max_time_s, target_ci)
     unsized = previous_call_s is not None and previous_call_s >= max(warmup_s, min_block_s)
     if unsized:  # that call was the warm-up
         warm_s, per_call_s = previous_call_s, previous_call_s
     else:
-        warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls))
+        warm_s, per_call_s = _warmup_cpu(fn, warmup_s, one_call_enough_s=max_time_s, min_calls=max(1, warmup_calls),
+                                         steady=steady)
     calls = _calls_for(per_call_s, min_block_s)
     samples: list[float] = []
     gc_was_enabled = gc.isenabled()
