@@ -103,6 +103,7 @@ def cmd_run(args) -> int:
             on_skipped=progress.skipped,
             on_start=progress.start,
             on_progress=progress.done,
+            while_starting=None if args.no_report else _preload_report,
         )
     finally:
         if executor is not None:
@@ -123,6 +124,12 @@ def cmd_run(args) -> int:
         print(f"report:  {out / 'index.html'}")
     failed = [m for m in earlier + done if m.status in FAILED_STATUSES]
     return EXIT_REGRESSION if (failed and args.fail_on_error) else EXIT_OK
+
+
+def _preload_report() -> None:
+    from harness.report.figures import preload
+
+    preload()
 
 
 def _build_executor(args):

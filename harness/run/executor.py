@@ -127,6 +127,10 @@ class Executor:
         and lets the worker decide."""
         return ""
 
+    def start(self) -> None:
+        """Get ready for the first job ahead of it (a local executor: start its worker process).
+        A failure here is not raised: the first job meets it and records it."""
+
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job], None] | None = None) -> Iterator[Reply]:
         raise NotImplementedError
 
@@ -173,6 +177,13 @@ class LocalExecutor(Executor):
         if predicted is None:
             return ""
         return too_big(case, predicted, device_memory_bytes(case.device))
+
+    def start(self) -> None:
+        if not self.worker.alive:
+            try:
+                self.worker.start()
+            except RuntimeError:  # the first job restarts it and records why it failed
+                pass
 
     def run(self, jobs: Iterable[Job], on_start: Callable[[Job], None] | None = None) -> Iterator[Reply]:
         import os

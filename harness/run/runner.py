@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +69,7 @@ def run_cases(
     on_skipped: Callable[[list[Measurement]], None] | None = None,
     on_progress: Callable[[int, int, Case, Measurement, float], None] | None = None,
     on_start: Callable[[int, int, Case], None] | None = None,
+    while_starting: Callable[[], None] | None = None,
 ) -> tuple[list[Measurement], bool]:
     """Measure `cases` through `executor` (default: a local worker process), appending each record
     as it finishes. Returns the records and whether the run was interrupted (Ctrl-C): everything
@@ -76,7 +78,8 @@ def run_cases(
     Cases the executor can already tell will not run (unsupported, no such device, predicted not
     to fit where it would run) are recorded first, all at once, as `skipped` with the reason;
     on_start/on_progress then count only the cases that run, so progress and ETA are about real
-    work."""
+    work. while_starting: this process's own preparation (the report's matplotlib), run in a
+    thread while the executor starts its worker, and finished before the first measurement."""
     done: list[Measurement] = []
     interrupted = False
     locked_here = run_lock.acquire(run_dir)  # one writer per run directory (RunLockedError)
@@ -113,6 +116,7 @@ def run_cases(
                 return done, interrupted
             try:
                 timeout_s = float(budget.case_timeout_s)
+                _start_alongside(executor, while_starting)
                 points = calibration_points(to_run)
                 start_cal = calibrate(executor, points)
                 _store_calibration(run_dir, start_cal, None)
@@ -139,6 +143,25 @@ def run_cases(
             executor.close()
         run_lock.release(run_dir)  # the run (start_run / pending_cases took the lock) is over
     return done, interrupted
+
+
+def _start_alongside(executor: Executor, work: Callable[[], None] | None) -> None:
+    """executor.start() with `work` in a thread beside it (the worker imports torch meanwhile);
+    both are over before anything is measured. A failure of `work` is dropped: it is a
+    preparation, and whatever it prepared meets the failure again where it is used."""
+    if work is None:
+        return
+
+    def quietly():
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - see above
+            pass
+
+    t = threading.Thread(target=quietly, name="attnbench-prepare", daemon=True)
+    t.start()
+    executor.start()
+    t.join()
 
 
 def calibration_points(cases: list[Case]) -> list[dict]:
