@@ -114,7 +114,7 @@ def _available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def reserve_heap(peak_bytes: int | None, environ=None) -> int:
+def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_FACTOR) -> int:
     """Fault in (malloc, write a byte of every page, free) RESERVE_FACTOR x `peak_bytes` of heap before a case runs, so
     its calls find their temporaries' pages already mapped instead of growing the heap part-way
     through the timed calls. Without it a large case met one such growth at an unpredictable call
@@ -122,7 +122,12 @@ def reserve_heap(peak_bytes: int | None, environ=None) -> int:
     N=2048 the third call, 100 ms among 61-65 ms), which alone widened the median's interval past
     the target. Only where freed memory is kept (keeps_freed_memory; glibc), only above what this
     process already reserved, and never past RESERVE_SHARE_OF_AVAILABLE of MemAvailable. Returns
-    the bytes newly faulted in (0: nothing to do or not possible)."""
+    the bytes newly faulted in (0: nothing to do or not possible). `factor`: of `peak_bytes`
+    (the calibration's read buffer reserves its own size, 1x).
+
+    The pages are faulted in 4 KiB at a time, not as transparent huge pages even where torch is told
+    to advise them (THP_ENV): on the 2-core VM a huge page faulted into fresh memory cost ~1.3 s
+    per GiB against ~0.2 s for 4 KiB pages."""
     import ctypes
     import platform
 
@@ -130,7 +135,7 @@ def reserve_heap(peak_bytes: int | None, environ=None) -> int:
         return 0
     if platform.libc_ver()[0] != "glibc":
         return 0
-    want = int(RESERVE_FACTOR * peak_bytes)
+    want = int(factor * peak_bytes)
     avail = _available_bytes()
     if avail is not None:
         want = min(want, int(RESERVE_SHARE_OF_AVAILABLE * avail) + _RESERVED["bytes"])
