@@ -187,11 +187,13 @@ def test_a_cpu_case_reserves_its_predicted_peak_before_its_checked_call(monkeypa
     assert asked == [m.predicted_peak_bytes] and asked[0] > 0
 
 
-LANDING_OFFSET = """
-import sys, torch
-junk = torch.empty(int(sys.argv[1]), dtype=torch.uint8)  # what ran before: a heap of another history
-big = torch.empty(2**20)  # 4 MiB: a score matrix's size
-print(big.data_ptr() % 4096)
+LANDING_OFFSETS = """
+import torch
+kept = []
+for junk in (0, 100, 5000, 70000):  # what ran before: a heap of another history each time
+    kept.append(torch.empty(junk, dtype=torch.uint8))
+    kept.append(torch.empty(2**20))  # 4 MiB: a score matrix's size
+    print(kept[-1].data_ptr() % 4096)
 """
 
 
@@ -205,12 +207,10 @@ def test_where_a_large_tensor_lands_does_not_depend_on_what_the_process_allocate
     offsets = {}
     for name, env in (("measurement", MEASUREMENT_ENV), ("malloc only", MALLOC_ENV)):
         environ = {**{k: v for k, v in os.environ.items() if k not in MEASUREMENT_ENV}, **env}
-        offsets[name] = set()
-        for junk in (0, 100, 5000, 70000):
-            r = subprocess.run([sys.executable, "-c", LANDING_OFFSET, str(junk)], env=environ, capture_output=True,
-                               text=True, timeout=120)
-            assert r.returncode == 0, r.stderr
-            offsets[name].add(int(r.stdout.strip()))
+        r = subprocess.run([sys.executable, "-c", LANDING_OFFSETS], env=environ, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        offsets[name] = {int(x) for x in r.stdout.split()}
     assert offsets["measurement"] == {0}, offsets
     assert len(offsets["malloc only"]) > 1, offsets
 
