@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.measure.machine.allocator import MEASUREMENT_ENV  # the C and torch allocator settings (module docstring there)
+from harness.measure.machine.allocator import MEASUREMENT_ENV  # glibc's and torch's allocator settings
 
 STARTUP_TIMEOUT_S = 180.0
 WORKER_MODULE = "harness.run.worker"

@@ -13,8 +13,9 @@ kernel zero-fills the pages, and the timed calls measure that as much as the att
 
 How many pages a call faults in depends on the process's history (the dynamic threshold), so two
 processes timing the same code disagreed by up to 50% (chunked), and the gate, which compares
-processes, had found naive's ratios useless without these settings (21 vs 30-50 ms at N=1024). Hence, for every measurement process (sweep, gate, A/B, Ray node): no mmap, no
-trim, a 64 MiB top pad -- freed memory is reused, as the CUDA caching allocator reuses device
+processes, had found naive's ratios useless without these settings (21 vs 30-50 ms at N=1024).
+Hence, for every measurement process (sweep, gate, A/B, Ray node): no mmap, no trim, a 64 MiB top
+pad -- freed memory is reused, as the CUDA caching allocator reuses device
 memory, and as the tcmalloc or jemalloc that PyTorch's own CPU launcher (torch.backends.xeon.run_cpu)
 preloads keep freed memory for reuse. A steady-state call then costs its arithmetic and memory
 traffic, not the OS's page zeroing.
@@ -115,15 +116,15 @@ def _available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
 
 
 def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_FACTOR) -> int:
-    """Fault in (malloc, write a byte of every page, free) RESERVE_FACTOR x `peak_bytes` of heap before a case runs, so
-    its calls find their temporaries' pages already mapped instead of growing the heap part-way
-    through the timed calls. Without it a large case met one such growth at an unpredictable call
+    """Fault in (malloc, write a byte of every page, free) `factor` x `peak_bytes` of heap before a
+    case runs, so its calls find their temporaries' pages already mapped instead of growing the heap
+    part-way through the timed calls. Without it a large case met one such growth at an unpredictable call
     (naive B=1 H=8 N=4096: one timed call of six faulted in 512 MiB, 324 ms among 248-253 ms; at
     N=2048 the third call, 100 ms among 61-65 ms), which alone widened the median's interval past
     the target. Only where freed memory is kept (keeps_freed_memory; glibc), only above what this
     process already reserved, and never past RESERVE_SHARE_OF_AVAILABLE of MemAvailable. Returns
-    the bytes newly faulted in (0: nothing to do or not possible). `factor`: of `peak_bytes`
-    (the calibration's read buffer reserves its own size, 1x).
+    the bytes newly faulted in (0: nothing to do or not possible). The calibration's read buffer
+    reserves its own size (factor 1).
 
     The pages are faulted in 4 KiB at a time, not as transparent huge pages even where torch is told
     to advise them (THP_ENV): on the 2-core VM a huge page faulted into fresh memory cost ~1.3 s
