@@ -165,6 +165,7 @@ def test_reserve_heap_grows_only_past_what_it_has_and_leaves_half_the_memory_fre
     monkeypatch.setitem(allocator._RESERVED, "bytes", 0)
     monkeypatch.setattr(allocator, "_touch_pages", lambda ptr, n: None)  # no need to fault them in here
     monkeypatch.setattr(allocator, "_available_bytes", lambda: 64 * 2**20)
+    monkeypatch.setattr(allocator, "_address_space_headroom", lambda: None)
     kept = dict(MALLOC_ENV)
     assert allocator.reserve_heap(2**30, kept) == 32 * 2**20  # capped: half of what is available
     assert allocator.reserve_heap(2**30, kept) == 32 * 2**20  # available (mocked) did not drop: half of it again, on top of ours
@@ -224,3 +225,27 @@ def test_the_calibrations_read_buffer_lands_in_heap_reserved_for_it(monkeypatch)
     monkeypatch.setattr(allocator, "reserve_heap", lambda peak, environ=None, factor=2: asked.append((peak, factor)))
     rb = ReadBuffer("cpu", max_bytes=2**26, llc=2**20)
     assert rb.bytes == 2**26 and asked == [(2**26 + RESERVE_MARGIN_BYTES, 1.0)]
+
+
+def test_an_address_space_cap_leaves_room_for_the_cases_own_allocations(monkeypatch):
+    """Kept heap counts against the worker's RLIMIT_AS (budget.memory_limit_bytes): at most half of
+    what the cap leaves is reserved."""
+    monkeypatch.setitem(allocator._RESERVED, "bytes", 0)
+    monkeypatch.setattr(allocator, "_touch_pages", lambda ptr, n: None)
+    monkeypatch.setattr(allocator, "_available_bytes", lambda: 2**40)
+    monkeypatch.setattr(allocator, "_address_space_headroom", lambda: 100 * 2**20)
+    assert allocator.reserve_heap(2**30, dict(MALLOC_ENV)) == 50 * 2**20
+
+
+@linux_only
+def test_the_address_space_headroom_is_read_under_a_real_cap():
+    import subprocess
+
+    code = ("import resource\nfrom harness.measure.machine import allocator\n"
+            "print(allocator._address_space_headroom())\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2**40, resource.RLIM_INFINITY))\n"
+            "print(allocator._address_space_headroom())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    before, after = r.stdout.split()
+    assert before == "None" and 0 < int(after) < 2**40

@@ -115,6 +115,23 @@ def _available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
     return None
 
 
+def _address_space_headroom(status: str = "/proc/self/status") -> int | None:
+    """Bytes left under this process's RLIMIT_AS (None: no cap, or unknown)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open(status) as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return max(0, soft - int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_FACTOR) -> int:
     """Fault in (malloc, write a byte of every page, free) `factor` x `peak_bytes` of heap before a
     case runs, so its calls find their temporaries' pages already mapped instead of growing the heap
@@ -122,7 +139,9 @@ def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_F
     (naive B=1 H=8 N=4096: one timed call of six faulted in 512 MiB, 324 ms among 248-253 ms; at
     N=2048 the third call, 100 ms among 61-65 ms), which alone widened the median's interval past
     the target. Only where freed memory is kept (keeps_freed_memory; glibc), only above what this
-    process already reserved, and never past RESERVE_SHARE_OF_AVAILABLE of MemAvailable. Returns
+    process already reserved, and never past RESERVE_SHARE_OF_AVAILABLE of MemAvailable nor of
+    what an address-space cap (the worker's budget.memory_limit_bytes) leaves: kept heap counts
+    against that cap, and the threads' own arenas need room under it too. Returns
     the bytes newly faulted in (0: nothing to do or not possible). The calibration's read buffer
     reserves its own size (factor 1).
 
@@ -137,9 +156,9 @@ def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_F
     if platform.libc_ver()[0] != "glibc":
         return 0
     want = int(factor * peak_bytes)
-    avail = _available_bytes()
-    if avail is not None:
-        want = min(want, int(RESERVE_SHARE_OF_AVAILABLE * avail) + _RESERVED["bytes"])
+    for room in (_available_bytes(), _address_space_headroom()):
+        if room is not None:
+            want = min(want, int(RESERVE_SHARE_OF_AVAILABLE * room) + _RESERVED["bytes"])
     if want <= _RESERVED["bytes"]:
         return 0
     try:
