@@ -67,21 +67,29 @@ def record(environ=None) -> dict[str, str]:
     return out
 
 
+def _glibc():
+    """This process's C library through ctypes when it is glibc, else None."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
 def apply_here(environ=None) -> bool:
     """The same malloc settings for measurements made in this process (attnbench e2e times the
     model in the CLI's own process): mallopt() for each MALLOC_ENV variable the environment leaves
     unset (glibc read the ones it sets at start-up). False where the C library is not glibc.
     THP_ENV cannot follow: torch reads it once, at its first allocation, long before this."""
-    import ctypes
-    import platform
-
     environ = os.environ if environ is None else environ
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     for name, value in MALLOC_ENV.items():
         if name not in environ:
             mallopt(_MALLOPT_PARAM[name], int(value))
@@ -149,21 +157,17 @@ def reserve_heap(peak_bytes: int | None, environ=None, factor: float = RESERVE_F
     to advise them (THP_ENV): on the 2-core VM a huge page faulted into fresh memory cost ~1.3 s
     per GiB against ~0.2 s for 4 KiB pages."""
     import ctypes
-    import platform
 
     if not peak_bytes or peak_bytes <= 0 or not keeps_freed_memory(environ):
         return 0
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return 0
     want = int(factor * peak_bytes)
     for room in (_available_bytes(), _address_space_headroom()):
         if room is not None:
             want = min(want, int(RESERVE_SHARE_OF_AVAILABLE * room) + _RESERVED["bytes"])
     if want <= _RESERVED["bytes"]:
-        return 0
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
         return 0
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
