@@ -86,6 +86,28 @@ def test_sharp_softmax():
 
 
 @NEEDS_CC
+@pytest.mark.parametrize("kv_dtype", ["same", "bfloat16"])
+@pytest.mark.parametrize("heads_q", [4, 8])
+@pytest.mark.parametrize("partition", [64, 1024, 7])
+def test_running_max_that_rises_then_falls(kv_dtype, heads_q, partition):
+    """The 16-lane pass keeps a running row max over blocks of 16 tokens: scores that rise along the
+    cache (every block raises the max, o and l rescaled, by up to 2^-60 at the jump) and then fall
+    (no rescale), with 4 query rows per kv head (o in registers) and 8 (the general p·V loop)."""
+    case = Case("x", batch=1, heads_q=heads_q, heads_kv=1, seq_len_q=1, seq_len_kv=150, head_dim=128,
+                dtype="float32", workload="decode", kv_layout="contiguous", page_size=0, kv_lens=(150,),
+                kv_dtype=kv_dtype)
+    inp = make_decode_inputs(case, seed=3)
+    ramp = torch.cat([torch.linspace(-1.0, 3.0, 90), torch.full((10,), 9.0), torch.linspace(2.0, -4.0, 50)])
+    inp.q.abs_()
+    k = inp.k_cache.float().abs()  # positive keys, scaled along the cache by the ramp
+    inp.k_cache.copy_((k * ramp.view(1, 1, 150, 1)).to(inp.k_cache.dtype))
+    ref = reference_decode(inp)
+    rel = _rel(_run("flash_decoding", inp, partition=partition), ref)
+    torch_rel = _rel(_run("flash_decoding_torch", inp, partition=partition), ref)  # 0.7-5e-6 here
+    assert rel <= min(2 * torch_rel + 5e-7, 1e-5), f"rel L2 {rel:.3g} (torch ops {torch_rel:.3g})"
+
+
+@NEEDS_CC
 def test_non_contiguous_cache_views():
     case = _case((2, 8, 2, 1, 64, (90, 31)), "contiguous", 0)
     inp = make_decode_inputs(case, seed=4)

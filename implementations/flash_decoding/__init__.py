@@ -53,6 +53,7 @@ from implementations._shared.contract import LOG2E, compute_dtype, default_scale
 from implementations._shared.decode_contract import check_decode_args
 from implementations.flash_decoding import c_partitions, kernel_build, torch_partitions
 from implementations.flash_decoding.split import (
+    C_PARTITION,
     MIN_AUTO_PARTITION,
     PARTITION,
     Ctx,
@@ -63,15 +64,16 @@ from implementations.flash_decoding.split import (
     workers,
 )
 
-def _case_partition(case, partition: int | None) -> int:
+
+def _case_partition(case, partition: int | None, default: int = PARTITION) -> int:
     workers = (case.threads or os.cpu_count() or 1) if case.device == "cpu" else 1
     lens = case.kv_lens or (case.seq_len_kv,) * case.batch
-    return partition_for(partition, lens, case.page_size if case.kv_layout == "paged" else 0, workers)
+    return partition_for(partition, lens, case.page_size if case.kv_layout == "paged" else 0, workers, default)
 
 
 def _memory_model(case, partition: int | None = None) -> int:
     if _runs_c(case):
-        return c_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
+        return c_partitions.memory_model(case, _case_partition(case, partition, C_PARTITION), merges_bytes)
     return torch_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
 
 
@@ -110,7 +112,8 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     lens = [int(x) for x in kv_lens.tolist()]
     if any(n < Nq for n in lens):
         raise ValueError(f"kv_lens {lens} must all be >= the {Nq} query tokens")
-    part = partition_for(partition, lens, dims.page_size, workers(q.device, sum(lens)))
+    default = C_PARTITION if c_kernel else PARTITION
+    part = partition_for(partition, lens, dims.page_size, workers(q.device, sum(lens)), default)
     counts = [-(-n // part) for n in lens]
     P = max(counts)
     opts = dict(dtype=acc, device=q.device)
@@ -159,7 +162,8 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     description="Flash-Decoding: split-KV partitions merged by log-sum-exp, paged via the block table "
                 "(CPU float32 partitions: a C kernel reading float32, bfloat16 and float8 caches; elsewhere "
                 "torch ops)",
-    params={"partition": f"auto: {PARTITION}, halved to >= {MIN_AUTO_PARTITION} while fewer partitions than threads"},
+    params={"partition": f"auto: {C_PARTITION} (C kernel; {PARTITION} with torch ops), halved to >= "
+                         f"{MIN_AUTO_PARTITION} while fewer partitions than threads"},
     forms=FORMS,
 )
 def flash_decoding(q, k_cache, v_cache, *, kv_lens, block_table=None, scale=None, sinks=None, k_scale=None,

@@ -23,29 +23,28 @@
  * p·V, G·Nq ≈ 4 columns), which BLAS runs compute-bound at about half the streaming-read rate of
  * one core, plus a gathered copy of K for a paged cache. Here each K row and V row is read once,
  * in order, with software prefetch a few rows ahead, the G·Nq dot products of a K row kept in
- * registers (8 vector accumulators), and pages read in place (no gather); with AVX-512, rows in
- * blocks of 4 and widths a multiple of 16, the 16-lane variant (scores16, values16) instead.
- * What bounds it (one thread, Intel Xeon, B=4, Hkv=8, G=4, D=128, KV=8192): a plain sum over the
- * same rows in the same order streams ~14 GB/s per CPU-second; the kernel 9 (float32), 7.4
- * (bfloat16), 5.6 (float8); from a cache that stays in the last-level cache 27, 20 and 10: the
- * time was about the sum of the compute time and the memory time (the out-of-order window does
- * not overlap them). Hence the next pass's rows are fetched into L2 while this pass computes
- * (ahead_rows: V during the scores, the next head's K during p·V): in the decode benchmark
- * (B=8, Hq=32, Hkv=8, KV=8192, 2 threads, a 2-core Sapphire Rapids VM, every call from DRAM)
- * float32 32.2 -> 30.0 ms, bfloat16 22.0 -> 17.5, float8 15.9 -> 12.6. The narrow caches are then
- * bound by the vector ports: per token and kv head 4 rows x (128 + 128) multiply-adds plus the
- * conversions (bfloat16 2, float8 9 instructions per 64 elements, see ldg), the score
- * reductions and the softmax; removing either pass in turn (float8, cache-resident) saved 14 ns
- * (scores) and 8 ns (p·V) of 36 ns per token and kv head. And the prefetches alone (compute
- * removed, cache from DRAM) stream only ~11-14 GB/s per thread (one thread; 15-24 GB/s with two)
- * against the read probe's 16 per thread: a software prefetch holds one of the core's ~16 L1 fill
- * buffers until its line arrives (16 lines per ~90 ns), the hardware streamer that the probe's
- * plain sequential reads train does not. Prefetching every other line only (hoping the streamer
- * fills in) was slower; the rows a pass fetched ahead get no prefetch of their own.
+ * registers (8 vector accumulators), and pages read in place (no gather). With AVX-512, rows in
+ * blocks of 4 and widths a multiple of 16, the 16-lane variant runs instead, in one pass over
+ * blocks of 16 tokens with an online softmax (fused16).
  *
- * Per head: pass 1 scores s[r][t] = c·(q_r·K_t), c = scale·log2 e (scores in log2 units); row
- * max m_r and p = 2^(s − m_r), l_r = Σ p over the keys row r may see (query token i of the Nq
- * sees key j iff j <= i + last, `last` = kv_len − Nq); pass 2 o_r = Σ_t p[r][t]·V_t.
+ * What bounds it, measured in a C harness on a 2-core Sapphire Rapids VM (B=8, Hq=32, Hkv=8,
+ * D=128, KV=8192, 2 threads, every call from DRAM, ns per token and kv head per thread):
+ * - Memory alone (the same rows read and summed, no compute): float32 86, bfloat16 46, float8 25.
+ * - Compute alone (a cache that stays in L2, one thread): bfloat16 27, float8 28-30. For float8
+ *   that is scores ~15 (4 rows x 128 multiply-adds, the 64-code conversions of ldg, the 8-way
+ *   reductions of sum8) and p·V ~11.
+ * - The kernel before fused16 ran in two passes per head: scores over K (fetching V ahead into
+ *   L2), then p·V. It took float32 117, bfloat16 76, float8 46, about compute + memory. Its
+ *   software prefetches came at twice the rate the compute consumed rows, and a software prefetch
+ *   holds one of the core's ~16 L1 fill buffers until its line arrives. Without any software
+ *   prefetch, the hardware streamers alone did no better.
+ * - One pass with K and V prefetched 32 tokens ahead: float32 ~85, bfloat16 ~50, float8 ~37.
+ *   bfloat16 and float32 now run at their memory time. float8 is bound by its compute.
+ *
+ * Per head (the 8-lane code and the blocked variant): pass 1 scores s[r][t] = c·(q_r·K_t),
+ * c = scale·log2 e (scores in log2 units); row max m_r and p = 2^(s − m_r), l_r = Σ p over the
+ * keys row r may see (query token i of the Nq sees key j iff j <= i + last, `last` = kv_len − Nq);
+ * pass 2 o_r = Σ_t p[r][t]·V_t. fused16 gives the same m, l and o in one pass.
  * Outputs are unnormalised; m = −inf, l = 0, o = 0 for a row that sees no key of the partition.
  *
  * Portable C11 with GCC/Clang vector extensions (8 floats); the AVX horizontal sum is used where
@@ -408,112 +407,6 @@ static inline __m512 sum8(const __m512 *a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(d01, d01, 0x08), _mm512_shuffle_f32x4(d01, d01, 0x0D));
 }
 
-/* out = rows t..t+3, and the rows pf further on prefetched */
-static inline __attribute__((always_inline)) void four_rows(const void *const *rows, int64_t t, int64_t n, int64_t pf,
-                                                            int64_t bytes, const void **out) {
-    for (int u = 0; u < 4; ++u) {
-        out[u] = rows[t + u];
-        if (t + pf + u < n) prefetch_row(rows[t + pf + u], bytes);
-    }
-}
-
-/* the next pass's rows, `delta` bytes from rows t..t+3 (0: none), fetched into L2 while this pass
- * computes: the values pass's V rows during the scores pass, the next head's K rows during the
- * values pass (a partition's rows fit in L2), so memory time overlaps compute time instead of
- * adding to it */
-static inline __attribute__((always_inline)) void ahead_rows(const void *const *rows, int64_t t, int64_t delta,
-                                                             int64_t bytes) {
-    if (!delta) return;
-    for (int u = 0; u < 4; ++u) {
-        const char *p = (const char *)rows[t + u] + delta;
-        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, AHEAD_LOCALITY);
-    }
-}
-
-/* as scores, with q in group order (qg, see permute_rows) */
-static inline __attribute__((always_inline)) void scores16(const float *qg, float scale, const void *const *rows,
-                                                           int64_t GN, int64_t D, int64_t n, int64_t pf, float *s,
-                                                           int dt, const fp8_tables *tb, int64_t ahead) {
-    const int64_t bytes = D * ESZ[dt], gs = group_size(dt), nv = gs / 16;
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) {
-        const void *kr[4];
-        four_rows(rows, t, n, pf, bytes, kr);
-        ahead_rows(rows, t, ahead, bytes);
-        for (int64_t r = 0; r < GN; r += 4) {
-            const float *q0 = qg + r * D;
-            float sums[16];
-            for (int half = 0; half < 2; ++half) { /* tokens 2·half, 2·half + 1: 8 accumulators, no spills */
-                __m512 a[8]; /* a[2j + u]: row r + j, token t + 2·half + u */
-                for (int i = 0; i < 8; ++i) a[i] = _mm512_setzero_ps();
-                for (int64_t c = 0; c < D; c += gs)
-                    for (int u = 0; u < 2; ++u) {
-                        __m512 x[4];
-                        ldg(kr[2 * half + u], c, dt, tb, x);
-                        for (int64_t v = 0; v < nv; ++v)
-                            for (int j = 0; j < 4; ++j)
-                                a[2 * j + u] = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + j * D + c + 16 * v), x[v], a[2 * j + u]);
-                    }
-                _mm256_storeu_ps(sums + 8 * half, _mm512_castps512_ps256(sum8(a)));
-            }
-            for (int j = 0; j < 4; ++j)
-                for (int u = 0; u < 4; ++u) s[(r + j) * n + t + u] = sums[8 * (u / 2) + 2 * j + u % 2] * scale;
-        }
-    }
-    for (; t < n; ++t)
-        for (int64_t r = 0; r < GN; ++r) {
-            __m512 a = _mm512_setzero_ps();
-            for (int64_t c = 0; c < D; c += gs) {
-                __m512 x[4];
-                ldg(rows[t], c, dt, tb, x);
-                for (int64_t v = 0; v < nv; ++v) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * D + c + 16 * v), x[v], a);
-            }
-            s[r * n + t] = _mm512_reduce_add_ps(a) * scale;
-        }
-}
-
-/* as values, o in group order (the caller puts it back: permute_rows) */
-static inline __attribute__((always_inline)) void values16(const float *p, const void *const *rows, int64_t GN,
-                                                           int64_t D, int64_t n, int64_t pf, float *o, int dt,
-                                                           const fp8_tables *tb, int64_t ahead) {
-    const int64_t bytes = D * ESZ[dt], gs = group_size(dt), nv = gs / 16;
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) {
-        const void *vr[4];
-        four_rows(rows, t, n, pf, bytes, vr);
-        ahead_rows(rows, t, ahead, bytes);
-        for (int64_t c = 0; c < D; c += gs) {
-            __m512 x[4][4];
-            for (int u = 0; u < 4; ++u) ldg(vr[u], c, dt, tb, x[u]);
-            for (int64_t r = 0; r < GN; ++r) {
-                const float *pr = p + r * n + t;
-                __m512 w0 = _mm512_set1_ps(pr[0]), w1 = _mm512_set1_ps(pr[1]), w2 = _mm512_set1_ps(pr[2]),
-                       w3 = _mm512_set1_ps(pr[3]);
-                for (int64_t v = 0; v < nv; ++v) {
-                    float *oc = o + r * D + c + 16 * v;
-                    __m512 acc = _mm512_loadu_ps(oc);
-                    acc = _mm512_fmadd_ps(w0, x[0][v], acc);
-                    acc = _mm512_fmadd_ps(w1, x[1][v], acc);
-                    acc = _mm512_fmadd_ps(w2, x[2][v], acc);
-                    acc = _mm512_fmadd_ps(w3, x[3][v], acc);
-                    _mm512_storeu_ps(oc, acc);
-                }
-            }
-        }
-    }
-    for (; t < n; ++t)
-        for (int64_t c = 0; c < D; c += gs) {
-            __m512 x[4];
-            ldg(rows[t], c, dt, tb, x);
-            for (int64_t r = 0; r < GN; ++r) {
-                __m512 w = _mm512_set1_ps(p[r * n + t]);
-                for (int64_t v = 0; v < nv; ++v) {
-                    float *oc = o + r * D + c + 16 * v;
-                    _mm512_storeu_ps(oc, _mm512_fmadd_ps(w, x[v], _mm512_loadu_ps(oc)));
-                }
-            }
-        }
-}
 #define HAVE16 1
 #else
 #define HAVE16 0
@@ -525,8 +418,6 @@ static inline int wide_code(int dt, int64_t Dk, int64_t Dv) { (void)Dk; (void)Dv
 static void permute_rows(float *a, int64_t R, int64_t D, int dt, int to_elements, float *tmp) {
     (void)a; (void)R; (void)D; (void)dt; (void)to_elements; (void)tmp;
 }
-#define scores16(q, c, rows, GN, D, n, pf, s, dt, tb, ahead) ((void)(tb), (void)(ahead), scores(q, c, rows, GN, D, n, pf, s, dt))
-#define values16(p, rows, GN, D, n, pf, o, dt, tb, ahead) ((void)(tb), (void)(ahead), values(p, rows, GN, D, n, pf, o, dt))
 #endif
 
 /* ---- the register-blocked variant (float32 cache, many query rows per kv head: MLA) ---------- */
@@ -590,6 +481,175 @@ static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l)
     *m = mx;
     *l = total + tail;
 }
+
+/* ---- the 16-lane variant's one pass (AVX-512) -------------------------------------------------
+ * One kv head in one pass over blocks of FUSED_TB tokens, as flash attention does: the block's
+ * scores (K rows), an online softmax (the running row max raised where a block's is larger, o and
+ * l rescaled), then p·V (V rows). K and V are read together, and both are prefetched FUSED_PF
+ * tokens ahead (prefetcht2; past the partition's end, the next head's first rows). The software
+ * prefetches then come at the rate the compute consumes rows. The two-pass form this replaced
+ * fetched V during the scores pass, twice that rate, and stalled on the core's L1 fill buffers.
+ * Measured in a C harness (the shape at the top of the file, 2 threads, from DRAM), best of 5:
+ * float32 30.6 -> 22-25 ms, bfloat16 19.9 -> 12.7-14, float8 12.1 -> 9.1-10 (the machine's load
+ * varied). Prefetch distance 24 / 32 / 48 tokens: float8 9.3 / 9.1 / 10.4 ms. No software
+ * prefetch (the hardware streamers alone): 12.2. With 4 query rows per kv head, p·V keeps its
+ * 4 x 64 accumulators in registers for the whole block (values_rows4): bfloat16 13.2 -> 12.7 ms,
+ * float8 9.9 -> 9.1. */
+#define FUSED_TB 16 /* tokens per block */
+#define FUSED_PF 32 /* prefetch distance, tokens */
+#if HAVE16
+
+/* o rows 0..3, columns cc..cc + 16·NVEC, += p[j][t] · V_t over the block's nb tokens, with the
+ * 4 x NVEC accumulators in registers: o is loaded and stored once per block (4 query rows) */
+static inline __attribute__((always_inline)) void values_rows4(const float *pb, const void *const *vrows,
+                                                               int64_t vdelta, int64_t nb, int64_t cc, int64_t Dv,
+                                                               float *o, int dt, const fp8_tables *tb,
+                                                               const int NVEC) {
+    const int64_t nv = group_size(dt) / 16;
+    __m512 acc[4][4];
+    for (int j = 0; j < 4; ++j)
+        for (int v = 0; v < NVEC; ++v) acc[j][v] = _mm512_loadu_ps(o + j * Dv + cc + 16 * v);
+    for (int64_t t = 0; t < nb; ++t) {
+        const void *vr = (const char *)vrows[t] + vdelta;
+        __m512 x[4];
+        for (int g = 0; g < NVEC; g += (int)nv) ldg(vr, cc + 16 * g, dt, tb, x + g);
+        for (int j = 0; j < 4; ++j) {
+            const __m512 w = _mm512_set1_ps(pb[j * FUSED_TB + t]);
+            for (int v = 0; v < NVEC; ++v) acc[j][v] = _mm512_fmadd_ps(x[v], w, acc[j][v]);
+        }
+    }
+    for (int j = 0; j < 4; ++j)
+        for (int v = 0; v < NVEC; ++v) _mm512_storeu_ps(o + j * Dv + cc + 16 * v, acc[j][v]);
+}
+
+/* One kv head: q (GN, Dk) in group order (qg, see permute_rows), c = scale·log2 e; K row t at
+ * krows[t], its V row vdelta bytes on, the next head's K row next_k bytes on (0: none); query row
+ * r sees the tokens t < (r mod Nq) + first; o (GN, Dv) in group order, zeroed by the caller; m, l
+ * as the two-pass code (log2 units). pb: GN·FUSED_TB floats of scratch. */
+static inline __attribute__((always_inline)) void fused16(const float *qg, float c, const void *const *krows,
+                                                          int64_t vdelta, int64_t next_k, int64_t GN, int64_t Dk,
+                                                          int64_t Dv, int64_t n, int64_t Nq, int64_t first, float *o,
+                                                          float *m, float *l, int dt, const fp8_tables *tb, float *pb) {
+    const int64_t gs = group_size(dt), nv = gs / 16, kbytes = Dk * ESZ[dt], vbytes = Dv * ESZ[dt];
+    for (int64_t r = 0; r < GN; ++r) { m[r] = -INFINITY; l[r] = 0.f; }
+    for (int64_t t0 = 0; t0 < n; t0 += FUSED_TB) {
+        const int64_t nb = n - t0 < FUSED_TB ? n - t0 : FUSED_TB;
+        const void *const *kb = krows + t0;
+        int64_t i = 0;
+        for (; i + 4 <= nb; i += 4) {
+            /* the rows FUSED_PF tokens on: this head's, else the next head's */
+            const int64_t ta = t0 + i + FUSED_PF, add = ta + 4 <= n ? 0 : next_k;
+            const void *const *ahead = ta + 4 <= n                            ? krows + ta
+                                       : next_k && ta >= n && ta - n + 4 <= n ? krows + (ta - n)
+                                                                              : NULL;
+            if (ahead)
+                for (int u = 0; u < 4; ++u) {
+                    const char *pk = (const char *)ahead[u] + add;
+                    for (int64_t b = 0; b < kbytes; b += 64) __builtin_prefetch(pk + b, 0, 1);
+                    for (int64_t b = 0; b < vbytes; b += 64) __builtin_prefetch(pk + vdelta + b, 0, 1);
+                }
+            for (int64_t r = 0; r < GN; r += 4) {
+                const float *q0 = qg + r * Dk;
+                float sums[16];
+                for (int half = 0; half < 2; ++half) { /* tokens 2·half, 2·half + 1: 8 accumulators */
+                    __m512 a[8]; /* a[2j + u]: row r + j, token i + 2·half + u */
+                    for (int z = 0; z < 8; ++z) a[z] = _mm512_setzero_ps();
+                    for (int64_t cc = 0; cc < Dk; cc += gs)
+                        for (int u = 0; u < 2; ++u) {
+                            __m512 x[4];
+                            ldg(kb[i + 2 * half + u], cc, dt, tb, x);
+                            for (int64_t v = 0; v < nv; ++v)
+                                for (int j = 0; j < 4; ++j) {
+                                    const __m512 qv = _mm512_loadu_ps(q0 + j * Dk + cc + 16 * v);
+                                    a[2 * j + u] = _mm512_fmadd_ps(qv, x[v], a[2 * j + u]);
+                                }
+                        }
+                    _mm256_storeu_ps(sums + 8 * half, _mm512_castps512_ps256(sum8(a)));
+                }
+                for (int j = 0; j < 4; ++j)
+                    for (int u = 0; u < 4; ++u) pb[(r + j) * FUSED_TB + i + u] = sums[8 * (u / 2) + 2 * j + u % 2] * c;
+            }
+        }
+        for (; i < nb; ++i)
+            for (int64_t r = 0; r < GN; ++r) {
+                __m512 a = _mm512_setzero_ps();
+                for (int64_t cc = 0; cc < Dk; cc += gs) {
+                    __m512 x[4];
+                    ldg(kb[i], cc, dt, tb, x);
+                    for (int64_t v = 0; v < nv; ++v)
+                        a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + r * Dk + cc + 16 * v), x[v], a);
+                }
+                pb[r * FUSED_TB + i] = _mm512_reduce_add_ps(a) * c;
+            }
+        /* the online softmax: p = 2^(s − m) over the tokens a row sees (a prefix), 0 elsewhere */
+        for (int64_t r = 0; r < GN; ++r) {
+            int64_t tn = (r % Nq) + first - t0;
+            tn = tn < 0 ? 0 : (tn > nb ? nb : tn);
+            float *pr = pb + r * FUSED_TB;
+            if (tn == 0) { memset(pr, 0, sizeof(float) * FUSED_TB); continue; }
+            const __mmask16 seen = (__mmask16)(tn >= 16 ? 0xFFFF : (1u << tn) - 1);
+            const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), seen, pr);
+            const float bm = _mm512_reduce_max_ps(s);
+            if (bm > m[r]) {
+                if (m[r] != -INFINITY) {
+                    const float a = exp2f(m[r] - bm);
+                    const __m512 av = _mm512_set1_ps(a);
+                    l[r] *= a;
+                    for (int64_t d = 0; d < Dv; d += 16)
+                        _mm512_storeu_ps(o + r * Dv + d, _mm512_mul_ps(av, _mm512_loadu_ps(o + r * Dv + d)));
+                }
+                m[r] = bm;
+            }
+            const __m512 p = _mm512_maskz_mov_ps(seen, (__m512)exp2w((vw)_mm512_sub_ps(s, _mm512_set1_ps(m[r]))));
+            l[r] += _mm512_reduce_add_ps(p);
+            _mm512_storeu_ps(pr, p);
+        }
+        if (GN == 4) {
+            int64_t cc = 0;
+            for (; cc + 64 <= Dv; cc += 64) values_rows4(pb, kb, vdelta, nb, cc, Dv, o, dt, tb, 4);
+            for (; cc < Dv; cc += gs) values_rows4(pb, kb, vdelta, nb, cc, Dv, o, dt, tb, (int)nv); /* one group */
+            continue;
+        }
+        /* more query rows: four value rows per step, each chunk of o loaded and stored once per
+         * four tokens, each converted V chunk serving every row */
+        for (i = 0; i + 4 <= nb; i += 4)
+            for (int64_t cc = 0; cc < Dv; cc += gs) {
+                __m512 x[4][4];
+                for (int u = 0; u < 4; ++u) ldg((const char *)kb[i + u] + vdelta, cc, dt, tb, x[u]);
+                for (int64_t r = 0; r < GN; ++r) {
+                    const float *pr = pb + r * FUSED_TB + i;
+                    const __m512 w0 = _mm512_set1_ps(pr[0]), w1 = _mm512_set1_ps(pr[1]), w2 = _mm512_set1_ps(pr[2]),
+                                 w3 = _mm512_set1_ps(pr[3]);
+                    for (int64_t v = 0; v < nv; ++v) {
+                        float *oc = o + r * Dv + cc + 16 * v;
+                        __m512 acc = _mm512_loadu_ps(oc);
+                        acc = _mm512_fmadd_ps(w0, x[0][v], acc);
+                        acc = _mm512_fmadd_ps(w1, x[1][v], acc);
+                        acc = _mm512_fmadd_ps(w2, x[2][v], acc);
+                        acc = _mm512_fmadd_ps(w3, x[3][v], acc);
+                        _mm512_storeu_ps(oc, acc);
+                    }
+                }
+            }
+        for (; i < nb; ++i)
+            for (int64_t cc = 0; cc < Dv; cc += gs) {
+                __m512 x[4];
+                ldg((const char *)kb[i] + vdelta, cc, dt, tb, x);
+                for (int64_t r = 0; r < GN; ++r) {
+                    const __m512 w = _mm512_set1_ps(pb[r * FUSED_TB + i]);
+                    for (int64_t v = 0; v < nv; ++v) {
+                        float *oc = o + r * Dv + cc + 16 * v;
+                        _mm512_storeu_ps(oc, _mm512_fmadd_ps(w, x[v], _mm512_loadu_ps(oc)));
+                    }
+                }
+            }
+    }
+}
+#else
+/* never called (`wide` is 0) */
+#define fused16(qg, c, krows, vdelta, next_k, GN, Dk, Dv, n, Nq, first, o, m, l, dt, tb, pb) \
+    ((void)(vdelta), (void)(next_k), (void)(tb))
+#endif
 
 /* sT[(t0 + i)·GNp + rb + v·W + lane] = c · (q · K_t) for nt tokens from t0, nv row vectors from rb;
  * qT (Dk, GNp) */
@@ -721,25 +781,25 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                            const float *kscale, const float *vscale, float *scratch, const void **rows, float *o,
                            float *m, float *l) {
     if (dt < 0 || dt > 2 || (blocked && dt != KV_F32)) return -1;
-    /* software prefetch distance: PF_BYTES of rows ahead, into L2 (PF_LOCALITY 1: prefetcht2).
-     * Earlier 8 KiB with prefetchnta, measured on a 2-core AMD EPYC: 1 KiB 27.0/30.8 ms
+    /* the 8-lane code's software prefetch distance: PF_BYTES of rows ahead, into L2 (PF_LOCALITY 1:
+     * prefetcht2). Earlier 8 KiB with prefetchnta, measured on a 2-core AMD EPYC: 1 KiB 27.0/30.8 ms
      * (contiguous/paged 16), 4 KiB 24.6/28.2, 8 KiB 23.4/26.2, 16 KiB 23.4/28.2, 32 KiB 27.0/29.9 (2
-     * threads, B=8, Hq=32, Hkv=8, D=128, KV=8192, float32). On an Intel Xeon (Sapphire Rapids, AVX-512)
+     * threads, B=8, Hq=32, Hkv=8, D=128, KV=8192, float32). On an Intel Xeon (Sapphire Rapids)
      * prefetchnta made the 8-lane loops slower than no prefetch at all (one thread, float32 cache,
-     * GB/s per CPU-second: nta 5.5, none 8.2, prefetcht2 9.2); with the 16-lane variant the distance
-     * (2-32 KiB) and hint hardly matter (8.5-9.1 float32, 7.1-7.5 bfloat16, 5.4-5.6 float8). */
+     * GB/s per CPU-second: nta 5.5, none 8.2, prefetcht2 9.2). The 16-lane pass: see fused16. */
     const int64_t esz = ESZ[dt], rb = Dk * esz;
     const int64_t pf = PF_BYTES / rb > 2 ? PF_BYTES / rb : 2;
     const int64_t GNp = (GN + W - 1) / W * W;
-    const int wide = HAVE16 && GN % 4 == 0 && Dk % 16 == 0 && Dv % 16 == 0; /* the 16-lane variant */
+    const int wide = HAVE16 && !blocked && GN % 4 == 0 && Dk % 16 == 0 && Dv % 16 == 0; /* the 16-lane pass */
     const int wdt = wide ? wide_code((int)dt, Dk, Dv) : (int)dt;
     const int grouped = wide && group_size(wdt) > 16; /* q and o in group order */
     fp8_tables tb = make_fp8_tables();
-    float *qg = NULL, *tmp = NULL;
-    if (grouped) {
+    float *qg = NULL, *tmp = NULL, *pb = NULL;
+    if (wide) {
         qg = malloc(sizeof(float) * (size_t)(GN * Dk));
         tmp = malloc(sizeof(float) * (size_t)(Dk > Dv ? Dk : Dv));
-        if (!qg || !tmp) { free(qg); free(tmp); return -2; }
+        pb = malloc(sizeof(float) * (size_t)(GN * FUSED_TB));
+        if (!qg || !tmp || !pb) { free(qg); free(tmp); free(pb); return -2; }
     }
     for (int64_t h = 0; h < Hkv; ++h) {
         const float *qh = q + h * GN * Dk;
@@ -751,27 +811,27 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
             continue;
         }
         fill_rows((const char *)k, page_off, ps, h * head_stride, row_stride, esz, n, rows);
+        /* bytes from a K row to its V row, and to the next head's K row (0: the last head) */
+        const int64_t vdelta = (const char *)v - (const char *)k;
+        const int64_t next_k = h + 1 < Hkv ? head_stride * esz : 0;
         if (blocked) {
             scores_blk(q + h * Dk * GNp, ch, rows, GNp, Dk, n, scratch);
             softmax_cols(scratch, GN, GNp, n, Nq, last - j0 + 1, mh, lh);
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
             values_blk(scratch, rows, GN, GNp, Dv, n, oh);
+        } else if (wide) {
+            memcpy(qg, qh, sizeof(float) * (size_t)(GN * Dk));
+            if (grouped) permute_rows(qg, GN, Dk, wdt, 0, tmp);
+#define FUSED(code) fused16(qg, ch, rows, vdelta, next_k, GN, Dk, Dv, n, Nq, last - j0 + 1, oh, mh, lh, code, &tb, pb)
+            if (wdt == KV_F32) FUSED(KV_F32);
+            else if (wdt == KV_BF16) FUSED(KV_BF16);
+            else if (wdt == KV_FP8) FUSED(KV_FP8);
+            else if (wdt == KV_BF16_IN_ORDER) FUSED(KV_BF16_IN_ORDER);
+            else FUSED(KV_FP8_IN_ORDER);
+#undef FUSED
+            if (grouped) permute_rows(oh, GN, Dv, wdt, 1, tmp);
         } else {
-            /* bytes from a K row to its V row, and from a V row to the next head's K row */
-            const int64_t vdelta = (const char *)v - (const char *)k;
-            const int64_t kdelta = h + 1 < Hkv ? head_stride * esz - vdelta : 0;
-            /* rows fetched ahead by the pass before need no prefetch of their own (n: none) */
-            const int64_t pf_k = h == 0 || !vdelta ? pf : n, pf_v = vdelta ? n : pf;
-            if (grouped) {
-                memcpy(qg, qh, sizeof(float) * (size_t)(GN * Dk));
-                permute_rows(qg, GN, Dk, wdt, 0, tmp);
-            }
-            if (wide && wdt == KV_F32) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_F32, &tb, vdelta);
-            else if (wide && wdt == KV_BF16) scores16(qg, ch, rows, GN, Dk, n, pf_k, scratch, KV_BF16, &tb, vdelta);
-            else if (wide && wdt == KV_FP8) scores16(grouped ? qg : qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_FP8, &tb, vdelta);
-            else if (wide && wdt == KV_BF16_IN_ORDER) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_BF16_IN_ORDER, &tb, vdelta);
-            else if (wide) scores16(qh, ch, rows, GN, Dk, n, pf_k, scratch, KV_FP8_IN_ORDER, &tb, vdelta);
-            else if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
+            if (dt == KV_F32) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_F32);
             else if (dt == KV_BF16) scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_BF16);
             else scores(qh, ch, rows, GN, Dk, n, pf, scratch, KV_FP8);
             for (int64_t r = 0; r < GN; ++r) {
@@ -780,21 +840,16 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
                 softmax_row(scratch + r * n, tn, n, mh + r, lh + r);
             }
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
-            if (wide && wdt == KV_F32) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_F32, &tb, kdelta);
-            else if (wide && wdt == KV_BF16) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_BF16, &tb, kdelta);
-            else if (wide && wdt == KV_FP8) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_FP8, &tb, kdelta);
-            else if (wide && wdt == KV_BF16_IN_ORDER) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_BF16_IN_ORDER, &tb, kdelta);
-            else if (wide) values16(scratch, rows, GN, Dv, n, pf_v, oh, KV_FP8_IN_ORDER, &tb, kdelta);
-            else if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
+            if (dt == KV_F32) values(scratch, rows, GN, Dv, n, pf, oh, KV_F32);
             else if (dt == KV_BF16) values(scratch, rows, GN, Dv, n, pf, oh, KV_BF16);
             else values(scratch, rows, GN, Dv, n, pf, oh, KV_FP8);
-            if (grouped) permute_rows(oh, GN, Dv, wdt, 1, tmp);
         }
         if (vscale[h] != 1.f)
             for (int64_t i = 0; i < GN * Dv; ++i) oh[i] *= vscale[h];
     }
     free(qg);
     free(tmp);
+    free(pb);
     return 0;
 }
 

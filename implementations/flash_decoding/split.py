@@ -22,14 +22,20 @@ from implementations.flash_decoding import torch_partitions
 # small batch still occupies every worker (B=1, KV=1024, 2 threads, 80 interleaved calls: median
 # 1.00 ms at 512 vs 1.14 ms at 1024; 256: 1.04 ms).
 PARTITION = 1024
+# The C step's: its one-pass kernel keeps no score tile, and each work item costs ~45 us of Python
+# (the ctypes call and its arguments, under the GIL), as much as 15% of a 1024-token float8
+# partition. Same benchmark, 2 threads on a 2-core Sapphire Rapids VM, best of 3 x 7 calls:
+# 1024 / 2048 / 4096 tokens: float32 27.7 / 24.9 / 24.2 ms, bfloat16 16.4 / 13.8 / 13.3, float8
+# 12.9 / 11.1 / 10.3.
+C_PARTITION = 4096
 MIN_AUTO_PARTITION = 256
 
 
-def partition_for(partition: int | None, lens, page_size: int, workers: int) -> int:
-    """Tokens per partition: `partition` when given, else PARTITION halved while the batch would
+def partition_for(partition: int | None, lens, page_size: int, workers: int, default: int = PARTITION) -> int:
+    """Tokens per partition: `partition` when given, else `default` halved while the batch would
     make fewer partitions than `workers`; a whole number of pages when paged."""
     if partition is None:
-        partition = PARTITION
+        partition = default
         while partition > MIN_AUTO_PARTITION and sum(-(-n // partition) for n in lens) < workers:
             partition //= 2
     return torch_partitions.part_len(partition, page_size)
