@@ -22,9 +22,9 @@ from implementations.flash_decoding import torch_partitions
 # small batch still occupies every worker (B=1, KV=1024, 2 threads, 80 interleaved calls: median
 # 1.00 ms at 512 vs 1.14 ms at 1024; 256: 1.04 ms).
 PARTITION = 1024
-# The C step's: its one-pass kernel keeps no score tile, and each work item costs ~45 us of Python
-# (the ctypes call and its arguments, under the GIL), as much as 15% of a 1024-token float8
-# partition. Same benchmark, 2 threads on a 2-core Sapphire Rapids VM, best of 3 x 7 calls:
+# The C step's: each work item costs ~45 us of Python (the ctypes call and its arguments, under
+# the GIL), as much as 15% of a 1024-token float8 partition; the kernel's one-pass (AVX-512) code
+# keeps no score tile, its 8-lane code one of G·Nq·part floats (64 KiB at G·Nq = 4: still in L2). Same benchmark, 2 threads on a 2-core Sapphire Rapids VM, best of 3 x 7 calls:
 # 1024 / 2048 / 4096 tokens: float32 27.7 / 24.9 / 24.2 ms, bfloat16 16.4 / 13.8 / 13.3, float8
 # 12.9 / 11.1 / 10.3.
 C_PARTITION = 4096
