@@ -495,7 +495,8 @@ static void softmax_row(float *s, int64_t tn, int64_t n_eff, float *m, float *l)
  * prefetch (the hardware streamers alone): 12.2. With 4 query rows per kv head, p·V keeps its
  * 4 x 64 accumulators in registers for the whole block (values_rows4): bfloat16 13.2 -> 12.7 ms,
  * float8 9.9 -> 9.1. */
-#define FUSED_TB 16 /* tokens per block */
+#define FUSED_TB 16 /* tokens per block: one 16-lane vector of scores per row (the masks assume it) */
+_Static_assert(FUSED_TB == 16, "fused16's softmax masks a block as one 16-lane vector");
 #define FUSED_PF 32 /* prefetch distance, tokens */
 #if HAVE16
 
