@@ -162,6 +162,19 @@ def test_source_change_builds_a_new_binary(fresh_kernel, monkeypatch):
     assert len(list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))) == 2
 
 
+@NEEDS_CC
+def test_header_change_builds_a_new_binary(fresh_kernel, monkeypatch):
+    """cpu_decode_amx.h is part of the kernel: an edit to it is not served the old binary."""
+    assert kernel_build.unavailable_reason() is None
+    header = fresh_kernel / "include" / "cpu_decode_amx.h"
+    header.parent.mkdir()
+    header.write_text(kernel_build.HEADERS[0].read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(kernel_build, "HEADERS", [header])
+    kernel_build._load.cache_clear()
+    assert kernel_build.unavailable_reason() is None
+    assert len(list((fresh_kernel / "kernels").glob("cpu_decode-*.so"))) == 2
+
+
 def _skip_reason(case) -> str:
     support = registry.get("flash_decoding").supports(case)
     assert not support

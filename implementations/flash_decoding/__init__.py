@@ -145,7 +145,8 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
         **fields,
     )
     if c_kernel:
-        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc)
+        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc,
+                  worker_step=c_partitions.worker_partitions)
     else:
         upcast = k_cache.dtype != acc
         run_split(ctx, q.device, torch_partitions.partition, lambda: torch_partitions.Scratch(ctx, upcast, acc), acc)

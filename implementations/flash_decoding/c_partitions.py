@@ -46,7 +46,8 @@ def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, 
         q_t = 4 * B * Hkv * dk * _round_up(GN)  # q transposed and padded
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
-    merge = merges_bytes(workers, B, P, Hkv, GN, dv, 4)
+    offsets += 16 * items + 8 * B + 8  # the work list (split.run_split), the lengths, the shared counter
+    merge = merges_bytes(workers, B, P, Hkv, GN, dv, 4, uniform=all(-(-n // part) == P for n in lens), out_is_acc=True)
     # the workers' buffers are freed before the merge's are allocated (split.run_split)
     return partials + max(workers * per_worker, merge) + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
@@ -108,6 +109,29 @@ def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_sc
     return dict(offs=(b + p).contiguous(), head_stride=Nmax * row, **form)
 
 
+def worker_partitions(ctx, scr: Scratch, items: torch.Tensor, lens: torch.Tensor, taken: torch.Tensor) -> None:
+    """A worker's share of the call's partitions in one kernel call (attnbench_fd_partitions):
+    items (n, 2) int64 (sequence, partition) in the order to take them, taken[0] the next one to
+    take (shared by the call's workers), lens (B,) int64 the kv lengths. The same work as
+    `partition` once per item, without the ~45 us of Python and ctypes per item."""
+    _, Hkv, GN, Dk = ctx.q.shape
+    _, P, _, _, Dv = ctx.o_part.shape
+    rc = kernel_build.kernel().partitions(
+        ctx.q_c.data_ptr(), ctx.q_c.stride(0), ctx.c, ctx.k_cache.data_ptr(), ctx.v_cache.data_ptr(),
+        ctx.offs.data_ptr(), ctx.offs.shape[1], ctx.ps, ctx.part, ctx.head_stride, ctx.row_stride, Hkv, GN, ctx.Nq, Dk,
+        Dv, items.data_ptr(), items.shape[0], lens.data_ptr(), P, ctx.dt, int(ctx.blocked), ctx.kscale.data_ptr(),
+        ctx.vscale.data_ptr(), scr.s.data_ptr(), scr.rows.data_ptr(), ctx.o_part.data_ptr(), ctx.m_part.data_ptr(),
+        ctx.l_part.data_ptr(), taken.data_ptr())
+    _check(rc, ctx)
+
+
+def _check(rc: int, ctx) -> None:
+    if rc == -2:
+        raise MemoryError("the C kernel could not allocate its buffers (q and o in group order)")
+    if rc:
+        raise ValueError(f"the C kernel refused its arguments (kv dtype code {ctx.dt}, blocked {ctx.blocked})")
+
+
 def partition(ctx, scr: Scratch, b: int, p: int) -> None:
     """Partial attention of sequence b over cached tokens [p·part, min((p+1)·part, L)) into
     ctx.o_part[b, p], m_part[b, p], l_part[b, p]: one kernel call, addresses by arithmetic on the
@@ -126,7 +150,4 @@ def partition(ctx, scr: Scratch, b: int, p: int) -> None:
                     int(ctx.blocked), ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(),
                     scr.rows.data_ptr(), ctx.o_part.data_ptr() + 4 * item * Hkv * GN * Dv,
                     ctx.m_part.data_ptr() + 4 * item * Hkv * GN, ctx.l_part.data_ptr() + 4 * item * Hkv * GN)
-    if rc == -2:
-        raise MemoryError("the C kernel could not allocate its buffers (q and o in group order)")
-    if rc:
-        raise ValueError(f"the C kernel refused its arguments (kv dtype code {ctx.dt}, blocked {ctx.blocked})")
+    _check(rc, ctx)

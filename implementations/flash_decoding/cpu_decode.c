@@ -652,6 +652,8 @@ static inline __attribute__((always_inline)) void fused16(const float *qg, float
     ((void)(vdelta), (void)(next_k), (void)(tb))
 #endif
 
+#include "cpu_decode_amx.h" /* fused_amx: a float8 cache's one pass on the AMX tiles */
+
 /* sT[(t0 + i)·GNp + rb + v·W + lane] = c · (q · K_t) for nt tokens from t0, nv row vectors from rb;
  * qT (Dk, GNp) */
 static inline __attribute__((always_inline)) void score_tile(const float *qT, int64_t GNp, int64_t rb, int nv,
@@ -795,8 +797,17 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
     const int wdt = wide ? wide_code((int)dt, Dk, Dv) : (int)dt;
     const int grouped = wide && group_size(wdt) > 16; /* q and o in group order */
     fp8_tables tb = make_fp8_tables();
+    /* float8, 4 query rows per kv head: the tiles (see cpu_decode_amx.h) */
+    const int amx = wide && wdt == KV_FP8 && HAVE_VBMI && GN == 4 && amx_in_use();
+    char *amx_buf = NULL;
     float *qg = NULL, *tmp = NULL, *pb = NULL;
-    if (wide) {
+    if (amx) {
+        amx_buf = aligned_alloc(64, (AMX_BUF_BYTES(Dk, Dv) + 63) / 64 * 64);
+        if (!amx_buf) return -2;
+#if HAVE_AMX
+        amx_configure();
+#endif
+    } else if (wide) {
         qg = malloc(sizeof(float) * (size_t)(GN * Dk));
         tmp = malloc(sizeof(float) * (size_t)(Dk > Dv ? Dk : Dv));
         pb = malloc(sizeof(float) * (size_t)(GN * FUSED_TB));
@@ -820,6 +831,10 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
             softmax_cols(scratch, GN, GNp, n, Nq, last - j0 + 1, mh, lh);
             fill_rows((const char *)v, page_off, ps, h * head_stride, row_stride, esz, n, rows);
             values_blk(scratch, rows, GN, GNp, Dv, n, oh);
+        } else if (amx) {
+#if HAVE_AMX
+            fused_amx(qh, ch, rows, vdelta, next_k, Dk, Dv, n, Nq, last - j0 + 1, oh, mh, lh, &tb, amx_buf);
+#endif
         } else if (wide) {
             memcpy(qg, qh, sizeof(float) * (size_t)(GN * Dk));
             if (grouped) permute_rows(qg, GN, Dk, wdt, 0, tmp);
@@ -848,10 +863,42 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
         if (vscale[h] != 1.f)
             for (int64_t i = 0; i < GN * Dv; ++i) oh[i] *= vscale[h];
     }
+#if HAVE_AMX
+    if (amx) _tile_release();
+#endif
+    free(amx_buf);
     free(qg);
     free(tmp);
     free(pb);
     return 0;
+}
+
+/* A worker's share of a call's partitions: items (b, p) taken in order from items[2i], items[2i + 1]
+ * while *next (shared by the call's workers, advanced atomically) is below n_items, each run by
+ * attnbench_fd_partition. Sequence b's q rows at q + b·q_stride; its partition p's first page |
+ * run at offs[b·offs_cols + (ps ? j0 / ps : p)], j0 = p·part, ps: tokens per page (0: contiguous,
+ * one run of `part`); kv_len lens[b]; its o, m, l at item b·P + p of o_part (·Hkv·GN·Dv), m_part and
+ * l_part (·Hkv·GN). One Python call per worker instead of one per partition: the ctypes call and
+ * its 25 arguments cost ~45 us under the GIL, a few % of a float8 partition of 4096 tokens.
+ * Returns 0 or the first item's nonzero code (the other workers finish theirs). */
+int attnbench_fd_partitions(const float *q, int64_t q_stride, float c, const void *k, const void *v,
+                            const int64_t *offs, int64_t offs_cols, int64_t ps, int64_t part, int64_t head_stride,
+                            int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq, int64_t Dk, int64_t Dv,
+                            const int64_t *items, int64_t n_items, const int64_t *lens, int64_t P, int64_t dt,
+                            int64_t blocked, const float *kscale, const float *vscale, float *scratch,
+                            const void **rows, float *o_part, float *m_part, float *l_part, int64_t *next) {
+    for (;;) {
+        const int64_t i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (i >= n_items) return 0;
+        const int64_t b = items[2 * i], p = items[2 * i + 1], L = lens[b], j0 = p * part;
+        const int64_t first = b * offs_cols + (ps ? j0 / ps : p), item = b * P + p;
+        const int rc = attnbench_fd_partition(q + b * q_stride, c, k, v, offs + first, ps ? ps : part, head_stride,
+                                              row_stride, Hkv, GN, Nq, Dk, Dv, j0, part < L - j0 ? part : L - j0,
+                                              L - Nq, dt, blocked, kscale, vscale, scratch, rows,
+                                              o_part + item * Hkv * GN * Dv, m_part + item * Hkv * GN,
+                                              l_part + item * Hkv * GN);
+        if (rc) return rc;
+    }
 }
 
 /* lanes of the blocked variant's vectors (its scratch rounds GN up to a multiple) */

@@ -36,9 +36,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
+HEADERS = [Path(__file__).with_name("cpu_decode_amx.h")]  # included by SOURCE: part of the cache key
 SYMBOL = "attnbench_fd_partition"
+WORKER_SYMBOL = "attnbench_fd_partitions"  # a worker's share of a call's partitions, in one call
 WIDTH_SYMBOL = "attnbench_fd_vector_width"  # lanes of the blocked variant (its scratch rounds rows up)
 FP8_SYMBOL = "attnbench_fd_fp8_read_factor"  # what a float8 code reads as, times its value
+AMX_SYMBOL = "attnbench_fd_amx"  # is the float8 pass on the AMX tiles in use (and switch it off or on)
 FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wno-psabi", "-fPIC", "-shared"]
 NATIVE = ["-march=native"]
 COMPILE_TIMEOUT_S = 120
@@ -84,7 +87,8 @@ def _build(cc: str, out: Path) -> None:
         last = "(no message)"
         for extra in (NATIVE, []):
             try:
-                res = _run([cc, *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"])
+                includes = [f"-I{d}" for d in dict.fromkeys(str(h.parent) for h in HEADERS)]
+                res = _run([cc, *FLAGS, *extra, *includes, str(SOURCE), "-o", tmp, "-lm"])
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise KernelUnavailable(f"{cc} failed to run: {exc}") from None
             if res.returncode == 0:
@@ -159,12 +163,16 @@ def _open(path: Path):
     fn.argtypes = [P, ctypes.c_float, P, P, P] + [I] * 13 + [P] * 7
     fn.restype = ctypes.c_int
     try:
-        width, fp8 = getattr(lib, WIDTH_SYMBOL), getattr(lib, FP8_SYMBOL)
+        width, fp8, amx = getattr(lib, WIDTH_SYMBOL), getattr(lib, FP8_SYMBOL), getattr(lib, AMX_SYMBOL)
+        many = getattr(lib, WORKER_SYMBOL)
     except AttributeError:
         _unload(lib)
-        raise _Damaged(f"it has no {WIDTH_SYMBOL} or {FP8_SYMBOL}") from None
-    width.restype, fp8.restype = ctypes.c_int64, ctypes.c_float
-    return Kernel(fn, int(width()), float(fp8()))
+        raise _Damaged(f"it has no {WIDTH_SYMBOL}, {FP8_SYMBOL}, {AMX_SYMBOL} or {WORKER_SYMBOL}") from None
+    width.restype, fp8.restype, amx.restype = ctypes.c_int64, ctypes.c_float, ctypes.c_int64
+    amx.argtypes = [ctypes.c_int64]
+    many.argtypes = [P, I, ctypes.c_float, P, P, P] + [I] * 10 + [P, I, P, I, I, I] + [P] * 8
+    many.restype = ctypes.c_int
+    return Kernel(fn, int(width()), float(fp8()), amx, many)
 
 
 class Kernel(NamedTuple):
@@ -174,6 +182,8 @@ class Kernel(NamedTuple):
     partition: object
     vector_width: int
     fp8_read_factor: float  # a float8 code reads as its value times this (scales carry 1 / it)
+    amx: object  # amx(-1): 1 when float8 caches run on the AMX tiles (cpu_decode_amx.h); amx(0) / amx(1): off / on
+    partitions: object  # attnbench_fd_partitions: a worker's share of a call's partitions (see cpu_decode.c)
 
 
 def _unload(lib) -> None:
@@ -193,14 +203,14 @@ def _build_cached(cc: str, path: Path) -> None:
 
 
 def cached_path(cc: str) -> Path:
-    """Where the binary built by `cc` from SOURCE for this CPU is cached (the key: the source, the
-    compiler and its version, the flags, the CPU)."""
+    """Where the binary built by `cc` from SOURCE for this CPU is cached (the key: the source and the
+    headers it includes, the compiler and its version, the flags, the CPU)."""
     try:
         version = _run([cc, "--version"]).stdout.splitlines()[:1]
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelUnavailable(f"{cc} --version failed: {exc}") from None
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), "".join(version).encode(), " ".join(FLAGS + NATIVE).encode(),
+    for part in (SOURCE.read_bytes(), *(h.read_bytes() for h in HEADERS), cc.encode(), "".join(version).encode(), " ".join(FLAGS + NATIVE).encode(),
                  _cpu_identity().encode()):
         key.update(part)
         key.update(b"\0")
