@@ -254,6 +254,44 @@ def test_pool_runs_inline_under_the_profiler():
     assert seen == [threading.get_ident()] * 8
 
 
+def test_run_shares_starts_in_the_caller_and_waits_for_every_share():
+    """run_shares: scratch[0]'s share in the calling thread, the others on the pool; it returns
+    only when every share is done, and an error in one share is raised after the others finish.
+    Under the profiler every share runs in the caller."""
+    import threading
+    import time
+
+    from torch.autograd.profiler import profile
+
+    from implementations._shared.thread_pool import run_shares
+
+    torch.set_num_threads(2)  # restored by the torch_single_thread fixture
+    seen, done = {}, []
+
+    def share(s):
+        seen[s] = threading.get_ident()
+        time.sleep(0.05 if s else 0.0)  # the pool's share ends last
+        done.append(s)
+
+    run_shares([0, 1], share)
+    assert seen[0] == threading.get_ident() != seen[1] and sorted(done) == [0, 1]
+
+    def failing(s):
+        if s == 0:
+            raise RuntimeError("share 0 failed")
+        time.sleep(0.05)
+        done.append(s)
+
+    done.clear()
+    with pytest.raises(RuntimeError, match="share 0 failed"):
+        run_shares([0, 1], failing)
+    assert done == [1]  # the other share had finished when the error came back
+    seen.clear()
+    with profile(use_cpu=True, use_kineto=True, profile_memory=True):
+        run_shares([0, 1], share)
+    assert seen == {0: threading.get_ident(), 1: threading.get_ident()}
+
+
 @NEEDS_CC
 def test_portable_build_without_march_native(fresh_kernel, monkeypatch):
     """Where the compiler refuses -march=native the kernel is built for the baseline ISA (on x86-64:

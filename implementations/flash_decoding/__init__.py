@@ -73,7 +73,8 @@ def _case_partition(case, partition: int | None, default: int = PARTITION) -> in
 
 def _memory_model(case, partition: int | None = None) -> int:
     if _runs_c(case):
-        return c_partitions.memory_model(case, _case_partition(case, partition, C_PARTITION), merges_bytes)
+        return c_partitions.memory_model(case, _case_partition(case, partition, C_PARTITION), merges_bytes,
+                                         c_merge=True)
     return torch_partitions.memory_model(case, _case_partition(case, partition), merges_bytes)
 
 
@@ -145,8 +146,8 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
         **fields,
     )
     if c_kernel:
-        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc,
-                  worker_step=c_partitions.worker_partitions)
+        run_split(ctx, q.device, None, lambda: c_partitions.Scratch(ctx), acc,
+                  worker_step=c_partitions.worker_partitions, merge_all=c_partitions.merge_all)
     else:
         upcast = k_cache.dtype != acc
         run_split(ctx, q.device, torch_partitions.partition, lambda: torch_partitions.Scratch(ctx, upcast, acc), acc)

@@ -1,6 +1,7 @@
-"""flash_decoding's partition step for float32 queries on the CPU: one call of the C kernel
-(`cpu_decode.c`, built by `kernel_build.py`) per partition, from the worker threads (ctypes
-releases the GIL, so the workers run in parallel). The kernel reads the cache in place and in its
+"""flash_decoding's partition step for float32 queries on the CPU: the C kernel (`cpu_decode.c`,
+built by `kernel_build.py`) once per worker thread, each call taking partitions from the call's
+shared list until none is left (ctypes releases the GIL, so the workers run in parallel), then the merge
+in C too (`merge_all`). The kernel reads the cache in place and in its
 stored type (float32, bfloat16, float8 e4m3fn with per-head scales): a contiguous partition is
 one run of tokens per head, a paged one the partition's pages through the block table (element
 offsets of each page, computed once per call). `ctx` is flash_decoding's _Ctx (or the MLA path's,
@@ -13,6 +14,7 @@ import os
 import torch
 
 from implementations.flash_decoding import kernel_build
+from implementations.flash_decoding.split import heads_per_item
 
 KV_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float8_e4m3fn: 2}  # the kernel's kv_dtype
 BLOCKED_MIN_ROWS = 16  # query rows per kv head from which the register-blocked variant runs
@@ -25,11 +27,12 @@ def blocked(rows: int, kv_dtype: str = "same") -> bool:
 
 
 def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, rows: int | None = None,
-                 dk: int | None = None, dv: int | None = None) -> int:
+                 dk: int | None = None, dv: int | None = None, c_merge: bool = False) -> int:
     """Bytes above the inputs for partitions of `part` tokens (already a whole number of pages):
     partial results, then the larger of the workers' scores and row pointers and the merge buffers
     of the merging workers (split.merge_workers), the transposed q (blocked variant), the page/partition offsets, the per-head scales and the output. The
-    keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths)."""
+    keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths), c_merge the merge
+    in C (merge_all: no buffers)."""
     B, Hq, Nq = case.batch, case.heads_q, case.seq_len_q
     Hkv = heads_kv or case.heads_kv
     dk, dv = dk or case.head_dim, dv or case.head_dim
@@ -46,8 +49,9 @@ def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, 
         q_t = 4 * B * Hkv * dk * _round_up(GN)  # q transposed and padded
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
-    offsets += 16 * items + 8 * B + 8  # the work list (split.run_split), the lengths, the shared counter
-    merge = merges_bytes(workers, B, P, Hkv, GN, dv, 4, uniform=all(-(-n // part) == P for n in lens), out_is_acc=True)
+    offsets += 24 * items * -(-Hkv // heads_per_item(items, Hkv, workers)) + 8 * B + 8  # the work list
+    # (split.work_list), the lengths, the shared counter
+    merge = 8 * B if c_merge else merges_bytes(workers, B, P, Hkv, GN, dv, 4)  # the C merge: the counts only
     # the workers' buffers are freed before the merge's are allocated (split.run_split)
     return partials + max(workers * per_worker, merge) + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
@@ -66,7 +70,6 @@ class Scratch:
         size = (_round_up(rows) if ctx.blocked else rows) * ctx.part
         self.s = torch.empty(size, dtype=torch.float32)
         self.rows = torch.empty(ctx.part, dtype=torch.int64)
-        self.kernel = kernel_build.partition_kernel()
 
 
 def head_scales(cache, scale, heads_kv: int) -> torch.Tensor:
@@ -109,45 +112,36 @@ def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_sc
     return dict(offs=(b + p).contiguous(), head_stride=Nmax * row, **form)
 
 
-def worker_partitions(ctx, scr: Scratch, items: torch.Tensor, lens: torch.Tensor, taken: torch.Tensor) -> None:
+def worker_partitions(ctx, scr: Scratch, work: torch.Tensor, heads_per_item: int, lens: torch.Tensor,
+                      taken: torch.Tensor) -> None:
     """A worker's share of the call's partitions in one kernel call (attnbench_fd_partitions):
-    items (n, 2) int64 (sequence, partition) in the order to take them, taken[0] the next one to
-    take (shared by the call's workers), lens (B,) int64 the kv lengths. The same work as
-    `partition` once per item, without the ~45 us of Python and ctypes per item."""
+    work (n, 3) int64 (sequence, partition, first kv head; heads_per_item heads each, see
+    split.work_list) in the order to take them, taken[0] the next one to take (shared by the
+    call's workers), lens (B,) int64 the kv lengths. The same work as a kernel call per partition,
+    without the ~45 us of Python and ctypes a partition cost that way."""
     _, Hkv, GN, Dk = ctx.q.shape
     _, P, _, _, Dv = ctx.o_part.shape
     rc = kernel_build.kernel().partitions(
         ctx.q_c.data_ptr(), ctx.q_c.stride(0), ctx.c, ctx.k_cache.data_ptr(), ctx.v_cache.data_ptr(),
         ctx.offs.data_ptr(), ctx.offs.shape[1], ctx.ps, ctx.part, ctx.head_stride, ctx.row_stride, Hkv, GN, ctx.Nq, Dk,
-        Dv, items.data_ptr(), items.shape[0], lens.data_ptr(), P, ctx.dt, int(ctx.blocked), ctx.kscale.data_ptr(),
-        ctx.vscale.data_ptr(), scr.s.data_ptr(), scr.rows.data_ptr(), ctx.o_part.data_ptr(), ctx.m_part.data_ptr(),
-        ctx.l_part.data_ptr(), taken.data_ptr())
+        Dv, work.data_ptr(), work.shape[0], heads_per_item, lens.data_ptr(), P, ctx.dt, int(ctx.blocked),
+        ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(), scr.rows.data_ptr(), ctx.o_part.data_ptr(),
+        ctx.m_part.data_ptr(), ctx.l_part.data_ptr(), taken.data_ptr())
     _check(rc, ctx)
+
+
+def merge_all(ctx) -> None:
+    """Every sequence's partitions merged into ctx.out by the kernel's attnbench_fd_merge (the
+    log-sum-exp merge of split.merge, in C: no torch ops, so torch's OpenMP threads stay asleep)."""
+    _, P, Hkv, GN, Dv = ctx.o_part.shape
+    counts = torch.tensor(ctx.counts, dtype=torch.int64)
+    sinks = ctx.sinks2.data_ptr() if ctx.sinks2 is not None else None
+    kernel_build.kernel().merge(ctx.o_part.data_ptr(), ctx.m_part.data_ptr(), ctx.l_part.data_ptr(), sinks,
+                                counts.data_ptr(), len(ctx.counts), P, Hkv, GN, Dv, ctx.out.data_ptr())
 
 
 def _check(rc: int, ctx) -> None:
     if rc == -2:
-        raise MemoryError("the C kernel could not allocate its buffers (q and o in group order)")
+        raise MemoryError("the C kernel could not allocate its buffers (a few tens of KiB per partition call)")
     if rc:
         raise ValueError(f"the C kernel refused its arguments (kv dtype code {ctx.dt}, blocked {ctx.blocked})")
-
-
-def partition(ctx, scr: Scratch, b: int, p: int) -> None:
-    """Partial attention of sequence b over cached tokens [p·part, min((p+1)·part, L)) into
-    ctx.o_part[b, p], m_part[b, p], l_part[b, p]: one kernel call, addresses by arithmetic on the
-    tensors' base pointers (float32: 4 bytes, offsets int64: 8 bytes)."""
-    L = ctx.lens[b]
-    j0 = p * ctx.part
-    _, Hkv, GN, Dk = ctx.q.shape
-    Dv = ctx.o_part.shape[-1]
-    P = ctx.o_part.shape[1]
-    cols = ctx.offs.shape[1]
-    first = b * cols + (j0 // ctx.ps if ctx.ps else p)  # the partition's first page | its run
-    item = b * P + p
-    rc = scr.kernel(ctx.q_c[b].data_ptr(), ctx.c, ctx.k_cache.data_ptr(),
-                    ctx.v_cache.data_ptr(), ctx.offs.data_ptr() + 8 * first, ctx.ps or ctx.part, ctx.head_stride,
-                    ctx.row_stride, Hkv, GN, ctx.Nq, Dk, Dv, j0, min(ctx.part, L - j0), L - ctx.Nq, ctx.dt,
-                    int(ctx.blocked), ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(),
-                    scr.rows.data_ptr(), ctx.o_part.data_ptr() + 4 * item * Hkv * GN * Dv,
-                    ctx.m_part.data_ptr() + 4 * item * Hkv * GN, ctx.l_part.data_ptr() + 4 * item * Hkv * GN)
-    _check(rc, ctx)

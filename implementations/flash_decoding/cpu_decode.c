@@ -16,7 +16,8 @@
  * 128 heads) a register-blocked variant (`blocked`) computes the scores as a small matmul, vector
  * along the query rows (q transposed into scratch), and p·V with a tile of rows x value columns
  * in registers (q arrives transposed: once per call, not per partition): that case is
- * compute-bound, the plain one memory-bound.
+ * compute-bound, the plain one memory-bound. A float8 cache with 4 query rows per kv head runs on
+ * the AMX tiles where the CPU has them (cpu_decode_amx.h, included below).
  *
  * Why C: a decode step reads every K and V byte once and does G·Nq multiply-adds per element, so
  * it should run at memory speed. Through torch it is two skinny matmuls per partition (K·qᵀ and
@@ -40,6 +41,8 @@
  *   prefetch, the hardware streamers alone did no better.
  * - One pass with K and V prefetched 32 tokens ahead: float32 ~85, bfloat16 ~50, float8 ~37.
  *   bfloat16 and float32 now run at their memory time. float8 is bound by its compute.
+ * - float8 with 4 query rows per kv head on a CPU with AMX (cpu_decode_amx.h: the multiply-adds on
+ *   the tile unit): ~25 compute alone, ~27-29 from DRAM (float8 with fused16: ~40 in the same runs).
  *
  * Per head (the 8-lane code and the blocked variant): pass 1 scores s[r][t] = c·(q_r·K_t),
  * c = scale·log2 e (scores in log2 units); row max m_r and p = 2^(s − m_r), l_r = Σ p over the
@@ -777,7 +780,7 @@ static void values_blk(const float *sT, const void *const *rows, int64_t GN, int
  * last + Nq; kscale, vscale (Hkv); blocked: the register-blocked variant (float32 only); scratch:
  * GN·n floats (blocked: GNp·n; see attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
  * -1 for an unknown dt or a blocked call on a non-float32 cache, -2 when its buffers (q and o in
- * group order: a few KiB) cannot be allocated. */
+ * group order, a few KiB; the AMX pass's tiles and blocks, ~30 KiB at D = 128) cannot be allocated. */
 int attnbench_fd_partition(const float *q, float c, const void *k, const void *v, const int64_t *page_off,
                            int64_t ps, int64_t head_stride, int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq,
                            int64_t Dk, int64_t Dv, int64_t j0, int64_t n, int64_t last, int64_t dt, int64_t blocked,
@@ -873,32 +876,70 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
     return 0;
 }
 
-/* A worker's share of a call's partitions: items (b, p) taken in order from items[2i], items[2i + 1]
- * while *next (shared by the call's workers, advanced atomically) is below n_items, each run by
- * attnbench_fd_partition. Sequence b's q rows at q + b·q_stride; its partition p's first page |
- * run at offs[b·offs_cols + (ps ? j0 / ps : p)], j0 = p·part, ps: tokens per page (0: contiguous,
- * one run of `part`); kv_len lens[b]; its o, m, l at item b·P + p of o_part (·Hkv·GN·Dv), m_part and
- * l_part (·Hkv·GN). One Python call per worker instead of one per partition: the ctypes call and
- * its 25 arguments cost ~45 us under the GIL, a few % of a float8 partition of 4096 tokens.
- * Returns 0 or the first item's nonzero code (the other workers finish theirs). */
+/* A worker's share of a call's partitions: items (b, p, h0) taken in order from items[3i..3i + 2]
+ * while *next (shared by the call's workers, advanced atomically) is below n_items, each the kv
+ * heads [h0, h0 + hpi) (fewer at the end) of partition p of sequence b, run by
+ * attnbench_fd_partition. Sequence b's q rows at q + b·q_stride (q_stride / Hkv per head); its
+ * partition p's first page | run at offs[b·offs_cols + (ps ? j0 / ps : p)], j0 = p·part, ps: tokens
+ * per page (0: contiguous, one run of `part`); kv_len lens[b]; its o, m, l at item b·P + p of
+ * o_part (·Hkv·GN·Dv), m_part and l_part (·Hkv·GN). One Python call per worker instead of one per
+ * partition: the ctypes call and its 25 arguments cost ~45 us under the GIL, a few % of a float8
+ * partition of 4096 tokens. Heads split into items of hpi: the workers then finish within a smaller
+ * item of each other. Returns 0 or the first item's nonzero code (the other workers finish theirs). */
 int attnbench_fd_partitions(const float *q, int64_t q_stride, float c, const void *k, const void *v,
                             const int64_t *offs, int64_t offs_cols, int64_t ps, int64_t part, int64_t head_stride,
                             int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq, int64_t Dk, int64_t Dv,
-                            const int64_t *items, int64_t n_items, const int64_t *lens, int64_t P, int64_t dt,
-                            int64_t blocked, const float *kscale, const float *vscale, float *scratch,
+                            const int64_t *items, int64_t n_items, int64_t hpi, const int64_t *lens, int64_t P,
+                            int64_t dt, int64_t blocked, const float *kscale, const float *vscale, float *scratch,
                             const void **rows, float *o_part, float *m_part, float *l_part, int64_t *next) {
+    if (dt < 0 || dt > 2) return -1;
+    const int64_t hb = head_stride * ESZ[dt]; /* bytes between heads */
     for (;;) {
         const int64_t i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (i >= n_items) return 0;
-        const int64_t b = items[2 * i], p = items[2 * i + 1], L = lens[b], j0 = p * part;
+        const int64_t b = items[3 * i], p = items[3 * i + 1], h0 = items[3 * i + 2], L = lens[b], j0 = p * part;
+        const int64_t nh = Hkv - h0 < hpi ? Hkv - h0 : hpi;
         const int64_t first = b * offs_cols + (ps ? j0 / ps : p), item = b * P + p;
-        const int rc = attnbench_fd_partition(q + b * q_stride, c, k, v, offs + first, ps ? ps : part, head_stride,
-                                              row_stride, Hkv, GN, Nq, Dk, Dv, j0, part < L - j0 ? part : L - j0,
-                                              L - Nq, dt, blocked, kscale, vscale, scratch, rows,
-                                              o_part + item * Hkv * GN * Dv, m_part + item * Hkv * GN,
-                                              l_part + item * Hkv * GN);
+        const int rc = attnbench_fd_partition(
+            q + b * q_stride + h0 * (q_stride / Hkv), c, (const char *)k + h0 * hb, (const char *)v + h0 * hb,
+            offs + first, ps ? ps : part, head_stride, row_stride, nh, GN, Nq, Dk, Dv, j0,
+            part < L - j0 ? part : L - j0, L - Nq, dt, blocked, kscale + h0, vscale + h0, scratch, rows,
+            o_part + (item * Hkv + h0) * GN * Dv, m_part + (item * Hkv + h0) * GN, l_part + (item * Hkv + h0) * GN);
         if (rc) return rc;
     }
+}
+
+/* The merge of a call's partitions (flash_decoding's log-sum-exp merge, see split.merge): for each
+ * sequence b, kv head h and row r, M = the largest partial max over its counts[b] partitions (and
+ * the sink logit sinks2[h·GN + r], log2 units, when sinks2 is not NULL), w_p = 2^(m_p − M), and
+ * out[b, h, r] = Σ_p w_p·o_p / (Σ_p w_p·l_p + 2^(sink − M)). o_part (B, P, Hkv, GN, Dv), m_part and
+ * l_part (B, P, Hkv, GN), out (B, Hkv, GN, Dv). In C rather than torch ops: the batched ops are
+ * large enough to run on torch's OpenMP threads, which then spin on both cores for ~1 ms after the
+ * call and slowed the next call's partitions by 15% (float8, B=8); per sequence they cost ~50 us each. */
+void attnbench_fd_merge(const float *o_part, const float *m_part, const float *l_part, const float *sinks2,
+                        const int64_t *counts, int64_t B, int64_t P, int64_t Hkv, int64_t GN, int64_t Dv, float *out) {
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < Hkv; ++h)
+            for (int64_t r = 0; r < GN; ++r) {
+                const int64_t row = h * GN + r, np = counts[b];
+                float M = sinks2 ? sinks2[row] : -INFINITY;
+                for (int64_t p = 0; p < np; ++p) {
+                    const float x = m_part[(b * P + p) * Hkv * GN + row];
+                    M = x > M ? x : M;
+                }
+                float den = sinks2 ? exp2f(sinks2[row] - M) : 0.f;
+                float *dst = out + (b * Hkv * GN + row) * Dv;
+                for (int64_t d = 0; d < Dv; ++d) dst[d] = 0.f;
+                for (int64_t p = 0; p < np; ++p) {
+                    const int64_t at = (b * P + p) * Hkv * GN + row;
+                    const float w = exp2f(m_part[at] - M); /* 0 where the row saw no key (m = −inf) */
+                    if (w == 0.f) continue;
+                    den += w * l_part[at];
+                    const float *src = o_part + at * Dv;
+                    for (int64_t d = 0; d < Dv; ++d) dst[d] += w * src[d];
+                }
+                for (int64_t d = 0; d < Dv; ++d) dst[d] /= den;
+            }
 }
 
 /* lanes of the blocked variant's vectors (its scratch rounds GN up to a multiple) */

@@ -61,8 +61,7 @@ def _memory_model(case, partition: int | None = None) -> int:
     n_workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker = 4 * (3 * rows * part + (part + case.page_size) * case.head_dim + rows * case.head_dim)
     partials = 4 * case.batch * P * rows * (case.kv_lora_rank + 2)
-    merges = merges_bytes(n_workers, case.batch, P, 1, rows, case.kv_lora_rank, 4,
-                          uniform=all(-(-n // part) == P for n in lens), out_is_acc=case.dtype == "float32")
+    merges = merges_bytes(n_workers, case.batch, P, 1, rows, case.kv_lora_rank, 4)
     return partials + max(n_workers * per_worker, merges) + case.element_bytes * case.batch * rows * case.kv_lora_rank
 
 
@@ -96,7 +95,7 @@ def flash_decoding_mla(q, latent_cache, *, kv_lens, kv_lora_rank, block_table=No
               l_part=torch.empty(B, P, 1, GN, **opts), G=Hq, Nq=Nq, part=part, ps=dims.page_size,
               block_table=block_table, **fields)
     if use_c:
-        run_split(ctx, q.device, c_partitions.partition, lambda: c_partitions.Scratch(ctx), acc,
+        run_split(ctx, q.device, None, lambda: c_partitions.Scratch(ctx), acc,
                   worker_step=c_partitions.worker_partitions)
     else:
         run_split(ctx, q.device, lambda c, _, b, p: _torch_partition(c, b, p), lambda: None, acc)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from implementations._shared.contract import LOG2E
-from implementations._shared.thread_pool import run_parallel
+from implementations._shared.thread_pool import run_parallel, run_shares
 from implementations.flash_decoding import torch_partitions
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
@@ -109,13 +109,15 @@ def sink_rows(sinks, Hkv: int, G: int, Nq: int):
     return (sinks.float().view(Hkv, G, 1).expand(Hkv, G, Nq).reshape(Hkv, 1, G * Nq) * LOG2E).contiguous()
 
 
-def run_split(ctx, device, step, new_scratch, acc, worker_step=None) -> None:
+def run_split(ctx, device, step, new_scratch, acc, worker_step=None, merge_all=None) -> None:
     """Every partition of every sequence on the workers (`step(ctx, scratch, b, p)`, each worker
     with its `new_scratch()`), then each sequence's merge into ctx.out. Longest partitions first
     (all are `part` long but each sequence's last), so the short tails of a ragged batch fill in
-    at the end and the workers finish together. With `worker_step(ctx, scratch, items, lens,
-    taken)` (the C step) each worker takes its items from the shared list itself, in one call.
-    The caller's thread allocates every buffer (thread_pool.run_parallel: inline for one worker)."""
+    at the end and the workers finish together. With `worker_step(ctx, scratch, work,
+    heads_per_item, lens, taken)` instead of `step` (the C step) each worker takes its items from
+    the shared list (work_list) itself, in one call;
+    with `merge_all(ctx)` (the C merge) it merges every sequence. The caller's thread allocates
+    every buffer (thread_pool.run_parallel: inline for one worker)."""
     B, part, lens, counts = len(ctx.lens), ctx.part, ctx.lens, ctx.counts
     items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
                    key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
@@ -124,26 +126,36 @@ def run_split(ctx, device, step, new_scratch, acc, worker_step=None) -> None:
     if worker_step is None:
         run_parallel(items, scratch, lambda scr, item: step(ctx, scr, *item))
     else:
-        work = torch.tensor(items, dtype=torch.int64).view(-1, 2)
+        hpi = heads_per_item(len(items), ctx.o_part.shape[2], n_workers)
+        work = work_list(items, ctx.o_part.shape[2], hpi)
         lens_t, taken = torch.tensor(lens, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
-        run_parallel(range(n_workers), scratch, lambda scr, _: worker_step(ctx, scr, work, lens_t, taken))
+        run_shares(scratch, lambda scr: worker_step(ctx, scr, work, hpi, lens_t, taken))
         del work, lens_t, taken
     del scratch
-    _, P, Hkv, GN, Dv = ctx.o_part.shape
-    n_merge = merge_workers(n_workers, B, P, Hkv, GN, Dv)
-    if merges_batched(n_merge, all(n == P for n in counts), ctx.out.dtype == acc):
-        merge_all(ctx, BatchMergeScratch(B, Hkv, GN, acc, device))
+    if merge_all is not None:
+        merge_all(ctx)
         return
-    merges = [MergeScratch(P, Hkv, GN, Dv, acc, device) for _ in range(n_merge)]
+    _, P, Hkv, GN, Dv = ctx.o_part.shape
+    merges = [MergeScratch(P, Hkv, GN, Dv, acc, device) for _ in range(merge_workers(n_workers, B, P, Hkv, GN, Dv))]
     run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
 
 
-def merges_batched(n_merge_workers: int, uniform: bool, out_is_acc: bool) -> bool:
-    """Are a call's merges one batch of whole-tensor ops (merge_all) rather than one merge per
-    sequence: when the caller merges (small partials), every sequence has the same number of
-    partitions and the output is in the accumulation dtype (the sums go straight into it)? Per
-    sequence, 8 small ops each cost ~5 us of dispatch: 0.3-0.4 ms of a ~8 ms float8 call at B=8."""
-    return n_merge_workers == 1 and uniform and out_is_acc
+ITEMS_PER_WORKER = 16
+
+
+def heads_per_item(items: int, heads_kv: int, workers: int) -> int:
+    """kv heads per work item of the C step: all of a partition's, or fewer when the call has
+    under ITEMS_PER_WORKER partitions per worker, so the workers finish within a small item of
+    each other (B=8, KV=8192: 16 partitions of 4096 tokens on 2 workers, one worker waited ~0.3 ms
+    for the other, 4% of a float8 call, before heads were split)."""
+    splits = -(-ITEMS_PER_WORKER * workers // max(1, items)) if workers > 1 else 1
+    return max(1, heads_kv // splits)
+
+
+def work_list(items, heads_kv: int, hpi: int) -> torch.Tensor:
+    """(n, 3) int64: (sequence, partition, first kv head) of every item, the partitions in the
+    order of `items`, each split into kv heads [h0, h0 + hpi)."""
+    return torch.tensor([(b, p, h) for b, p in items for h in range(0, heads_kv, hpi)], dtype=torch.int64)
 
 
 class MergeScratch:
@@ -164,41 +176,10 @@ def merge_bytes(P: int, Hkv: int, GN: int, D: int, acc_bytes: int) -> int:
     return acc_bytes * (Hkv * GN + P * Hkv * GN + Hkv * GN * D + 2 * Hkv * GN)
 
 
-class BatchMergeScratch:
-    """merge_all's buffers: per sequence, kv head and row the largest partial max and the
-    denominator, and the sink's weight."""
-
-    def __init__(self, B: int, Hkv: int, GN: int, acc, device):
-        opts = dict(dtype=acc, device=device)
-        self.big_m = torch.empty(B, 1, Hkv, 1, GN, **opts)
-        self.den = torch.empty(B, Hkv, GN, **opts)
-        self.sink = torch.empty(B, Hkv, 1, GN, **opts)
-
-
-def merges_bytes(n_workers: int, B: int, P: int, Hkv: int, GN: int, D: int, acc_bytes: int, *,
-                 uniform: bool = False, out_is_acc: bool = False) -> int:
-    """Bytes of the merge buffers of a call (one MergeScratch per merging worker, or merge_all's
-    BatchMergeScratch: see merges_batched), for the memory models (passed to them: they are
-    imported by this module)."""
-    n_merge = merge_workers(n_workers, B, P, Hkv, GN, D)
-    if merges_batched(n_merge, uniform, out_is_acc):
-        return acc_bytes * 3 * B * Hkv * GN
-    return n_merge * merge_bytes(P, Hkv, GN, D, acc_bytes)
-
-
-def merge_all(ctx, mrg: BatchMergeScratch) -> None:
-    """Every sequence's merge at once (as merge; all have P partitions): the weights computed in
-    place of the partial maxima, the sums written into ctx.out."""
-    m = ctx.m_part  # (B, P, Hkv, 1, G·Nq)
-    torch.amax(m, dim=1, keepdim=True, out=mrg.big_m)  # (B, 1, Hkv, 1, G·Nq)
-    if ctx.sinks2 is not None:
-        torch.maximum(mrg.big_m, ctx.sinks2, out=mrg.big_m)
-    w = m.sub_(mrg.big_m).exp2_().squeeze(3)  # (B, P, Hkv, G·Nq)
-    torch.sum(ctx.l_part.mul_(w), dim=1, out=mrg.den)  # (B, Hkv, G·Nq)
-    if ctx.sinks2 is not None:
-        mrg.den.add_(torch.sub(ctx.sinks2, mrg.big_m.squeeze(1), out=mrg.sink).exp2_().squeeze(2))
-    torch.sum(ctx.o_part.mul_(w.unsqueeze(-1)), dim=1, out=ctx.out)  # (B, Hkv, G·Nq, D)
-    ctx.out.div_(mrg.den.unsqueeze(-1))
+def merges_bytes(n_workers: int, B: int, P: int, Hkv: int, GN: int, D: int, acc_bytes: int) -> int:
+    """Bytes of the merge buffers of a call (one MergeScratch per merging worker), for the
+    memory models (passed to them: they are imported by this module)."""
+    return merge_workers(n_workers, B, P, Hkv, GN, D) * merge_bytes(P, Hkv, GN, D, acc_bytes)
 
 
 def merge(ctx, mrg: MergeScratch, b: int) -> None:

@@ -59,8 +59,7 @@ def memory_model(case, partition: int, merges_bytes) -> int:
         per_worker += 2 * 4 * Hkv * part * D  # float32 k/v copies
     workers = 1 if case.device != "cpu" else max(1, min(case.threads or os.cpu_count() or 1, items))
     per_worker += acc * Hkv * GN * D  # scaled q of one sequence
-    merge = merges_bytes(workers, B, P, Hkv, GN, D, acc, uniform=all(-(-n // part) == P for n in lens),
-                         out_is_acc=case.dtype in ("float32", "float64"))
+    merge = merges_bytes(workers, B, P, Hkv, GN, D, acc)
     small = case.element_bytes * B * Hq * Nq * D  # out
     if paged and bag:
         small += 4 * Hkv * (part + case.page_size)  # one-row bag offsets
