@@ -147,7 +147,7 @@ def _decode(q, k_cache, v_cache, kv_lens, block_table, scale, partition: int | N
     )
     if c_kernel:
         run_split(ctx, q.device, None, lambda: c_partitions.Scratch(ctx), acc,
-                  worker_step=c_partitions.worker_partitions, merge_all=c_partitions.merge_all)
+                  worker_step=c_partitions.worker_partitions, workers_merge=True)
     else:
         upcast = k_cache.dtype != acc
         run_split(ctx, q.device, torch_partitions.partition, lambda: torch_partitions.Scratch(ctx, upcast, acc), acc)

@@ -1,7 +1,7 @@
 """flash_decoding's partition step for float32 queries on the CPU: the C kernel (`cpu_decode.c`,
 built by `kernel_build.py`) once per worker thread, each call taking partitions from the call's
-shared list until none is left (ctypes releases the GIL, so the workers run in parallel), then the merge
-in C too (`merge_all`). The kernel reads the cache in place and in its
+shared list until none is left (ctypes releases the GIL, so the workers run in parallel); the worker that
+finishes a sequence's last item merges it, in C too. The kernel reads the cache in place and in its
 stored type (float32, bfloat16, float8 e4m3fn with per-head scales): a contiguous partition is
 one run of tokens per head, a paged one the partition's pages through the block table (element
 offsets of each page, computed once per call). `ctx` is flash_decoding's _Ctx (or the MLA path's,
@@ -31,8 +31,8 @@ def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, 
     """Bytes above the inputs for partitions of `part` tokens (already a whole number of pages):
     partial results, then the larger of the workers' scores and row pointers and the merge buffers
     of the merging workers (split.merge_workers), the transposed q (blocked variant), the page/partition offsets, the per-head scales and the output. The
-    keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths), c_merge the merge
-    in C (merge_all: no buffers)."""
+    keywords give MLA's geometry (one kv head, Hq·Nq rows, key and value widths), c_merge the
+    merges in the C workers (no buffers but the items left per sequence)."""
     B, Hq, Nq = case.batch, case.heads_q, case.seq_len_q
     Hkv = heads_kv or case.heads_kv
     dk, dv = dk or case.head_dim, dv or case.head_dim
@@ -51,9 +51,11 @@ def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, 
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
     offsets += 24 * items * -(-Hkv // heads_per_item(items, Hkv, workers)) + 8 * B + 8  # the work list
     # (split.work_list), the lengths, the shared counter
-    merge = 8 * B if c_merge else merges_bytes(workers, B, P, Hkv, GN, dv, 4)  # the C merge: the counts only
-    # the workers' buffers are freed before the merge's are allocated (split.run_split)
-    return partials + max(workers * per_worker, merge) + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
+    if c_merge:  # the workers merge: beside their buffers, the items left and partitions per sequence
+        scratch = workers * per_worker + 16 * B
+    else:  # the workers' buffers are freed before the merge's are allocated (split.run_split)
+        scratch = max(workers * per_worker, merges_bytes(workers, B, P, Hkv, GN, dv, 4))
+    return partials + scratch + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
 
 
 def _round_up(rows: int) -> int:
@@ -113,12 +115,15 @@ def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_sc
 
 
 def worker_partitions(ctx, scr: Scratch, work: torch.Tensor, heads_per_item: int, lens: torch.Tensor,
-                      taken: torch.Tensor) -> None:
+                      taken: torch.Tensor, merge=None) -> None:
     """A worker's share of the call's partitions in one kernel call (attnbench_fd_partitions):
     work (n, 3) int64 (sequence, partition, first kv head; heads_per_item heads each, see
     split.work_list) in the order to take them, taken[0] the next one to take (shared by the
-    call's workers), lens (B,) int64 the kv lengths. The same work as a kernel call per partition,
-    without the ~45 us of Python and ctypes a partition cost that way."""
+    call's workers), lens (B,) int64 the kv lengths; merge = (items left per sequence, partitions
+    per sequence), (B,) int64 each: the worker that finishes a sequence merges it into ctx.out
+    (None: the caller merges). The same work as a kernel call per partition, without the ~45 us
+    of Python and ctypes a partition cost that way."""
+    remaining, counts = merge if merge is not None else (None, None)
     _, Hkv, GN, Dk = ctx.q.shape
     _, P, _, _, Dv = ctx.o_part.shape
     rc = kernel_build.kernel().partitions(
@@ -126,18 +131,10 @@ def worker_partitions(ctx, scr: Scratch, work: torch.Tensor, heads_per_item: int
         ctx.offs.data_ptr(), ctx.offs.shape[1], ctx.ps, ctx.part, ctx.head_stride, ctx.row_stride, Hkv, GN, ctx.Nq, Dk,
         Dv, work.data_ptr(), work.shape[0], heads_per_item, lens.data_ptr(), P, ctx.dt, int(ctx.blocked),
         ctx.kscale.data_ptr(), ctx.vscale.data_ptr(), scr.s.data_ptr(), scr.rows.data_ptr(), ctx.o_part.data_ptr(),
-        ctx.m_part.data_ptr(), ctx.l_part.data_ptr(), taken.data_ptr())
+        ctx.m_part.data_ptr(), ctx.l_part.data_ptr(), taken.data_ptr(),
+        remaining.data_ptr() if merge is not None else None, counts.data_ptr() if merge is not None else None,
+        ctx.sinks2.data_ptr() if merge is not None and ctx.sinks2 is not None else None, ctx.out.data_ptr())
     _check(rc, ctx)
-
-
-def merge_all(ctx) -> None:
-    """Every sequence's partitions merged into ctx.out by the kernel's attnbench_fd_merge (the
-    log-sum-exp merge of split.merge, in C: no torch ops, so torch's OpenMP threads stay asleep)."""
-    _, P, Hkv, GN, Dv = ctx.o_part.shape
-    counts = torch.tensor(ctx.counts, dtype=torch.int64)
-    sinks = ctx.sinks2.data_ptr() if ctx.sinks2 is not None else None
-    kernel_build.kernel().merge(ctx.o_part.data_ptr(), ctx.m_part.data_ptr(), ctx.l_part.data_ptr(), sinks,
-                                counts.data_ptr(), len(ctx.counts), P, Hkv, GN, Dv, ctx.out.data_ptr())
 
 
 def _check(rc: int, ctx) -> None:

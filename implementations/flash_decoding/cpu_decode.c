@@ -876,6 +876,39 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
     return 0;
 }
 
+/* The merge of sequence b's partitions (flash_decoding's log-sum-exp merge, see split.merge): for
+ * each kv head h and row r, M = the largest partial max over its counts[b] partitions (and the
+ * sink logit sinks2[h·GN + r], log2 units, when sinks2 is not NULL), w_p = 2^(m_p − M), and
+ * out[b, h, r] = Σ_p w_p·o_p / (Σ_p w_p·l_p + 2^(sink − M)). o_part (B, P, Hkv, GN, Dv), m_part and
+ * l_part (B, P, Hkv, GN), out (B, Hkv, GN, Dv). In C rather than torch ops: batched, those ran on
+ * torch's OpenMP threads, which then spin on both cores for ~1 ms after the call and slowed the next
+ * call's partitions by 15% (float8, B=8); per sequence they cost ~50 us each. */
+static void merge_sequence(int64_t b, const float *o_part, const float *m_part, const float *l_part,
+                           const float *sinks2, int64_t np, int64_t P, int64_t Hkv, int64_t GN, int64_t Dv,
+                           float *out) {
+    for (int64_t h = 0; h < Hkv; ++h)
+        for (int64_t r = 0; r < GN; ++r) {
+            const int64_t row = h * GN + r;
+            float M = sinks2 ? sinks2[row] : -INFINITY;
+            for (int64_t p = 0; p < np; ++p) {
+                const float x = m_part[(b * P + p) * Hkv * GN + row];
+                M = x > M ? x : M;
+            }
+            float den = sinks2 ? exp2f(sinks2[row] - M) : 0.f;
+            float *dst = out + (b * Hkv * GN + row) * Dv;
+            for (int64_t d = 0; d < Dv; ++d) dst[d] = 0.f;
+            for (int64_t p = 0; p < np; ++p) {
+                const int64_t at = (b * P + p) * Hkv * GN + row;
+                const float w = exp2f(m_part[at] - M); /* 0 where the row saw no key (m = −inf) */
+                if (w == 0.f) continue;
+                den += w * l_part[at];
+                const float *src = o_part + at * Dv;
+                for (int64_t d = 0; d < Dv; ++d) dst[d] += w * src[d];
+            }
+            for (int64_t d = 0; d < Dv; ++d) dst[d] /= den;
+        }
+}
+
 /* A worker's share of a call's partitions: items (b, p, h0) taken in order from items[3i..3i + 2]
  * while *next (shared by the call's workers, advanced atomically) is below n_items, each the kv
  * heads [h0, h0 + hpi) (fewer at the end) of partition p of sequence b, run by
@@ -885,13 +918,17 @@ int attnbench_fd_partition(const float *q, float c, const void *k, const void *v
  * o_part (·Hkv·GN·Dv), m_part and l_part (·Hkv·GN). One Python call per worker instead of one per
  * partition: the ctypes call and its 25 arguments cost ~45 us under the GIL, a few % of a float8
  * partition of 4096 tokens. Heads split into items of hpi: the workers then finish within a smaller
- * item of each other. Returns 0 or the first item's nonzero code (the other workers finish theirs). */
+ * item of each other. With `remaining` (items left per sequence, shared; NULL: the caller merges),
+ * the worker that finishes a sequence's last item merges it into out (merge_sequence; sinks2 as
+ * there, counts[b] partitions): no wait for the slower worker before the merges, and no second
+ * handoff. Returns 0 or the first item's nonzero code (the other workers finish theirs). */
 int attnbench_fd_partitions(const float *q, int64_t q_stride, float c, const void *k, const void *v,
                             const int64_t *offs, int64_t offs_cols, int64_t ps, int64_t part, int64_t head_stride,
                             int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq, int64_t Dk, int64_t Dv,
                             const int64_t *items, int64_t n_items, int64_t hpi, const int64_t *lens, int64_t P,
                             int64_t dt, int64_t blocked, const float *kscale, const float *vscale, float *scratch,
-                            const void **rows, float *o_part, float *m_part, float *l_part, int64_t *next) {
+                            const void **rows, float *o_part, float *m_part, float *l_part, int64_t *next,
+                            int64_t *remaining, const int64_t *counts, const float *sinks2, float *out) {
     if (dt < 0 || dt > 2) return -1;
     const int64_t hb = head_stride * ESZ[dt]; /* bytes between heads */
     for (;;) {
@@ -906,40 +943,9 @@ int attnbench_fd_partitions(const float *q, int64_t q_stride, float c, const voi
             part < L - j0 ? part : L - j0, L - Nq, dt, blocked, kscale + h0, vscale + h0, scratch, rows,
             o_part + (item * Hkv + h0) * GN * Dv, m_part + (item * Hkv + h0) * GN, l_part + (item * Hkv + h0) * GN);
         if (rc) return rc;
+        if (remaining && __atomic_sub_fetch(remaining + b, 1, __ATOMIC_ACQ_REL) == 0)
+            merge_sequence(b, o_part, m_part, l_part, sinks2, counts[b], P, Hkv, GN, Dv, out);
     }
-}
-
-/* The merge of a call's partitions (flash_decoding's log-sum-exp merge, see split.merge): for each
- * sequence b, kv head h and row r, M = the largest partial max over its counts[b] partitions (and
- * the sink logit sinks2[h·GN + r], log2 units, when sinks2 is not NULL), w_p = 2^(m_p − M), and
- * out[b, h, r] = Σ_p w_p·o_p / (Σ_p w_p·l_p + 2^(sink − M)). o_part (B, P, Hkv, GN, Dv), m_part and
- * l_part (B, P, Hkv, GN), out (B, Hkv, GN, Dv). In C rather than torch ops: the batched ops are
- * large enough to run on torch's OpenMP threads, which then spin on both cores for ~1 ms after the
- * call and slowed the next call's partitions by 15% (float8, B=8); per sequence they cost ~50 us each. */
-void attnbench_fd_merge(const float *o_part, const float *m_part, const float *l_part, const float *sinks2,
-                        const int64_t *counts, int64_t B, int64_t P, int64_t Hkv, int64_t GN, int64_t Dv, float *out) {
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t h = 0; h < Hkv; ++h)
-            for (int64_t r = 0; r < GN; ++r) {
-                const int64_t row = h * GN + r, np = counts[b];
-                float M = sinks2 ? sinks2[row] : -INFINITY;
-                for (int64_t p = 0; p < np; ++p) {
-                    const float x = m_part[(b * P + p) * Hkv * GN + row];
-                    M = x > M ? x : M;
-                }
-                float den = sinks2 ? exp2f(sinks2[row] - M) : 0.f;
-                float *dst = out + (b * Hkv * GN + row) * Dv;
-                for (int64_t d = 0; d < Dv; ++d) dst[d] = 0.f;
-                for (int64_t p = 0; p < np; ++p) {
-                    const int64_t at = (b * P + p) * Hkv * GN + row;
-                    const float w = exp2f(m_part[at] - M); /* 0 where the row saw no key (m = −inf) */
-                    if (w == 0.f) continue;
-                    den += w * l_part[at];
-                    const float *src = o_part + at * Dv;
-                    for (int64_t d = 0; d < Dv; ++d) dst[d] += w * src[d];
-                }
-                for (int64_t d = 0; d < Dv; ++d) dst[d] /= den;
-            }
 }
 
 /* lanes of the blocked variant's vectors (its scratch rounds GN up to a multiple) */

@@ -16,8 +16,8 @@ missing entry point marks it damaged too. The rebuild goes through the same priv
 path; only when the rebuild fails (its reason: the compiler's first error line) or the rebuilt binary
 still does not load is the kernel unavailable.
 
-`kernel()` returns its ctypes functions (one partition, a worker's share of a call's partitions,
-the merge, the AMX switch), the blocked variant's vector width and the factor float8 codes read
+`kernel()` returns its ctypes functions (one partition, a worker's share of a call's partitions
+with the merges, the AMX switch), the blocked variant's vector width and the factor float8 codes read
 with, or raises KernelUnavailable with one line saying why (no compiler, compile error, unwritable
 cache); callers turn that into a skip with the reason.
 """
@@ -40,7 +40,6 @@ SOURCE = Path(__file__).with_name("cpu_decode.c")
 HEADERS = [Path(__file__).with_name("cpu_decode_amx.h")]  # included by SOURCE: part of the cache key
 SYMBOL = "attnbench_fd_partition"
 WORKER_SYMBOL = "attnbench_fd_partitions"  # a worker's share of a call's partitions, in one call
-MERGE_SYMBOL = "attnbench_fd_merge"  # the merge of a call's partitions
 WIDTH_SYMBOL = "attnbench_fd_vector_width"  # lanes of the blocked variant (its scratch rounds rows up)
 FP8_SYMBOL = "attnbench_fd_fp8_read_factor"  # what a float8 code reads as, times its value
 AMX_SYMBOL = "attnbench_fd_amx"  # is the float8 pass on the AMX tiles in use (and switch it off or on)
@@ -166,18 +165,15 @@ def _open(path: Path):
     fn.restype = ctypes.c_int
     try:
         width, fp8, amx = getattr(lib, WIDTH_SYMBOL), getattr(lib, FP8_SYMBOL), getattr(lib, AMX_SYMBOL)
-        many, merge = getattr(lib, WORKER_SYMBOL), getattr(lib, MERGE_SYMBOL)
+        many = getattr(lib, WORKER_SYMBOL)
     except AttributeError:
         _unload(lib)
-        raise _Damaged(f"it has no {WIDTH_SYMBOL}, {FP8_SYMBOL}, {AMX_SYMBOL}, {WORKER_SYMBOL} or "
-                       f"{MERGE_SYMBOL}") from None
+        raise _Damaged(f"it has no {WIDTH_SYMBOL}, {FP8_SYMBOL}, {AMX_SYMBOL} or {WORKER_SYMBOL}") from None
     width.restype, fp8.restype, amx.restype = ctypes.c_int64, ctypes.c_float, ctypes.c_int64
     amx.argtypes = [ctypes.c_int64]
-    many.argtypes = [P, I, ctypes.c_float, P, P, P] + [I] * 10 + [P, I, I, P, I, I, I] + [P] * 8
+    many.argtypes = [P, I, ctypes.c_float, P, P, P] + [I] * 10 + [P, I, I, P, I, I, I] + [P] * 12
     many.restype = ctypes.c_int
-    merge.argtypes = [P] * 5 + [I] * 5 + [P]
-    merge.restype = None
-    return Kernel(fn, int(width()), float(fp8()), amx, many, merge)
+    return Kernel(fn, int(width()), float(fp8()), amx, many)
 
 
 class Kernel(NamedTuple):
@@ -188,8 +184,7 @@ class Kernel(NamedTuple):
     vector_width: int
     fp8_read_factor: float  # a float8 code reads as its value times this (scales carry 1 / it)
     amx: object  # amx(-1): 1 when float8 caches run on the AMX tiles (cpu_decode_amx.h); amx(0) / amx(1): off / on
-    partitions: object  # attnbench_fd_partitions: a worker's share of a call's partitions (see cpu_decode.c)
-    merge: object  # attnbench_fd_merge: the merge of a call's partitions (see cpu_decode.c)
+    partitions: object  # attnbench_fd_partitions: a worker's share of a call's partitions, merges included
 
 
 def _unload(lib) -> None:

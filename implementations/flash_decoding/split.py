@@ -109,15 +109,15 @@ def sink_rows(sinks, Hkv: int, G: int, Nq: int):
     return (sinks.float().view(Hkv, G, 1).expand(Hkv, G, Nq).reshape(Hkv, 1, G * Nq) * LOG2E).contiguous()
 
 
-def run_split(ctx, device, step, new_scratch, acc, worker_step=None, merge_all=None) -> None:
+def run_split(ctx, device, step, new_scratch, acc, worker_step=None, workers_merge: bool = False) -> None:
     """Every partition of every sequence on the workers (`step(ctx, scratch, b, p)`, each worker
     with its `new_scratch()`), then each sequence's merge into ctx.out. Longest partitions first
     (all are `part` long but each sequence's last), so the short tails of a ragged batch fill in
     at the end and the workers finish together. With `worker_step(ctx, scratch, work,
     heads_per_item, lens, taken)` instead of `step` (the C step) each worker takes its items from
-    the shared list (work_list) itself, in one call;
-    with `merge_all(ctx)` (the C merge) it merges every sequence. The caller's thread allocates
-    every buffer (thread_pool.run_parallel: inline for one worker)."""
+    the shared list (work_list) itself, in one call, and with `workers_merge` the worker that
+    finishes a sequence's last item merges it (into ctx.out; float32 out only). The caller's
+    thread allocates every buffer (thread_pool.run_parallel: inline for one worker)."""
     B, part, lens, counts = len(ctx.lens), ctx.part, ctx.lens, ctx.counts
     items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
                    key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
@@ -126,14 +126,17 @@ def run_split(ctx, device, step, new_scratch, acc, worker_step=None, merge_all=N
     if worker_step is None:
         run_parallel(items, scratch, lambda scr, item: step(ctx, scr, *item))
     else:
-        hpi = heads_per_item(len(items), ctx.o_part.shape[2], n_workers)
-        work = work_list(items, ctx.o_part.shape[2], hpi)
+        Hkv = ctx.o_part.shape[2]
+        hpi = heads_per_item(len(items), Hkv, n_workers)
+        work = work_list(items, Hkv, hpi)
         lens_t, taken = torch.tensor(lens, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
-        run_shares(scratch, lambda scr: worker_step(ctx, scr, work, hpi, lens_t, taken))
-        del work, lens_t, taken
+        left = None
+        if workers_merge:  # items left per sequence, partitions per sequence
+            left = torch.tensor([[n * -(-Hkv // hpi) for n in counts], counts], dtype=torch.int64)
+        run_shares(scratch, lambda scr: worker_step(ctx, scr, work, hpi, lens_t, taken, left))
+        del work, lens_t, taken, left
     del scratch
-    if merge_all is not None:
-        merge_all(ctx)
+    if workers_merge:
         return
     _, P, Hkv, GN, Dv = ctx.o_part.shape
     merges = [MergeScratch(P, Hkv, GN, Dv, acc, device) for _ in range(merge_workers(n_workers, B, P, Hkv, GN, Dv))]
