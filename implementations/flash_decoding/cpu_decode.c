@@ -349,6 +349,21 @@ static fp8_tables make_fp8_tables(void) {
     return r;
 }
 
+#if HAVE_VBMI
+/* 64 float8 codes from p as the 16-bit words of their bfloat16 values (times the read factor): the
+ * high and low byte looked up in the tables (vpermi2b, the sign bit ORed in), interleaved. w0 holds
+ * codes 16L + 0..7 of each 128-bit lane L, w1 codes 16L + 8..15 (the unpack's order). */
+static inline __attribute__((always_inline)) void fp8_words(const void *p, const fp8_tables *tb, __m512i *w0,
+                                                           __m512i *w1) {
+    const __m512i c = _mm512_loadu_si512(p);
+    __m512i hi = _mm512_permutex2var_epi8(tb->hi0, c, tb->hi1); /* index bits 6..0: the magnitude */
+    hi = _mm512_ternarylogic_epi32(hi, c, _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80): the sign */
+    const __m512i lo = _mm512_permutex2var_epi8(tb->lo0, c, tb->lo1);
+    *w0 = _mm512_unpacklo_epi8(lo, hi);
+    *w1 = _mm512_unpackhi_epi8(lo, hi);
+}
+#endif
+
 /* the group of row p from element i, as group_size(dt) / 16 vectors (positions as perm_of) */
 static inline __attribute__((always_inline)) void ldg(const void *p, int64_t i, int dt, const fp8_tables *tb,
                                                      __m512 *x) {
@@ -361,11 +376,8 @@ static inline __attribute__((always_inline)) void ldg(const void *p, int64_t i, 
         return;
     }
 #if HAVE_VBMI
-    __m512i c = _mm512_loadu_si512((const uint8_t *)p + i);
-    __m512i hi = _mm512_permutex2var_epi8(tb->hi0, c, tb->hi1); /* index bits 6..0: the magnitude */
-    hi = _mm512_ternarylogic_epi32(hi, c, _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80): the sign */
-    __m512i lo = _mm512_permutex2var_epi8(tb->lo0, c, tb->lo1);
-    __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
+    __m512i w0, w1;
+    fp8_words((const uint8_t *)p + i, tb, &w0, &w1);
     x[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
     x[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, top));
     x[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));

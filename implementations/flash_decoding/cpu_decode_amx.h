@@ -1,5 +1,5 @@
-/* Part of cpu_decode.c (included by it, after fused16; uses its fp8 tables, exp2w and prefetch
- * rules): the one pass of a float8 cache on the AMX tiles (TDPBF16PS: products of bfloat16 pairs,
+/* Part of cpu_decode.c (included by it, after fused16; uses its fp8 tables and fp8_words, exp2w and
+ * FUSED_PF): the one pass of a float8 cache on the AMX tiles (TDPBF16PS: products of bfloat16 pairs,
  * float32 sums), for 4 query rows per kv head and head widths a multiple of 64.
  *
  * Why: fused16 runs a float8 cache at the speed of its vector instructions, not of memory. Per
@@ -128,15 +128,6 @@ static void amx_pack_q(const float *q, int64_t Dk, uint32_t *bt) {
         }
 }
 
-/* the bfloat16 values of 64 float8 codes from p: lo, hi = their low and high bytes (tables of ldg) */
-static inline __attribute__((always_inline)) void fp8_bytes(const void *p, const fp8_tables *tb, __m512i *lo,
-                                                           __m512i *hi) {
-    const __m512i c = _mm512_loadu_si512(p);
-    *hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb->hi0, c, tb->hi1), c, _mm512_set1_epi8((char)0x80),
-                                    0xF8); /* hi | (c & 0x80): the sign */
-    *lo = _mm512_permutex2var_epi8(tb->lo0, c, tb->lo1);
-}
-
 /* The state of one head's pass: its buffers (carved from 64-byte aligned scratch), rows and the
  * prefetch cursor (token pf_t, its line pf_l; tokens past n are the next head's first ones) */
 typedef struct {
@@ -173,10 +164,10 @@ static inline __attribute__((always_inline)) void amx_convert_k(amx_head *H, con
     for (int i = 0; i < 32; ++i) {
         amx_prefetch(H, 1);
         for (int64_t g = 0; g < Dk; g += 64) {
-            __m512i lo, hi;
-            fp8_bytes((const uint8_t *)r[i] + g, H->tb, &lo, &hi);
-            _mm512_store_si512(kbuf + i * Dk + g, _mm512_unpacklo_epi8(lo, hi));
-            _mm512_store_si512(kbuf + i * Dk + g + 32, _mm512_unpackhi_epi8(lo, hi));
+            __m512i w0, w1;
+            fp8_words((const uint8_t *)r[i] + g, H->tb, &w0, &w1);
+            _mm512_store_si512(kbuf + i * Dk + g, w0);
+            _mm512_store_si512(kbuf + i * Dk + g + 32, w1);
         }
     }
 }
@@ -187,11 +178,9 @@ static inline __attribute__((always_inline)) void amx_convert_v(amx_head *H, con
     for (int k = 0; k < 16; ++k) {
         amx_prefetch(H, 2);
         for (int64_t g = 0; g < Dv; g += 64) {
-            __m512i lo0, hi0, lo1, hi1;
-            fp8_bytes((const uint8_t *)r[2 * k] + g, H->tb, &lo0, &hi0);
-            fp8_bytes((const uint8_t *)r[2 * k + 1] + g, H->tb, &lo1, &hi1);
-            const __m512i a0 = _mm512_unpacklo_epi8(lo0, hi0), a1 = _mm512_unpackhi_epi8(lo0, hi0);
-            const __m512i b0 = _mm512_unpacklo_epi8(lo1, hi1), b1 = _mm512_unpackhi_epi8(lo1, hi1);
+            __m512i a0, a1, b0, b1; /* the words of tokens 2k (a) and 2k + 1 (b) */
+            fp8_words((const uint8_t *)r[2 * k] + g, H->tb, &a0, &a1);
+            fp8_words((const uint8_t *)r[2 * k + 1] + g, H->tb, &b0, &b1);
             uint32_t *dst = vbuf + (g / 16) * 256 + k * 16; /* chunk 4(g / 64) + w, row k */
             _mm512_store_si512(dst, _mm512_unpacklo_epi16(a0, b0));
             _mm512_store_si512(dst + 256, _mm512_unpackhi_epi16(a0, b0));
