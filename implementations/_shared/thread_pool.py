@@ -54,13 +54,15 @@ class WorkerPool:
                 fut.set_exception(error)
             del fut, result, error
 
+    def submit(self, fn) -> Future:
+        """Hand `fn` to the next free worker; its Future holds the result or the error."""
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        return fut
+
     def run(self, fns) -> list:
-        futures = []
-        for fn in fns:
-            fut: Future = Future()
-            self._jobs.put((fn, fut))
-            futures.append(fut)
-        fn = None  # noqa: F841 - no reference to the last job stays in this frame either
+        futures = [self.submit(fn) for fn in fns]
+        fns = None  # noqa: F841 - no reference to the jobs stays in this frame either
         return [f.result() for f in futures]
 
     def close(self) -> None:
@@ -123,12 +125,8 @@ def run_shares(scratch, body) -> None:
         for s in scratch:
             body(s)
         return
-    futures = []
     pool = get_pool(torch.get_num_threads())
-    for s in scratch[1:]:
-        fut: Future = Future()
-        pool._jobs.put((functools.partial(body, s), fut))
-        futures.append(fut)
+    futures = [pool.submit(functools.partial(body, s)) for s in scratch[1:]]
     error = None
     try:
         body(scratch[0])
