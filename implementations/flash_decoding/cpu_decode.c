@@ -792,7 +792,7 @@ static void values_blk(const float *sT, const void *const *rows, int64_t GN, int
  * last + Nq; kscale, vscale (Hkv); blocked: the register-blocked variant (float32 only); scratch:
  * GN·n floats (blocked: GNp·n; see attnbench_fd_vector_width); rows: n pointers; o (Hkv, GN, Dv), m and l (Hkv, GN). Returns 0, or
  * -1 for an unknown dt or a blocked call on a non-float32 cache, -2 when its buffers (q and o in
- * group order, a few KiB; the AMX pass's tiles and blocks, ~30 KiB at D = 128) cannot be allocated. */
+ * group order, a few KiB; the AMX pass's tiles and blocks, ~42 KiB at D = 128) cannot be allocated. */
 int attnbench_fd_partition(const float *q, float c, const void *k, const void *v, const int64_t *page_off,
                            int64_t ps, int64_t head_stride, int64_t row_stride, int64_t Hkv, int64_t GN, int64_t Nq,
                            int64_t Dk, int64_t Dv, int64_t j0, int64_t n, int64_t last, int64_t dt, int64_t blocked,

@@ -76,8 +76,8 @@ int64_t attnbench_fd_amx(int64_t want) {
 
 static int amx_in_use(void) { return amx_granted(); }
 
-/* all eight tiles 16 rows of 64 bytes: 0, 1 C (scores, then o); 2, 3 A (K), then B (V); 4 B (q);
- * 5 A (p); 6 B (V); 7 C (o) */
+/* all eight tiles 16 rows of 64 bytes: 0, 1 C (scores, then o); 2, 3 A (K), then B (V); 4, 6, 7 B
+ * (q's first three chunks, for a head's whole pass); 5 A (p), or B (q's later chunks) */
 static void amx_configure(void) {
     uint8_t cfg[64] = {0};
     cfg[0] = 1; /* palette 1 */
@@ -129,10 +129,13 @@ static void amx_pack_q(const float *q, int64_t Dk, uint32_t *bt) {
 }
 
 /* The state of one head's pass: its buffers (carved from 64-byte aligned scratch), rows and the
- * prefetch cursor (token pf_t, its line pf_l; tokens past n are the next head's first ones) */
+ * prefetch cursor over one block of tokens: slot i (of 32 << pf_sh, wrapping) is line
+ * pf_off[i & (2^pf_sh - 1)] of row pf_rows[i >> pf_sh] (plus pf_add bytes), i from pf_i. Without a
+ * branch per line: the cursor it replaced (token and line counters, the row looked up per line)
+ * cost ~10% of the pass (C harness A/B: 0.90-0.93 L2-resident and from DRAM). */
 typedef struct {
     uint32_t *bt;     /* q's B tiles, Dk / 32 KiB */
-    uint16_t *kbuf;   /* two blocks' K rows, bfloat16 (2 x 32 x Dk) */
+    uint16_t *kbuf;   /* one block's K rows, bfloat16 (32 x Dk) */
     uint32_t *vbuf;   /* two blocks' V B tiles (2 x Dv / 16 KiB) */
     float *obuf;      /* o: 16 rows x Dv */
     float *cb;        /* two blocks' score C tiles (2 x 2 KiB) */
@@ -140,22 +143,52 @@ typedef struct {
     const void *const *krows;
     int64_t vdelta, next_k, Dk, Dv, n;
     const fp8_tables *tb;
-    int64_t pf_t, pf_end, pf_l;
+    const void *const *pf_rows;
+    int64_t pf_add, pf_i, pf_sh;
+    int64_t *pf_off;          /* 2^pf_sh line offsets: K's lines, V's, then V's last repeated */
+    const void **pf_spare;    /* 32 row pointers: a block that straddles n, or obuf's (no row) */
 } amx_head;
 
-/* the next `count` lines of the prefetch cursor into L2 */
-static inline __attribute__((always_inline)) void amx_prefetch(amx_head *H, int count) {
-    const int64_t kl = H->Dk / 64, lpt = kl + H->Dv / 64, n = H->n;
-    for (; count > 0 && H->pf_t < H->pf_end; --count) {
-        const int64_t t = H->pf_t;
-        const char *row = t < n ? (const char *)H->krows[t]
-                          : H->next_k && t - n < n ? (const char *)H->krows[t - n] + H->next_k
-                                                   : NULL;
-        if (!row) { H->pf_t = H->pf_end; return; }
-        const int64_t l = H->pf_l;
-        __builtin_prefetch(row + (l < kl ? 64 * l : H->vdelta + 64 * (l - kl)), 0, AMX_LOC);
-        if (++H->pf_l == lpt) { H->pf_l = 0; ++H->pf_t; }
+/* the prefetch cursor at block t0 / 32's tokens; past n: the next head's first ones, where there
+ * is one; none (obuf, already in L1, a no-op) past those */
+static inline __attribute__((always_inline)) void amx_prefetch_block(amx_head *H, int64_t t0) {
+    const int64_t n = H->n;
+    H->pf_i = 0;
+    H->pf_add = 0;
+    if (t0 + 32 <= n) {
+        H->pf_rows = H->krows + t0;
+    } else if (H->next_k && t0 >= n && t0 + 32 <= 2 * n) {
+        H->pf_rows = H->krows + (t0 - n);
+        H->pf_add = H->next_k;
+    } else { /* the rare straddling block, or past both heads */
+        for (int64_t i = 0; i < 32; ++i) {
+            const int64_t t = t0 + i;
+            H->pf_spare[i] = t < n ? H->krows[t]
+                             : H->next_k && t < 2 * n ? (const char *)H->krows[t - n] + H->next_k
+                                                     : (const void *)H->obuf;
+        }
+        H->pf_rows = H->pf_spare;
     }
+}
+
+/* the next `count` slots of the cursor into L2 */
+static inline __attribute__((always_inline)) void amx_prefetch(amx_head *H, int count) {
+    const int64_t sh = H->pf_sh, mask = (32 << sh) - 1, lmask = (1 << sh) - 1;
+    for (int c = 0; c < count; ++c) {
+        const int64_t i = (H->pf_i + c) & mask;
+        __builtin_prefetch((const char *)H->pf_rows[i >> sh] + H->pf_add + H->pf_off[i & lmask], 0, AMX_LOC);
+    }
+    H->pf_i += count;
+}
+
+/* the slots of the cursor not yet issued */
+static inline __attribute__((always_inline)) void amx_prefetch_rest(amx_head *H) {
+    const int64_t left = (32 << H->pf_sh) - H->pf_i;
+    for (int64_t c = 0; c < left; ++c) {
+        const int64_t i = H->pf_i + c;
+        __builtin_prefetch((const char *)H->pf_rows[i >> H->pf_sh] + H->pf_add + H->pf_off[i & ((1 << H->pf_sh) - 1)], 0, AMX_LOC);
+    }
+    if (left > 0) H->pf_i += left;
 }
 
 /* K rows r[0..31] (Dk codes each) into kbuf (32 rows of Dk bfloat16, positions as fp8_amx_pos) */
@@ -222,10 +255,14 @@ static inline __attribute__((always_inline)) void amx_split_p(__m512 p, uint16_t
 }
 
 
-#define AMX_BUF_BYTES(Dk, Dv) ((size_t)(1024 * ((Dk) / 32) + 128 * (Dk) + 128 * (Dv) + 64 * (Dv) + 4096 + 1024))
+/* q's tiles, kbuf, vbuf, obuf, cb, pbuf, the prefetch cursor's spare rows and line offsets */
+#define AMX_BUF_BYTES(Dk, Dv) \
+    ((size_t)(1024 * ((Dk) / 32) + 64 * (Dk) + 128 * (Dv) + 64 * (Dv) + 4096 + 1024 + 8 * 32 + 8 * ((Dk) + (Dv)) / 32))
 
-/* block b (tokens 32b ..) converted into kbuf and vbuf halves (b % 2). A short last block repeats
- * its last row (its p is 0). */
+/* block b (tokens 32b ..) converted into kbuf and vbuf half b % 2. A short last block repeats its
+ * last row (its p is 0). One kbuf suffices: block b's K rows are converted after block b - 1's
+ * scores loaded theirs into the tiles (fused_amx's order), and 8 KiB less kept the buffers closer
+ * to L1's 48 KiB (C harness A/B, L2-resident and from DRAM: 0.95-0.97). */
 static inline __attribute__((always_inline)) void amx_convert_block(amx_head *H, int64_t b) {
     const int64_t t0 = 32 * b, nb = H->n - t0 < 32 ? H->n - t0 : 32;
     const void *kr[32], *vr[32];
@@ -233,7 +270,7 @@ static inline __attribute__((always_inline)) void amx_convert_block(amx_head *H,
         kr[i] = H->krows[t0 + (i < nb ? i : nb - 1)];
         vr[i] = (const char *)kr[i] + H->vdelta;
     }
-    amx_convert_k(H, kr, H->kbuf + (b % 2) * 32 * H->Dk);
+    amx_convert_k(H, kr, H->kbuf);
     amx_convert_v(H, vr, H->vbuf + (b % 2) * 16 * H->Dv);
 }
 
@@ -241,19 +278,31 @@ static inline __attribute__((always_inline)) void amx_convert_block(amx_head *H,
 static inline __attribute__((always_inline)) void amx_block_tiles(amx_head *H, int64_t b) {
     const int64_t Dk = H->Dk, nb = H->n - 32 * b;
     float *cb = H->cb + (b % 2) * 512;
-    const uint16_t *kb = H->kbuf + (b % 2) * 32 * Dk;
+    const uint16_t *kb = H->kbuf;
     _tile_zero(0);
     _tile_zero(1);
+    /* q's first three chunks stay in tiles 4, 6 and 7 (loaded once per head, fused_amx); the others
+     * are loaded into tile 5 (p's, loaded again for p·V) */
+#define AMX_SCORE_CHUNK(qt)                                                                                  \
+    do {                                                                                                     \
+        _tile_loadd(2, kb + 32 * ch, 2 * Dk);                                                               \
+        _tile_dpbf16ps(0, 2, qt);                                                                            \
+        if (nb > 16) {                                                                                       \
+            _tile_loadd(3, kb + 16 * Dk + 32 * ch, 2 * Dk);                                                 \
+            _tile_dpbf16ps(1, 3, qt);                                                                        \
+        }                                                                                                    \
+    } while (0)
     for (int64_t ch = 0; ch < Dk / 32; ++ch) {
         amx_prefetch(H, 4);
-        _tile_loadd(4, H->bt + 256 * ch, 64);
-        _tile_loadd(2, kb + 32 * ch, 2 * Dk);
-        _tile_dpbf16ps(0, 2, 4);
-        if (nb > 16) {
-            _tile_loadd(3, kb + 16 * Dk + 32 * ch, 2 * Dk);
-            _tile_dpbf16ps(1, 3, 4);
+        if (ch == 0) AMX_SCORE_CHUNK(4);
+        else if (ch == 1) AMX_SCORE_CHUNK(6);
+        else if (ch == 2) AMX_SCORE_CHUNK(7);
+        else {
+            _tile_loadd(5, H->bt + 256 * ch, 64);
+            AMX_SCORE_CHUNK(5);
         }
     }
+#undef AMX_SCORE_CHUNK
     _tile_stored(0, cb, 64);
     if (nb > 16) _tile_stored(1, cb + 256, 64);
 }
@@ -337,7 +386,7 @@ static void fused_amx(const float *q, float c, const void *const *krows, int64_t
     amx_head H = {.krows = krows, .vdelta = vdelta, .next_k = next_k, .Dk = Dk, .Dv = Dv, .n = n, .tb = tb};
     H.bt = (uint32_t *)buf;
     H.kbuf = (uint16_t *)(buf + 1024 * (Dk / 32));
-    H.vbuf = (uint32_t *)((char *)H.kbuf + 128 * Dk);
+    H.vbuf = (uint32_t *)((char *)H.kbuf + 64 * Dk);
     H.obuf = (float *)((char *)H.vbuf + 128 * Dv);
     H.cb = (float *)((char *)H.obuf + 64 * Dv);
     H.pbuf = (uint16_t *)((char *)H.cb + 4096);
@@ -346,23 +395,36 @@ static void fused_amx(const float *q, float c, const void *const *krows, int64_t
     memset(H.pbuf, 0, 1024);
     for (int j = 0; j < 4; ++j) { m[j] = -INFINITY; l[j] = 0.f; }
     const int64_t blocks = (n + 31) / 32;
-    H.pf_t = 0; /* the first three blocks (the previous head prefetched them too, when there was one) */
-    H.pf_end = n < 96 ? n : 96;
-    H.pf_l = 0;
-    amx_prefetch(&H, 1 << 30);
+    H.pf_spare = (const void **)((char *)H.pbuf + 1024);
+    H.pf_off = (int64_t *)(H.pf_spare + 32);
+    {
+        const int64_t kl = Dk / 64, lines = kl + Dv / 64;
+        int sh = 0;
+        while ((1 << sh) < lines) ++sh;
+        H.pf_sh = sh;
+        for (int64_t l = 0; l < (1 << sh); ++l) {
+            const int64_t x = l < lines ? l : lines - 1;
+            H.pf_off[l] = x < kl ? 64 * x : vdelta + 64 * (x - kl);
+        }
+    }
+    _tile_loadd(4, H.bt, 64); /* q's first chunks: see amx_block_tiles */
+    _tile_loadd(6, H.bt + 256, 64);
+    if (Dk > 64) _tile_loadd(7, H.bt + 512, 64);
+    for (int64_t b = 0; b < AMX_LEAD && b < blocks; ++b) { /* the first blocks (also prefetched by the previous head) */
+        amx_prefetch_block(&H, 32 * b);
+        amx_prefetch_rest(&H);
+    }
     amx_convert_block(&H, 0);
     amx_block_tiles(&H, 0);
     if (blocks > 1) amx_convert_block(&H, 1);
     for (int64_t b = 0; b < blocks; ++b) {
         /* while block b's softmax and p·V and block b + 1's scores run, block b + 3 is prefetched */
-        H.pf_t = 32 * (b + AMX_LEAD);
-        H.pf_end = H.pf_t + 32;
-        H.pf_l = 0;
+        amx_prefetch_block(&H, 32 * (b + AMX_LEAD));
         if (b + 1 < blocks) amx_block_tiles(&H, b + 1);
         amx_block_softmax(&H, b, c, Nq, first, m, l);
         amx_block_pv(&H, b);
         if (b + 2 < blocks) amx_convert_block(&H, b + 2);
-        amx_prefetch(&H, 1 << 30);
+        amx_prefetch_rest(&H);
     }
     /* o (4, Dv) in element order: the parts added */
     for (int j = 0; j < 4; ++j)
