@@ -9,12 +9,13 @@ mla.py); its docstring describes the algorithm."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 from implementations.flash_decoding import kernel_build
-from implementations.flash_decoding.split import heads_per_item
+from implementations.flash_decoding.work_plan import PLANS_KEPT, heads_per_item
 
 KV_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float8_e4m3fn: 2}  # the kernel's kv_dtype
 BLOCKED_MIN_ROWS = 16  # query rows per kv head from which the register-blocked variant runs
@@ -49,10 +50,11 @@ def memory_model(case, part: int, merges_bytes, *, heads_kv: int | None = None, 
         q_t = 4 * B * Hkv * dk * _round_up(GN)  # q transposed and padded
     workers = max(1, min(case.threads or os.cpu_count() or 1, items))
     offsets = 8 * B * (-(-max(lens) // case.page_size) if paged else P)
-    offsets += 24 * items * -(-Hkv // heads_per_item(items, Hkv, workers)) + 8 * B + 8  # the work list
-    # (split.work_list), the lengths, the shared counter
-    if c_merge:  # the workers merge: beside their buffers, the items left and partitions per sequence
-        scratch = workers * per_worker + 16 * B
+    # the work plan (work_plan.plan: the list, lengths, partitions, counters; kept for the layout's
+    # later calls, which then allocate only their counters) and a call's own counters
+    offsets += 24 * items * -(-Hkv // heads_per_item(items, Hkv, workers)) + 24 * B + 8 + 8 * (1 + B)
+    if c_merge:  # the workers merge, with no buffers but their own
+        scratch = workers * per_worker
     else:  # the workers' buffers are freed before the merge's are allocated (split.run_split)
         scratch = max(workers * per_worker, merges_bytes(workers, B, P, Hkv, GN, dv, 4))
     return partials + scratch + offsets + 8 * Hkv + q_t + 4 * B * Hq * Nq * dv
@@ -76,12 +78,12 @@ class Scratch:
 
 def head_scales(cache, scale, heads_kv: int) -> torch.Tensor:
     """The kernel's per-head factor of scores or outputs, (Hkv,) float32: the float8 scale (one
-    per tensor or per head) over the factor the kernel reads codes with (cpu_decode.c, ldc); ones
-    for the other caches."""
+    per tensor or per head) over the factor the kernel reads codes with (cpu_decode.c, ldc; a
+    power of two, so the product is exact); ones for the other caches."""
     if cache.dtype != torch.float8_e4m3fn:
         return torch.ones(heads_kv, dtype=torch.float32)
     fix = 1.0 / kernel_build.kernel().fp8_read_factor
-    return (scale.to(torch.float64) * fix).to(torch.float32).expand(heads_kv).contiguous()
+    return torch.mul(scale.expand(heads_kv), fix)  # one small op instead of four (~50 us of a call)
 
 
 def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_scale=None,
@@ -108,17 +110,24 @@ def index_fields(q, k_cache, block_table, dims, part: int, *, k_scale=None, v_sc
         offs = block_table.long().clamp_min(0).mul_(Hkv * ps * row)  # unused (-1) entries never read
         return dict(offs=offs, head_stride=ps * row, **form)
     Nmax = k_cache.shape[2]
-    P = -(-Nmax // part)
-    b = torch.arange(B, dtype=torch.int64).view(B, 1) * (Hkv * Nmax * row)
-    p = torch.arange(P, dtype=torch.int64).view(1, P) * (part * row)
-    return dict(offs=(b + p).contiguous(), head_stride=Nmax * row, **form)
+    return dict(offs=_partition_offsets(B, -(-Nmax // part), Hkv * Nmax * row, part * row),
+                head_stride=Nmax * row, **form)
+
+
+@functools.lru_cache(maxsize=PLANS_KEPT)
+def _partition_offsets(B: int, P: int, seq_stride: int, part_stride: int) -> torch.Tensor:
+    """(B, P) int64 element offsets of each contiguous partition's first token of head 0, kept
+    for the layout's later calls (see work_plan; the kernel only reads them)."""
+    b = torch.arange(B, dtype=torch.int64).view(B, 1) * seq_stride
+    p = torch.arange(P, dtype=torch.int64).view(1, P) * part_stride
+    return (b + p).contiguous()
 
 
 def worker_partitions(ctx, scr: Scratch, work: torch.Tensor, heads_per_item: int, lens: torch.Tensor,
                       taken: torch.Tensor, merge=None) -> None:
     """A worker's share of the call's partitions in one kernel call (attnbench_fd_partitions):
     work (n, 3) int64 (sequence, partition, first kv head; heads_per_item heads each, see
-    split.work_list) in the order to take them, taken[0] the next one to take (shared by the
+    work_plan.work_list) in the order to take them, taken[0] the next one to take (shared by the
     call's workers), lens (B,) int64 the kv lengths; merge = (items left per sequence, partitions
     per sequence), (B,) int64 each: the worker that finishes a sequence merges it into ctx.out
     (None: the caller merges). The same work as a kernel call per partition, without the ~45 us

@@ -12,6 +12,7 @@ import torch
 from implementations._shared.contract import LOG2E
 from implementations._shared.thread_pool import run_parallel, run_shares
 from implementations.flash_decoding import torch_partitions
+from implementations.flash_decoding.work_plan import ordered_items, plan
 
 # Tokens per partition. One partition = one work item: Hkv·part·D·2 elements of K and V (8 MiB in
 # fp32 at Hkv=8, D=128), so the per-item Python work costs a few % of its streaming time; the
@@ -84,8 +85,9 @@ class Ctx:
     dt: int = 0
     blocked: bool = False
     q_c: torch.Tensor | None = None  # (B, Hkv, G·Nq, D) contiguous, unscaled
-    # per-head factors of the scores and the partial outputs (C: float8 scale · 2^120; torch:
-    # the float8 scale, None for other caches)
+    # per-head factors of the scores and the partial outputs (C: the float8 scale over the
+    # kernel's read factor, see c_partitions.head_scales; torch: the float8 scale, None for other
+    # caches)
     kscale: torch.Tensor | None = None
     vscale: torch.Tensor | None = None
     # the torch step (torch_partitions.index_fields)
@@ -112,53 +114,29 @@ def sink_rows(sinks, Hkv: int, G: int, Nq: int):
 def run_split(ctx, device, step, new_scratch, acc, worker_step=None, workers_merge: bool = False) -> None:
     """Every partition of every sequence on the workers (`step(ctx, scratch, b, p)`, each worker
     with its `new_scratch()`), then each sequence's merge into ctx.out. Longest partitions first
-    (all are `part` long but each sequence's last), so the short tails of a ragged batch fill in
-    at the end and the workers finish together. With `worker_step(ctx, scratch, work,
-    heads_per_item, lens, taken)` instead of `step` (the C step) each worker takes its items from
-    the shared list (work_list) itself, in one call, and with `workers_merge` the worker that
+    (work_plan.ordered_items). With `worker_step(ctx, scratch, work, heads_per_item, lens, taken,
+    merge)` instead of `step` (the C step) each worker takes its items from the shared list of
+    the layout's work plan itself, in one call, and with `workers_merge` the worker that
     finishes a sequence's last item merges it (into ctx.out; float32 out only). The caller's
     thread allocates every buffer (thread_pool.run_parallel: inline for one worker)."""
-    B, part, lens, counts = len(ctx.lens), ctx.part, ctx.lens, ctx.counts
-    items = sorted(((b, p) for b in range(B) for p in range(counts[b])),
-                   key=lambda it: -(min((it[1] + 1) * part, lens[it[0]]) - it[1] * part))
-    n_workers = workers(device, len(items))
+    B, lens = len(ctx.lens), ctx.lens
+    n_workers = workers(device, sum(ctx.counts))
     scratch = [new_scratch() for _ in range(n_workers)]
     if worker_step is None:
+        items = ordered_items(lens, ctx.part)
         run_parallel(items, scratch, lambda scr, item: step(ctx, scr, *item))
     else:
-        Hkv = ctx.o_part.shape[2]
-        hpi = heads_per_item(len(items), Hkv, n_workers)
-        work = work_list(items, Hkv, hpi)
-        lens_t, taken = torch.tensor(lens, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
-        left = None
-        if workers_merge:  # items left per sequence, partitions per sequence
-            left = torch.tensor([[n * -(-Hkv // hpi) for n in counts], counts], dtype=torch.int64)
-        run_shares(scratch, lambda scr: worker_step(ctx, scr, work, hpi, lens_t, taken, left))
-        del work, lens_t, taken, left
+        wp = plan(tuple(lens), ctx.part, ctx.o_part.shape[2], n_workers)
+        taken, left = wp.counters()
+        in_c = (left, wp.counts) if workers_merge else None
+        run_shares(scratch, lambda scr: worker_step(ctx, scr, wp.work, wp.heads_per_item, wp.lens, taken, in_c))
+        del taken, left, in_c
     del scratch
     if workers_merge:
         return
     _, P, Hkv, GN, Dv = ctx.o_part.shape
     merges = [MergeScratch(P, Hkv, GN, Dv, acc, device) for _ in range(merge_workers(n_workers, B, P, Hkv, GN, Dv))]
     run_parallel(range(B), merges, lambda mrg, b: merge(ctx, mrg, b))
-
-
-ITEMS_PER_WORKER = 16
-
-
-def heads_per_item(items: int, heads_kv: int, workers: int) -> int:
-    """kv heads per work item of the C step: all of a partition's, or fewer when the call has
-    under ITEMS_PER_WORKER partitions per worker, so the workers finish within a small item of
-    each other (B=8, KV=8192: 16 partitions of 4096 tokens on 2 workers, one worker waited ~0.3 ms
-    for the other, 4% of a float8 call, before heads were split)."""
-    splits = -(-ITEMS_PER_WORKER * workers // max(1, items)) if workers > 1 else 1
-    return max(1, heads_kv // splits)
-
-
-def work_list(items, heads_kv: int, hpi: int) -> torch.Tensor:
-    """(n, 3) int64: (sequence, partition, first kv head) of every item, the partitions in the
-    order of `items`, each split into kv heads [h0, h0 + hpi)."""
-    return torch.tensor([(b, p, h) for b, p in items for h in range(0, heads_kv, hpi)], dtype=torch.int64)
 
 
 class MergeScratch:
