@@ -130,9 +130,14 @@ static void amx_pack_q(const float *q, int64_t Dk, uint32_t *bt) {
 
 /* The state of one head's pass: its buffers (carved from 64-byte aligned scratch), rows and the
  * prefetch cursor over one block of tokens: slot i (of 32 << pf_sh, wrapping) is line
- * pf_off[i & (2^pf_sh - 1)] of row pf_rows[i >> pf_sh] (plus pf_add bytes), i from pf_i. Without a
- * branch per line: the cursor it replaced (token and line counters, the row looked up per line)
- * cost ~10% of the pass (C harness A/B: 0.90-0.93 L2-resident and from DRAM). */
+ * pf_off[i & (2^pf_sh - 1)] of row pf_rows[i >> pf_sh] (plus pf_add bytes), i from pf_i; a step
+ * that issues more slots than a block has prefetches some twice (harmless). Without a branch per
+ * line: the cursor it replaced (token and line counters, the row looked up per line, two branches)
+ * cost ~15% of the pass (C harness, L2-resident: 0.85 without it, 1.01 with its logic but no
+ * prefetch instruction); this one runs at 0.95 of it (L2-resident and from DRAM). A list of line
+ * addresses written per block was slower (1.06-1.15: an 8-byte store per line, and stores are what
+ * this pass is short of), and so was issuing the lines of all 32 rows one line at a time (1.11
+ * from DRAM). */
 typedef struct {
     uint32_t *bt;     /* q's B tiles, Dk / 32 KiB */
     uint16_t *kbuf;   /* one block's K rows, bfloat16 (32 x Dk) */
