@@ -176,24 +176,22 @@ static inline __attribute__((always_inline)) void amx_prefetch_block(amx_head *H
     }
 }
 
+/* slot i (< 32 << pf_sh) of the cursor into L2 */
+static inline __attribute__((always_inline)) void amx_prefetch_slot(const amx_head *H, int64_t i) {
+    __builtin_prefetch((const char *)H->pf_rows[i >> H->pf_sh] + H->pf_add + H->pf_off[i & ((1 << H->pf_sh) - 1)], 0,
+                       AMX_LOC);
+}
+
 /* the next `count` slots of the cursor into L2 */
 static inline __attribute__((always_inline)) void amx_prefetch(amx_head *H, int count) {
-    const int64_t sh = H->pf_sh, mask = (32 << sh) - 1, lmask = (1 << sh) - 1;
-    for (int c = 0; c < count; ++c) {
-        const int64_t i = (H->pf_i + c) & mask;
-        __builtin_prefetch((const char *)H->pf_rows[i >> sh] + H->pf_add + H->pf_off[i & lmask], 0, AMX_LOC);
-    }
+    const int64_t mask = (32 << H->pf_sh) - 1;
+    for (int c = 0; c < count; ++c) amx_prefetch_slot(H, (H->pf_i + c) & mask);
     H->pf_i += count;
 }
 
 /* the slots of the cursor not yet issued */
 static inline __attribute__((always_inline)) void amx_prefetch_rest(amx_head *H) {
-    const int64_t left = (32 << H->pf_sh) - H->pf_i;
-    for (int64_t c = 0; c < left; ++c) {
-        const int64_t i = H->pf_i + c;
-        __builtin_prefetch((const char *)H->pf_rows[i >> H->pf_sh] + H->pf_add + H->pf_off[i & ((1 << H->pf_sh) - 1)], 0, AMX_LOC);
-    }
-    if (left > 0) H->pf_i += left;
+    for (; H->pf_i < (32 << H->pf_sh); ++H->pf_i) amx_prefetch_slot(H, H->pf_i);
 }
 
 /* K rows r[0..31] (Dk codes each) into kbuf (32 rows of Dk bfloat16, positions as fp8_amx_pos) */
